@@ -1,0 +1,101 @@
+"""Box geometry: building boxes, masks from boxes, areas, and pasting into boxes.
+
+A batch of boxes is an int64 tensor of shape (B, 4) holding ``(y1, x1, y2, x2)`` per image,
+half-open (rows y1..y2-1, columns x1..x2-1), with ``0 <= y1 <= y2 <= H`` and
+``0 <= x1 <= x2 <= W``. An empty box (y1 == y2 or x1 == x2) means "no region" and is how an
+op that was not applied to an image (probability p) encodes it: its mask is all False and its
+area is 0, so every formula (paste, lambda = 1 - area / HW) needs no special case.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_boxes",
+    "centered_boxes",
+    "corner_boxes",
+    "box_areas",
+    "box_masks",
+    "paste",
+    "fill_boxes",
+]
+
+
+def check_boxes(boxes: object, batch_size: int, height: int, width: int, name: str = "boxes") -> Tensor:
+    """Check a (B, 4) int64 box tensor against the image size and return it."""
+    if not isinstance(boxes, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, 4), got {type(boxes).__name__}")
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"{name} must have shape (B, 4) holding (y1, x1, y2, x2), got {tuple(boxes.shape)}")
+    if boxes.shape[0] != batch_size:
+        raise ValueError(f"{name} has {boxes.shape[0]} rows but the batch has {batch_size} images")
+    if boxes.dtype.is_floating_point or boxes.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got {boxes.dtype}")
+    y1, x1, y2, x2 = boxes.unbind(1)
+    bad = (y1 < 0) | (x1 < 0) | (y2 > height) | (x2 > width) | (y2 < y1) | (x2 < x1)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"{name}[{i}] = {boxes[i].tolist()} is not a box inside a {height}x{width} image "
+            "(need 0 <= y1 <= y2 <= H and 0 <= x1 <= x2 <= W)"
+        )
+    return boxes.long()
+
+
+def centered_boxes(cy: Tensor, cx: Tensor, h: Tensor, w: Tensor, height: int, width: int) -> Tensor:
+    """Boxes of size (h, w) centred at (cy, cx), clipped at the image border.
+
+    The box spans ``[c - s // 2, c - s // 2 + s)`` before clipping, so an unclipped box has
+    exactly the requested size (the official Cutout/CutMix code uses ``c + s // 2`` for the far
+    edge, which loses a pixel for odd sizes; for even sizes the two agree).
+    """
+    cy, cx, h, w = (torch.as_tensor(t).long() for t in (cy, cx, h, w))
+    y1 = cy - torch.div(h, 2, rounding_mode="floor")
+    x1 = cx - torch.div(w, 2, rounding_mode="floor")
+    return torch.stack(
+        [y1.clamp(0, height), x1.clamp(0, width), (y1 + h).clamp(0, height), (x1 + w).clamp(0, width)], dim=-1
+    )
+
+
+def corner_boxes(top: Tensor, left: Tensor, h: Tensor, w: Tensor) -> Tensor:
+    """Boxes with top-left corner (top, left) and size (h, w) (the caller keeps them inside)."""
+    top, left, h, w = (torch.as_tensor(t).long() for t in (top, left, h, w))
+    return torch.stack([top, left, top + h, left + w], dim=-1)
+
+
+def box_areas(boxes: Tensor) -> Tensor:
+    """Areas in pixels, (B,) int64."""
+    return (boxes[..., 2] - boxes[..., 0]).clamp_min(0) * (boxes[..., 3] - boxes[..., 1]).clamp_min(0)
+
+
+def box_masks(boxes: Tensor, height: int, width: int) -> Tensor:
+    """Boolean masks (B, H, W): True inside each image's box.
+
+    Built from two 1-D range comparisons and one broadcast AND: O(B (H + W)) compares plus
+    the (B, H, W) result, no scatter.
+    """
+    ys = torch.arange(height, device=boxes.device)
+    xs = torch.arange(width, device=boxes.device)
+    in_y = (ys[None, :] >= boxes[:, 0:1]) & (ys[None, :] < boxes[:, 2:3])  # (B, H)
+    in_x = (xs[None, :] >= boxes[:, 1:2]) & (xs[None, :] < boxes[:, 3:4])  # (B, W)
+    return in_y[:, :, None] & in_x[:, None, :]
+
+
+def paste(dst: Tensor, src: Tensor, boxes: Tensor) -> Tensor:
+    """A new tensor equal to ``src`` inside each image's box and ``dst`` outside.
+
+    ``src`` is (B, C, H, W) like ``dst`` or anything that broadcasts to it (a fill value of
+    shape (B, C, 1, 1), a scalar tensor). ``dst`` is not modified.
+    """
+    mask = box_masks(boxes, dst.shape[-2], dst.shape[-1]).unsqueeze(1)
+    return torch.where(mask, src.to(dst.dtype), dst)
+
+
+def fill_boxes(x: Tensor, boxes: Tensor, value: Tensor | float) -> Tensor:
+    """A copy of ``x`` with each box filled with ``value`` (scalar, (B, C, 1, 1) or (B, C, H, W))."""
+    v = torch.as_tensor(value, device=x.device)
+    if v.dtype != x.dtype:
+        v = v.to(x.dtype)
+    return paste(x, v, boxes)

@@ -1,0 +1,174 @@
+"""Random parameters per image, all drawn from an optional ``torch.Generator``.
+
+Conventions shared by every op in keepmix:
+
+* Everything is drawn for the whole batch at once (one call per kind of parameter), never in
+  a Python loop over images, and never with a host-device sync.
+* With a ``generator``, values are drawn on the generator's device and then moved to the
+  batch's device, so the same seed gives the same parameters on the same generator device
+  whatever device the batch lives on. Without one, values are drawn on the batch's device
+  from torch's default generator of that device.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from keepmix._checks import check_generator, check_positive
+
+__all__ = [
+    "uniform",
+    "log_uniform",
+    "randint",
+    "bernoulli",
+    "beta",
+    "permutation",
+]
+
+
+def _draw_device(device: torch.device | str | None, generator: torch.Generator | None) -> torch.device:
+    if generator is not None:
+        return generator.device
+    return torch.device("cpu") if device is None else torch.device(device)
+
+
+def uniform(
+    shape: Sequence[int] | int,
+    low: float | Tensor = 0.0,
+    high: float | Tensor = 1.0,
+    *,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """U(low, high) of the given shape (float), on ``device``."""
+    check_generator(generator)
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    u = torch.rand(shape, generator=generator, device=_draw_device(device, generator), dtype=dtype)
+    u = u.to(device) if device is not None else u
+    return low + (high - low) * u
+
+
+def log_uniform(
+    shape: Sequence[int] | int,
+    low: float,
+    high: float,
+    *,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """exp(U(log low, log high)): log-uniform in [low, high] (e.g. aspect ratios)."""
+    check_positive(low, "low")
+    check_positive(high, "high")
+    return uniform(shape, math.log(low), math.log(high), device=device, generator=generator).exp()
+
+
+def randint(
+    low: int | Tensor,
+    high: int | Tensor,
+    shape: Sequence[int] | int,
+    *,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Integers uniform in [low, high) as int64; ``low``/``high`` may be per-element tensors.
+
+    Tensor bounds make per-image ranges possible (e.g. a box position that depends on the
+    image's own box size) without a loop: floor(low + u * (high - low)).
+    """
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    if isinstance(low, int) and isinstance(high, int):
+        if high <= low:
+            raise ValueError(f"randint needs high > low, got low={low}, high={high}")
+        check_generator(generator)
+        r = torch.randint(low, high, shape, generator=generator, device=_draw_device(device, generator))
+        return r.to(device) if device is not None else r
+    u = uniform(shape, device=device, generator=generator, dtype=torch.float64)
+    low_t = torch.as_tensor(low, device=u.device, dtype=torch.float64)
+    high_t = torch.as_tensor(high, device=u.device, dtype=torch.float64)
+    r = (low_t + u * (high_t - low_t)).floor().long()
+    # u < 1 strictly, but float rounding can land exactly on high: keep the result in range.
+    return torch.minimum(r, (high_t.long() - 1).clamp_min(low_t.long()))
+
+
+def bernoulli(
+    p: float,
+    shape: Sequence[int] | int,
+    *,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Bool tensor, True with probability ``p`` (p = 1 gives all True without drawing)."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    if p >= 1.0:
+        return torch.ones(shape, dtype=torch.bool, device=device)
+    if p <= 0.0:
+        return torch.zeros(shape, dtype=torch.bool, device=device)
+    return uniform(shape, device=device, generator=generator) < p
+
+
+# Marsaglia-Tsang rounds drawn at once: acceptance is >= 95% per round for shape >= 1, so the
+# chance that all rounds reject is < 0.05**16 ~ 1e-21 and no data-dependent loop (and no sync)
+# is needed.
+_GAMMA_ROUNDS = 16
+
+
+def _gamma(
+    alpha: float, n: int, device: torch.device | str | None, generator: torch.Generator | None
+) -> Tensor:
+    """Gamma(alpha, 1) samples (float64) from a generator.
+
+    torch.distributions draws from the global RNG only; this takes a Generator, which is
+    what makes Mixup/CutMix lambdas reproducible per op.
+    """
+    boost = alpha < 1.0
+    a = alpha + 1.0 if boost else alpha
+    d = a - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    dev = _draw_device(device, generator)
+    z = torch.randn((_GAMMA_ROUNDS, n), generator=generator, device=dev, dtype=torch.float64)
+    u = torch.rand((_GAMMA_ROUNDS, n), generator=generator, device=dev, dtype=torch.float64)
+    v = (1.0 + c * z) ** 3
+    ok = (v > 0) & (torch.log(u) < 0.5 * z * z + d - d * v + d * torch.log(v.clamp_min(1e-300)))
+    first = ok.to(torch.int8).argmax(dim=0)  # first accepted round per sample
+    samples = (d * v).gather(0, first[None]).squeeze(0)
+    samples = torch.where(ok.any(dim=0), samples, torch.full_like(samples, d))
+    if boost:
+        # Gamma(alpha) = Gamma(alpha + 1) * U^(1/alpha)
+        u2 = torch.rand((n,), generator=generator, device=dev, dtype=torch.float64)
+        samples = samples * u2.pow(1.0 / alpha)
+    return samples.to(device) if device is not None else samples
+
+
+def beta(
+    a: float,
+    b: float,
+    n: int,
+    *,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """``n`` draws of Beta(a, b) as float32 in [0, 1]; Beta(1, 1) is drawn as a uniform."""
+    check_positive(a, "alpha")
+    check_positive(b, "beta")
+    if a == 1.0 and b == 1.0:
+        return uniform(n, device=device, generator=generator)
+    x = _gamma(a, n, device, generator)
+    y = _gamma(b, n, device, generator)
+    s = x + y
+    # Both gammas underflow to 0 only for tiny shapes; split the mass evenly then.
+    out = torch.where(s > 0, x / s.clamp_min(1e-300), torch.full_like(s, 0.5))
+    return out.float()
+
+
+def permutation(
+    n: int, *, device: torch.device | str | None = None, generator: torch.Generator | None = None
+) -> Tensor:
+    """A uniformly random permutation of range(n) (int64), e.g. mixing partners."""
+    check_generator(generator)
+    p = torch.randperm(n, generator=generator, device=_draw_device(device, generator))
+    return p.to(device) if device is not None else p
