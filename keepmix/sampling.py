@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from keepmix._checks import check_generator, check_positive
+from keepmix._checks import check_generator, check_positive, check_probability
 
 __all__ = [
     "uniform",
@@ -90,6 +90,10 @@ def randint(
     u = uniform(shape, device=device, generator=generator, dtype=torch.float64)
     low_t = torch.as_tensor(low, device=u.device, dtype=torch.float64)
     high_t = torch.as_tensor(high, device=u.device, dtype=torch.float64)
+    # One check per call (not per image): an empty range is a caller bug, e.g. a box larger
+    # than the image it must fit in.
+    if bool((high_t <= low_t).any()):
+        raise ValueError("randint needs high > low for every element (an empty range of positions)")
     r = (low_t + u * (high_t - low_t)).floor().long()
     # u < 1 strictly, but float rounding can land exactly on high: keep the result in range.
     return torch.minimum(r, (high_t.long() - 1).clamp_min(low_t.long()))
@@ -103,6 +107,7 @@ def bernoulli(
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Bool tensor, True with probability ``p`` (p = 1 gives all True without drawing)."""
+    p = check_probability(p)
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     if p >= 1.0:
         return torch.ones(shape, dtype=torch.bool, device=device)

@@ -90,12 +90,21 @@ def paste(dst: Tensor, src: Tensor, boxes: Tensor) -> Tensor:
     shape (B, C, 1, 1), a scalar tensor). ``dst`` is not modified.
     """
     mask = box_masks(boxes, dst.shape[-2], dst.shape[-1]).unsqueeze(1)
-    return torch.where(mask, src.to(dst.dtype), dst)
+    return torch.where(mask, _cast_like(src, dst.dtype, "src"), dst)
+
+
+def _cast_like(src: Tensor, dtype: torch.dtype, name: str) -> Tensor:
+    """Cast ``src`` to ``dtype``; float into uint8 is rounded, and out-of-range values raise
+    instead of wrapping around (300.0 would otherwise become 44)."""
+    if dtype == torch.uint8 and src.dtype.is_floating_point:
+        r = src.round()
+        if bool(((r < 0) | (r > 255)).any()):
+            raise ValueError(f"{name} has values outside [0, 255] and cannot go into a uint8 image")
+        return r.to(torch.uint8)
+    return src.to(dtype)
 
 
 def fill_boxes(x: Tensor, boxes: Tensor, value: Tensor | float) -> Tensor:
     """A copy of ``x`` with each box filled with ``value`` (scalar, (B, C, 1, 1) or (B, C, H, W))."""
     v = torch.as_tensor(value, device=x.device)
-    if v.dtype != x.dtype:
-        v = v.to(x.dtype)
-    return paste(x, v, boxes)
+    return paste(x, _cast_like(v, x.dtype, "value"), boxes)

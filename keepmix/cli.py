@@ -1,0 +1,253 @@
+"""``keepmix train | show | plot``: the command-line entry point.
+
+* ``keepmix train PRESET [--FIELD VALUE ...]`` trains a preset; every field of
+  :class:`keepmix.train.TrainConfig` is a flag (``--epochs 5``, ``--no-flip``), applied on
+  top of the preset and of ``--config FILE``. ``--resume RUN_DIR`` continues an interrupted
+  run with its saved configuration.
+* ``keepmix show`` draws a batch before and after each method, with the saliency map and the
+  regions (cut / kept / pasted), into one PNG.
+* ``keepmix plot RUN_DIR ...`` draws the accuracy curves of several runs into one PNG.
+
+Exit status: 0 on success, 2 for bad input (unknown preset or option, bad value, missing data
+or checkpoint), 1 when training fails (NaN loss), 130 / 143 after SIGINT / SIGTERM (a
+checkpoint was written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main", "build_parser"]
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows defaults and keeps the description's line breaks."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field; unset flags leave the preset's value (SUPPRESS)."""
+    from keepmix.train.config import TrainConfig, field_help, field_types
+
+    defaults = TrainConfig().to_dict()
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    sections = {
+        "run": ("name", "out_dir", "seed", "device", "threads"),
+        "data": ("dataset", "data_dir", "train_subset", "test_subset", "crop_padding", "flip"),
+        "model": ("model", "early_head", "early_loss_weight"),
+        "optimisation": ("epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "no_bn_decay",
+                         "warmup_epochs", "min_lr", "label_smoothing"),
+        "speed": ("amp", "amp_dtype", "channels_last", "compile"),
+        "bookkeeping": ("eval_every", "checkpoint_every", "log_every", "max_steps_per_epoch", "progress", "pictures"),
+    }
+    section_of = {f: s for s, fs in sections.items() for f in fs}
+    for name, tp in field_types().items():
+        section = section_of.get(name, "method")
+        if section not in groups:
+            groups[section] = parser.add_argument_group(f"{section} options (override the preset)")
+        help_text, choices = field_help()[name]
+        help_text = f"{help_text} [TrainConfig default: {defaults[name]}]"
+        kwargs: dict = dict(dest=name, default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))
+        if tp is bool:
+            groups[section].add_argument(_flag(name), action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            groups[section].add_argument(_flag(name), type=tp, metavar=tp.__name__.upper(), choices=choices, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``keepmix`` and its three subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="keepmix",
+        description="Information-preserving and mixing data augmentation: train, show, plot.",
+        epilog="Run `keepmix COMMAND --help` for the options of each command.",
+        formatter_class=_Formatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    t = sub.add_parser(
+        "train",
+        help="train a preset (any option overridable); writes runs/<name>-<timestamp>/",
+        description=(
+            "Train a model with an augmentation method. Options are applied in this order: the\n"
+            "TrainConfig defaults, the PRESET, the --config file, then every --option given.\n"
+            "The run directory gets config.yaml, metrics.jsonl (one JSON line per epoch),\n"
+            "checkpoint.pt (each epoch and on SIGINT/SIGTERM), final.json and pictures.\n\n"
+            "Example (a quick CPU run on CIFAR-10, about a minute):\n"
+            "  keepmix train cifar10-small-keepcutout-quick\n"
+            "Under torchrun each process trains on its shard with its own augmentation stream:\n"
+            "  torchrun --nproc_per_node 4 -m keepmix train cifar10-resnet18-keepcutout"
+        ),
+        formatter_class=_Formatter,
+    )
+    t.add_argument("preset", nargs="?", default=None,
+                   help="preset name, e.g. cifar10-resnet18-keepcutout (see --list-presets); optional with --config")
+    t.add_argument("--config", metavar="FILE", default=None,
+                   help="YAML (.yaml/.yml) or TOML (.toml) file of option: value pairs, applied over the preset")
+    t.add_argument("--resume", metavar="RUN_DIR", default=None,
+                   help="continue the interrupted run in RUN_DIR (or a checkpoint file) with its saved config; "
+                        "no preset, --config or option may be given with it")
+    t.add_argument("--list-presets", action="store_true", help="print every preset and what it sets, then exit")
+    _add_config_flags(t)
+
+    s = sub.add_parser(
+        "show",
+        help="PNG grid of a batch before and after each method, with saliency and regions",
+        description=(
+            "Draw a batch of images before and after each augmentation method, the saliency map,\n"
+            "and the region each method cut (red), kept (green) or pasted (blue), like Figure 1\n"
+            "of the KeepAugment paper. The saliency comes from a trained run (--run) or, without\n"
+            "one, from a freshly initialised model (which shows the mechanism, not a trained map)."
+        ),
+        formatter_class=_Formatter,
+    )
+    s.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help="methods to show (default: cutout keepcutout cutmix keepcutmix autoaugment keepautoaugment recursivemix)")
+    s.add_argument("--run", metavar="RUN_DIR", default=None,
+                   help="take the model (for the saliency), dataset and options from this run's checkpoint")
+    s.add_argument("--dataset", default="cifar10", help="dataset name or path (ignored with --run)")
+    s.add_argument("--data-dir", default="data", help="where named datasets are cached (ignored with --run)")
+    s.add_argument("--model", default="small", help="model for the saliency when no --run is given")
+    s.add_argument("--num-images", type=int, default=8, help="number of images (rows) to show")
+    s.add_argument("--seed", type=int, default=0, help="seed of the image choice and of the augmentation draws")
+    s.add_argument("--out", default="keepmix-show.png", help="output PNG path")
+    s.add_argument("--device", default="cpu", help="device for the saliency model (cpu, cuda)")
+
+    p = sub.add_parser(
+        "plot",
+        help="accuracy curves of several runs in one PNG",
+        description="Plot a metric per epoch of several runs (run directories or metrics.jsonl files) into one PNG.",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (holding metrics.jsonl) or metrics.jsonl files")
+    p.add_argument("--out", default="keepmix-plot.png", help="output PNG path")
+    p.add_argument("--metric", default="test_acc",
+                   help="metric to plot: test_acc, train_acc, train_loss, test_loss, lr, images_per_s")
+    p.add_argument("--labels", nargs="+", default=None, metavar="LABEL",
+                   help="legend label per run (runs sharing a label are averaged in the legend)")
+    p.add_argument("--title", default=None, help="figure title")
+    return parser
+
+
+def _error(command: str, msg: str, code: int) -> int:
+    print(f"keepmix {command}: error: {msg}", file=sys.stderr)
+    return code
+
+
+def _config_from_args(args: argparse.Namespace):
+    from keepmix.train.config import TrainConfig, config_from_dict, field_types, load_config
+    from keepmix.train.presets import PRESETS, get_preset
+
+    overrides = {k: getattr(args, k) for k in field_types() if hasattr(args, k)}
+    if args.preset is not None:
+        get_preset(args.preset)  # unknown preset: a clear error before anything else
+        values = dict(PRESETS[args.preset])
+    else:
+        values = {}
+    if args.config is not None:
+        file_cfg = load_config(args.config)
+        given = _keys_in_file(args.config)
+        values.update({k: v for k, v in file_cfg.to_dict().items() if k in given})
+    if args.preset is None and args.config is None:
+        from keepmix.train.config import ConfigError
+
+        raise ConfigError("give a preset (see `keepmix train --list-presets`), --config FILE, or --resume RUN_DIR")
+    values.update(overrides)
+    if "name" not in values:
+        values["name"] = args.preset or Path(args.config).stem
+    return config_from_dict(values, where="the command line") if values else TrainConfig()
+
+
+def _keys_in_file(path: str) -> set[str]:
+    p = Path(path)
+    if p.suffix == ".toml":
+        import tomllib
+
+        return set(tomllib.loads(p.read_text()))
+    import yaml
+
+    return set(yaml.safe_load(p.read_text()) or {})
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from keepmix.train.checkpoint import CheckpointError
+    from keepmix.train.config import ConfigError, field_types
+    from keepmix.train.loop import NonFiniteLossError, RunInterrupted, train
+    from keepmix.train.presets import describe_preset, preset_names
+
+    if args.list_presets:
+        for name in preset_names():
+            print(f"{name}\n    {describe_preset(name)}")
+        return 0
+    try:
+        from keepmix.data import DataError
+    except ImportError:  # pragma: no cover - keepmix.data always defines it
+        DataError = ValueError  # type: ignore[misc,assignment]
+    try:
+        if args.resume is not None:
+            given = [k for k in field_types() if hasattr(args, k)]
+            if args.preset or args.config or given:
+                raise ConfigError("--resume continues a run with its saved config: do not give a preset, --config "
+                                  f"or options with it (got {', '.join([args.preset or '', args.config or ''] + given).strip(', ')})")
+            final = train(None, resume=args.resume)  # type: ignore[arg-type]
+        else:
+            final = train(_config_from_args(args))
+    except (ConfigError, CheckpointError, DataError, FileNotFoundError) as e:
+        return _error("train", str(e), EXIT_BAD_INPUT)
+    except NonFiniteLossError as e:
+        return _error("train", str(e), EXIT_FAILED)
+    except RunInterrupted as e:
+        print(f"keepmix train: {e}", file=sys.stderr)
+        return 128 + (e.signum or signal.SIGINT)
+    run_dir = Path(final["run_dir"])
+    print(f"run directory: {run_dir}")
+    print(f"final test accuracy: {final['test_acc']:.2f}% (best {final['best_test_acc']:.2f}%) "
+          f"after {final['epochs']} epochs, {final['wall_time_s']:.0f} s")
+    print(f"metrics: {run_dir / 'metrics.jsonl'}  summary: {run_dir / 'final.json'}  config: {run_dir / 'config.yaml'}")
+    for pic in final.get("pictures", []):
+        print(f"picture: {pic}")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from keepmix.viz import plot_runs
+
+    try:
+        out = plot_runs(args.runs, args.out, metric=args.metric, labels=args.labels, title=args.title)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        return _error("plot", str(e).strip('"'), EXIT_BAD_INPUT)
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from keepmix.train.show import show
+
+    try:
+        out = show(
+            methods=args.methods, run=args.run, dataset=args.dataset, data_dir=args.data_dir, model=args.model,
+            num_images=args.num_images, seed=args.seed, out=args.out, device=args.device,
+        )
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
+        return _error("show", str(e).strip('"'), EXIT_BAD_INPUT)
+    print(f"wrote {out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``keepmix`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    return {"train": _cmd_train, "show": _cmd_show, "plot": _cmd_plot}[args.command](args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

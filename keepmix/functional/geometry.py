@@ -1,0 +1,265 @@
+"""Batched affine warps with per-image parameters, following PIL's conventions.
+
+A warp is given the way PIL's ``Image.transform(size, Image.AFFINE, data)`` takes it: six
+coefficients ``(a, b, c, d, e, f)`` per image that map a point of the *output* to the point of
+the *input* it samples, ``(x_in, y_in) = (a x + b y + c, d x + e y + f)``, in continuous pixel
+coordinates where pixel ``(i, j)`` covers ``[j, j + 1) x [i, i + 1)`` (its centre is at
+``(j + 0.5, i + 0.5)``). Output pixels whose source falls outside the image take ``fill``.
+
+* ``nearest`` (PIL's default, and AutoAugment's) reproduces PIL's 16.16 fixed-point affine
+  engine with integer index math (exact: the same source pixel as PIL for every output pixel,
+  barring coordinates within 2**-17 of a pixel edge). ``grid_sample`` would round float32
+  coordinates half-to-even and move pixels at ties, so it is not used for nearest.
+* ``bilinear`` uses ``grid_sample`` (one fused kernel per batch) with ``align_corners=False``
+  and border padding, which is PIL's bilinear filter (sample at centres, clamp neighbours at the
+  edge) up to float32 coordinate rounding; the in-image test (``0 <= x_in < W``) is PIL's. uint8
+  results are truncated like PIL's, so they agree with PIL to within one grey level.
+
+Named ops (``rotate``, ``shear_x`` ...) build the coefficients; angles, shears and shifts are
+Python numbers or (B,) tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from keepmix._checks import check_images
+
+__all__ = [
+    "Interpolation",
+    "affine",
+    "rotate",
+    "shear_x",
+    "shear_y",
+    "translate_x",
+    "translate_y",
+    "rotation_matrix",
+    "shear_matrix",
+    "translation_matrix",
+]
+
+Interpolation = Literal["nearest", "bilinear"]
+Fill = float | Sequence[float] | Tensor
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _per_image(value: float | Tensor, batch: int, device: torch.device, name: str) -> Tensor:
+    """A number or (B,) tensor as a finite (B,) float64 tensor."""
+    if isinstance(value, Tensor):
+        if value.ndim == 0:
+            value = value.expand(batch)
+        if value.shape != (batch,):
+            raise ValueError(f"{name} must be a number or a tensor of shape ({batch},) (one per image), got shape {tuple(value.shape)}")
+        if value.dtype == torch.bool or value.is_complex():
+            raise TypeError(f"{name} must be a real number tensor, got {value.dtype}")
+        value = value.to(device=device, dtype=torch.float64)
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number or a (B,) tensor, got {type(value).__name__}")
+    else:
+        value = torch.full((batch,), float(value), device=device, dtype=torch.float64)
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{name} must be finite, got {value.tolist()}")
+    return value
+
+
+def _fill_tensor(fill: Fill, images: Tensor) -> Tensor:
+    """``fill`` as a (1, C, 1, 1) tensor of the images' dtype (range-checked for uint8)."""
+    c = images.shape[1]
+    t = torch.as_tensor(fill, dtype=torch.float64).flatten()
+    if t.numel() not in (1, c):
+        raise ValueError(f"fill must be a number or one value per channel ({c}), got {t.numel()} values")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"fill must be finite, got {t.tolist()}")
+    if images.dtype == torch.uint8:
+        if bool(((t < 0) | (t > 255) | (t != t.round())).any()):
+            raise ValueError(f"fill for uint8 images must be integers in [0, 255], got {t.tolist()}")
+    return t.expand(c).to(device=images.device, dtype=images.dtype).view(1, c, 1, 1)
+
+
+def _check_matrix(matrix: Tensor, batch: int) -> Tensor:
+    if not isinstance(matrix, Tensor):
+        raise TypeError(f"matrix must be a tensor of shape (B, 6) or (B, 2, 3), got {type(matrix).__name__}")
+    if matrix.shape in ((batch, 2, 3),):
+        matrix = matrix.reshape(batch, 6)
+    if matrix.shape != (batch, 6):
+        raise ValueError(f"matrix must have shape ({batch}, 6) or ({batch}, 2, 3), got {tuple(matrix.shape)}")
+    if not matrix.dtype.is_floating_point:
+        matrix = matrix.double()
+    if not bool(torch.isfinite(matrix).all()):
+        raise ValueError("matrix must be finite")
+    return matrix.double()
+
+
+def _check_interpolation(interpolation: str) -> None:
+    if interpolation not in ("nearest", "bilinear"):
+        raise ValueError(f"interpolation must be 'nearest' or 'bilinear', got {interpolation!r}")
+
+
+# --------------------------------------------------------------------------- matrices
+
+
+def rotation_matrix(angle: Tensor, height: int, width: int) -> Tensor:
+    """(B, 6) coefficients of ``Image.rotate(angle)`` (degrees, counter-clockwise, about the centre).
+
+    Computed as PIL computes them: ``angle % 360``, cos/sin of ``-radians(angle)`` rounded to
+    15 decimals, centre ``(W / 2, H / 2)``.
+    """
+    rad = -(torch.remainder(angle.double(), 360.0) * (math.pi / 180.0))
+    cos = torch.round(torch.cos(rad), decimals=15)
+    sin = torch.round(torch.sin(rad), decimals=15)
+    cx, cy = width / 2.0, height / 2.0
+    c = (cos * -cx + sin * -cy) + cx
+    f = (-sin * -cx + cos * -cy) + cy
+    return torch.stack([cos, sin, c, -sin, cos, f], dim=-1)
+
+
+def shear_matrix(shear: Tensor, axis: Literal["x", "y"]) -> Tensor:
+    """(B, 6) coefficients of a shear about the top-left corner (AutoAugment's ShearX/Y).
+
+    ShearX samples ``x_in = x + shear * y`` (PIL data ``(1, shear, 0, 0, 1, 0)``).
+    """
+    s = shear.double()
+    one, zero = torch.ones_like(s), torch.zeros_like(s)
+    if axis == "x":
+        return torch.stack([one, s, zero, zero, one, zero], dim=-1)
+    return torch.stack([one, zero, zero, s, one, zero], dim=-1)
+
+
+def translation_matrix(dx: Tensor, dy: Tensor) -> Tensor:
+    """(B, 6) coefficients that move the content by ``(dx, dy)`` pixels (right / down when positive)."""
+    dx, dy = dx.double(), dy.double()
+    one, zero = torch.ones_like(dx), torch.zeros_like(dx)
+    return torch.stack([one, zero, -dx, zero, one, -dy], dim=-1)
+
+
+# --------------------------------------------------------------------------- warping
+
+
+def _fixed(v: Tensor) -> Tensor:
+    """PIL's FIX(v) = floor(v * 65536 + 0.5): 16.16 fixed point."""
+    return torch.floor(v * 65536.0 + 0.5).long()
+
+
+def _nearest(images: Tensor, m: Tensor, fill: Tensor) -> Tensor:
+    b, c, h, w = images.shape
+    a0, a1, a2, a3, a4, a5 = m.unbind(-1)
+    # Start values at the centre of pixel (0, 0), same operation order as Geometry.c.
+    x0 = _fixed((a2 + a0 * 0.5) + a1 * 0.5)
+    y0 = _fixed((a5 + a3 * 0.5) + a4 * 0.5)
+    fa0, fa1, fa3, fa4 = _fixed(a0), _fixed(a1), _fixed(a3), _fixed(a4)
+    ys = torch.arange(h, device=images.device).view(1, h, 1)
+    xs = torch.arange(w, device=images.device).view(1, 1, w)
+    # Integer arithmetic is exact, so summing directly equals PIL's running sums.
+    xin = (x0.view(b, 1, 1) + ys * fa1.view(b, 1, 1) + xs * fa0.view(b, 1, 1)) >> 16
+    yin = (y0.view(b, 1, 1) + ys * fa4.view(b, 1, 1) + xs * fa3.view(b, 1, 1)) >> 16
+    valid = (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
+    index = torch.where(valid, yin * w + xin, 0).view(b, 1, h * w).expand(b, c, h * w)
+    out = images.reshape(b, c, h * w).gather(2, index).view(b, c, h, w)
+    return torch.where(valid.unsqueeze(1), out, fill)
+
+
+def _bilinear(images: Tensor, m: Tensor, fill: Tensor) -> Tensor:
+    b, c, h, w = images.shape
+    ys = torch.arange(h, device=images.device, dtype=torch.float64).view(1, h, 1) + 0.5
+    xs = torch.arange(w, device=images.device, dtype=torch.float64).view(1, 1, w) + 0.5
+    a0, a1, a2, a3, a4, a5 = (t.view(b, 1, 1) for t in m.unbind(-1))
+    xin = a0 * xs + a1 * ys + a2
+    yin = a3 * xs + a4 * ys + a5
+    valid = (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
+    # grid_sample with align_corners=False samples pixel centres at (2 k + 1) / size - 1.
+    grid = torch.stack([xin * (2.0 / w) - 1.0, yin * (2.0 / h) - 1.0], dim=-1)
+    wd = torch.float64 if images.dtype == torch.float64 else torch.float32
+    src = images.to(wd)
+    out = F.grid_sample(src, grid.to(wd), mode="bilinear", padding_mode="border", align_corners=False)
+    if images.dtype == torch.uint8:
+        out = out.clamp_(0.0, 255.0).to(torch.uint8)  # truncation, like PIL's (UINT8) cast
+    else:
+        out = out.to(images.dtype)
+    return torch.where(valid.unsqueeze(1), out, fill)
+
+
+def _affine(images: Tensor, matrix: Tensor, interpolation: str, fill: Tensor) -> Tensor:
+    if interpolation == "nearest":
+        return _nearest(images, matrix, fill)
+    return _bilinear(images, matrix, fill)
+
+
+def affine(
+    images: Tensor, matrix: Tensor, interpolation: Interpolation = "nearest", fill: Fill = 0.0
+) -> Tensor:
+    """Warp each image by its own affine map, PIL's ``Image.transform(..., Image.AFFINE, ...)``.
+
+    Args:
+        images: (B, C, H, W) uint8 or float.
+        matrix: (B, 6) or (B, 2, 3) PIL-style coefficients mapping output to input points
+            (see the module docstring).
+        interpolation: ``"nearest"`` (exactly PIL's) or ``"bilinear"``.
+        fill: value of pixels that come from outside the image, in the images' units: a number
+            or one per channel (uint8: integers in [0, 255]).
+    """
+    check_images(images)
+    _check_interpolation(interpolation)
+    m = _check_matrix(matrix, images.shape[0]).to(images.device)
+    return _affine(images, m, interpolation, _fill_tensor(fill, images))
+
+
+def rotate(
+    images: Tensor, angle: float | Tensor, interpolation: Interpolation = "nearest", fill: Fill = 0.0
+) -> Tensor:
+    """Rotate each image by ``angle`` degrees counter-clockwise about its centre, ``Image.rotate``."""
+    check_images(images)
+    _check_interpolation(interpolation)
+    a = _per_image(angle, images.shape[0], images.device, "angle")
+    m = rotation_matrix(a, images.shape[-2], images.shape[-1])
+    return _affine(images, m, interpolation, _fill_tensor(fill, images))
+
+
+def _shear(images: Tensor, shear: float | Tensor, axis: Literal["x", "y"], interpolation: str, fill: Fill) -> Tensor:
+    check_images(images)
+    _check_interpolation(interpolation)
+    s = _per_image(shear, images.shape[0], images.device, "shear")
+    return _affine(images, shear_matrix(s, axis), interpolation, _fill_tensor(fill, images))
+
+
+def shear_x(
+    images: Tensor, shear: float | Tensor, interpolation: Interpolation = "nearest", fill: Fill = 0.0
+) -> Tensor:
+    """Horizontal shear: output pixel (x, y) samples the input at (x + shear * y, y)."""
+    return _shear(images, shear, "x", interpolation, fill)
+
+
+def shear_y(
+    images: Tensor, shear: float | Tensor, interpolation: Interpolation = "nearest", fill: Fill = 0.0
+) -> Tensor:
+    """Vertical shear: output pixel (x, y) samples the input at (x, y + shear * x)."""
+    return _shear(images, shear, "y", interpolation, fill)
+
+
+def _translate(images: Tensor, shift: float | Tensor, axis: str, interpolation: str, fill: Fill) -> Tensor:
+    check_images(images)
+    _check_interpolation(interpolation)
+    s = _per_image(shift, images.shape[0], images.device, "shift")
+    z = torch.zeros_like(s)
+    m = translation_matrix(s, z) if axis == "x" else translation_matrix(z, s)
+    return _affine(images, m, interpolation, _fill_tensor(fill, images))
+
+
+def translate_x(
+    images: Tensor, shift: float | Tensor, interpolation: Interpolation = "nearest", fill: Fill = 0.0
+) -> Tensor:
+    """Move the content ``shift`` pixels to the right (left when negative)."""
+    return _translate(images, shift, "x", interpolation, fill)
+
+
+def translate_y(
+    images: Tensor, shift: float | Tensor, interpolation: Interpolation = "nearest", fill: Fill = 0.0
+) -> Tensor:
+    """Move the content ``shift`` pixels down (up when negative)."""
+    return _translate(images, shift, "y", interpolation, fill)

@@ -1,0 +1,519 @@
+"""KeepAugment (Gong et al., CVPR 2021): augment without destroying what the model looks at.
+
+Two wrappers, one per kind of augmentation:
+
+* :class:`KeepCut` (selective-cut) wraps a region-level op (Cutout, Random Erasing, CutMix, or
+  any :class:`keepmix.base.RegionOp`). It keeps the op's region *sizes* and only moves the
+  regions: every candidate position of each image's size is scored with one summed-area
+  table, ``tau`` is the per-image q-quantile of those scores, and the position is drawn
+  uniformly among the candidates scoring strictly below ``tau``. That is exactly the
+  distribution of the paper's "sample uniformly until I(S, R) < tau" loop, with no tries and
+  no loop. The op's own ``apply`` then does what it always does.
+* :class:`KeepPaste` (selective-paste) wraps any image-level transform (a callable on a
+  batch): ``x_aug = transform(x)``, a region scoring strictly above ``tau`` is drawn the
+  same way, and ``x' = M * x + (1 - M) * x_aug`` pastes the original region back.
+
+**Fallback** (documented, deterministic in kind): when no candidate is strictly below
+(above) ``tau`` -- constant or all-zero saliency, or ties at the quantile -- the position is
+drawn uniformly among the lowest- (highest-) scoring candidates. With a constant map that
+is every candidate, i.e. the unmodified op. ``KeepSelection.fallback`` reports it per image.
+A NaN or infinite saliency map is an error (a diverged model), never silently handled.
+
+**Saliency**, two ways (every Keep* class): pass a precomputed (B, H, W) map,
+``op(images, labels, saliency=S)``, or construct the op with ``saliency_fn`` (a
+:class:`keepmix.saliency.Saliency` or any callable ``(images, labels) -> (B, H, W)``) and call
+``op(images, labels)``. An explicit ``saliency=`` wins over ``saliency_fn``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable, Literal, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from keepmix._checks import check_generator, check_images, check_open_unit
+from keepmix.base import Placement, RegionOp, RegionParams
+from keepmix.functional.boxes import paste
+from keepmix.functional.regions import (
+    box_sums,
+    candidate_boxes,
+    candidate_positions,
+    candidate_scores,
+    masked_quantile,
+    sample_where,
+    summed_area_table,
+)
+
+__all__ = [
+    "KeepSelection",
+    "check_saliency",
+    "select_boxes",
+    "KeepCut",
+    "KeepPaste",
+    "KeepCutout",
+    "KeepRandomErasing",
+    "KeepCutMix",
+    "KeepAutoAugment",
+    "KeepRandAugment",
+]
+
+SaliencyFn = Callable[[Tensor, "Tensor | None"], Tensor]
+Side = Literal["below", "above"]
+
+
+def check_saliency(saliency: object, images: Tensor, name: str = "saliency") -> Tensor:
+    """Check a (B, H, W) saliency map against ``images`` (B, C, H, W) and return it.
+
+    It must be a floating-point tensor on the images' device with their B, H, W. Finiteness
+    is checked by :func:`select_boxes` on the summed-area table's totals (B values instead of
+    a pass over the whole map: any NaN or infinity reaches the total).
+    """
+    if not isinstance(saliency, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, H, W), got {type(saliency).__name__}")
+    b, _, h, w = images.shape
+    if saliency.ndim != 3 or tuple(saliency.shape) != (b, h, w):
+        raise ValueError(f"{name} must have shape (B, H, W) = {(b, h, w)} to match images {tuple(images.shape)}, got {tuple(saliency.shape)}")
+    if saliency.device != images.device:
+        raise ValueError(f"{name} is on {saliency.device} but images are on {images.device}; move them to one device")
+    if not saliency.dtype.is_floating_point:
+        raise TypeError(f"{name} must be floating point, got {saliency.dtype}")
+    return saliency
+
+
+@dataclass(frozen=True)
+class KeepSelection:
+    """Where KeepAugment put each image's region, and why.
+
+    ``boxes`` (B, 4) int64; ``tau`` (B,) float64 the per-image q-quantile of the candidate
+    scores; ``fallback`` (B,) bool, True where no candidate passed the strict threshold and the
+    lowest- (highest-) scoring candidates were used instead; ``sat`` the (B, H + 1, W + 1)
+    float64 summed-area table the scores came from (reusable: ``box_sums(sat, boxes)``).
+    """
+
+    boxes: Tensor
+    tau: Tensor
+    fallback: Tensor
+    sat: Tensor
+
+
+def select_boxes(
+    saliency: Tensor,
+    sizes: Tensor | tuple[int, int],
+    q: float = 0.6,
+    placement: Placement = "center",
+    side: Side = "below",
+    stride: int = 1,
+    generator: torch.Generator | None = None,
+) -> KeepSelection:
+    """Draw one region per image among the candidates scoring below (or above) ``tau``.
+
+    ``saliency`` (B, H, W); ``sizes`` (B, 2) per-image (h, w) or one static (h, w);
+    ``side="below"`` is selective-cut (score < tau), ``"above"`` selective-paste
+    (score > tau). A zero size gives an empty box (the op skips that image).
+    """
+    check_open_unit(q, "q")
+    if side not in ("below", "above"):
+        raise ValueError(f"side must be 'below' or 'above', got {side!r}")
+    if saliency.ndim != 3 or not saliency.dtype.is_floating_point:
+        raise ValueError(f"saliency must be a floating-point (B, H, W) tensor, got {tuple(saliency.shape)} {saliency.dtype}")
+    b, h, w = saliency.shape
+    cand = candidate_positions(sizes, h, w, placement, stride, batch_size=b, device=saliency.device)
+    sat = summed_area_table(saliency)
+    # float64 totals of float16/32 maps cannot overflow, so a non-finite total means a NaN or
+    # an infinity somewhere in the map: one host sync per batch.
+    if not bool(torch.isfinite(sat[:, -1, -1]).all()):
+        raise ValueError("saliency contains NaN or infinite values (a diverged model?); KeepAugment needs a finite map")
+    scores = candidate_scores(sat, cand)  # (B, N) float64
+    valid = cand.valid()
+    tau = masked_quantile(scores, valid, q)
+    below = side == "below"
+    if valid is not None:
+        # Invalid candidates get a score that can neither pass nor be the extreme.
+        scores = torch.where(valid, scores, torch.full_like(scores, float("inf") if below else float("-inf")))
+    passing = scores < tau[:, None] if below else scores > tau[:, None]
+    found = passing.any(1)
+    # Fallback: the extreme-scoring candidates (never empty: every image has a candidate).
+    extreme = scores.amin(1, keepdim=True) if below else scores.amax(1, keepdim=True)
+    choose = torch.where(found[:, None], passing, scores == extreme)
+    index, _ = sample_where(choose, generator)
+    boxes = candidate_boxes(cand, index)
+    if isinstance(sizes, Tensor):
+        nonempty = (sizes[:, 0] > 0) & (sizes[:, 1] > 0)
+    else:
+        nonempty = torch.full((b,), sizes[0] > 0 and sizes[1] > 0, device=saliency.device)
+    return KeepSelection(boxes=boxes, tau=tau, fallback=~found & nonempty, sat=sat)
+
+
+def _accepts(fn: Callable, name: str) -> bool:
+    """Whether ``fn`` takes a keyword argument ``name`` (False when it cannot be inspected)."""
+    target = fn.forward if isinstance(fn, nn.Module) else fn
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+class _SaliencySource(nn.Module):
+    """Shared by the Keep* modules: the threshold ``q`` and where the saliency comes from."""
+
+    def __init__(self, q: float, saliency_fn: SaliencyFn | None) -> None:
+        super().__init__()
+        self.q = check_open_unit(q, "q")
+        if saliency_fn is not None and not callable(saliency_fn):
+            raise TypeError(f"saliency_fn must be callable (images, labels) -> (B, H, W) or None, got {type(saliency_fn).__name__}")
+        # Stored outside nn.Module's registry on purpose: the model behind a Saliency must not
+        # become a submodule of the augmentation (its parameters would show up twice).
+        object.__setattr__(self, "saliency_fn", saliency_fn)
+
+    def resolve_saliency(self, images: Tensor, labels: Tensor | None, saliency: Tensor | None) -> Tensor:
+        """The checked (B, H, W) map: ``saliency`` if given, else ``saliency_fn(images, labels)``."""
+        if saliency is None:
+            if self.saliency_fn is None:
+                raise ValueError(
+                    f"{type(self).__name__} needs a saliency map: pass saliency=(B, H, W) tensor, "
+                    "or construct it with saliency_fn=Saliency(model)"
+                )
+            saliency = self.saliency_fn(images, labels)
+        return check_saliency(saliency, images)
+
+
+class KeepCut(_SaliencySource):
+    """Selective-cut: a region op whose regions avoid each image's salient part.
+
+    Args:
+        op: a :class:`keepmix.base.RegionOp` (its ``placement`` defines the candidates; its
+            ``sample_params`` gives the sizes; its ``apply`` does the work).
+        q: quantile level of the threshold, in (0, 1) (paper: 0.6).
+        saliency_fn: optional ``(images, labels) -> (B, H, W)``, e.g. ``Saliency(model)``.
+        candidate_stride: score every ``stride``-th position per axis (exact when 1).
+
+    ``forward(images, labels=None, *, saliency=None, generator=None)`` returns what
+    ``op.apply`` returns: images for Cutout/RandomErasing, ``(images, targets)`` for an op
+    whose ``apply`` takes labels (CutMix; labels are then required). Each image's region is
+    drawn independently; the op's probability ``p`` still decides which images it touches.
+    """
+
+    def __init__(
+        self, op: RegionOp, q: float = 0.6, saliency_fn: SaliencyFn | None = None, candidate_stride: int = 1
+    ) -> None:
+        super().__init__(q, saliency_fn)
+        if not isinstance(op, RegionOp):
+            raise TypeError(f"op must be a keepmix.base.RegionOp (sample_params / apply / placement), got {type(op).__name__}")
+        if op.placement not in ("center", "inside"):
+            raise ValueError(f"op.placement must be 'center' or 'inside', got {op.placement!r}")
+        if isinstance(candidate_stride, bool) or int(candidate_stride) != candidate_stride or candidate_stride < 1:
+            raise ValueError(f"candidate_stride must be a positive integer, got {candidate_stride!r}")
+        self.op = op
+        self.candidate_stride = int(candidate_stride)
+        self._op_takes_labels = "labels" in inspect.signature(op.apply).parameters
+
+    def select(self, saliency: Tensor, sizes: Tensor, generator: torch.Generator | None = None) -> KeepSelection:
+        """Boxes of the given sizes (B, 2) placed below each image's threshold."""
+        return select_boxes(saliency, sizes, self.q, self.op.placement, "below", self.candidate_stride, generator)
+
+    def sample_params(
+        self, images: Tensor, saliency: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[RegionParams, KeepSelection]:
+        """The op's params with ``boxes`` replaced by KeepAugment's, and the selection behind them."""
+        check_images(images)
+        check_generator(generator)
+        saliency = check_saliency(saliency, images)
+        params = self.op.sample_params(images, generator)
+        selection = self.select(saliency, params.sizes, generator)
+        return params.replace(boxes=selection.boxes), selection
+
+    def apply(self, images: Tensor, params: RegionParams, labels: Tensor | None = None, **kwargs):
+        """The wrapped op's ``apply`` (KeepAugment changes where, not what).
+
+        ``labels`` (and any keyword, e.g. CutMix's ``patch_weight``) go to an op that mixes labels.
+        """
+        if self._op_takes_labels:
+            if labels is None:
+                raise ValueError(f"{type(self.op).__name__} mixes labels: pass labels")
+            return self.op.apply(images, labels, params, **kwargs)
+        return self.op.apply(images, params, **kwargs)
+
+    def forward(
+        self,
+        images: Tensor,
+        labels: Tensor | None = None,
+        *,
+        saliency: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        check_images(images)
+        if self._op_takes_labels and labels is None:
+            raise ValueError(f"{type(self.op).__name__} mixes labels: pass labels to {type(self).__name__}")
+        sal = self.resolve_saliency(images, labels, saliency)
+        params, _ = self.sample_params(images, sal, generator)
+        return self.apply(images, params, labels)
+
+    def extra_repr(self) -> str:
+        return f"q={self.q}, candidate_stride={self.candidate_stride}, saliency_fn={self.saliency_fn!r}"
+
+
+def _check_size(size: int | Sequence[int]) -> tuple[int, int]:
+    pair = (size, size) if isinstance(size, int) else tuple(size)
+    if len(pair) != 2 or any(isinstance(v, bool) or int(v) != v or v < 1 for v in pair):
+        raise ValueError(f"size must be a positive integer or a pair (h, w) of them, got {size!r}")
+    return int(pair[0]), int(pair[1])
+
+
+class KeepPaste(_SaliencySource):
+    """Selective-paste: an image-level transform that leaves each image's salient region as is.
+
+    ``x_aug = transform(x)``; a ``size`` region with score strictly above the per-image
+    q-quantile ``tau`` is drawn uniformly; ``x' = M * x + (1 - M) * x_aug``.
+
+    Args:
+        transform: any callable on a (B, C, H, W) batch returning the same shape, dtype and
+            device (keepmix's policies, kornia augmentations, a lambda). If it accepts a
+            ``generator`` keyword, the generator is passed on.
+        size: the kept region, an int or (h, w) (paper, CIFAR-10: 16).
+        q: quantile level of the threshold, in (0, 1) (paper: 0.6).
+        saliency_fn: optional ``(images, labels) -> (B, H, W)``, e.g. ``Saliency(model)``.
+        placement: ``"inside"`` (default): the region lies fully inside the image, so every
+            image keeps exactly h x w original pixels and all images share one candidate grid
+            ((H - h + 1) x (W - w + 1) corners, no masked quantile); ``"center"``: centres
+            anywhere, clipped at the border, like Cutout.
+        candidate_stride: score every ``stride``-th position per axis (exact when 1).
+
+    ``forward(images, labels=None, *, saliency=None, generator=None) -> images``; labels are
+    only used to compute the saliency.
+    """
+
+    def __init__(
+        self,
+        transform: Callable[[Tensor], Tensor],
+        size: int | Sequence[int] = 16,
+        q: float = 0.6,
+        saliency_fn: SaliencyFn | None = None,
+        placement: Placement = "inside",
+        candidate_stride: int = 1,
+    ) -> None:
+        super().__init__(q, saliency_fn)
+        if not callable(transform):
+            raise TypeError(f"transform must be callable on a batch of images, got {type(transform).__name__}")
+        if placement not in ("center", "inside"):
+            raise ValueError(f"placement must be 'center' or 'inside', got {placement!r}")
+        if isinstance(candidate_stride, bool) or int(candidate_stride) != candidate_stride or candidate_stride < 1:
+            raise ValueError(f"candidate_stride must be a positive integer, got {candidate_stride!r}")
+        self.transform = transform
+        self.size = _check_size(size)
+        self.placement: Placement = placement
+        self.candidate_stride = int(candidate_stride)
+        self._transform_takes_generator = _accepts(transform, "generator")
+
+    def select(self, saliency: Tensor, generator: torch.Generator | None = None) -> KeepSelection:
+        """Regions of ``size`` placed above each image's threshold."""
+        h, w = saliency.shape[-2:]
+        if self.size[0] > h or self.size[1] > w:
+            raise ValueError(f"size {self.size} is larger than the {h}x{w} images")
+        return select_boxes(saliency, self.size, self.q, self.placement, "above", self.candidate_stride, generator)
+
+    def sample_params(
+        self, images: Tensor, saliency: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[RegionParams, KeepSelection]:
+        """The kept regions as :class:`RegionParams` (boxes, sizes) and the selection behind them."""
+        check_images(images)
+        check_generator(generator)
+        selection = self.select(check_saliency(saliency, images), generator)
+        sizes = torch.tensor(self.size, device=images.device).expand(images.shape[0], 2)
+        return RegionParams(boxes=selection.boxes, sizes=sizes), selection
+
+    def apply(self, images: Tensor, augmented: Tensor, params: RegionParams) -> Tensor:
+        """``augmented`` everywhere except inside ``params.boxes``, where ``images`` is kept."""
+        if not isinstance(augmented, Tensor) or augmented.shape != images.shape:
+            got = tuple(augmented.shape) if isinstance(augmented, Tensor) else type(augmented).__name__
+            raise ValueError(f"the transform must return a batch shaped like its input {tuple(images.shape)}, got {got}")
+        if augmented.dtype != images.dtype or augmented.device != images.device:
+            raise ValueError(
+                f"the transform must keep dtype and device ({images.dtype}, {images.device}), "
+                f"got ({augmented.dtype}, {augmented.device})"
+            )
+        return paste(augmented, images, params.boxes)
+
+    def forward(
+        self,
+        images: Tensor,
+        labels: Tensor | None = None,
+        *,
+        saliency: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        check_images(images)
+        check_generator(generator)
+        sal = self.resolve_saliency(images, labels, saliency)
+        params, _ = self.sample_params(images, sal, generator)
+        if self._transform_takes_generator:
+            augmented = self.transform(images, generator=generator)
+        else:
+            augmented = self.transform(images)
+        return self.apply(images, augmented, params)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, q={self.q}, placement={self.placement!r}, candidate_stride={self.candidate_stride}"
+
+
+# --------------------------------------------------------------------------------------
+# Ready-made combinations
+# --------------------------------------------------------------------------------------
+
+
+class KeepCutout(KeepCut):
+    """KeepAugment + Cutout: a ``length`` square per image, away from the salient part.
+
+    ``forward(images, labels=None, *, saliency=None, generator=None) -> images``.
+    """
+
+    def __init__(
+        self,
+        length: int = 16,
+        fill: float | Sequence[float] = 0.0,
+        p: float = 1.0,
+        q: float = 0.6,
+        saliency_fn: SaliencyFn | None = None,
+        candidate_stride: int = 1,
+    ) -> None:
+        from keepmix.regional import Cutout
+
+        super().__init__(Cutout(length, fill, p), q, saliency_fn, candidate_stride)
+
+
+class KeepRandomErasing(KeepCut):
+    """KeepAugment + Random Erasing: each erased box lies inside the image and below ``tau``.
+
+    ``forward(images, labels=None, *, saliency=None, generator=None) -> images``.
+    """
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        scale: tuple[float, float] = (0.02, 0.4),
+        ratio: tuple[float, float] = (0.3, 1 / 0.3),
+        value: float | Sequence[float] | str = 0.0,
+        q: float = 0.6,
+        saliency_fn: SaliencyFn | None = None,
+        candidate_stride: int = 1,
+    ) -> None:
+        from keepmix.regional import RandomErasing
+
+        super().__init__(RandomErasing(p, scale, ratio, value), q, saliency_fn, candidate_stride)
+
+
+class KeepCutMix(KeepCut):
+    """KeepAugment + CutMix: the partner's patch never covers the receiving image's salient part.
+
+    The box size comes from CutMix's lam; its position is drawn below ``tau`` on the saliency
+    of the image that *receives* the patch. The reported lam is still the exact unpasted
+    area (``keepmix.functional.mixing.area_lambda(params.boxes, H, W)``).
+
+    Args:
+        num_classes, alpha, p, per_sample: as :class:`keepmix.mixing.CutMix` (with
+            ``per_sample=False`` the batch shares one box size, positions stay per image).
+        label_weight: ``"area"`` (default, CutMix's rule): the patch's label weight is its
+            area share ``1 - lam``. ``"saliency"``: the partner's saliency mass inside the box
+            over the partner's total saliency, so a patch of background earns little label
+            weight; a partner whose map is all zero falls back to the area share.
+        q, saliency_fn, candidate_stride: as :class:`KeepCut`.
+
+    ``forward(images, labels, *, saliency=None, generator=None) -> (images, float32 targets)``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int | None = None,
+        alpha: float = 1.0,
+        p: float = 1.0,
+        per_sample: bool = True,
+        label_weight: Literal["area", "saliency"] = "area",
+        q: float = 0.6,
+        saliency_fn: SaliencyFn | None = None,
+        candidate_stride: int = 1,
+    ) -> None:
+        from keepmix.mixing import CutMix
+
+        if label_weight not in ("area", "saliency"):
+            raise ValueError(f"label_weight must be 'area' or 'saliency', got {label_weight!r}")
+        super().__init__(CutMix(alpha, p, num_classes, per_sample), q, saliency_fn, candidate_stride)
+        self.label_weight = label_weight
+
+    def patch_weight(self, selection: KeepSelection, perm: Tensor, height: int, width: int) -> Tensor:
+        """(B,) float32 label weight of each pasted patch under ``label_weight``."""
+        boxes = selection.boxes
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        area_share = area.double() / (height * width)
+        if self.label_weight == "area":
+            return area_share.float()
+        partner_sat = selection.sat[perm]
+        inside = box_sums(partner_sat, boxes)
+        total = partner_sat[:, -1, -1]
+        share = inside / total.clamp_min(torch.finfo(torch.float64).tiny)
+        # clamp: a user map with negative entries could leave [0, 1]; a weight must not.
+        return torch.where(total > 0, share.clamp(0.0, 1.0), area_share).float()
+
+    def forward(
+        self,
+        images: Tensor,
+        labels: Tensor | None = None,
+        *,
+        saliency: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        check_images(images)
+        if labels is None:
+            raise ValueError("KeepCutMix needs labels (B,) class ids or (B, K) soft targets")
+        sal = self.resolve_saliency(images, labels, saliency)
+        params, selection = self.sample_params(images, sal, generator)
+        weight = None
+        if self.label_weight == "saliency":
+            weight = self.patch_weight(selection, params.perm, images.shape[-2], images.shape[-1])
+        return self.op.apply(images, labels, params, patch_weight=weight)
+
+    def extra_repr(self) -> str:
+        return f"label_weight={self.label_weight!r}, " + super().extra_repr()
+
+
+class KeepAutoAugment(KeepPaste):
+    """KeepAugment + AutoAugment: the augmented image with its salient ``size`` region restored.
+
+    ``forward(images, labels=None, *, saliency=None, generator=None) -> images``.
+    """
+
+    def __init__(
+        self,
+        policy: str = "cifar10",
+        size: int | Sequence[int] = 16,
+        q: float = 0.6,
+        saliency_fn: SaliencyFn | None = None,
+        placement: Placement = "inside",
+        candidate_stride: int = 1,
+    ) -> None:
+        from keepmix.policies import AutoAugment
+
+        super().__init__(AutoAugment(policy), size, q, saliency_fn, placement, candidate_stride)
+
+
+class KeepRandAugment(KeepPaste):
+    """KeepAugment + RandAugment (``num_ops`` ops per image at ``magnitude``).
+
+    ``forward(images, labels=None, *, saliency=None, generator=None) -> images``.
+    """
+
+    def __init__(
+        self,
+        num_ops: int = 2,
+        magnitude: float = 9,
+        size: int | Sequence[int] = 16,
+        q: float = 0.6,
+        saliency_fn: SaliencyFn | None = None,
+        placement: Placement = "inside",
+        candidate_stride: int = 1,
+    ) -> None:
+        from keepmix.policies import RandAugment
+
+        super().__init__(RandAugment(num_ops, magnitude), size, q, saliency_fn, placement, candidate_stride)

@@ -1,0 +1,82 @@
+"""CIFAR classification networks with the keepmix model interface.
+
+Every model has ``forward(x)``, ``forward_features(x)`` (last feature map before pooling),
+``classify(features)`` (average pool + ``fc``), ``num_classes``, ``feature_channels``,
+``feature_stride`` and, when built with ``early_head=True``, ``early_logits(x)`` and
+``forward_with_early(x)`` (see :class:`~keepmix.models.base.KeepmixModel`). For other
+models, :class:`~keepmix.models.hooks.FeatureHook` captures a named module's output.
+
+======================  ===================================  ==========  =====  ======
+name                    model                                 params(10)  C      stride
+======================  ===================================  ==========  =====  ======
+``resnet18``            CIFAR ResNet-18                       11.17M      512    8
+``preact_resnet18``     CIFAR PreAct-ResNet-18                11.17M      512    8
+``resnet20``            ResNet-20, option A shortcuts         0.27M       64     4
+``resnet56``            ResNet-56, option A shortcuts         0.85M       64     4
+``resnet110``           ResNet-110, option A shortcuts        1.73M       64     4
+``wrn28_10``            WideResNet-28-10                      36.48M      640    4
+``small``               airbench-like 7-conv net (CPU runs)   0.66M       192    8
+======================  ===================================  ==========  =====  ======
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from keepmix.models.base import KeepmixModel, count_parameters, init_weights
+from keepmix.models.early_head import EarlyHead
+from keepmix.models.hooks import FeatureHook
+from keepmix.models.resnet import PreActResNet18, ResNet18
+from keepmix.models.resnet_cifar import CifarResNet, resnet20, resnet56, resnet110
+from keepmix.models.small import SmallConvNet
+from keepmix.models.wrn import WideResNet, wrn28_10
+
+__all__ = [
+    "MODELS",
+    "build_model",
+    "list_models",
+    "KeepmixModel",
+    "EarlyHead",
+    "FeatureHook",
+    "ResNet18",
+    "PreActResNet18",
+    "CifarResNet",
+    "WideResNet",
+    "SmallConvNet",
+    "resnet20",
+    "resnet56",
+    "resnet110",
+    "wrn28_10",
+    "count_parameters",
+    "init_weights",
+]
+
+#: Model name -> constructor ``(num_classes, early_head, **kwargs) -> KeepmixModel``.
+MODELS: dict[str, Callable[..., KeepmixModel]] = {
+    "resnet18": ResNet18,
+    "preact_resnet18": PreActResNet18,
+    "resnet20": resnet20,
+    "resnet56": resnet56,
+    "resnet110": resnet110,
+    "wrn28_10": wrn28_10,
+    "small": SmallConvNet,
+}
+
+
+def list_models() -> list[str]:
+    """The names :func:`build_model` accepts, sorted."""
+    return sorted(MODELS)
+
+
+def build_model(name: str, num_classes: int = 10, early_head: bool = False, **kwargs) -> nn.Module:
+    """Build the model registered as ``name`` (see :data:`MODELS`).
+
+    ``kwargs`` go to the model's constructor, e.g. ``dropout=0.3`` for ``wrn28_10``,
+    ``shortcut="B"`` for the CIFAR ResNets, ``early_stage`` / ``early_grid`` for where and
+    how wide the early head is, ``in_channels`` for non-RGB input.
+    """
+    if not isinstance(name, str) or name not in MODELS:
+        raise ValueError(f"unknown model name {name!r}; valid names: {', '.join(list_models())}")
+    return MODELS[name](num_classes=num_classes, early_head=early_head, **kwargs)

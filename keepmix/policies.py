@@ -1,0 +1,485 @@
+"""AutoAugment, RandAugment and TrivialAugmentWide with the op and magnitude drawn per image.
+
+Public implementations either loop over images (PIL) or, like kornia, draw one sub-policy / op
+set per batch. Here every image draws its own sub-policy (AutoAugment) or ops (RandAugment,
+TrivialAugmentWide), magnitudes and signs, and the batch is processed by op kind: for each of
+the N steps, images are grouped by the op they drew (one ``bincount`` + one stable ``argsort``,
+a single host sync per step), each group is gathered, transformed with its own per-image
+magnitudes, and written back. The cost is one pass of each op over the images that drew it.
+
+Ops and values follow PIL (see :mod:`keepmix.functional.color` and
+:mod:`keepmix.functional.geometry`): uint8 images, or float images in [0, 1]. Magnitude spaces
+are torchvision's (the de-facto reference for these policies):
+
+* ``"standard"`` (AutoAugment with 10 bins, RandAugment with 31): shear 0..0.3, translate
+  0..150/331 of the image side, rotate 0..30 degrees, enhance factor 1 +- (0..0.9),
+  posterize 8..4 bits, solarize threshold 255..0, cutout side 0..0.2 of the shorter side.
+* ``"wide"`` (TrivialAugmentWide): shear 0..0.99, translate 0..32 px, rotate 0..135 degrees,
+  enhance 1 +- (0..0.99), posterize 8..2 bits, solarize 255..0, cutout 0..0.5.
+
+Signed ops (shear, translate, rotate, the four enhance ops) get a random sign per image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from keepmix import sampling
+from keepmix._checks import check_generator, check_images
+from keepmix.functional import color as C
+from keepmix.functional import geometry as G
+from keepmix.functional.boxes import box_masks, centered_boxes
+
+__all__ = [
+    "OP_NAMES",
+    "SIGNED_OPS",
+    "RANDAUGMENT_OPS",
+    "AUTOAUGMENT_POLICIES",
+    "PolicyParams",
+    "magnitude_table",
+    "apply_ops",
+    "AutoAugment",
+    "RandAugment",
+    "TrivialAugmentWide",
+]
+
+#: Every op a policy can use; an op id in :class:`PolicyParams` indexes this tuple.
+OP_NAMES: tuple[str, ...] = (
+    "Identity",
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "Posterize",
+    "Solarize",
+    "Color",
+    "Contrast",
+    "Brightness",
+    "Sharpness",
+    "ShearX",
+    "ShearY",
+    "TranslateX",
+    "TranslateY",
+    "Cutout",
+)
+_OP_ID = {name: i for i, name in enumerate(OP_NAMES)}
+SIGNED_OPS = frozenset({"Rotate", "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX", "TranslateY"})
+
+#: RandAugment's and TrivialAugmentWide's op list (the RandAugment paper's 14 ops).
+RANDAUGMENT_OPS: tuple[str, ...] = (
+    "Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness",
+    "Color", "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize",
+)
+
+_Step = tuple[str, float, int | None]
+# The published policies (Cubuk et al. 2019, appendix): 25 sub-policies of two
+# (op, probability, magnitude bin 0..9) steps each.
+AUTOAUGMENT_POLICIES: dict[str, tuple[tuple[_Step, _Step], ...]] = {
+    "cifar10": (
+        (("Invert", 0.1, None), ("Contrast", 0.2, 6)),
+        (("Rotate", 0.7, 2), ("TranslateX", 0.3, 9)),
+        (("Sharpness", 0.8, 1), ("Sharpness", 0.9, 3)),
+        (("ShearY", 0.5, 8), ("TranslateY", 0.7, 9)),
+        (("AutoContrast", 0.5, None), ("Equalize", 0.9, None)),
+        (("ShearY", 0.2, 7), ("Posterize", 0.3, 7)),
+        (("Color", 0.4, 3), ("Brightness", 0.6, 7)),
+        (("Sharpness", 0.3, 9), ("Brightness", 0.7, 9)),
+        (("Equalize", 0.6, None), ("Equalize", 0.5, None)),
+        (("Contrast", 0.6, 7), ("Sharpness", 0.6, 5)),
+        (("Color", 0.7, 7), ("TranslateX", 0.5, 8)),
+        (("Equalize", 0.3, None), ("AutoContrast", 0.4, None)),
+        (("TranslateY", 0.4, 3), ("Sharpness", 0.2, 6)),
+        (("Brightness", 0.9, 6), ("Color", 0.2, 8)),
+        (("Solarize", 0.5, 2), ("Invert", 0.0, None)),
+        (("Equalize", 0.2, None), ("AutoContrast", 0.6, None)),
+        (("Equalize", 0.2, None), ("Equalize", 0.6, None)),
+        (("Color", 0.9, 9), ("Equalize", 0.6, None)),
+        (("AutoContrast", 0.8, None), ("Solarize", 0.2, 8)),
+        (("Brightness", 0.1, 3), ("Color", 0.7, 0)),
+        (("Solarize", 0.4, 5), ("AutoContrast", 0.9, None)),
+        (("TranslateY", 0.9, 9), ("TranslateY", 0.7, 9)),
+        (("AutoContrast", 0.9, None), ("Solarize", 0.8, 3)),
+        (("Equalize", 0.8, None), ("Invert", 0.1, None)),
+        (("TranslateY", 0.7, 9), ("AutoContrast", 0.9, None)),
+    ),
+    "svhn": (
+        (("ShearX", 0.9, 4), ("Invert", 0.2, None)),
+        (("ShearY", 0.9, 8), ("Invert", 0.7, None)),
+        (("Equalize", 0.6, None), ("Solarize", 0.6, 6)),
+        (("Invert", 0.9, None), ("Equalize", 0.6, None)),
+        (("Equalize", 0.6, None), ("Rotate", 0.9, 3)),
+        (("ShearX", 0.9, 4), ("AutoContrast", 0.8, None)),
+        (("ShearY", 0.9, 8), ("Invert", 0.4, None)),
+        (("ShearY", 0.9, 5), ("Solarize", 0.2, 6)),
+        (("Invert", 0.9, None), ("AutoContrast", 0.8, None)),
+        (("Equalize", 0.6, None), ("Rotate", 0.9, 3)),
+        (("ShearX", 0.9, 4), ("Solarize", 0.3, 3)),
+        (("ShearY", 0.8, 8), ("Invert", 0.7, None)),
+        (("Equalize", 0.9, None), ("TranslateY", 0.6, 6)),
+        (("Invert", 0.9, None), ("Equalize", 0.6, None)),
+        (("Contrast", 0.3, 3), ("Rotate", 0.8, 4)),
+        (("Invert", 0.8, None), ("TranslateY", 0.0, 2)),
+        (("ShearY", 0.7, 6), ("Solarize", 0.4, 8)),
+        (("Invert", 0.6, None), ("Rotate", 0.8, 4)),
+        (("ShearY", 0.3, 7), ("TranslateX", 0.9, 3)),
+        (("ShearX", 0.1, 6), ("Invert", 0.6, None)),
+        (("Solarize", 0.7, 2), ("TranslateY", 0.6, 7)),
+        (("ShearY", 0.8, 4), ("Invert", 0.8, None)),
+        (("ShearX", 0.7, 9), ("TranslateY", 0.8, 3)),
+        (("ShearY", 0.8, 5), ("AutoContrast", 0.7, None)),
+        (("ShearX", 0.7, 2), ("Invert", 0.1, None)),
+    ),
+    "imagenet": (
+        (("Posterize", 0.4, 8), ("Rotate", 0.6, 9)),
+        (("Solarize", 0.6, 5), ("AutoContrast", 0.6, None)),
+        (("Equalize", 0.8, None), ("Equalize", 0.6, None)),
+        (("Posterize", 0.6, 7), ("Posterize", 0.6, 6)),
+        (("Equalize", 0.4, None), ("Solarize", 0.2, 4)),
+        (("Equalize", 0.4, None), ("Rotate", 0.8, 8)),
+        (("Solarize", 0.6, 3), ("Equalize", 0.6, None)),
+        (("Posterize", 0.8, 5), ("Equalize", 1.0, None)),
+        (("Rotate", 0.2, 3), ("Solarize", 0.6, 8)),
+        (("Equalize", 0.6, None), ("Posterize", 0.4, 6)),
+        (("Rotate", 0.8, 8), ("Color", 0.4, 0)),
+        (("Rotate", 0.4, 9), ("Equalize", 0.6, None)),
+        (("Equalize", 0.0, None), ("Equalize", 0.8, None)),
+        (("Invert", 0.6, None), ("Equalize", 1.0, None)),
+        (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
+        (("Rotate", 0.8, 8), ("Color", 1.0, 2)),
+        (("Color", 0.8, 8), ("Solarize", 0.8, 7)),
+        (("Sharpness", 0.4, 7), ("Invert", 0.6, None)),
+        (("ShearX", 0.6, 5), ("Equalize", 1.0, None)),
+        (("Color", 0.4, 0), ("Equalize", 0.6, None)),
+        (("Equalize", 0.4, None), ("Solarize", 0.2, 4)),
+        (("Solarize", 0.6, 5), ("AutoContrast", 0.6, None)),
+        (("Invert", 0.6, None), ("Equalize", 1.0, None)),
+        (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
+        (("Equalize", 0.8, None), ("Equalize", 0.6, None)),
+    ),
+}
+
+Space = Literal["standard", "wide"]
+
+
+def magnitude_table(space: Space, num_bins: int, height: int, width: int) -> Tensor:
+    """(len(OP_NAMES), num_bins) float64: the unsigned magnitude of every op at every bin.
+
+    Units: degrees (Rotate), pixels (Translate, Cutout side), shear factor, enhance offset
+    (factor = 1 +- value), bits (Posterize), grey level (Solarize); 0 for ops without one.
+    """
+    if space not in ("standard", "wide"):
+        raise ValueError(f"space must be 'standard' or 'wide', got {space!r}")
+    if num_bins < 2:
+        raise ValueError(f"num_magnitude_bins must be >= 2, got {num_bins}")
+    wide = space == "wide"
+    lin = lambda hi: torch.linspace(0.0, hi, num_bins, dtype=torch.float64)  # noqa: E731
+    table = torch.zeros(len(OP_NAMES), num_bins, dtype=torch.float64)
+    for name in ("ShearX", "ShearY"):
+        table[_OP_ID[name]] = lin(0.99 if wide else 0.3)
+    table[_OP_ID["TranslateX"]] = lin(32.0 if wide else 150.0 / 331.0 * width)
+    table[_OP_ID["TranslateY"]] = lin(32.0 if wide else 150.0 / 331.0 * height)
+    table[_OP_ID["Rotate"]] = lin(135.0 if wide else 30.0)
+    for name in ("Brightness", "Color", "Contrast", "Sharpness"):
+        table[_OP_ID[name]] = lin(0.99 if wide else 0.9)
+    max_drop = 6 if wide else 4
+    table[_OP_ID["Posterize"]] = 8 - (torch.arange(num_bins, dtype=torch.float64) / ((num_bins - 1) / max_drop)).round()
+    table[_OP_ID["Solarize"]] = torch.linspace(255.0, 0.0, num_bins, dtype=torch.float64)
+    table[_OP_ID["Cutout"]] = (lin(0.5 if wide else 0.2) * min(height, width)).round()
+    return table
+
+
+@dataclass(frozen=True)
+class PolicyParams:
+    """What a policy does to each image, N steps per image.
+
+    ``ops`` (B, N) int64 indexes :data:`OP_NAMES`; ``magnitudes`` (B, N) float32 are unsigned
+    values in the op's units (see :func:`magnitude_table`); ``signs`` (B, N) float32 are +-1
+    (always +1 for unsigned ops); ``applied`` (B, N) bool says whether the step runs;
+    ``centers`` (B, N, 2) float32 in [0, 1) is the relative (y, x) centre of a Cutout square;
+    ``sub_policies`` (B,) int64 is AutoAugment's drawn sub-policy (None for the others).
+    """
+
+    ops: Tensor
+    magnitudes: Tensor
+    signs: Tensor
+    applied: Tensor
+    centers: Tensor
+    sub_policies: Tensor | None = None
+
+    def replace(self, **changes: Tensor) -> "PolicyParams":
+        """A copy with some fields replaced."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def signed_magnitudes(self) -> Tensor:
+        return self.magnitudes * self.signs
+
+
+def _check_params(params: PolicyParams, images: Tensor) -> None:
+    if not isinstance(params, PolicyParams):
+        raise TypeError(f"params must be a PolicyParams, got {type(params).__name__}")
+    b = images.shape[0]
+    n = params.ops.shape[-1] if params.ops.ndim == 2 else -1
+    shapes = {"ops": (b, n), "magnitudes": (b, n), "signs": (b, n), "applied": (b, n), "centers": (b, n, 2)}
+    for field, shape in shapes.items():
+        t = getattr(params, field)
+        if tuple(t.shape) != shape:
+            raise ValueError(f"params.{field} must have shape {shape} for a batch of {b}, got {tuple(t.shape)}")
+    if params.ops.dtype != torch.int64:
+        raise TypeError(f"params.ops must be int64, got {params.ops.dtype}")
+
+
+def _apply_one(op: str, x: Tensor, mag: Tensor, centers: Tensor, fill: Tensor, interpolation: str) -> Tensor:
+    """Op ``op`` on the sub-batch ``x`` with signed per-image magnitudes ``mag``."""
+    h, w = x.shape[-2:]
+    if op == "AutoContrast":
+        return C._autocontrast(x)
+    if op == "Equalize":
+        return C._equalize(x)
+    if op == "Invert":
+        return C._invert(x)
+    if op == "Posterize":
+        return C._posterize(x, mag)
+    if op == "Solarize":
+        return C._solarize(x, mag)
+    if op in ("Color", "Contrast", "Brightness", "Sharpness"):
+        kernel = {"Color": C._color, "Contrast": C._contrast, "Brightness": C._brightness, "Sharpness": C._sharpness}[op]
+        return kernel(x, (1.0 + mag).clamp_min(0.0))
+    if op == "Rotate":
+        return G._affine(x, G.rotation_matrix(mag, h, w), interpolation, fill)
+    if op in ("ShearX", "ShearY"):
+        return G._affine(x, G.shear_matrix(mag, "x" if op == "ShearX" else "y"), interpolation, fill)
+    if op in ("TranslateX", "TranslateY"):
+        zero = torch.zeros_like(mag)
+        m = G.translation_matrix(mag, zero) if op == "TranslateX" else G.translation_matrix(zero, mag)
+        return G._affine(x, m, interpolation, fill)
+    if op == "Cutout":
+        side = mag.round().long()
+        cy = (centers[:, 0] * h).long().clamp_(0, h - 1)
+        cx = (centers[:, 1] * w).long().clamp_(0, w - 1)
+        mask = box_masks(centered_boxes(cy, cx, side, side, h, w), h, w).unsqueeze(1)
+        return torch.where(mask, fill, x)
+    raise ValueError(f"unknown op {op!r}; known ops: {OP_NAMES}")
+
+
+def apply_ops(
+    images: Tensor, params: PolicyParams, fill: float | Sequence[float] = 0.0, interpolation: str = "nearest"
+) -> Tensor:
+    """Apply each image's own op sequence; the input is not modified.
+
+    For each step, images are grouped by op id, each group is transformed at once with its
+    per-image magnitudes and written back; images whose step is not applied (or is Identity)
+    pass through unchanged.
+    """
+    check_images(images)
+    _check_params(params, images)
+    G._check_interpolation(interpolation)
+    fill_t = G._fill_tensor(fill, images)
+    device = images.device
+    ops = params.ops.to(device)
+    applied = params.applied.to(device)
+    mags = params.signed_magnitudes.to(device)
+    centers = params.centers.to(device)
+    skip = len(OP_NAMES)  # bucket of images a step leaves alone
+    out = images.clone()
+    for n in range(ops.shape[1]):
+        key = torch.where(applied[:, n] & (ops[:, n] != _OP_ID["Identity"]), ops[:, n], skip)
+        bad = (key < 0) | (key > skip)
+        counts = torch.bincount(torch.where(bad, skip, key), minlength=skip + 1)
+        counts, n_bad = counts.tolist(), int(bad.sum())  # the one host sync of this step
+        if n_bad:
+            raise ValueError(f"params.ops holds ids outside [0, {len(OP_NAMES)}) at step {n}")
+        if counts[skip] == images.shape[0]:
+            continue
+        order = torch.argsort(key, stable=True)
+        start = 0
+        for k, count in enumerate(counts[:skip]):
+            if count == 0:
+                continue
+            if count == images.shape[0]:  # the whole batch drew this op: no gather needed
+                out = _apply_one(OP_NAMES[k], out, mags[:, n], centers[:, n], fill_t, interpolation)
+                break
+            idx = order[start : start + count]
+            sub = out.index_select(0, idx)
+            res = _apply_one(OP_NAMES[k], sub, mags[idx, n], centers[idx, n], fill_t, interpolation)
+            out.index_copy_(0, idx, res.to(out.dtype))
+            start += count
+    return out
+
+
+# --------------------------------------------------------------------------- modules
+
+
+class _Policy(nn.Module):
+    """Shared plumbing: fill, interpolation, apply / forward."""
+
+    def __init__(self, fill: float | Sequence[float], interpolation: str) -> None:
+        super().__init__()
+        G._check_interpolation(interpolation)
+        t = torch.as_tensor(fill, dtype=torch.float64).flatten()
+        if t.numel() not in (1, 3) or not bool(torch.isfinite(t).all()):
+            raise ValueError(f"fill must be a finite number or 3 numbers (one per channel), got {fill!r}")
+        self.fill = fill
+        self.interpolation = interpolation
+
+    def _check(self, images: Tensor, generator: torch.Generator | None) -> None:
+        check_images(images, channels=(1, 3))
+        check_generator(generator)
+
+    def _signs_centers(self, ops: Tensor, images: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        b, n = ops.shape
+        signed = torch.tensor([name in SIGNED_OPS for name in OP_NAMES], device=ops.device)[ops]
+        flip = sampling.bernoulli(0.5, (b, n), device=ops.device, generator=generator)
+        signs = torch.where(signed & flip, -1.0, 1.0)
+        centers = sampling.uniform((b, n, 2), device=ops.device, generator=generator)
+        return signs, centers
+
+    def apply(self, images: Tensor, params: PolicyParams) -> Tensor:
+        """Apply the drawn ops (see :func:`apply_ops`)."""
+        check_images(images, channels=(1, 3))
+        return apply_ops(images, params, self.fill, self.interpolation)
+
+    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``apply(images, sample_params(images, generator))``."""
+        return self.apply(images, self.sample_params(images, generator))
+
+    def sample_params(self, images: Tensor, generator: torch.Generator | None = None) -> PolicyParams:
+        raise NotImplementedError  # abstract: every policy defines it
+
+
+class AutoAugment(_Policy):
+    """AutoAugment (Cubuk et al. 2019) with the published ``"cifar10"``, ``"svhn"`` or
+    ``"imagenet"`` policy; each image draws its own sub-policy, step outcomes and signs.
+
+    Magnitude bins 0..9 index torchvision's 10-bin ``"standard"`` space. ``fill`` (number or
+    one per channel, in the images' units) fills pixels uncovered by the geometric ops.
+    """
+
+    def __init__(
+        self,
+        policy: Literal["cifar10", "svhn", "imagenet"] = "cifar10",
+        fill: float | Sequence[float] = 0.0,
+        interpolation: Literal["nearest", "bilinear"] = "nearest",
+    ) -> None:
+        super().__init__(fill, interpolation)
+        if policy not in AUTOAUGMENT_POLICIES:
+            raise ValueError(f"policy must be one of {sorted(AUTOAUGMENT_POLICIES)}, got {policy!r}")
+        self.policy = policy
+        steps = AUTOAUGMENT_POLICIES[policy]
+        self.register_buffer("_ops", torch.tensor([[_OP_ID[s[0]] for s in sub] for sub in steps]), persistent=False)
+        self.register_buffer("_probs", torch.tensor([[s[1] for s in sub] for sub in steps]), persistent=False)
+        self.register_buffer("_bins", torch.tensor([[s[2] or 0 for s in sub] for sub in steps]), persistent=False)
+
+    def sample_params(self, images: Tensor, generator: torch.Generator | None = None) -> PolicyParams:
+        """One sub-policy per image, then for each of its two steps: applied with its
+        probability, a random sign for signed ops, a Cutout centre."""
+        self._check(images, generator)
+        b, dev = images.shape[0], images.device
+        choice = sampling.randint(0, len(self._ops), b, device=dev, generator=generator)
+        ops, probs, bins = self._ops.to(dev)[choice], self._probs.to(dev)[choice], self._bins.to(dev)[choice]
+        applied = sampling.uniform((b, 2), device=dev, generator=generator) < probs
+        table = magnitude_table("standard", 10, images.shape[-2], images.shape[-1]).to(dev)
+        mags = table[ops, bins].float()
+        signs, centers = self._signs_centers(ops, images, generator)
+        return PolicyParams(ops, mags, signs, applied, centers, sub_policies=choice)
+
+    def extra_repr(self) -> str:
+        return f"policy={self.policy!r}, fill={self.fill!r}, interpolation={self.interpolation!r}"
+
+
+def _op_ids(ops: Sequence[str]) -> Tensor:
+    ops = tuple(ops)
+    if not ops:
+        raise ValueError("ops must name at least one op")
+    unknown = [o for o in ops if o not in _OP_ID]
+    if unknown:
+        raise ValueError(f"unknown ops {unknown}; known ops: {OP_NAMES}")
+    return torch.tensor([_OP_ID[o] for o in ops])
+
+
+class RandAugment(_Policy):
+    """RandAugment (Cubuk et al. 2020): ``num_ops`` ops drawn uniformly and independently per
+    image, all at magnitude bin ``magnitude`` of ``num_magnitude_bins`` (0..30 by default).
+
+    ``ops`` defaults to the paper's 14 (:data:`RANDAUGMENT_OPS`); any names of
+    :data:`OP_NAMES` (e.g. adding ``"Cutout"`` or ``"Invert"``) may be given.
+    """
+
+    def __init__(
+        self,
+        num_ops: int = 2,
+        magnitude: int = 9,
+        num_magnitude_bins: int = 31,
+        fill: float | Sequence[float] = 0.0,
+        interpolation: Literal["nearest", "bilinear"] = "nearest",
+        ops: Sequence[str] = RANDAUGMENT_OPS,
+    ) -> None:
+        super().__init__(fill, interpolation)
+        if isinstance(num_ops, bool) or not isinstance(num_ops, int) or num_ops < 1:
+            raise ValueError(f"num_ops must be an integer >= 1, got {num_ops!r}")
+        if isinstance(num_magnitude_bins, bool) or not isinstance(num_magnitude_bins, int) or num_magnitude_bins < 2:
+            raise ValueError(f"num_magnitude_bins must be an integer >= 2, got {num_magnitude_bins!r}")
+        if isinstance(magnitude, bool) or not isinstance(magnitude, int) or not 0 <= magnitude < num_magnitude_bins:
+            raise ValueError(f"magnitude must be an integer in [0, {num_magnitude_bins - 1}], got {magnitude!r}")
+        self.num_ops, self.magnitude, self.num_magnitude_bins = num_ops, magnitude, num_magnitude_bins
+        self.ops = tuple(ops)
+        self.register_buffer("_op_ids", _op_ids(self.ops), persistent=False)
+
+    def sample_params(self, images: Tensor, generator: torch.Generator | None = None) -> PolicyParams:
+        """``num_ops`` op ids per image (uniform, with repetition), signs and Cutout centres."""
+        self._check(images, generator)
+        b, dev = images.shape[0], images.device
+        pick = sampling.randint(0, len(self._op_ids), (b, self.num_ops), device=dev, generator=generator)
+        ops = self._op_ids.to(dev)[pick]
+        table = magnitude_table("standard", self.num_magnitude_bins, images.shape[-2], images.shape[-1]).to(dev)
+        mags = table[ops, self.magnitude].float()
+        applied = torch.ones_like(ops, dtype=torch.bool)
+        signs, centers = self._signs_centers(ops, images, generator)
+        return PolicyParams(ops, mags, signs, applied, centers)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_ops={self.num_ops}, magnitude={self.magnitude}, num_magnitude_bins={self.num_magnitude_bins}, "
+            f"fill={self.fill!r}, interpolation={self.interpolation!r}"
+        )
+
+
+class TrivialAugmentWide(_Policy):
+    """TrivialAugment (Mueller & Hutter 2021), wide space: one op and one magnitude bin drawn
+    uniformly per image."""
+
+    def __init__(
+        self,
+        num_magnitude_bins: int = 31,
+        fill: float | Sequence[float] = 0.0,
+        interpolation: Literal["nearest", "bilinear"] = "nearest",
+        ops: Sequence[str] = RANDAUGMENT_OPS,
+    ) -> None:
+        super().__init__(fill, interpolation)
+        if isinstance(num_magnitude_bins, bool) or not isinstance(num_magnitude_bins, int) or num_magnitude_bins < 2:
+            raise ValueError(f"num_magnitude_bins must be an integer >= 2, got {num_magnitude_bins!r}")
+        self.num_magnitude_bins = num_magnitude_bins
+        self.ops = tuple(ops)
+        self.register_buffer("_op_ids", _op_ids(self.ops), persistent=False)
+
+    def sample_params(self, images: Tensor, generator: torch.Generator | None = None) -> PolicyParams:
+        """One op id and one magnitude bin per image, a sign and a Cutout centre."""
+        self._check(images, generator)
+        b, dev = images.shape[0], images.device
+        pick = sampling.randint(0, len(self._op_ids), (b, 1), device=dev, generator=generator)
+        ops = self._op_ids.to(dev)[pick]
+        bins = sampling.randint(0, self.num_magnitude_bins, (b, 1), device=dev, generator=generator)
+        table = magnitude_table("wide", self.num_magnitude_bins, images.shape[-2], images.shape[-1]).to(dev)
+        mags = table[ops, bins].float()
+        applied = torch.ones_like(ops, dtype=torch.bool)
+        signs, centers = self._signs_centers(ops, images, generator)
+        return PolicyParams(ops, mags, signs, applied, centers)
+
+    def extra_repr(self) -> str:
+        return f"num_magnitude_bins={self.num_magnitude_bins}, fill={self.fill!r}, interpolation={self.interpolation!r}"

@@ -1,0 +1,478 @@
+"""RecursiveMix (Yang et al. 2022, arXiv 2203.06844): paste the previous step's mixed batch,
+shrunk, into the current one, and ask the model to recognise it there.
+
+Each training step keeps the *mixed* input batch, its soft targets and its logits (detached)
+as the history. The next step resizes the whole history image ``i`` into a random box of the
+current image ``i``, mixes the targets by exact area, and adds a consistency loss: the
+model's last feature map, RoI-aligned over the box, goes through a linear head and is trained
+towards ``softmax`` of the logits the history image had. Because the history is itself a
+mixed batch, an image pasted k steps ago is still there, k times shrunk, until it vanishes;
+its label weight is the product of the k ``(1 - lam)`` factors.
+
+Usage in a training step (keepmix models expose ``forward_features``, ``classify`` and ``fc``)::
+
+    rm = RecursiveMix(num_classes=10, alpha=0.5, omega=0.5)
+    for x, y in loader:
+        x_mixed, y_mixed, info = rm.mix(x, y, generator=g)   # first step: x, one-hot y
+        feats = model.forward_features(x_mixed)              # (B, C, h, w), before pooling
+        logits = model.classify(feats)
+        loss = soft_target_cross_entropy(logits, y_mixed) + rm.consistency_loss(feats, info, head=model.fc)
+        rm.update(x_mixed, y_mixed, logits)                  # stores detached copies
+        loss.backward(); opt.step(); opt.zero_grad()
+
+For any other model, take the feature map with a forward hook on the module that produces
+it (:class:`keepmix.models.FeatureHook`)::
+
+    hook = FeatureHook(model, "layer4")
+    logits = model(x_mixed); feats = hook.features
+    loss = ... + rm.consistency_loss(feats, info, head=model.fc)
+
+``head`` is the shared classifier (as above; the official ``--share_fc``) or an
+``nn.Linear(C * oh * ow, K)`` of your own -- make it part of the model so the optimizer and
+DDP see it.
+
+Choices, and why:
+
+* **Boxes per image** by default (``per_sample=True``): each image gets its own area ratio
+  and centre; ``per_sample=False`` is the official one box per batch.
+* **History dtype**: images are kept in the dtype they were fed in (what is pasted next step
+  is then bit-for-bit the previous input; under AMP the input batch is float32 anyway, since
+  autocast casts inside the ops). Logits and targets are kept in **float32**: AMP logits are
+  float16/bfloat16, widening them is exact, and the softmax target then carries no extra
+  rounding; they are (B, K), so the cost is nil.
+* **Batch-size changes**: history row ``i`` is pasted into image ``i``, and the history is
+  always exactly the previous step's batch (replaced whole by :meth:`RecursiveMix.update`),
+  so no row is ever older than one step. A smaller batch pastes history rows ``0..B-1``
+  (the rest of the previous batch is dropped when the history is replaced). A larger batch
+  pastes nothing into its rows ``>= B_hist``: they train plainly (empty box, ``lam = 1``,
+  consistency weight 0), reported in ``info.from_history``. No row receives its own image or
+  an image from two steps back.
+* **Epochs**: the history carries over epoch boundaries unless ``reset_each_epoch=True``
+  (the official code resets it); call :meth:`RecursiveMix.on_epoch_start` at each epoch.
+* **DDP**: every rank holds its own ``RecursiveMix`` and history (nothing is communicated).
+  The consistency loss always runs the head, with weight 0 on the first step, so every
+  parameter of an own head receives a gradient each step (DDP without
+  ``find_unused_parameters``).
+* **Resuming**: ``state_dict()`` holds the history (one batch); a resumed run with the same
+  generator state continues exactly. Under DDP save each rank's history if exactness matters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from keepmix._checks import check_generator, check_images, check_positive
+from keepmix.base import RegionOp, RegionParams
+from keepmix.functional.mixing import area_lambda
+from keepmix.functional.resize_paste import resize_into_boxes
+from keepmix.functional.roi_align import max_sampling_grid, roi_align
+from keepmix.keep import KeepCut, SaliencyFn
+from keepmix.sampling import uniform
+from keepmix.targets import mix_targets, soft_target_cross_entropy, to_soft_targets
+
+__all__ = ["RecursiveMix", "RecursiveMixParams", "RecursiveMixInfo", "KeepRecursiveMix"]
+
+
+@dataclass(frozen=True)
+class RecursiveMixParams(RegionParams):
+    """Where the history goes.
+
+    ``sizes`` (B, 2) int64: the requested box (floor(H sqrt(r)), floor(W sqrt(r))) for the
+    drawn area ratio r, (0, 0) for an image with no history row; ``boxes`` (B, 4): where the
+    resized history is pasted (replaceable, e.g. by KeepCut: lam is computed from the boxes
+    at ``apply``); ``ratio`` (B,) float32: the drawn r; ``from_history`` (B,) bool: images
+    that have a history row to receive.
+    """
+
+    ratio: Tensor
+    from_history: Tensor
+
+
+@dataclass(frozen=True)
+class RecursiveMixInfo:
+    """What :meth:`RecursiveMix.consistency_loss` needs from one :meth:`RecursiveMix.mix`.
+
+    ``boxes`` (B, 4) int64 where history image i went (empty: nothing pasted); ``lam`` (B,)
+    float32 the exact unpasted area share; ``weights`` (B,) float32 ``omega * (1 - lam)``, the
+    per-image weight of the consistency loss; ``from_history`` (B,) bool; ``history_logits``
+    (B, K) float32 logits the pasted images had one step earlier (None on the first step);
+    ``image_size`` (H, W).
+    """
+
+    boxes: Tensor
+    lam: Tensor
+    weights: Tensor
+    from_history: Tensor
+    history_logits: Tensor | None
+    image_size: tuple[int, int]
+
+    @property
+    def has_history(self) -> bool:
+        """False on a step that trained plainly (no history yet)."""
+        return self.history_logits is not None
+
+
+def _check_pair_of_ints(value: object, name: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)  # type: ignore[arg-type]
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pair):
+        raise ValueError(f"{name} must be a positive int or a pair of them, got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+class RecursiveMix(RegionOp):
+    """RecursiveMix with its history, its paste and its consistency loss.
+
+    Args:
+        num_classes: K.
+        alpha: the paste area ratio is ``r ~ U(0, alpha)``, in (0, 1] (paper: 0.5).
+        omega: weight of the consistency loss, times ``1 - lam`` per image (paper: 0.5 on
+            ImageNet, 0.1 for CIFAR-10 PyramidNet).
+        interpolation: how the history is resized into the box: ``"nearest"`` (official
+            default) or ``"bilinear"``.
+        align_corners: bilinear only (the official code's bilinear uses True).
+        per_sample: one area ratio and box per image (default) or one per batch (official).
+        reset_each_epoch: forget the history in :meth:`on_epoch_start` (official behaviour).
+        roi_output_size: RoIAlign bins (default 1 x 1, as in the paper); the head then takes
+            ``C * oh * ow`` features.
+        sampling_ratio: RoIAlign samples per bin and axis; ``-1`` adaptive (torchvision's).
+
+    The box of image i has sides ``floor(sqrt(r_i) H)`` and ``floor(sqrt(r_i) W)``, a centre
+    uniform over all pixels, and is clipped at the border (placement ``"center"``); the whole
+    history image is resized into the clipped box. See the module docstring for the training
+    step and the behaviour on batch-size changes, epochs, AMP, DDP and resuming.
+    """
+
+    placement = "center"
+
+    def __init__(
+        self,
+        num_classes: int,
+        alpha: float = 0.5,
+        omega: float = 0.5,
+        interpolation: Literal["nearest", "bilinear"] = "nearest",
+        align_corners: bool = False,
+        per_sample: bool = True,
+        reset_each_epoch: bool = False,
+        roi_output_size: int | tuple[int, int] = (1, 1),
+        sampling_ratio: int = -1,
+    ) -> None:
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        alpha = check_positive(alpha, "alpha")
+        if alpha > 1.0:
+            raise ValueError(f"alpha (the largest pasted area ratio) must lie in (0, 1], got {alpha}")
+        if interpolation not in ("nearest", "bilinear"):
+            raise ValueError(f"interpolation must be 'nearest' or 'bilinear', got {interpolation!r}")
+        if align_corners and interpolation != "bilinear":
+            raise ValueError("align_corners only applies to interpolation='bilinear'")
+        for name, flag in (("per_sample", per_sample), ("reset_each_epoch", reset_each_epoch), ("align_corners", align_corners)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {flag!r}")
+        if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, int):
+            raise TypeError(f"sampling_ratio must be an int, got {sampling_ratio!r}")
+        self.num_classes = num_classes
+        self.alpha = alpha
+        self.omega = check_positive(omega, "omega", allow_zero=True)
+        self.interpolation = interpolation
+        self.align_corners = align_corners
+        self.per_sample = per_sample
+        self.reset_each_epoch = reset_each_epoch
+        self.roi_output_size = _check_pair_of_ints(roi_output_size, "roi_output_size")
+        self.sampling_ratio = sampling_ratio
+        self._images: Tensor | None = None
+        self._targets: Tensor | None = None
+        self._logits: Tensor | None = None
+
+    # ------------------------------------------------------------------ history
+    @property
+    def has_history(self) -> bool:
+        """Whether a previous step has been stored (the next :meth:`mix` pastes)."""
+        return self._images is not None
+
+    @property
+    def history_size(self) -> int:
+        """Rows in the history (0 when there is none)."""
+        return 0 if self._images is None else int(self._images.shape[0])
+
+    @property
+    def history(self) -> tuple[Tensor, Tensor, Tensor] | None:
+        """``(images, targets, logits)`` of the previous step, or None."""
+        if self._images is None:
+            return None
+        return self._images, self._targets, self._logits  # type: ignore[return-value]
+
+    def reset(self) -> None:
+        """Forget the history: the next step trains plainly."""
+        self._images = self._targets = self._logits = None
+
+    def on_epoch_start(self) -> None:
+        """Call at the start of every epoch; resets the history if ``reset_each_epoch``."""
+        if self.reset_each_epoch:
+            self.reset()
+
+    @torch.no_grad()
+    def update(self, images: Tensor, targets: Tensor, logits: Tensor) -> None:
+        """Store this step's mixed batch, its targets and its logits as the next history.
+
+        Copies are stored (detached; images in their dtype, targets and logits in float32),
+        so a data loader that reuses its buffers cannot change the history afterwards.
+        """
+        check_images(images, "images")
+        b = images.shape[0]
+        t = to_soft_targets(targets, self.num_classes, b, name="targets")
+        if not isinstance(logits, Tensor) or logits.ndim != 2 or tuple(logits.shape) != (b, self.num_classes):
+            raise ValueError(f"logits must have shape (B, K) = {(b, self.num_classes)}, got {getattr(logits, 'shape', type(logits))}")
+        if not logits.is_floating_point():
+            raise TypeError(f"logits must be floating point, got {logits.dtype}")
+        self._images = images.detach().clone()
+        self._targets = t.detach().to(device=images.device, dtype=torch.float32, copy=True)
+        self._logits = logits.detach().to(device=images.device, dtype=torch.float32, copy=True)
+
+    def get_extra_state(self) -> dict:
+        """The history for ``state_dict()`` (None entries when there is none)."""
+        return {"images": self._images, "targets": self._targets, "logits": self._logits}
+
+    def set_extra_state(self, state: dict) -> None:
+        """Restore the history from ``load_state_dict()``; it moves to the batch's device on use."""
+        if not isinstance(state, dict) or set(state) != {"images", "targets", "logits"}:
+            raise ValueError("RecursiveMix state must be a dict with keys 'images', 'targets', 'logits'")
+        images, targets, logits = state["images"], state["targets"], state["logits"]
+        if images is None:
+            if targets is not None or logits is not None:
+                raise ValueError("RecursiveMix state has targets/logits but no images")
+            self.reset()
+            return
+        check_images(images, "state['images']")
+        b = images.shape[0]
+        for name, t in (("targets", targets), ("logits", logits)):
+            if not isinstance(t, Tensor) or tuple(t.shape) != (b, self.num_classes):
+                raise ValueError(f"state['{name}'] must have shape {(b, self.num_classes)}, got {getattr(t, 'shape', t)}")
+        self._images, self._targets, self._logits = images, targets.float(), logits.float()
+
+    def _history_rows(self, batch: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """History images, targets, logits for rows 0..batch-1 and the (B,) bool of rows that
+        have one. Rows beyond the history repeat its last row only as padding: their box is
+        forced empty and their weight is 0, so nothing of them is used."""
+        assert self._images is not None and self._targets is not None and self._logits is not None
+        if self._images.device != device:  # e.g. after load_state_dict onto the CPU
+            self._images, self._targets, self._logits = (t.to(device) for t in (self._images, self._targets, self._logits))
+        n = self._images.shape[0]
+        rows = torch.arange(batch, device=device)
+        has = rows < n
+        if batch <= n:
+            return self._images[:batch], self._targets[:batch], self._logits[:batch], has
+        idx = rows.clamp(max=n - 1)
+        return self._images[idx], self._targets[idx], self._logits[idx], has
+
+    # ------------------------------------------------------------------- mixing
+    def sample_params(self, images: Tensor, generator: torch.Generator | None = None) -> RecursiveMixParams:
+        """Draw order: r (B, or 1 with ``per_sample=False``), then box centres (cy, cx).
+
+        The draws do not depend on whether a history exists, so the generator advances the
+        same way on every step of a given batch size.
+        """
+        check_images(images)
+        check_generator(generator)
+        b, _, h, w = images.shape
+        dev = images.device
+        n = b if self.per_sample else 1
+        ratio = uniform(n, 0.0, self.alpha, device=dev, generator=generator)
+        side = torch.sqrt(ratio.double())  # float64: the floor below is the official int(W * sqrt(r))
+        sizes = torch.stack([(h * side).floor().long(), (w * side).floor().long()], dim=1)
+        boxes = self.place(sizes, h, w, generator)
+        if not self.per_sample:
+            ratio, sizes, boxes = ratio.expand(b).contiguous(), sizes.expand(b, 2).contiguous(), boxes.expand(b, 4).contiguous()
+        from_history = torch.arange(b, device=dev) < self.history_size
+        sizes = torch.where(from_history[:, None], sizes, torch.zeros_like(sizes))
+        boxes = torch.where(from_history[:, None], boxes, torch.zeros_like(boxes))
+        return RecursiveMixParams(boxes=boxes, sizes=sizes, ratio=ratio, from_history=from_history)
+
+    def apply(self, images: Tensor, labels: Tensor, params: RegionParams) -> tuple[Tensor, Tensor, RecursiveMixInfo]:
+        """Paste the resized history into ``params.boxes``.
+
+        Returns ``(images, float32 (B, K) targets, info)``. Without a history the images are
+        returned as they are (same tensor) with their one-hot/soft targets and ``lam = 1``.
+        """
+        check_images(images)
+        b, c, h, w = images.shape
+        targets = to_soft_targets(labels, self.num_classes, b).to(images.device)
+        boxes = params.boxes
+        if not isinstance(boxes, Tensor) or tuple(boxes.shape) != (b, 4):
+            raise ValueError(f"params.boxes must have shape (B, 4) = {(b, 4)}, got {getattr(boxes, 'shape', boxes)}")
+        if self._images is None:
+            zero_boxes = torch.zeros(b, 4, dtype=torch.int64, device=images.device)
+            ones = torch.ones(b, device=images.device)
+            info = RecursiveMixInfo(zero_boxes, ones, torch.zeros_like(ones), torch.zeros(b, dtype=torch.bool, device=images.device), None, (h, w))
+            return images, targets, info
+        if self._images.shape[1] != c:
+            raise ValueError(f"images have {c} channels but the history has {self._images.shape[1]}; call reset() when the input changes")
+        src, src_targets, src_logits, has = self._history_rows(b, images.device)
+        boxes = boxes.to(device=images.device, dtype=torch.int64)
+        boxes = torch.where(has[:, None], boxes, torch.zeros_like(boxes))  # rows without history: nothing pasted
+        mixed = resize_into_boxes(images, src, boxes, self.interpolation, self.align_corners)
+        lam = area_lambda(boxes, h, w)
+        mixed_targets = mix_targets(targets, src_targets, lam)
+        weights = self.omega * (1.0 - lam)
+        info = RecursiveMixInfo(boxes, lam, weights, has, src_logits, (h, w))
+        return mixed, mixed_targets, info
+
+    def mix(
+        self, images: Tensor, labels: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, RecursiveMixInfo]:
+        """``apply(images, labels, sample_params(images, generator))``."""
+        return self.apply(images, labels, self.sample_params(images, generator))
+
+    def forward(
+        self, images: Tensor, labels: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, RecursiveMixInfo]:
+        """Same as :meth:`mix`."""
+        return self.mix(images, labels, generator)
+
+    # --------------------------------------------------------- consistency loss
+    def roi_features(
+        self, features: Tensor, info: RecursiveMixInfo, spatial_scale: float | tuple[float, float] | None = None
+    ) -> Tensor:
+        """RoIAlign (aligned) of ``features`` over each image's box: (B, C * oh * ow).
+
+        ``spatial_scale`` defaults to feature side / image side per axis (pass
+        ``1 / model.feature_stride`` to use the network's stride instead).
+        """
+        if not isinstance(features, Tensor) or features.ndim != 4 or not features.is_floating_point():
+            raise ValueError(f"features must be a float (B, C, h, w) feature map before pooling, got {getattr(features, 'shape', type(features))}")
+        b = info.boxes.shape[0]
+        if features.shape[0] != b:
+            raise ValueError(f"features have batch {features.shape[0]} but info is for {b} images")
+        h, w = info.image_size
+        if spatial_scale is None:
+            spatial_scale = (features.shape[2] / h, features.shape[3] / w)
+        sy, sx = (spatial_scale, spatial_scale) if isinstance(spatial_scale, (int, float)) else spatial_scale
+        oh, ow = self.roi_output_size
+        # The boxes lie inside the image, so the adaptive grid is bounded by the feature
+        # extent: a static bound keeps the step free of host syncs.
+        bound = (max_sampling_grid(h * sy, oh), max_sampling_grid(w * sx, ow))
+        pooled = roi_align(features, info.boxes.to(features.device), (oh, ow), (sy, sx), self.sampling_ratio, True, max_grid=bound)
+        return pooled.flatten(1)
+
+    def consistency_loss(
+        self,
+        features: Tensor,
+        info: RecursiveMixInfo,
+        head: Callable[[Tensor], Tensor],
+        spatial_scale: float | tuple[float, float] | None = None,
+    ) -> Tensor:
+        """``mean_i omega (1 - lam_i) CE(head(RoIAlign(features_i, box_i)), softmax(logits_hist_i))``.
+
+        ``features``: the model's last feature map before pooling for the *mixed* batch
+        (attached to the graph); ``head``: ``model.fc`` or an own ``nn.Linear``. Returns a
+        float32 scalar. The targets come from the detached history, so no gradient reaches
+        it. On a step without history the head still runs (times 0): an own head gets a
+        zero gradient rather than none, which DDP needs.
+        """
+        if not callable(head):
+            raise TypeError(f"head must be callable (e.g. model.fc), got {type(head).__name__}")
+        out = head(self.roi_features(features, info, spatial_scale))
+        if out.ndim != 2 or out.shape[1] != self.num_classes:
+            raise ValueError(f"head must return (B, num_classes={self.num_classes}) logits, got shape {tuple(out.shape)}")
+        if info.history_logits is None:
+            return out.float().sum() * 0.0
+        target = F.softmax(info.history_logits.to(out.device), dim=1)
+        ce = soft_target_cross_entropy(out, target, reduction="none")
+        return (info.weights.to(ce.device) * ce).mean()
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, alpha={self.alpha}, omega={self.omega}, interpolation={self.interpolation!r}, "
+            f"per_sample={self.per_sample}, reset_each_epoch={self.reset_each_epoch}, roi_output_size={self.roi_output_size}"
+        )
+
+
+class KeepRecursiveMix(KeepCut):
+    """RecursiveMix whose box avoids the receiving image's most salient region (beyond the paper).
+
+    KeepAugment's selective-cut on the receiving image: the box size comes from RecursiveMix's
+    area ratio, its position is drawn among the candidates whose saliency score (of the image
+    that *receives* the history) is below the per-image q-quantile. lam stays the exact
+    unpasted area. The first step (no history) needs no saliency and computes none.
+
+    Args:
+        num_classes, alpha, omega, interpolation, align_corners, per_sample, reset_each_epoch,
+            roi_output_size, sampling_ratio: as :class:`RecursiveMix` (``per_sample=False``
+            shares the box size; positions stay per image).
+        q, saliency_fn, candidate_stride: as :class:`keepmix.keep.KeepCut`.
+
+    ``mix(images, labels, *, saliency=None, generator=None) -> (images, targets, info)``;
+    ``consistency_loss``, ``update``, ``reset``, ``on_epoch_start`` as in RecursiveMix.
+    """
+
+    op: RecursiveMix
+
+    def __init__(
+        self,
+        num_classes: int,
+        alpha: float = 0.5,
+        omega: float = 0.5,
+        interpolation: Literal["nearest", "bilinear"] = "nearest",
+        align_corners: bool = False,
+        per_sample: bool = True,
+        reset_each_epoch: bool = False,
+        roi_output_size: int | tuple[int, int] = (1, 1),
+        sampling_ratio: int = -1,
+        q: float = 0.6,
+        saliency_fn: SaliencyFn | None = None,
+        candidate_stride: int = 1,
+    ) -> None:
+        rm = RecursiveMix(
+            num_classes, alpha, omega, interpolation, align_corners, per_sample, reset_each_epoch, roi_output_size, sampling_ratio
+        )
+        super().__init__(rm, q, saliency_fn, candidate_stride)
+
+    def mix(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        *,
+        saliency: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor, RecursiveMixInfo]:
+        check_images(images)
+        if labels is None:
+            raise ValueError("KeepRecursiveMix needs labels (B,) class ids or (B, K) soft targets")
+        if not self.op.has_history:
+            return self.op.mix(images, labels, generator)
+        sal = self.resolve_saliency(images, labels, saliency)
+        params, _ = self.sample_params(images, sal, generator)
+        return self.op.apply(images, labels, params)
+
+    def forward(
+        self,
+        images: Tensor,
+        labels: Tensor | None = None,
+        *,
+        saliency: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor, RecursiveMixInfo]:
+        return self.mix(images, labels, saliency=saliency, generator=generator)  # type: ignore[arg-type]
+
+    def consistency_loss(self, features: Tensor, info: RecursiveMixInfo, head: Callable[[Tensor], Tensor], spatial_scale=None) -> Tensor:
+        """See :meth:`RecursiveMix.consistency_loss`."""
+        return self.op.consistency_loss(features, info, head, spatial_scale)
+
+    def update(self, images: Tensor, targets: Tensor, logits: Tensor) -> None:
+        """See :meth:`RecursiveMix.update`."""
+        self.op.update(images, targets, logits)
+
+    def reset(self) -> None:
+        self.op.reset()
+
+    def on_epoch_start(self) -> None:
+        self.op.on_epoch_start()
+
+    @property
+    def has_history(self) -> bool:
+        return self.op.has_history

@@ -1,0 +1,123 @@
+"""Pictures of what the methods do (``keepmix show`` and the grid at the end of a run).
+
+The ops are built exactly as the trainer builds them (:func:`keepmix.train.methods.build_method`)
+and drawn with :func:`keepmix.viz.save_method_grid`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from keepmix.train.config import METHODS, ConfigError, TrainConfig
+
+__all__ = ["DEFAULT_SHOW_METHODS", "method_ops", "show", "save_run_grid"]
+
+DEFAULT_SHOW_METHODS = ("cutout", "keepcutout", "cutmix", "keepcutmix", "autoaugment", "keepautoaugment", "recursivemix")
+
+
+def method_ops(config: TrainConfig, methods: Sequence[str], model: nn.Module, num_classes: int,
+               mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:
+    """Method name -> the op the trainer would run for it, with ``config``'s settings."""
+    from keepmix.train.methods import build_method
+
+    ops: dict[str, Any] = {}
+    for name in methods:
+        if name not in METHODS:
+            raise ConfigError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+        if name == "none":
+            continue
+        fields = dict(config.to_dict(), method=name)
+        if "early" in config.saliency and not config.early_head:
+            fields["saliency"] = "full"
+        m = build_method(TrainConfig(**fields), model, num_classes, mean, std)
+        op = getattr(m, "op", None) or getattr(m, "rm", None)
+        if name in ("cutmix", "keepcutmix"):
+            op = _always(op)  # CIFAR's p = 0.5 would leave half the pictures unmixed
+        ops[name] = op
+    return ops
+
+
+def _always(op: Any) -> Any:
+    inner = getattr(op, "op", op)
+    if hasattr(inner, "p"):
+        inner.p = 1.0
+    return op
+
+
+def show(
+    methods: Sequence[str] | None = None,
+    run: str | Path | None = None,
+    dataset: str = "cifar10",
+    data_dir: str = "",
+    model: str = "small",
+    num_images: int = 8,
+    seed: int = 0,
+    out: str | Path = "keepmix-show.png",
+    device: str = "cpu",
+) -> Path:
+    """Write the method grid of ``num_images`` test images to ``out`` and return its path.
+
+    With ``run`` the model (for the saliency), dataset and method options come from that run's
+    checkpoint; otherwise a freshly initialised ``model`` gives the saliency.
+    """
+    from keepmix.models import build_model
+    from keepmix.train.checkpoint import check_model_state, load_checkpoint
+    from keepmix.train.data import load_data
+    from keepmix.viz import save_method_grid
+
+    if num_images < 1:
+        raise ConfigError(f"num_images must be >= 1, got {num_images}")
+    state = None
+    if run is not None:
+        state = load_checkpoint(run)
+        config = TrainConfig(**state["config"])
+    else:
+        config = TrainConfig(dataset=dataset, data_dir=data_dir, model=model, seed=seed)
+    config = config.replace(train_subset=0, test_subset=0)
+    data = load_data(config)
+    net = build_model(config.model, num_classes=len(data.classes), early_head=config.early_head)
+    if state is not None:
+        check_model_state(net, state["model"])
+        net.load_state_dict(state["model"])
+    net = net.to(device).eval()
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(data.test.labels), generator=g)[:num_images]
+    images, labels = data.test.images[pick].to(device), data.test.labels[pick].to(device)
+    ops = method_ops(config, list(methods or DEFAULT_SHOW_METHODS), net, len(data.classes), data.mean, data.std)
+    grid = save_method_grid(
+        images, labels, ops, out, model=net, mean=data.mean, std=data.std, max_images=num_images,
+        generator=torch.Generator(device=images.device).manual_seed(seed), class_names=data.classes,
+        untrained=state is None,
+    )
+    return Path(grid.path)
+
+
+def save_run_grid(trainer: Any, out: str | Path, num_images: int = 8) -> Path:
+    """The end-of-run grid: the run's method (and its plain / Keep counterpart) on test images,
+    with the trained model's saliency."""
+    from keepmix.viz import save_method_grid
+
+    cfg = trainer.config
+    m = cfg.method
+    pair = [m[4:] if m.startswith("keep") else m, m if m.startswith("keep") else f"keep{m}"]
+    methods = [x for x in dict.fromkeys(pair) if x in METHODS and x != "none"] or ["cutout", "keepcutout"]
+    model = trainer.model
+    was_training = model.training
+    model.eval()
+    try:
+        test = trainer.data.test
+        n = min(num_images, len(test.labels))
+        images, labels = test.images[:n].to(trainer.device), test.labels[:n].to(trainer.device)
+        ops = method_ops(cfg, methods, model, trainer.num_classes, trainer.data.mean, trainer.data.std)
+        grid = save_method_grid(
+            images, labels, ops, out, model=model, mean=trainer.data.mean, std=trainer.data.std, max_images=n,
+            generator=torch.Generator(device=trainer.device).manual_seed(cfg.seed), class_names=trainer.data.classes,
+            title=f"{cfg.name}: test images after training",
+        )
+    finally:
+        model.train(was_training)
+    return Path(grid.path)

@@ -1,0 +1,80 @@
+"""Shared test fixtures: a small batch of real CIFAR-10 test images.
+
+The tarball is part of the environment (see /work/shared/data/README.md), so a missing file
+is an error, not a skip. Images are chosen deterministically: the test split's files of each
+class sorted by name, taken round-robin over the classes (class order = sorted names), so
+every class appears and the labels are interleaved.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+N_IMAGES = 64
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def _tarball_path() -> Path:
+    env = os.environ.get("KEEPMIX_CIFAR10_JPEG")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+@pytest.fixture(scope="session")
+def shared_data_path() -> Path:
+    """Path of cifar10-jpeg.tar.gz (env var KEEPMIX_CIFAR10_JPEG overrides the default)."""
+    path = _tarball_path()
+    if not path.is_file():
+        pytest.fail(
+            f"CIFAR-10 JPEG tarball not found at {path}; it is part of the test environment "
+            "(set KEEPMIX_CIFAR10_JPEG to its path if it lives elsewhere)",
+            pytrace=False,
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def _cifar_batch(shared_data_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    per_class: dict[str, dict[str, bytes]] = {c: {} for c in CIFAR10_CLASSES}
+    # One streaming pass over the gzip (random access into a .tar.gz re-decompresses).
+    with tarfile.open(shared_data_path, "r|gz") as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if member.isfile() and len(parts) == 3 and parts[0] == "test" and parts[1] in per_class:
+                per_class[parts[1]][parts[2]] = tar.extractfile(member).read()
+    names = {c: sorted(files) for c, files in per_class.items()}
+    images, labels = [], []
+    rank = 0
+    while len(images) < N_IMAGES:
+        for label, c in enumerate(CIFAR10_CLASSES):
+            if len(images) == N_IMAGES:
+                break
+            if rank >= len(names[c]):
+                pytest.fail(f"{shared_data_path} has too few test images of class {c!r}", pytrace=False)
+            with Image.open(io.BytesIO(per_class[c][names[c][rank]])) as im:
+                images.append(np.asarray(im.convert("RGB")))
+            labels.append(label)
+        rank += 1
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    return x, torch.tensor(labels, dtype=torch.int64)
+
+
+@pytest.fixture(scope="session")
+def cifar_uint8(_cifar_batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """(64, 3, 32, 32) uint8 real CIFAR-10 test images, shared by the session: do not modify in place."""
+    return _cifar_batch[0].clone()
+
+
+@pytest.fixture(scope="session")
+def cifar_labels(_cifar_batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """(64,) int64 class ids of ``cifar_uint8`` (index into the sorted class names)."""
+    return _cifar_batch[1].clone()

@@ -1,0 +1,88 @@
+"""Atomic checkpoint writes, weights_only loading, model mismatch errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from keepmix.train.checkpoint import CheckpointError, check_model_state, load_checkpoint, save_checkpoint, to_cpu
+
+
+def _state(seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"model": {"w": torch.randn(3, 4, generator=g)}, "epoch": seed, "rng": g.get_state(), "hist": None,
+            "ranks": [{"a": torch.arange(3)}], "name": "x", "lr": 0.1, "finished": False}
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_round_trip_with_weights_only(tmp_path):
+    state = _state(1)
+    save_checkpoint(state, tmp_path / "checkpoint.pt")
+    for where in (tmp_path / "checkpoint.pt", tmp_path):  # a file or its run directory
+        back = load_checkpoint(where)
+        assert back.pop("format_version") == 1
+        assert _same(back, state)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_failed_write_keeps_the_old_checkpoint_and_no_temp_file(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(_state(1), path)
+    real_save = torch.save
+
+    def dying_save(obj, f, *a, **k):
+        f.write(b"partial garbage")  # half a file, then the process "dies"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(_state(2), path)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_arbitrary_objects_are_refused(tmp_path):
+    torch.save({"format_version": 1, "x": _Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_not_a_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a zip file")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"w": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a keepmix checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_model_mismatch_is_named():
+    a = torch.nn.Linear(4, 3)
+    check_model_state(a, torch.nn.Linear(4, 3).state_dict())
+    with pytest.raises(CheckpointError, match="another model.*another shape.*'weight'"):
+        check_model_state(a, torch.nn.Linear(5, 3).state_dict())
+    with pytest.raises(CheckpointError, match="missing.*unexpected"):
+        check_model_state(a, {"weight": torch.zeros(3, 4), "extra": torch.zeros(1)})
+
+
+def test_to_cpu_detaches_and_keeps_structure():
+    x = torch.ones(2, requires_grad=True) * 2
+    out = to_cpu({"a": [x, (x, 1)], "b": None})
+    assert not out["a"][0].requires_grad and isinstance(out["a"][1], tuple) and out["b"] is None
