@@ -65,6 +65,8 @@ class RegionOp(nn.Module):
             cy = randint(0, height, b, device=sizes.device, generator=generator)
             cx = randint(0, width, b, device=sizes.device, generator=generator)
             return centered_boxes(cy, cx, h, w, height, width)
-        top = randint(0, (height - h + 1), b, device=sizes.device, generator=generator)
-        left = randint(0, (width - w + 1), b, device=sizes.device, generator=generator)
+        # "inside" needs sizes <= (H, W): the ops guarantee it when they draw sizes, so the
+        # per-call range check (a host sync on GPU) is skipped here.
+        top = randint(0, (height - h + 1), b, device=sizes.device, generator=generator, check=False)
+        left = randint(0, (width - w + 1), b, device=sizes.device, generator=generator, check=False)
         return corner_boxes(top, left, h, w)

@@ -481,6 +481,9 @@ class KeepCutMix(KeepCut):
 class KeepAutoAugment(KeepPaste):
     """KeepAugment + AutoAugment: the augmented image with its salient ``size`` region restored.
 
+    ``policy`` and ``fill`` go to :class:`keepmix.policies.AutoAugment` (images in its
+    ranges: uint8, or float in [0, 1]); the rest as :class:`KeepPaste`.
+
     ``forward(images, labels=None, *, saliency=None, generator=None) -> images``.
     """
 
@@ -492,14 +495,18 @@ class KeepAutoAugment(KeepPaste):
         saliency_fn: SaliencyFn | None = None,
         placement: Placement = "inside",
         candidate_stride: int = 1,
+        fill: float | Sequence[float] = 0.0,
     ) -> None:
         from keepmix.policies import AutoAugment
 
-        super().__init__(AutoAugment(policy), size, q, saliency_fn, placement, candidate_stride)
+        super().__init__(AutoAugment(policy, fill=fill), size, q, saliency_fn, placement, candidate_stride)
 
 
 class KeepRandAugment(KeepPaste):
-    """KeepAugment + RandAugment (``num_ops`` ops per image at ``magnitude``).
+    """KeepAugment + RandAugment (``num_ops`` ops per image at magnitude bin ``magnitude``).
+
+    ``num_ops``, ``magnitude`` and ``fill`` go to :class:`keepmix.policies.RandAugment`; the
+    rest as :class:`KeepPaste`.
 
     ``forward(images, labels=None, *, saliency=None, generator=None) -> images``.
     """
@@ -507,13 +514,14 @@ class KeepRandAugment(KeepPaste):
     def __init__(
         self,
         num_ops: int = 2,
-        magnitude: float = 9,
+        magnitude: int = 9,
         size: int | Sequence[int] = 16,
         q: float = 0.6,
         saliency_fn: SaliencyFn | None = None,
         placement: Placement = "inside",
         candidate_stride: int = 1,
+        fill: float | Sequence[float] = 0.0,
     ) -> None:
         from keepmix.policies import RandAugment
 
-        super().__init__(RandAugment(num_ops, magnitude), size, q, saliency_fn, placement, candidate_stride)
+        super().__init__(RandAugment(num_ops, magnitude, fill=fill), size, q, saliency_fn, placement, candidate_stride)

@@ -18,21 +18,14 @@ from torch import Tensor
 from keepmix._checks import check_generator, check_images, check_probability, check_range_pair
 from keepmix.base import RegionOp, RegionParams
 from keepmix.functional.erasing import check_fill, erase, fill_tensor
-from keepmix.sampling import bernoulli, log_uniform, uniform
+from keepmix.sampling import bernoulli, log_uniform, normal, randint, uniform
 
 __all__ = ["CutoutParams", "Cutout", "RandomErasingParams", "RandomErasing"]
 
 
-def _standard_normal(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None) -> Tensor:
-    """N(0, 1) float32, drawn on the generator's device (as keepmix.sampling does) then moved."""
-    draw_device = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=draw_device).to(device)
-
-
 def _random_bytes(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None) -> Tensor:
-    """Integers uniform in [0, 255] as uint8, drawn like :func:`_standard_normal`."""
-    draw_device = generator.device if generator is not None else device
-    return torch.randint(0, 256, shape, generator=generator, device=draw_device, dtype=torch.uint8).to(device)
+    """Integers uniform in [0, 255] as uint8 (keepmix.sampling's draw-device convention)."""
+    return randint(0, 256, shape, device=device, generator=generator).to(torch.uint8)
 
 
 # --------------------------------------------------------------------------------------
@@ -200,7 +193,7 @@ class RandomErasing(RegionOp):
             shape = (b, c, 1, 1) if self.value == "random_box" else (b, c, h, w)
             if images.dtype == torch.uint8:
                 return _random_bytes(shape, images.device, generator)
-            return _standard_normal(shape, images.device, generator).to(images.dtype)
+            return normal(shape, device=images.device, generator=generator).to(images.dtype)
         return fill_tensor(self.value, images, "value")
 
     def sample_params(self, images: Tensor, generator: torch.Generator | None = None) -> RandomErasingParams:

@@ -22,6 +22,7 @@ from keepmix._checks import check_generator, check_positive, check_probability
 
 __all__ = [
     "uniform",
+    "normal",
     "log_uniform",
     "randint",
     "bernoulli",
@@ -53,6 +54,20 @@ def uniform(
     return low + (high - low) * u
 
 
+def normal(
+    shape: Sequence[int] | int,
+    *,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Standard normal draws of the given shape, on ``device``."""
+    check_generator(generator)
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    z = torch.randn(shape, generator=generator, device=_draw_device(device, generator), dtype=dtype)
+    return z.to(device) if device is not None else z
+
+
 def log_uniform(
     shape: Sequence[int] | int,
     low: float,
@@ -74,8 +89,12 @@ def randint(
     *,
     device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
+    check: bool = True,
 ) -> Tensor:
     """Integers uniform in [low, high) as int64; ``low``/``high`` may be per-element tensors.
+
+    With tensor bounds, ``check=True`` verifies high > low everywhere (one host sync per call);
+    callers that guarantee it by construction pass ``check=False`` to stay sync-free.
 
     Tensor bounds make per-image ranges possible (e.g. a box position that depends on the
     image's own box size) without a loop: floor(low + u * (high - low)).
@@ -92,7 +111,7 @@ def randint(
     high_t = torch.as_tensor(high, device=u.device, dtype=torch.float64)
     # One check per call (not per image): an empty range is a caller bug, e.g. a box larger
     # than the image it must fit in.
-    if bool((high_t <= low_t).any()):
+    if check and bool((high_t <= low_t).any()):
         raise ValueError("randint needs high > low for every element (an empty range of positions)")
     r = (low_t + u * (high_t - low_t)).floor().long()
     # u < 1 strictly, but float rounding can land exactly on high: keep the result in range.

@@ -280,3 +280,18 @@ def test_get_dataset_path_env_override_and_subset(small_tar, tmp_path, monkeypat
         get_dataset("imagenet-9000")
     with pytest.raises(ValueError, match="not reachable"):
         get_dataset(small_tar, cache_dir=cache, subset=45)
+
+
+def test_damaged_archive_is_an_error_not_a_silently_shorter_set(small_tree, tmp_path):
+    arc = _tar_of(small_tree, tmp_path / "plain.tar")  # uncompressed: bytes are easy to damage
+    with tarfile.open(arc) as tf:
+        victim = [m for m in tf.getmembers() if m.isfile()][5]
+    data = bytearray(arc.read_bytes())
+    data[victim.offset : victim.offset + 100] = b"\xff" * 100  # a header tarfile cannot parse
+    arc.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="damaged"):
+        load_image_folder(arc, cache=False, workers=0)
+    gz = _tar_of(small_tree, tmp_path / "cut.tar.gz")
+    gz.write_bytes(gz.read_bytes()[:-200])  # truncated download
+    with pytest.raises(DataError, match="cut.tar.gz"):
+        load_image_folder(gz, cache=False, workers=0)

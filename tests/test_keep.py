@@ -14,8 +14,10 @@ from keepmix.functional.regions import box_sums, candidate_positions, candidate_
 from keepmix.keep import (
     KeepCut,
     KeepCutMix,
+    KeepAutoAugment,
     KeepCutout,
     KeepPaste,
+    KeepRandAugment,
     KeepRandomErasing,
     check_saliency,
     select_boxes,
@@ -195,6 +197,22 @@ def test_keep_paste_passes_generator_and_is_reproducible(batch):
     a = op(x, saliency=sal, generator=_gen(9))
     b = op(x, saliency=sal, generator=_gen(9))
     assert torch.equal(a, b) and not torch.equal(a, op(x, saliency=sal, generator=_gen(10)))
+
+
+@pytest.mark.parametrize("make", [lambda: KeepAutoAugment("cifar10"), lambda: KeepRandAugment(2, 14)])
+def test_keep_policies_on_real_uint8_images(cifar_uint8, make):
+    x = cifar_uint8[:16]
+    sal = torch.rand(16, 32, 32, generator=_gen(20))
+    op = make()
+    out = op(x, saliency=sal, generator=_gen(21))
+    g = _gen(21)
+    params, sel = op.sample_params(x, sal, g)
+    augmented = op.transform(x, generator=g)  # same draw order as forward
+    assert torch.equal(out, op.apply(x, augmented, params))
+    assert bool((_scores(sal, sel.boxes) > sel.tau).all())
+    mask = box_masks(sel.boxes, 32, 32)[:, None].expand_as(x)
+    assert torch.equal(out[mask], x[mask]) and torch.equal(out[~mask], augmented[~mask])
+    assert out.dtype == torch.uint8 and not torch.equal(out, x)
 
 
 def test_keep_cutmix_lambda_is_exact_area_and_box_below_tau(batch):

@@ -22,6 +22,7 @@ import io
 import multiprocessing
 import os
 import tarfile
+import zlib
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -157,7 +158,15 @@ def _list_archive(path: Path) -> Iterator[tuple[str, bytes]]:
                     f = tf.extractfile(m)
                     assert f is not None  # a regular file always has data
                     yield rel, f.read()
-    except (tarfile.TarError, EOFError, OSError) as e:
+            # tarfile ends the member list at the first unreadable header without an error,
+            # which would silently drop the rest of a damaged archive. A sound archive has
+            # only zero padding after its end marker; reading that to the end also makes
+            # gzip check its CRC and length.
+            stream = tf.fileobj
+            while block := stream.read(1 << 20):
+                if block.count(0) != len(block):
+                    raise DataError(f"archive {path} is damaged: unreadable data after member {tf.members[-1].name if tf.members else '(none)'}")
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         raise DataError(f"cannot read archive {path}: {e}") from e
 
 
@@ -201,6 +210,7 @@ def _decode_all(
         if batch_names:
             flush()
         results = [p.result() if isinstance(p, Future) else p for p in pending]
+        pending.clear()  # futures keep their results alive
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -215,8 +225,25 @@ def _decode_all(
             f"image {names[i]} is {shapes[i][0]}x{shapes[i][1]} (HxW) but {names[0]} is {expected[0]}x{expected[1]}; "
             f"every image of a fixed-size set must have one size (pass size=(H, W) to resize)"
         )
-    pixels = np.frombuffer(b"".join(b for _, b in results), dtype=np.uint8)
-    return names, pixels.reshape(len(names), int(expected[0]), int(expected[1]), 3)
+    h, w = int(expected[0]), int(expected[1])
+    pixels = np.empty((len(names), h, w, 3), dtype=np.uint8)
+    start = 0
+    for i in range(len(results)):  # copy chunk by chunk, releasing each: one full copy at a time
+        n = results[i][0].shape[0]
+        pixels[start : start + n] = np.frombuffer(results[i][1], dtype=np.uint8).reshape(n, h, w, 3)
+        results[i] = None  # type: ignore[call-overload]
+        start += n
+    return names, pixels
+
+
+def _gather_nchw(pixels: Tensor, rows: Tensor, chunk: int = 8192) -> Tensor:
+    """``pixels[rows]`` (N, H, W, 3) as a contiguous (n, 3, H, W) tensor, in bounded chunks."""
+    _, h, w, c = pixels.shape
+    out = torch.empty((rows.numel(), c, h, w), dtype=torch.uint8)
+    nhwc = out.permute(0, 2, 3, 1)  # a view: writing it fills ``out`` in NCHW order
+    for i in range(0, rows.numel(), chunk):
+        nhwc[i : i + chunk] = pixels[rows[i : i + chunk]]
+    return out
 
 
 def _decode_source(path: Path, size: tuple[int, int] | None, workers: int) -> tuple[list[str], dict[str, tuple[Tensor, Tensor]]]:
@@ -238,8 +265,8 @@ def _decode_source(path: Path, size: tuple[int, int] | None, workers: int) -> tu
     out: dict[str, tuple[Tensor, Tensor]] = {}
     for split, entries in layout.items():
         entries = sorted(entries)  # archive order is arbitrary; sorted names are reproducible
-        rows = np.fromiter((index[r] for r, _ in entries), dtype=np.int64, count=len(entries))
-        images = torch.from_numpy(np.ascontiguousarray(pixels[rows].transpose(0, 3, 1, 2)))
+        rows = torch.tensor([index[r] for r, _ in entries], dtype=torch.int64)
+        images = _gather_nchw(torch.from_numpy(pixels), rows)
         labels = torch.tensor([class_id[c] for _, c in entries], dtype=torch.int64)
         out[split] = (images, labels)
     return classes, out

@@ -91,8 +91,7 @@ def _quantize(x: Tensor) -> Tensor:
 def _apply_lut(x: Tensor, lut: Tensor) -> Tensor:
     """Per (image, channel) lookup: ``lut`` is (B, C, 256) uint8, ``x`` (B, C, H, W) uint8."""
     b, c, h, w = x.shape
-    offsets = torch.arange(b * c, device=x.device).view(b, c, 1, 1) * 256
-    return lut.reshape(-1)[x.long() + offsets]
+    return lut.gather(2, x.reshape(b, c, h * w).long()).view(b, c, h, w)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -114,13 +113,14 @@ def _blend(degenerate: Tensor, x: Tensor, factor: Tensor) -> Tensor:
     """``degenerate + factor * (x - degenerate)`` per image, as ``Image.blend`` computes it."""
     if x.dtype == torch.uint8:
         # PIL: float32 alpha, (int)in1 + alpha * (in2 - in1) in float32, clipped, truncated.
-        # Separate mul and add (no fused multiply-add) so the rounding is PIL's.
+        # Separate mul and add (no fused multiply-add) so the rounding is PIL's; the final
+        # float -> uint8 conversion truncates, as PIL's (UINT8) cast does.
         d = degenerate.to(torch.float32)
-        out = d + (x.to(torch.float32) - d) * _view(factor.to(torch.float32))
-        return out.clamp_(0.0, 255.0).trunc_().to(torch.uint8)
+        out = x.to(torch.float32).sub_(d).mul_(_view(factor.to(torch.float32))).add_(d)
+        return out.clamp_(0.0, 255.0).to(torch.uint8)
     wd = _work_dtype(x)
     d = degenerate.to(wd)
-    out = d + (x.to(wd) - d) * _view(factor.to(wd))
+    out = x.to(wd, copy=True).sub_(d).mul_(_view(factor.to(wd))).add_(d)
     return out.clamp_(0.0, 1.0).to(x.dtype)
 
 
@@ -135,19 +135,17 @@ def _smooth(x: Tensor) -> Tensor:
     five = torch.tensor(5.0, dtype=torch.float32) / 13.0
     one, five = one.to(device=x.device, dtype=wd), five.to(device=x.device, dtype=wd)
     left, mid, right = f[..., :-2], f[..., 1:-1], f[..., 2:]
-    # Same summation order as Filter.c: each row ((l*k0 + m*k1) + r*k2), rows y+1, y, y-1.
+    # Same summation order as Filter.c: each row ((l*k0 + m*k1) + r*k2), rows y+1, y, y-1,
+    # each op a separate rounding (no fused multiply-add), so uint8 results are PIL's.
     lr = left * one
     rr = right * one
-    plain = (lr + mid * one) + rr
-    centre = (lr + mid * five) + rr
-    offset = 0.5 if x.dtype == torch.uint8 else 0.0
-    ss = (offset + plain[..., 2:, :]) + centre[..., 1:-1, :]
-    ss = ss + plain[..., :-2, :]
+    plain = (mid * one).add_(lr).add_(rr)
+    centre = (mid[..., 1:-1, :] * five).add_(lr[..., 1:-1, :]).add_(rr[..., 1:-1, :])
+    offset = 0.5 if x.dtype == torch.uint8 else 0.0  # PIL rounds by adding 0.5, then truncates
+    ss = plain[..., 2:, :].add(offset).add_(centre).add_(plain[..., :-2, :])
     out = x.clone()
-    if x.dtype == torch.uint8:
-        out[..., 1:-1, 1:-1] = ss.clamp_(0.0, 255.0).to(torch.uint8)  # trunc after the +0.5
-    else:
-        out[..., 1:-1, 1:-1] = ss.to(x.dtype)
+    # uint8: ss lies in [0.5, 255.5], so the truncating copy needs no clamp.
+    out[..., 1:-1, 1:-1].copy_(ss)
     return out
 
 
@@ -206,10 +204,13 @@ def _posterize(x: Tensor, bits: Tensor) -> Tensor:
 
 def _solarize(x: Tensor, threshold: Tensor) -> Tensor:
     if x.dtype == torch.uint8:
-        return torch.where(x.to(torch.float32) >= _view(threshold.float()), 255 - x, x)
+        # For integer x, x >= t  <=>  x >= ceil(t); compare in uint8 (t = 256 inverts nothing).
+        t = threshold.float().ceil().clamp_(0.0, 256.0)
+        hit = (x >= _view(t.clamp(max=255.0).to(torch.uint8))) & _view(t <= 255.0)
+        return torch.where(hit, 255 - x, x)
     wd = _work_dtype(x)
     t = _view(threshold.to(wd) / 255.0)
-    return torch.where(x.to(wd) >= t, 1.0 - x, x)
+    return torch.where(x >= t, 1.0 - x, x)
 
 
 def _brightness(x: Tensor, factor: Tensor) -> Tensor:
@@ -290,13 +291,13 @@ def equalize(images: Tensor) -> Tensor:
 
 
 def posterize(images: Tensor, bits: int | Tensor) -> Tensor:
-    """Keep the top ``bits`` (0..8) bits of each 8-bit value, ``ImageOps.posterize``.
+    """Keep the top ``bits`` (1..8) bits of each 8-bit value, ``ImageOps.posterize``.
 
     Float images are quantised to 256 levels first.
     """
     check_images(images)
     b = _per_image(bits, images, "bits", dtype=torch.float64)
-    _check_range(b, "bits", 0, 8, integer=True)
+    _check_range(b, "bits", 1, 8, integer=True)
     return _posterize(images, b)
 
 

@@ -486,7 +486,7 @@ class Trainer:
             "device": str(self.device),
             "amp": self.use_amp,
             "wall_time_s": self.elapsed_before + time.perf_counter() - self._t_start,
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
             "config": cfg.to_dict(),
         }
         self.save(finished=True)
