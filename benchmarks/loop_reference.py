@@ -17,6 +17,7 @@ parameters, the loop produces exactly keepmix's output (the comparison is like f
 
 from __future__ import annotations
 
+import importlib
 import math
 from typing import Sequence
 
@@ -24,8 +25,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from keepmix.functional import color as C
-from keepmix.functional import geometry as G
 from keepmix.policies import AUTOAUGMENT_POLICIES, OP_NAMES, RANDAUGMENT_OPS, SIGNED_OPS, magnitude_table
 
 __all__ = [
@@ -48,6 +47,11 @@ __all__ = [
     "candidate_scores_np",
     "keep_threshold",
 ]
+
+# By module path: keepmix.functional re-exports a *function* named ``color``, which shadows the
+# submodule for ``from keepmix.functional import color``.
+C = importlib.import_module("keepmix.functional.color")
+G = importlib.import_module("keepmix.functional.geometry")
 
 Box = tuple[int, int, int, int]
 
@@ -352,6 +356,27 @@ def trivialaugment_loop(
 # ------------------------------------------------------------------------ Keep loops
 
 
+_EDGES: dict[tuple, tuple[np.ndarray, ...]] = {}
+
+
+def _edges(hh: int, ww: int, h: int, w: int, placement: str) -> tuple[np.ndarray, ...]:
+    """Row and column edges (y1, y2, x1, x2, (y1, y2) stacked, (x1, x2) stacked) of every
+    candidate position; they depend only on the sizes, so they are cached (keeps the loop
+    reference fast rather than a strawman)."""
+    key = (hh, ww, h, w, placement)
+    if key not in _EDGES:
+        if placement == "center":
+            y1 = np.clip(np.arange(hh) - h // 2, 0, hh)
+            x1 = np.clip(np.arange(ww) - w // 2, 0, ww)
+            y2 = np.clip(np.arange(hh) - h // 2 + h, 0, hh)
+            x2 = np.clip(np.arange(ww) - w // 2 + w, 0, ww)
+        else:
+            y1, x1 = np.arange(hh - h + 1), np.arange(ww - w + 1)
+            y2, x2 = y1 + h, x1 + w
+        _EDGES[key] = (y1, y2, x1, x2, np.stack([y1, y2], 1), np.stack([x1, x2], 1))
+    return _EDGES[key]
+
+
 def candidate_scores_np(sal: np.ndarray, h: int, w: int, placement: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Scores (Hc, Wc) of every candidate box of size (h, w) of one (H, W) float64 map, with
     the candidates' row edges (Hc, 2) and column edges (Wc, 2). ``"center"``: every pixel is a
@@ -359,23 +384,27 @@ def candidate_scores_np(sal: np.ndarray, h: int, w: int, placement: str) -> tupl
     hh, ww = sal.shape
     sat = np.zeros((hh + 1, ww + 1))
     sat[1:, 1:] = sal.cumsum(0).cumsum(1)
-    if placement == "center":
-        y1 = np.clip(np.arange(hh) - h // 2, 0, hh)
-        x1 = np.clip(np.arange(ww) - w // 2, 0, ww)
-        y2 = np.clip(np.arange(hh) - h // 2 + h, 0, hh)
-        x2 = np.clip(np.arange(ww) - w // 2 + w, 0, ww)
-    else:
-        y1, x1 = np.arange(hh - h + 1), np.arange(ww - w + 1)
-        y2, x2 = y1 + h, x1 + w
+    y1, y2, x1, x2, ys, xs = _edges(hh, ww, h, w, placement)
     band = sat[y2] - sat[y1]  # (Hc, W + 1)
     scores = band[:, x2] - band[:, x1]
-    return scores, np.stack([y1, y2], 1), np.stack([x1, x2], 1)
+    return scores, ys, xs
+
+
+def _quantile(scores: np.ndarray, q: float) -> float:
+    """Linear-interpolation quantile (numpy's default method) from one partial sort."""
+    flat = scores.ravel()
+    rank = q * (flat.size - 1)
+    lo = int(rank)
+    hi = min(lo + 1, flat.size - 1)
+    part = np.partition(flat, (lo, hi))
+    a, b, t = float(part[lo]), float(part[hi]), rank - lo
+    return a + (b - a) * t if t < 0.5 else b - (b - a) * (1.0 - t)
 
 
 def keep_threshold(sal: np.ndarray, h: int, w: int, q: float = 0.6, placement: str = "center") -> float:
     """The per-image threshold: q-quantile (linear) of all candidate scores of size (h, w)."""
     scores, _, _ = candidate_scores_np(sal, h, w, placement)
-    return float(np.quantile(scores, q))
+    return _quantile(scores, q)
 
 
 def _keep_box(
@@ -386,7 +415,7 @@ def _keep_box(
     is below (above) tau. When no candidate passes at all (a flat map), a position among the
     lowest- (highest-) scoring ones, as keepmix does."""
     scores, ys, xs = candidate_scores_np(sal, h, w, placement)
-    tau = float(np.quantile(scores, q))
+    tau = _quantile(scores, q)
     passing = scores < tau if side == "below" else scores > tau
     if not passing.any():
         extreme = scores.min() if side == "below" else scores.max()
@@ -404,8 +433,9 @@ def _keep_box(
     return int(ys[iy, 0]), int(xs[ix, 0]), int(ys[iy, 1]), int(xs[ix, 1])
 
 
-def _saliency_np(saliency: Tensor, i: int) -> np.ndarray:
-    return saliency[i].detach().to("cpu", torch.float64).numpy()
+def _saliency_np(saliency: Tensor) -> np.ndarray:
+    """The whole batch's maps as one float64 numpy array (one device-to-host copy per batch)."""
+    return saliency.detach().to("cpu", torch.float64).numpy()
 
 
 def keep_cutout_loop(
@@ -414,9 +444,9 @@ def keep_cutout_loop(
     """Per image: tau over all centres, ``while True`` centre draws until the clipped square's
     saliency sum is below tau, sliced to ``fill``."""
     b = images.shape[0]
-    out = images.clone()
+    out, sal_np = images.clone(), _saliency_np(saliency)
     for i in range(b):
-        _erase_one(out, i, _keep_box(_saliency_np(saliency, i), length, length, q, "center", "below", rng), fill)
+        _erase_one(out, i, _keep_box(sal_np[i], length, length, q, "center", "below", rng), fill)
     return out
 
 
@@ -428,11 +458,11 @@ def keep_random_erasing_loop(
     """Per image: Random Erasing's size draws; tau over all inside positions of that size;
     ``while True`` corner draws until below tau; sliced to ``fill``."""
     b, _, h, w = images.shape
-    out = images.clone()
+    out, sal_np = images.clone(), _saliency_np(saliency)
     for i in range(b):
         eh, ew = _erasing_size(rng, h, w, p, scale, ratio, num_tries)
         if eh:
-            _erase_one(out, i, _keep_box(_saliency_np(saliency, i), eh, ew, q, "inside", "below", rng), fill)
+            _erase_one(out, i, _keep_box(sal_np[i], eh, ew, q, "inside", "below", rng), fill)
     return out
 
 
@@ -445,13 +475,14 @@ def keep_cutmix_loop(
     b, _, h, w = images.shape
     t = _one_hot(labels, num_classes)
     out, out_t = images.clone(), t.clone()
+    sal_np = _saliency_np(saliency)
     perm = rng.permutation(b)
     for i in range(b):
         cut = math.sqrt(1.0 - rng.beta(alpha, alpha))
         ch, cw = int(h * cut), int(w * cut)
         if ch == 0 or cw == 0:
             continue
-        box = _keep_box(_saliency_np(saliency, i), ch, cw, q, "center", "below", rng)
+        box = _keep_box(sal_np[i], ch, cw, q, "center", "below", rng)
         _paste_one(images, out, i, int(perm[i]), box)
         _mix_target(t, out_t, i, int(perm[i]), _area_lam(box, h, w))
     return out, out_t
@@ -465,9 +496,9 @@ def keep_paste_loop(
     True`` corner draws until above tau, and the clean region is sliced back in."""
     b = images.shape[0]
     augmented = image_loop(images) if image_loop is not None else images
-    out = augmented.clone()
+    out, sal_np = augmented.clone(), _saliency_np(saliency)
     for i in range(b):
-        y1, x1, y2, x2 = _keep_box(_saliency_np(saliency, i), size, size, q, "inside", "above", rng)
+        y1, x1, y2, x2 = _keep_box(sal_np[i], size, size, q, "inside", "above", rng)
         out[i, :, y1:y2, x1:x2] = images[i, :, y1:y2, x1:x2]
     return out
 

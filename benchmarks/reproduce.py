@@ -117,7 +117,7 @@ SCALES: dict[str, Scale] = {
     "tiny": Scale(
         "tiny",
         dict(_COMMON, model="small", train_subset=40, test_subset=20, epochs=1, batch_size=8, lr=0.05,
-             warmup_epochs=0.0, eval_every=1, log_every=5, device="cpu", amp="off", channels_last="off"),
+             warmup_epochs=0.0, eval_every=1, log_every=5, device="cpu", amp="off", channels_last="off", threads=1),
         seeds=(0, 1), methods=("none", "cutout", "keepcutout"),
         description="smoke test: small net, 40 train / 20 test images, 1 epoch",
         expected_time="well under a minute",
@@ -169,6 +169,9 @@ def cell_config(scale: Scale, method: str, seed: int, overrides: Mapping[str, An
     # eval_every None: evaluate once, after the last epoch.
     if values.get("eval_every") is None or values["eval_every"] > values["epochs"]:
         values["eval_every"] = values["epochs"]
+    # A shortened run (--epochs) keeps a warm-up no longer than itself.
+    if "warmup_epochs" not in (overrides or {}):
+        values["warmup_epochs"] = min(float(values.get("warmup_epochs", 0.0)), float(values["epochs"]))
     return config_from_dict(values, where=f"the {scale.name} grid ({method}, seed {seed})")
 
 
@@ -651,7 +654,12 @@ def estimate(scale: Scale, methods: Sequence[str], seeds: Sequence[int], overrid
                 cfg = cfg.replace(threads=max(1, (os.cpu_count() or 1) // jobs))
             probe = cfg.replace(epochs=2, max_steps_per_epoch=steps, test_subset=min(500, len(splits[1].labels) // 10 * 10),
                                 eval_every=1, warmup_epochs=0.0, checkpoint_every=100)
-            train(probe, data=prepare_data(*splits, probe), run_dir=Path(tmp) / m, log=lambda msg: None)
+            try:
+                train(probe, data=prepare_data(*splits, probe), run_dir=Path(tmp) / m, log=lambda msg: None)
+            except Exception as e:  # report the method, time the others
+                per_method[m] = {"error": f"{type(e).__name__}: {e}"}
+                say(f"{m}: FAILED ({per_method[m]['error']})")
+                continue
             recs = [json.loads(ln) for ln in (Path(tmp) / m / "metrics.jsonl").read_text().splitlines() if ln.strip()]
             step_s = recs[-1]["epoch_time_s"] / steps  # the second epoch: warm caches, cudnn autotuned
             eval_s = recs[-1]["eval_time_s"] / probe.test_subset
@@ -661,8 +669,10 @@ def estimate(scale: Scale, methods: Sequence[str], seeds: Sequence[int], overrid
             run_s = steps_per_epoch * cfg.epochs * step_s + n_evals * eval_s * len(full.test.labels)
             per_method[m] = {"step_s": step_s, "run_s": run_s}
             say(f"{m}: {step_s * 1000:.0f} ms/step -> {run_s / 60:.1f} min per run")
-    total = sum(v["run_s"] for v in per_method.values()) * len(seeds) / max(1, jobs)
-    return {"per_method": per_method, "total_s": total, "steps": steps, "jobs": jobs}
+    timed = [v["run_s"] for v in per_method.values() if "run_s" in v]
+    total = sum(timed) * len(seeds) / max(1, jobs)
+    failed = [m for m, v in per_method.items() if "error" in v]
+    return {"per_method": per_method, "total_s": total, "steps": steps, "jobs": jobs, "failed": failed}
 
 
 # --------------------------------------------------------------------------------------------
@@ -735,8 +745,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.estimate:
         est = estimate(scale, methods, seeds, overrides, data, jobs=args.jobs)
         print(f"estimated grid time: {est['total_s'] / 3600:.2f} h for {len(methods)} methods x {len(seeds)} seeds "
-              f"with --jobs {args.jobs} ({est['steps']} timed steps per method)")
-        return 0
+              f"with --jobs {args.jobs} ({est['steps']} timed steps per method)"
+              + (f"; NOT counting the failed method(s) {', '.join(est['failed'])}" if est["failed"] else ""))
+        return 1 if est["failed"] else 0
     cells = [(m, s) for m in methods for s in seeds]
     outcome: dict = {}
     if not args.report_only:

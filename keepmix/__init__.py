@@ -1,3 +1,59 @@
-"""keepmix: information-preserving and mixing data augmentation for image classification."""
+"""keepmix: information-preserving and mixing data augmentation for image classification.
+
+What a user imports. Every op takes a (B, C, H, W) batch (float or uint8, any device), draws
+its random parameters per image from an optional ``torch.Generator``, and never modifies its
+input. The pure functions behind the ops are in :mod:`keepmix.functional`.
+"""
+
+from keepmix.data import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    DeviceLoader,
+    Split,
+    class_balanced_subset,
+    get_dataset,
+    load_cifar,
+    load_image_folder,
+    normalize,
+)
+from keepmix.keep import (
+    KeepAutoAugment,
+    KeepCut,
+    KeepCutMix,
+    KeepCutout,
+    KeepPaste,
+    KeepRandAugment,
+    KeepRandomErasing,
+    KeepSelection,
+    select_boxes,
+)
+from keepmix.mixing import CutMix, CutMixParams, Mixup, MixupParams
+from keepmix.models import FeatureHook, KeepmixModel, build_model, list_models
+from keepmix.policies import AutoAugment, PolicyParams, RandAugment, TrivialAugmentWide
+from keepmix.recursive import KeepRecursiveMix, RecursiveMix, RecursiveMixInfo, RecursiveMixParams
+from keepmix.regional import Cutout, CutoutParams, RandomErasing, RandomErasingParams
+from keepmix.saliency import Saliency, saliency_map
+from keepmix.targets import SoftTargetCrossEntropy, mix_targets, soft_target_cross_entropy, to_soft_targets
 
 __version__ = "0.1.0"
+
+__all__ = [
+    # region-level and mixing ops
+    "Cutout", "CutoutParams", "RandomErasing", "RandomErasingParams",
+    "Mixup", "MixupParams", "CutMix", "CutMixParams",
+    # image-level policies
+    "AutoAugment", "RandAugment", "TrivialAugmentWide", "PolicyParams",
+    # KeepAugment
+    "Saliency", "saliency_map", "KeepCut", "KeepPaste", "KeepSelection", "select_boxes",
+    "KeepCutout", "KeepRandomErasing", "KeepCutMix", "KeepAutoAugment", "KeepRandAugment",
+    # RecursiveMix
+    "RecursiveMix", "RecursiveMixInfo", "RecursiveMixParams", "KeepRecursiveMix",
+    # targets and loss
+    "to_soft_targets", "mix_targets", "soft_target_cross_entropy", "SoftTargetCrossEntropy",
+    # models and data
+    "build_model", "list_models", "KeepmixModel", "FeatureHook",
+    "get_dataset", "load_cifar", "load_image_folder", "Split", "DeviceLoader", "normalize",
+    "class_balanced_subset", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD",
+]

@@ -32,8 +32,27 @@ from torch import Tensor, nn
 
 from keepmix import sampling
 from keepmix._checks import check_generator, check_images
-from keepmix.functional import color as C
-from keepmix.functional import geometry as G
+# Kernels imported by name: ``keepmix.functional.color`` the attribute is the re-exported
+# function ``color``, which shadows the module of the same name.
+from keepmix.functional.color import (
+    _autocontrast,
+    _brightness,
+    _color,
+    _contrast,
+    _equalize,
+    _invert,
+    _posterize,
+    _sharpness,
+    _solarize,
+)
+from keepmix.functional.geometry import (
+    _affine,
+    _check_interpolation,
+    _fill_tensor,
+    rotation_matrix,
+    shear_matrix,
+    translation_matrix,
+)
 from keepmix.functional.boxes import box_masks, centered_boxes
 
 __all__ = [
@@ -239,26 +258,26 @@ def _apply_one(op: str, x: Tensor, mag: Tensor, centers: Tensor, fill: Tensor, i
     """Op ``op`` on the sub-batch ``x`` with signed per-image magnitudes ``mag``."""
     h, w = x.shape[-2:]
     if op == "AutoContrast":
-        return C._autocontrast(x)
+        return _autocontrast(x)
     if op == "Equalize":
-        return C._equalize(x)
+        return _equalize(x)
     if op == "Invert":
-        return C._invert(x)
+        return _invert(x)
     if op == "Posterize":
-        return C._posterize(x, mag)
+        return _posterize(x, mag)
     if op == "Solarize":
-        return C._solarize(x, mag)
+        return _solarize(x, mag)
     if op in ("Color", "Contrast", "Brightness", "Sharpness"):
-        kernel = {"Color": C._color, "Contrast": C._contrast, "Brightness": C._brightness, "Sharpness": C._sharpness}[op]
+        kernel = {"Color": _color, "Contrast": _contrast, "Brightness": _brightness, "Sharpness": _sharpness}[op]
         return kernel(x, (1.0 + mag).clamp_min(0.0))
     if op == "Rotate":
-        return G._affine(x, G.rotation_matrix(mag, h, w), interpolation, fill)
+        return _affine(x, rotation_matrix(mag, h, w), interpolation, fill)
     if op in ("ShearX", "ShearY"):
-        return G._affine(x, G.shear_matrix(mag, "x" if op == "ShearX" else "y"), interpolation, fill)
+        return _affine(x, shear_matrix(mag, "x" if op == "ShearX" else "y"), interpolation, fill)
     if op in ("TranslateX", "TranslateY"):
         zero = torch.zeros_like(mag)
-        m = G.translation_matrix(mag, zero) if op == "TranslateX" else G.translation_matrix(zero, mag)
-        return G._affine(x, m, interpolation, fill)
+        m = translation_matrix(mag, zero) if op == "TranslateX" else translation_matrix(zero, mag)
+        return _affine(x, m, interpolation, fill)
     if op == "Cutout":
         side = mag.round().long()
         cy = (centers[:, 0] * h).long().clamp_(0, h - 1)
@@ -279,8 +298,8 @@ def apply_ops(
     """
     check_images(images)
     _check_params(params, images)
-    G._check_interpolation(interpolation)
-    fill_t = G._fill_tensor(fill, images)
+    _check_interpolation(interpolation)
+    fill_t = _fill_tensor(fill, images)
     device = images.device
     ops = params.ops.to(device)
     applied = params.applied.to(device)
@@ -321,7 +340,7 @@ class _Policy(nn.Module):
 
     def __init__(self, fill: float | Sequence[float], interpolation: str) -> None:
         super().__init__()
-        G._check_interpolation(interpolation)
+        _check_interpolation(interpolation)
         t = torch.as_tensor(fill, dtype=torch.float64).flatten()
         if t.numel() not in (1, 3) or not bool(torch.isfinite(t).all()):
             raise ValueError(f"fill must be a finite number or 3 numbers (one per channel), got {fill!r}")

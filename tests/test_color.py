@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-from keepmix.functional import color as C
+# the module, not the re-exported function ``keepmix.functional.color``
+C = importlib.import_module("keepmix.functional.color")
 
 
 def to_pil(img: torch.Tensor) -> Image.Image:

@@ -116,7 +116,7 @@ def test_affine_with_matrix_equals_named_ops_and_keeps_input(cifar_uint8):
     assert torch.equal(x, before)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(
     coeffs=st.lists(st.floats(-1.5, 1.5, allow_nan=False), min_size=4, max_size=4),
     shift=st.lists(st.floats(-6, 6, allow_nan=False), min_size=2, max_size=2),

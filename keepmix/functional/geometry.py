@@ -150,15 +150,27 @@ def _fixed(v: Tensor) -> Tensor:
 def _nearest(images: Tensor, m: Tensor, fill: Tensor) -> Tensor:
     b, c, h, w = images.shape
     a0, a1, a2, a3, a4, a5 = m.unbind(-1)
-    # Start values at the centre of pixel (0, 0), same operation order as Geometry.c.
-    x0 = _fixed((a2 + a0 * 0.5) + a1 * 0.5)
-    y0 = _fixed((a5 + a3 * 0.5) + a4 * 0.5)
-    fa0, fa1, fa3, fa4 = _fixed(a0), _fixed(a1), _fixed(a3), _fixed(a4)
-    ys = torch.arange(h, device=images.device).view(1, h, 1)
-    xs = torch.arange(w, device=images.device).view(1, 1, w)
-    # Integer arithmetic is exact, so summing directly equals PIL's running sums.
-    xin = (x0.view(b, 1, 1) + ys * fa1.view(b, 1, 1) + xs * fa0.view(b, 1, 1)) >> 16
-    yin = (y0.view(b, 1, 1) + ys * fa4.view(b, 1, 1) + xs * fa3.view(b, 1, 1)) >> 16
+    # Maps without cross terms (translate, zero shear, 180 degrees) take PIL's separable
+    # "scale" engine: running float64 sums per column and row, truncated (COORD). Sequential
+    # cumsums reproduce those running sums, and the result is separable, hence cheap.
+    scale = (a1 == 0) & (a3 == 0)
+    xs_s = torch.cat([(a2 + a0 * 0.5).view(b, 1), a0.view(b, 1).expand(b, w - 1)], dim=1).cumsum(1)
+    ys_s = torch.cat([(a5 + a4 * 0.5).view(b, 1), a4.view(b, 1).expand(b, h - 1)], dim=1).cumsum(1)
+    xin = xs_s.floor().long().view(b, 1, w)
+    yin = ys_s.floor().long().view(b, h, 1)
+    # Skipping the general engine needs a host check; only worth it (and free) on the CPU.
+    if images.device.type != "cpu" or not bool(scale.all()):
+        # PIL's 16.16 fixed-point engine, from the centre of pixel (0, 0), same operation
+        # order as Geometry.c; integer arithmetic is exact, so direct sums equal its running sums.
+        x0 = _fixed((a2 + a0 * 0.5) + a1 * 0.5)
+        y0 = _fixed((a5 + a3 * 0.5) + a4 * 0.5)
+        fa0, fa1, fa3, fa4 = _fixed(a0), _fixed(a1), _fixed(a3), _fixed(a4)
+        ys = torch.arange(h, device=images.device).view(1, h, 1)
+        xs = torch.arange(w, device=images.device).view(1, 1, w)
+        xin_f = (x0.view(b, 1, 1) + ys * fa1.view(b, 1, 1) + xs * fa0.view(b, 1, 1)) >> 16
+        yin_f = (y0.view(b, 1, 1) + ys * fa4.view(b, 1, 1) + xs * fa3.view(b, 1, 1)) >> 16
+        xin = torch.where(scale.view(b, 1, 1), xin, xin_f)
+        yin = torch.where(scale.view(b, 1, 1), yin, yin_f)
     valid = (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
     index = torch.where(valid, yin * w + xin, 0).view(b, 1, h * w).expand(b, c, h * w)
     out = images.reshape(b, c, h * w).gather(2, index).view(b, c, h, w)

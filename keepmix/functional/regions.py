@@ -213,8 +213,8 @@ def masked_quantile(scores: Tensor, valid: Tensor | None, q: float) -> Tensor:
 
     Linear interpolation between order statistics, the same definition (and the same
     ``lerp`` arithmetic) as ``torch.quantile(row[valid_row], q)``. Rows with no valid entry
-    give NaN. With ``valid=None`` every entry counts and two ``kthvalue`` selections replace
-    the full sort (O(N) instead of O(N log N) per row on the CPU).
+    give NaN. No sort: one ``kthvalue`` selection per row (O(N) instead of O(N log N) on the
+    CPU) and one pass for the next order statistic.
     """
     if scores.ndim != 2:
         raise ValueError(f"scores must have shape (B, N), got {tuple(scores.shape)}")
@@ -237,15 +237,31 @@ def masked_quantile(scores: Tensor, valid: Tensor | None, q: float) -> Tensor:
         return torch.lerp(below, above, w)
     if valid.shape != scores.shape:
         raise ValueError(f"valid must have the shape of scores {tuple(scores.shape)}, got {tuple(valid.shape)}")
-    # Invalid entries sort last (+inf), so the first count entries are the valid ones in order.
-    filled = torch.where(valid, scores, torch.full_like(scores, float("inf")))
-    ordered = filled.sort(dim=1).values
     count = valid.sum(1, dtype=torch.long)
     rank = q * (count - 1).clamp_min(0).to(scores.dtype)
     lo = rank.floor().long()
     hi = torch.minimum(lo + 1, (count - 1).clamp_min(0))
-    below = ordered.gather(1, lo[:, None])[:, 0]
-    above = ordered.gather(1, hi[:, None])[:, 0]
+    # One selection instead of a sort: pad each row so that its lo-th valid value becomes the
+    # K-th of the whole row for one K shared by all rows. Row b turns pad_b = K - lo_b of its
+    # invalid entries into -inf (they sort first) and the rest into +inf (they sort last).
+    # K = min_b (N - count_b + lo_b) keeps 0 <= pad_b <= N - count_b whenever K >= max_b lo_b,
+    # which holds for linear quantiles (q (N - 1) - q (n - 1) <= N - n); one host sync.
+    k_shared, lo_max = (int(v) for v in torch.stack([(n - count + lo).min(), lo.max()]).tolist())
+    if k_shared >= lo_max:
+        pad = (k_shared - lo)[:, None]
+        invalid_rank = (~valid).cumsum(1)  # 1, 2, ... along each row's invalid entries
+        low_fill = ~valid & (invalid_rank <= pad)
+        filled = scores.masked_fill(~valid, float("inf")).masked_fill_(low_fill, float("-inf"))
+        below = filled.kthvalue(k_shared + 1, dim=1).values
+        # Next valid order statistic: ``below`` again if enough valid entries tie with it,
+        # else the smallest valid entry above it.
+        le = valid & (scores <= below[:, None])
+        nxt = scores.masked_fill(le | ~valid, float("inf")).amin(1)
+        above = torch.where(le.sum(1) >= hi + 1, below, nxt)
+    else:  # not reached for q in [0, 1]; a sort is always correct
+        ordered = scores.masked_fill(~valid, float("inf")).sort(dim=1).values
+        below = ordered.gather(1, lo[:, None])[:, 0]
+        above = ordered.gather(1, hi[:, None])[:, 0]
     out = torch.lerp(below, above, rank - lo.to(scores.dtype))
     return torch.where(count > 0, out, torch.full_like(out, float("nan")))
 

@@ -1,0 +1,215 @@
+"""AutoAugment / RandAugment / TrivialAugmentWide: per-image draws, and agreement with a
+per-image PIL loop that applies the very same parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageEnhance, ImageOps
+
+from keepmix.policies import (
+    AUTOAUGMENT_POLICIES,
+    OP_NAMES,
+    RANDAUGMENT_OPS,
+    SIGNED_OPS,
+    AutoAugment,
+    PolicyParams,
+    RandAugment,
+    TrivialAugmentWide,
+    apply_ops,
+    magnitude_table,
+)
+
+FILL = (128, 64, 200)
+ENHANCE = {"Color": ImageEnhance.Color, "Contrast": ImageEnhance.Contrast,
+           "Brightness": ImageEnhance.Brightness, "Sharpness": ImageEnhance.Sharpness}
+
+
+def pil_op(im: Image.Image, op: str, m: float, center: tuple[float, float]) -> Image.Image:
+    """The reference: one op on one PIL image with a signed magnitude."""
+    nearest = Image.NEAREST
+    if op == "Identity":
+        return im
+    if op in ("AutoContrast", "Equalize", "Invert"):
+        return getattr(ImageOps, op.lower() if op != "AutoContrast" else "autocontrast")(im)
+    if op == "Posterize":
+        return ImageOps.posterize(im, int(m))
+    if op == "Solarize":
+        return ImageOps.solarize(im, m)
+    if op in ENHANCE:
+        return ENHANCE[op](im).enhance(1.0 + m)
+    if op == "Rotate":
+        return im.rotate(m, resample=nearest, fillcolor=FILL)
+    data = {"ShearX": (1, m, 0, 0, 1, 0), "ShearY": (1, 0, 0, m, 1, 0),
+            "TranslateX": (1, 0, -m, 0, 1, 0), "TranslateY": (1, 0, 0, 0, 1, -m)}.get(op)
+    if data is not None:
+        return im.transform(im.size, Image.AFFINE, data, nearest, fillcolor=FILL)
+    assert op == "Cutout"
+    a = np.array(im)
+    h, w = a.shape[:2]
+    side = int(round(m))
+    cy, cx = min(int(center[0] * h), h - 1), min(int(center[1] * w), w - 1)
+    y1, x1 = cy - side // 2, cx - side // 2
+    a[max(y1, 0) : max(y1 + side, 0), max(x1, 0) : max(x1 + side, 0)] = FILL
+    return Image.fromarray(a)
+
+
+def pil_reference(x: torch.Tensor, p: PolicyParams) -> torch.Tensor:
+    out = []
+    mags = p.signed_magnitudes
+    for i in range(x.shape[0]):
+        im = Image.fromarray(x[i].permute(1, 2, 0).numpy())
+        for n in range(p.ops.shape[1]):
+            if p.applied[i, n]:
+                im = pil_op(im, OP_NAMES[int(p.ops[i, n])], float(mags[i, n]), tuple(p.centers[i, n].tolist()))
+        out.append(torch.from_numpy(np.array(im)).permute(2, 0, 1))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [AutoAugment("cifar10", fill=FILL), AutoAugment("svhn", fill=FILL), AutoAugment("imagenet", fill=FILL),
+     RandAugment(2, 9, fill=FILL), RandAugment(3, 27, fill=FILL, ops=OP_NAMES),
+     TrivialAugmentWide(fill=FILL), TrivialAugmentWide(fill=FILL, ops=OP_NAMES)],
+    ids=["aa-cifar10", "aa-svhn", "aa-imagenet", "ra-2-9", "ra-3-27-all-ops", "ta-wide", "ta-wide-all-ops"],
+)
+def test_policy_equals_per_image_pil_loop_on_uint8(cifar_uint8, policy):
+    g = torch.Generator().manual_seed(3)
+    params = policy.sample_params(cifar_uint8, generator=g)
+    ours = policy.apply(cifar_uint8, params)
+    assert torch.equal(ours, pil_reference(cifar_uint8, params))
+
+
+def test_float_images_follow_the_uint8_result(cifar_uint8):
+    policy = RandAugment(2, 14, fill=0)
+    params = policy.sample_params(cifar_uint8, torch.Generator().manual_seed(0))
+    out_u = policy.apply(cifar_uint8, params)
+    out_f = policy.apply(cifar_uint8.float() / 255, params)
+    assert out_f.dtype == torch.float32
+    diff = (out_f * 255 - out_u.float()).abs()
+    # Enhance ops truncate on uint8 and a second op can amplify that slightly (autocontrast).
+    assert diff.mean() < 0.3
+    assert (diff.amax(dim=(1, 2, 3)) <= 3.0).float().mean() > 0.9
+
+
+def test_ops_are_drawn_per_image(cifar_uint8):
+    for policy in (AutoAugment(), RandAugment(), TrivialAugmentWide()):
+        p = policy.sample_params(cifar_uint8, torch.Generator().manual_seed(1))
+        assert p.ops[:, 0].unique().numel() > 5
+    aa = AutoAugment().sample_params(cifar_uint8, torch.Generator().manual_seed(1))
+    assert aa.sub_policies.unique().numel() > 10
+    ta = TrivialAugmentWide().sample_params(cifar_uint8, torch.Generator().manual_seed(1))
+    assert ta.magnitudes.unique().numel() > 10
+    # the outputs of one batch differ from applying one image's ops to every image
+    out = RandAugment()(cifar_uint8, generator=torch.Generator().manual_seed(2))
+    assert (out != cifar_uint8).flatten(1).any(1).float().mean() > 0.5
+
+
+def test_params_have_documented_shapes_and_signs(cifar_uint8):
+    p = RandAugment(num_ops=3).sample_params(cifar_uint8, torch.Generator().manual_seed(0))
+    b = cifar_uint8.shape[0]
+    assert p.ops.shape == p.magnitudes.shape == p.signs.shape == p.applied.shape == (b, 3)
+    assert p.centers.shape == (b, 3, 2) and p.ops.dtype == torch.int64 and p.applied.all()
+    signed = torch.tensor([OP_NAMES[int(o)] in SIGNED_OPS for o in p.ops.flatten()]).view(b, 3)
+    assert torch.all(p.signs[~signed] == 1)
+    assert (p.signs[signed] == -1).any() and (p.signs[signed] == 1).any()
+    assert torch.all((p.centers >= 0) & (p.centers < 1))
+
+
+def test_same_generator_seed_gives_same_output(cifar_uint8):
+    for policy in (AutoAugment("svhn"), RandAugment(), TrivialAugmentWide()):
+        a = policy(cifar_uint8, generator=torch.Generator().manual_seed(7))
+        b = policy(cifar_uint8, generator=torch.Generator().manual_seed(7))
+        c = policy(cifar_uint8, generator=torch.Generator().manual_seed(8))
+        assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_batch_result_equals_single_image_results(cifar_uint8):
+    policy = RandAugment(2, 20, ops=OP_NAMES)
+    p = policy.sample_params(cifar_uint8, torch.Generator().manual_seed(4))
+    out = policy.apply(cifar_uint8, p)
+    for i in range(0, 64, 9):
+        single = PolicyParams(*(t[i : i + 1] for t in (p.ops, p.magnitudes, p.signs, p.applied, p.centers)))
+        assert torch.equal(out[i : i + 1], policy.apply(cifar_uint8[i : i + 1], single))
+
+
+def test_published_policies_have_25_two_step_sub_policies():
+    assert set(AUTOAUGMENT_POLICIES) == {"cifar10", "svhn", "imagenet"}
+    for name, subs in AUTOAUGMENT_POLICIES.items():
+        assert len(subs) == 25, name
+        for sub in subs:
+            assert len(sub) == 2
+            for op, prob, level in sub:
+                assert op in OP_NAMES and 0.0 <= prob <= 1.0
+                assert (level is None) == (op in ("AutoContrast", "Equalize", "Invert"))
+                assert level is None or 0 <= level <= 9
+    assert AUTOAUGMENT_POLICIES["cifar10"][0] == (("Invert", 0.1, None), ("Contrast", 0.2, 6))
+
+
+def test_magnitude_tables():
+    t = magnitude_table("standard", 31, 32, 32)
+    op = {n: i for i, n in enumerate(OP_NAMES)}
+    assert t[op["Rotate"], 9] == pytest.approx(9.0)
+    assert t[op["ShearX"], 30] == pytest.approx(0.3)
+    assert t[op["TranslateX"], 30] == pytest.approx(150 / 331 * 32)
+    assert t[op["Posterize"]].tolist()[:1] == [8.0] and t[op["Posterize"], 30] == 4
+    assert t[op["Solarize"], 0] == 255 and t[op["Solarize"], 30] == 0
+    w = magnitude_table("wide", 31, 32, 32)
+    assert w[op["Rotate"], 30] == pytest.approx(135.0) and w[op["TranslateY"], 30] == pytest.approx(32.0)
+    assert w[op["Posterize"], 30] == 2
+    ra = RandAugment(magnitude=30).sample_params(torch.zeros(64, 3, 8, 8, dtype=torch.uint8))
+    rot = ra.ops == op["Rotate"]
+    assert torch.all(ra.magnitudes[rot] == 30.0)
+
+
+def test_single_channel_and_float_inputs_keep_dtype_and_are_not_modified(cifar_uint8):
+    grey = cifar_uint8[:16, :1].clone()
+    before = grey.clone()
+    out = RandAugment(ops=OP_NAMES)(grey, generator=torch.Generator().manual_seed(0))
+    assert out.shape == grey.shape and out.dtype == torch.uint8 and torch.equal(grey, before)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        xf = (cifar_uint8[:8].float() / 255).to(dtype)
+        keep = xf.clone()
+        y = AutoAugment()(xf, generator=torch.Generator().manual_seed(0))
+        assert y.dtype == dtype and torch.equal(xf, keep)
+
+
+def test_bad_arguments_are_rejected(cifar_uint8):
+    with pytest.raises(ValueError, match="policy"):
+        AutoAugment("cifar100")
+    with pytest.raises(ValueError, match="magnitude"):
+        RandAugment(magnitude=31)
+    with pytest.raises(ValueError, match="magnitude"):
+        RandAugment(magnitude=-1)
+    with pytest.raises(ValueError, match="num_ops"):
+        RandAugment(num_ops=0)
+    with pytest.raises(ValueError, match="num_magnitude_bins"):
+        TrivialAugmentWide(num_magnitude_bins=1)
+    with pytest.raises(ValueError, match="unknown ops"):
+        RandAugment(ops=("Rotate", "Blur"))
+    with pytest.raises(ValueError, match="fill"):
+        RandAugment(fill=(1, 2))
+    with pytest.raises(ValueError, match="interpolation"):
+        AutoAugment(interpolation="bicubic")
+    with pytest.raises(ValueError, match="channels"):
+        RandAugment()(torch.zeros(2, 4, 8, 8, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="generator"):
+        RandAugment()(cifar_uint8, generator=0)
+    p = RandAugment().sample_params(cifar_uint8)
+    with pytest.raises(ValueError, match="params.ops"):
+        apply_ops(cifar_uint8[:3], p)
+    with pytest.raises(ValueError, match="fill"):
+        RandAugment(fill=300)(cifar_uint8)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_gives_the_cpu_result(cifar_uint8):
+    policy = RandAugment(2, 15, ops=OP_NAMES)
+    p = policy.sample_params(cifar_uint8, torch.Generator().manual_seed(0))
+    cpu = policy.apply(cifar_uint8, p)
+    gpu = policy.apply(cifar_uint8.cuda(), p)
+    assert gpu.device.type == "cuda" and torch.equal(gpu.cpu(), cpu)
+    # a CPU generator gives the same params whatever the device of the batch
+    q = policy.sample_params(cifar_uint8.cuda(), torch.Generator().manual_seed(0))
+    assert torch.equal(q.ops.cpu(), p.ops)

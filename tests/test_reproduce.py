@@ -1,0 +1,294 @@
+"""benchmarks/reproduce.py: the tiny grid end to end, the aggregation, the verdict sentences."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import re
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("reproduce", REPO / "benchmarks" / "reproduce.py")
+rp = importlib.util.module_from_spec(_spec)
+sys.modules["reproduce"] = rp  # dataclasses look their module up by name
+_spec.loader.exec_module(rp)
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory, cifar_uint8, cifar_labels) -> Path:
+    """An ImageFolder tree of real CIFAR-10 images: 40 train (4 per class), 24 test (>= 2 per class)."""
+    root = tmp_path_factory.mktemp("cifar_tiny")
+    for i, (img, label) in enumerate(zip(cifar_uint8, cifar_labels)):
+        split = "train" if i < 40 else "test"
+        d = root / split / CLASSES[int(label)]
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(d / f"{i:04d}.png")  # lossless: exact pixels
+    return root
+
+
+@pytest.fixture
+def isolated_env(monkeypatch, tmp_path):
+    # The decoded-tensor cache and the data override stay inside this test.
+    monkeypatch.setenv("KEEPMIX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("KEEPMIX_CIFAR10_JPEG", raising=False)
+
+
+TABLE_ROW = re.compile(
+    r"^\| (?P<label>[^|]+) \| (?P<base>[^|]+) \| (?P<mean>\d+\.\d\d) ± (?P<std>\d+\.\d\d|n/a) \(n=(?P<n>\d+)\) \| "
+    r"(?P<gain>[^|]+) \| (?P<paper>[^|]+) \| (?P<time>[^|]+) \|"
+)
+
+
+def _table_rows(md: str) -> dict[str, dict[str, str]]:
+    rows = {}
+    for line in md.splitlines():
+        m = TABLE_ROW.match(line)
+        if m:
+            rows[m["label"].strip()] = {k: v.strip() for k, v in m.groupdict().items()}
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end
+# ---------------------------------------------------------------------------------------------
+def test_tiny_scale_end_to_end_writes_a_parsable_table_and_resumes(tmp_path, tiny_folder, isolated_env, capsys):
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    argv = ["--scale", "tiny", "--data", str(tiny_folder), "--out", str(out), "--runs-dir", str(runs)]
+    assert rp.main(argv) == 0
+
+    md = (out / "reproduce_tiny.md").read_text()
+    rows = _table_rows(md)
+    methods = rp.SCALES["tiny"].methods
+    assert set(rows) == {rp.GRID_BY_KEY[m].label for m in methods}
+    for m in methods:
+        row = rows[rp.GRID_BY_KEY[m].label]
+        assert row["n"] == "2"
+        assert 0.0 <= float(row["mean"]) <= 100.0
+        assert float(row["std"]) >= 0.0
+        g = rp.GRID_BY_KEY[m]
+        if g.base is not None:
+            gain, se = row["gain"].split(" ± ")
+            float(gain), float(se)  # both parse
+        if g.paper_gain is not None:
+            assert float(row["paper"]) == pytest.approx(g.paper_gain)
+    # One plain sentence per Keep variant.
+    assert md.count("- KeepCutout (full): ") == 1
+    assert "command: `python benchmarks/reproduce.py --scale tiny" in md
+
+    # JSON and CSV hold every run, and the table's mean is their mean.
+    data = json.loads((out / "reproduce_tiny.json").read_text())
+    assert len(data["runs"]) == len(methods) * 2
+    with open(out / "reproduce_tiny.csv") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert len(csv_rows) == len(methods) * 2
+    for m in methods:
+        accs = [float(r["test_acc"]) for r in csv_rows if r["method"] == m]
+        assert float(rows[rp.GRID_BY_KEY[m].label]["mean"]) == pytest.approx(statistics.fmean(accs), abs=0.006)
+    # The run directories hold the harness's outputs.
+    for m in methods:
+        for s in (0, 1):
+            d = runs / f"{m}-seed{s}"
+            assert (d / "final.json").is_file() and (d / "metrics.jsonl").is_file() and (d / "config.yaml").is_file()
+
+    # A second run trains nothing (finished cells are skipped) and gives the same table body.
+    stamps = {p: p.stat().st_mtime_ns for p in runs.glob("*/final.json")}
+    capsys.readouterr()
+    assert rp.main(argv) == 0
+    assert "training" not in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in runs.glob("*/final.json")} == stamps
+    assert _table_rows((out / "reproduce_tiny.md").read_text()) == rows
+
+
+def test_a_cell_run_with_other_settings_is_refused(tmp_path, tiny_folder, isolated_env, capsys):
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    base = ["--scale", "tiny", "--data", str(tiny_folder), "--out", str(out), "--runs-dir", str(runs),
+            "--methods", "none", "--seeds", "0"]
+    assert rp.main(base) == 0
+    capsys.readouterr()
+    assert rp.main(base + ["--batch-size", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "batch_size" in err and "other settings" in err
+
+
+def test_parallel_jobs_run_cells_in_subprocesses(tmp_path, tiny_folder, isolated_env):
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    argv = ["--scale", "tiny", "--data", str(tiny_folder), "--out", str(out), "--runs-dir", str(runs),
+            "--methods", "cutout", "--jobs", "2"]
+    assert rp.main(argv) == 0
+    for s in (0, 1):
+        spec = json.loads((runs / f"cutout-seed{s}" / "cell.json").read_text())
+        assert spec["config"]["threads"] >= 1 and spec["config"]["seed"] == s
+        assert json.loads((runs / f"cutout-seed{s}" / "final.json").read_text())["seed"] == s
+    assert len(_table_rows((out / "reproduce_tiny.md").read_text())) == 1
+
+
+def test_gpu_scale_settings_run_at_a_tiny_size_on_the_cpu(tmp_path, tiny_folder, isolated_env):
+    """The GPU scale's recipe (ResNet-18, bf16 autocast, channels_last, early head) at 40 images."""
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    argv = ["--scale", "gpu", "--device", "cpu", "--epochs", "1", "--train-subset", "40", "--test-subset", "20",
+            "--batch-size", "20", "--seeds", "0", "--methods", "cutout", "keepcutout_early",
+            "--data", str(tiny_folder), "--out", str(out), "--runs-dir", str(runs)]
+    assert rp.main(argv) == 0
+    final = json.loads((runs / "keepcutout_early-seed0" / "final.json").read_text())
+    cfg = final["config"]
+    assert final["amp"] is True and cfg["amp_dtype"] == "bfloat16" and cfg["channels_last"] == "on"
+    assert cfg["model"] == "resnet18" and cfg["early_head"] is True and cfg["saliency"] == "early"
+    rows = _table_rows((out / "reproduce_gpu.md").read_text())
+    assert set(rows) == {"Cutout", "KeepCutout (early)"} and rows["Cutout"]["std"] == "n/a"
+
+
+def test_bad_options_exit_2(tmp_path, monkeypatch, capsys):
+    assert rp.main(["--scale", "tiny", "--methods", "cutout", "nosuch", "--out", str(tmp_path)]) == 2
+    assert "nosuch" in capsys.readouterr().err
+    assert rp.main(["--scale", "tiny", "--jobs", "0", "--out", str(tmp_path)]) == 2
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert rp.main(["--scale", "gpu", "--out", str(tmp_path)]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_tiny_grid_on_cuda(tmp_path, tiny_folder, isolated_env):
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    argv = ["--scale", "tiny", "--device", "cuda", "--data", str(tiny_folder), "--out", str(out), "--runs-dir", str(runs)]
+    assert rp.main(argv) == 0
+    final = json.loads((runs / "keepcutout-seed0" / "final.json").read_text())
+    assert final["device"].startswith("cuda")
+    assert "GPU" in (out / "reproduce_tiny.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# Grid definition
+# ---------------------------------------------------------------------------------------------
+def test_every_method_builds_a_valid_config_at_every_scale():
+    for scale in rp.SCALES.values():
+        for g in rp.GRID:
+            cfg = rp.cell_config(scale, g.key, 3)
+            assert cfg.seed == 3 and cfg.name == f"{g.key}-seed3"
+            assert 1 <= cfg.eval_every <= cfg.epochs
+            for k, v in g.fields.items():
+                assert getattr(cfg, k) == v
+    assert {m.key for m in rp.GRID} == set(rp.SCALES["cpu"].methods) == set(rp.SCALES["gpu"].methods)
+    assert len(rp.GRID) == 11
+    # Every Keep variant sits beside its base method, with the paper's gain.
+    for g in rp.GRID:
+        if g.key.startswith("keep"):
+            assert g.base == g.fields["method"][len("keep"):] and g.paper_gain is not None and g.paper_gain > 0
+    cpu = rp.cell_config(rp.SCALES["cpu"], "none", 0)
+    assert cpu.eval_every == cpu.epochs  # the CPU grid evaluates once, at the end
+    assert rp.cell_config(rp.SCALES["cpu"], "none", 0, {"epochs": 3}).eval_every == 3
+    with pytest.raises(rp.GridError, match="unknown method"):
+        rp.cell_config(rp.SCALES["cpu"], "cutmixx", 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation on synthetic run directories
+# ---------------------------------------------------------------------------------------------
+def _fake_run(runs: Path, method: str, seed: int, acc: float, epoch_times=(10.0, 10.0)) -> None:
+    d = runs / rp.cell_name(method, seed)
+    d.mkdir(parents=True)
+    metrics = [{"epoch": i + 1, "epoch_time_s": t, "images_per_s": 100.0} for i, t in enumerate(epoch_times)]
+    metrics[-1]["test_acc"] = acc
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
+    (d / "final.json").write_text(json.dumps({"test_acc": acc, "best_test_acc": acc + 1, "epochs": len(epoch_times),
+                                              "steps": 10, "wall_time_s": sum(epoch_times) + 5.0}))
+
+
+def test_aggregate_means_stds_gains_and_time_ratios(tmp_path):
+    accs = {"none": [80.0, 82.0, 81.0], "cutout": [82.0, 84.0, 83.0], "keepcutout": [83.0, 83.5, 84.0],
+            "keepcutout_lowres": [70.0]}
+    for m, values in accs.items():
+        for s, a in enumerate(values):
+            times = (20.0, 20.0) if m == "keepcutout" else (10.0, 10.0)
+            _fake_run(tmp_path, m, s, a, times)
+    methods = ["none", "cutout", "keepcutout", "keepcutout_lowres", "cutmix"]
+    records = rp.collect(tmp_path, methods, [0, 1, 2])
+    assert len(records) == 10
+    assert records[0].train_time_s == 20.0 and records[0].wall_time_s == 25.0
+    rows = {r.method: r for r in rp.aggregate(records, methods)}
+
+    none, cutout, keep = rows["none"], rows["cutout"], rows["keepcutout"]
+    assert none.acc_mean == pytest.approx(81.0) and none.acc_std == pytest.approx(1.0) and none.n == 3
+    assert none.gain is None and none.verdict == ""
+    assert cutout.gain == pytest.approx(2.0)
+    assert cutout.gain_se == pytest.approx(math.sqrt(1 / 3 + 1 / 3))
+    assert keep.acc_std == pytest.approx(statistics.stdev([83.0, 83.5, 84.0]))
+    assert keep.gain == pytest.approx(0.5)
+    assert keep.gain_se == pytest.approx(math.sqrt(0.25 / 3 + 1 / 3))
+    assert keep.time_ratio == pytest.approx(2.0) and keep.paper_cost == pytest.approx(2.0)
+    assert keep.paper_gain == 0.5 and keep.base_label == "Cutout"
+    # +0.5 is within 2 se of zero, and the paper's +0.5 is too.
+    assert "does NOT show" in keep.verdict and "also within it" in keep.verdict
+    low = rows["keepcutout_lowres"]
+    assert low.n == 1 and low.acc_std is None and low.gain == pytest.approx(-13.0) and low.gain_se is None
+    assert "no conclusion" in low.verdict
+    cutmix = rows["cutmix"]
+    assert cutmix.n == 0 and cutmix.acc_mean is None and "no finished run" in cutmix.verdict
+
+    meta = {"scale": "x", "command": "c", "date": "d", "commit": "k", "machine": "m", "jobs": 1, "runs_dir": "r",
+            "description": "desc", "expected_time": "t", "seeds": [0, 1, 2], "settings": {"epochs": 2},
+            "missing": ["cutmix-seed0"]}
+    md = rp.render_markdown(list(rows.values()), meta)
+    table = _table_rows(md)
+    assert table["KeepCutout (full)"]["mean"] == "83.50" and table["KeepCutout (full)"]["gain"].startswith("+0.50 ± ")
+    assert table["KeepCutout (low-res)"]["std"] == "n/a"
+    assert "| CutMix | crop+flip only | no finished run |" in md
+    assert "cutmix-seed0" in md
+    paths = rp.write_outputs(tmp_path / "out", "x", list(rows.values()), records, meta)
+    assert [p.name for p in paths] == ["reproduce_x.md", "reproduce_x.json", "reproduce_x.csv"]
+
+
+def test_unfinished_cells_are_not_collected(tmp_path):
+    _fake_run(tmp_path, "none", 0, 50.0)
+    (tmp_path / "none-seed1").mkdir()
+    (tmp_path / "none-seed1" / "checkpoint.pt").write_bytes(b"")
+    assert [r.seed for r in rp.collect(tmp_path, ["none"], [0, 1])] == [0]
+    assert rp.cell_status(tmp_path / "none-seed1") == "partial"
+    assert rp.cell_status(tmp_path / "none-seed2") == "todo"
+
+
+@pytest.mark.parametrize(
+    "gain, se, paper, expect",
+    [
+        (1.0, 0.2, 0.5, ["shows the paper's effect", "larger than the paper's"]),
+        (0.6, 0.2, 0.5, ["shows the paper's effect"]),
+        (0.3, 0.1, 2.0, ["shows the paper's effect", "smaller than the paper's"]),
+        (-1.0, 0.2, 0.5, ["does NOT show", "opposite direction"]),
+        (0.1, 0.3, 0.5, ["does NOT show", "within the seed spread of zero", "also within it"]),
+        (-0.1, 0.1, 0.5, ["does NOT show", "within the seed spread of zero", "lies outside it"]),
+        (-0.5, 0.1, -0.08, ["shows the paper's effect", "larger than the paper's"]),
+    ],
+)
+def test_verdict_sentences(gain, se, paper, expect):
+    text = rp.verdict("KeepX", "X", gain, se, paper, 2, 2)
+    assert text.startswith("KeepX: ")
+    for phrase in expect:
+        assert phrase in text
+    # Exactly one of the three conclusions.
+    assert ("shows the paper's effect" in text) + ("does NOT show" in text) == 1
+
+
+def test_verdict_edge_cases():
+    assert rp.verdict("A", None, None, None, None, 2, 0) == ""
+    assert "no paper number" in rp.verdict("A", "B", 5.0, 1.0, None, 2, 2)
+    assert "beyond the seed spread" in rp.verdict("A", "B", 5.0, 1.0, None, 2, 2)
+    assert "within the seed spread" in rp.verdict("A", "B", 1.0, 1.0, None, 2, 2)
+    assert "one seed" in rp.verdict("A", "B", 1.0, None, 0.5, 1, 2)
+    assert "cannot compare" in rp.verdict("A", "B", None, None, 0.5, 0, 2)
+
+
+def test_mean_std():
+    assert rp.mean_std([]) == (None, None)
+    assert rp.mean_std([3.0]) == (3.0, None)
+    m, s = rp.mean_std([1.0, 2.0, 4.0])
+    assert m == pytest.approx(7 / 3) and s == pytest.approx(float(np.std([1.0, 2.0, 4.0], ddof=1)))
