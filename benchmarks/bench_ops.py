@@ -317,11 +317,14 @@ def to_markdown(rows: list[dict], info: dict, args, command: str) -> str:
     if per_batch:
         lines += ["¹ kornia's AutoAugment / RandAugment / TrivialAugment draw one sub-policy / op set for the whole "
                   "batch; keepmix draws them per image (and groups the batch by op).", ""]
+    with_kornia = {r["op"]: r["kornia_op"] for r in rows if r["kornia_op"]}
+    if with_kornia:
+        lines += [
+            "kornia equivalents: " + ", ".join(f"{op} -> `kornia.augmentation.{k}`" for op, k in with_kornia.items())
+            + ". kornia takes float images only: its uint8 cells are n/a.",
+            "",
+        ]
     lines += [
-        "kornia equivalents: " + ", ".join(f"{r['op']} -> `kornia.augmentation.{r['kornia_op']}`"
-                                            for r in {r['op']: r for r in rows if r["kornia_op"]}.values())
-        + ". kornia takes float images only: its uint8 cells are n/a.",
-        "",
         "Targets: Keep ops >= 20x the loop at 32 px; KeepCut ops (KeepCutout, KeepRandomErasing, KeepCutMix) and "
         "KeepPaste(identity) at most 2x the time of a plain copy (`x.clone()`) at 224 px; every op with a kornia "
         "equivalent >= 2x kornia's images/s (float32).",

@@ -286,7 +286,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--models", default="resnet18,resnet110", help="comma-separated keepmix model names")
     ap.add_argument("--groups", default=",".join(GROUPS), help="comma-separated groups: " + ", ".join(GROUPS))
     ap.add_argument("--batch", type=int, default=None, help="batch size (default 128; quick 8)")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps per variant per round (default 2; quick 1)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per variant per round (default 1)")
     ap.add_argument("--repeats", type=int, default=None, help="rounds (default 5; quick 2)")
     ap.add_argument("--warmup", type=int, default=1, help="warm-up calls (of --steps steps) per variant")
     ap.add_argument("--num-batches", type=int, default=4, help="distinct batches cycled through")
@@ -299,7 +299,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="batch 8, 1 step, 2 rounds: a smoke test")
     args = ap.parse_args(argv)
     args.batch = args.batch or (8 if args.quick else 128)
-    args.steps = args.steps or (1 if args.quick else 2)
+    args.steps = args.steps or 1
     args.repeats = args.repeats or (2 if args.quick else 5)
     return args
 

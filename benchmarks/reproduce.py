@@ -10,12 +10,19 @@ run, and one plain sentence per comparison saying whether ours shows the paper's
     python benchmarks/reproduce.py --scale gpu                  # ~25 min on one H100
     python benchmarks/reproduce.py --scale cpu --estimate       # time a few steps per method, print the estimate
     python benchmarks/reproduce.py --scale cpu --report-only    # rebuild the table from finished runs
+    python benchmarks/reproduce.py --scale gpu --time-limit 9   # stop cleanly after 9 min; rerun to go on
 
 Each grid cell (method, seed) trains in its own run directory ``<runs-dir>/<method>-seed<s>/``
 (config.yaml, metrics.jsonl, checkpoint.pt, final.json). A rerun skips cells whose
 final.json exists and resumes cells that left a checkpoint (bitwise, as the harness
 guarantees), so an interrupted grid continues where it stopped. Results go to
-``<out>/reproduce_<scale>.md`` / ``.json`` / ``.csv``.
+``<out>/reproduce_<scale>.md`` / ``.json`` / ``.csv`` (also after a partial grid: cells
+without a finished run are listed as missing). Cells run seed-major (every method for seed
+0, then seed 1, ...), so a grid stopped half-way already compares every method.
+
+Exit status: 0 all cells done; 1 some cell failed (e.g. a NaN loss; the others still ran);
+2 bad options or a run directory made with other settings; 3 stopped before the end by
+--time-limit or a signal (the running cell wrote a checkpoint: rerun the same command).
 
 The accuracy is the test accuracy after the last epoch (not the best epoch: choosing the
 best epoch on the test set would flatter every method).
@@ -194,16 +201,23 @@ def cell_status(cell_dir: Path) -> str:
     return "todo"
 
 
-def run_cell(cell_dir: Path, config, data_pair: tuple[Any, Any] | None = None) -> dict[str, Any]:
+#: Exit status of a --run-cell subprocess stopped by the grid's deadline (a checkpoint was written).
+EXIT_INTERRUPTED = 3
+
+
+def run_cell(cell_dir: Path, config, data_pair: tuple[Any, Any] | None = None,
+             deadline: float | None = None) -> dict[str, Any]:
     """Train one cell into ``cell_dir`` (resuming its checkpoint if any); returns final.json.
 
     ``data_pair`` = (train split, test split) loaded once by the caller; None loads
-    ``config.dataset`` here. A cell whose saved config differs from ``config`` in a field
+    ``config.dataset`` here. ``deadline`` (a ``time.time()`` value): past it the run stops
+    after the current step, writes its checkpoint and raises the harness's ``RunInterrupted``
+    (so does SIGINT/SIGTERM). A cell whose saved config differs from ``config`` in a field
     that changes results raises :class:`GridError` instead of mixing two settings.
     """
     from keepmix.train.config import load_config
     from keepmix.train.data import prepare_data
-    from keepmix.train.loop import FINAL_NAME, FinishedRunError, train
+    from keepmix.train.loop import FINAL_NAME, FinishedRunError, RunInterrupted, train
 
     cell_dir = Path(cell_dir)
     final_path = cell_dir / FINAL_NAME
@@ -224,15 +238,21 @@ def run_cell(cell_dir: Path, config, data_pair: tuple[Any, Any] | None = None) -
         log_file.write(msg.rstrip("\n") + "\n")
         log_file.flush()
 
+    def on_step(trainer: Any, step: int) -> None:
+        if deadline is not None and time.time() > deadline:
+            trainer.request_stop()
+
     try:
         if (cell_dir / "checkpoint.pt").is_file():
             try:
-                return train(None, resume=cell_dir, data=data, log=log)  # type: ignore[arg-type]
+                return train(None, resume=cell_dir, data=data, log=log, on_step=on_step)  # type: ignore[arg-type]
             except FinishedRunError:
                 # Finished but killed before final.json was written: train it again.
                 for name in ("checkpoint.pt", "metrics.jsonl"):
                     (cell_dir / name).unlink(missing_ok=True)
-        return train(config, data=data, run_dir=cell_dir, log=log)
+        return train(config, data=data, run_dir=cell_dir, log=log, on_step=on_step)
+    except RunInterrupted:
+        raise  # not a failure: the checkpoint resumes it
     except Exception as e:
         (cell_dir / "failed.json").write_text(json.dumps({"error": f"{type(e).__name__}: {e}"}, indent=2) + "\n")
         raise
@@ -261,6 +281,7 @@ def default_data() -> str | None:
 def _cell_main(cell_dir: str) -> int:
     """Subprocess entry point (--run-cell): train the cell described by its cell.json."""
     from keepmix.train.config import config_from_dict
+    from keepmix.train.loop import RunInterrupted
 
     cell_dir_p = Path(cell_dir)
     spec = json.loads((cell_dir_p / "cell.json").read_text())
@@ -268,7 +289,10 @@ def _cell_main(cell_dir: str) -> int:
     if spec.get("data"):
         os.environ["KEEPMIX_CIFAR10_JPEG"] = spec["data"]
     try:
-        run_cell(cell_dir_p, config)
+        run_cell(cell_dir_p, config, deadline=spec.get("deadline"))
+    except RunInterrupted as e:
+        print(f"{cell_dir}: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as e:
         print(f"{cell_dir}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
@@ -281,14 +305,19 @@ def run_grid(
     runs_dir: Path,
     data: str | None,
     jobs: int = 1,
+    deadline: float | None = None,
     say: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
 ) -> dict[tuple[str, int], str]:
-    """Train every cell that is not done; returns cell -> 'done' / 'failed: reason'.
+    """Train every cell that is not done, in the order given; returns cell -> outcome.
 
+    Outcomes: 'done', 'failed: reason' (the grid goes on), 'interrupted' (the deadline or
+    SIGINT/SIGTERM: the cell wrote a checkpoint, the grid stops; a rerun resumes it).
     ``jobs`` = 1 trains in this process (the dataset is decoded once); ``jobs`` > 1 runs that
     many cells at a time as subprocesses, each with ``threads`` = cores // jobs (on a small
     CPU net two single-thread processes beat one two-thread process).
     """
+    from keepmix.train.loop import RunInterrupted
+
     outcome: dict[tuple[str, int], str] = {}
     todo = []
     for cell in cells:
@@ -302,18 +331,32 @@ def run_grid(
         return outcome
     say(f"{len(outcome)} of {len(cells)} cells already done; training {len(todo)} in {runs_dir}")
     t0 = time.perf_counter()
+
+    def report(i: int, cell: tuple[str, int]) -> None:
+        final = json.loads((runs_dir / cell_name(*cell) / "final.json").read_text())
+        say(f"[{i}/{len(todo)}] {cell_name(*cell)}: test acc {final['test_acc']:.2f}%, "
+            f"{final['wall_time_s']:.0f} s (grid {time.perf_counter() - t0:.0f} s)")
+
     if jobs <= 1:
         splits = load_splits(data)
         for i, cell in enumerate(todo, 1):
+            if deadline is not None and time.time() > deadline:
+                say(f"time limit reached: {len(todo) - i + 1} cell(s) not started; rerun to continue")
+                outcome.update({c: "not started" for c in todo[i - 1:]})
+                break
             cdir = runs_dir / cell_name(*cell)
             say(f"[{i}/{len(todo)}] {cell_name(*cell)} ({cell_status(cdir)}) ...")
             try:
-                final = run_cell(cdir, configs[cell], splits)
+                run_cell(cdir, configs[cell], splits, deadline)
                 outcome[cell] = "done"
-                say(f"[{i}/{len(todo)}] {cell_name(*cell)}: test acc {final['test_acc']:.2f}%, "
-                    f"{final['wall_time_s']:.0f} s (grid {time.perf_counter() - t0:.0f} s)")
+                report(i, cell)
             except GridError:
                 raise
+            except RunInterrupted as e:
+                outcome[cell] = "interrupted"
+                say(f"[{i}/{len(todo)}] {cell_name(*cell)} stopped ({e}); rerun the same command to resume")
+                outcome.update({c: "not started" for c in todo[i:]})
+                break
             except Exception as e:  # one failed cell (e.g. a NaN loss) must not lose the grid
                 outcome[cell] = f"failed: {type(e).__name__}: {e}"
                 say(f"[{i}/{len(todo)}] {cell_name(*cell)} FAILED: {e}")
@@ -323,37 +366,56 @@ def run_grid(
     pending = list(todo)
     running: list[tuple[tuple[str, int], subprocess.Popen]] = []
     done_count = 0
-    while pending or running:
-        while pending and len(running) < jobs:
-            cell = pending.pop(0)
-            cdir = runs_dir / cell_name(*cell)
-            cdir.mkdir(parents=True, exist_ok=True)
-            cfg = configs[cell].to_dict()
-            if cfg["device"] == "cpu":
-                cfg["threads"] = threads
-            (cdir / "cell.json").write_text(json.dumps({"config": cfg, "data": data}, indent=2) + "\n")
-            err = open(cdir / "stderr.log", "a")
-            proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--run-cell", str(cdir)],
-                                    stdout=err, stderr=subprocess.STDOUT, cwd=str(REPO))
-            err.close()
-            running.append((cell, proc))
-            say(f"started {cell_name(*cell)} (pid {proc.pid})")
-        time.sleep(0.5)
-        for cell, proc in list(running):
-            if proc.poll() is None:
-                continue
-            running.remove((cell, proc))
-            done_count += 1
-            cdir = runs_dir / cell_name(*cell)
-            if proc.returncode == 0 and cell_status(cdir) == "done":
-                outcome[cell] = "done"
-                final = json.loads((cdir / "final.json").read_text())
-                say(f"[{done_count}/{len(todo)}] {cell_name(*cell)}: test acc {final['test_acc']:.2f}%, "
-                    f"{final['wall_time_s']:.0f} s (grid {time.perf_counter() - t0:.0f} s)")
-            else:
-                tail = (cdir / "stderr.log").read_text().strip().splitlines()[-1:] if (cdir / "stderr.log").is_file() else []
-                outcome[cell] = f"failed: exit {proc.returncode}: {' '.join(tail)}"
-                say(f"[{done_count}/{len(todo)}] {cell_name(*cell)} FAILED ({outcome[cell]}); see {cdir / 'stderr.log'}")
+    stopping = False
+    try:
+        while pending or running:
+            if deadline is not None and time.time() > deadline and pending and not stopping:
+                say(f"time limit reached: {len(pending)} cell(s) not started; rerun to continue")
+                stopping = True
+            while pending and not stopping and len(running) < jobs:
+                cell = pending.pop(0)
+                cdir = runs_dir / cell_name(*cell)
+                cdir.mkdir(parents=True, exist_ok=True)
+                cfg = configs[cell].to_dict()
+                if cfg["device"] == "cpu":
+                    cfg["threads"] = threads
+                spec = {"config": cfg, "data": data, "deadline": deadline}
+                (cdir / "cell.json").write_text(json.dumps(spec, indent=2) + "\n")
+                err = open(cdir / "stderr.log", "a")
+                proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--run-cell", str(cdir)],
+                                        stdout=err, stderr=subprocess.STDOUT, cwd=str(REPO))
+                err.close()
+                running.append((cell, proc))
+                say(f"started {cell_name(*cell)} (pid {proc.pid})")
+            if stopping and not running:
+                outcome.update({c: "not started" for c in pending})
+                break
+            time.sleep(0.5)
+            for cell, proc in list(running):
+                if proc.poll() is None:
+                    continue
+                running.remove((cell, proc))
+                done_count += 1
+                cdir = runs_dir / cell_name(*cell)
+                if proc.returncode == 0 and cell_status(cdir) == "done":
+                    outcome[cell] = "done"
+                    report(done_count, cell)
+                elif proc.returncode == EXIT_INTERRUPTED:
+                    outcome[cell] = "interrupted"
+                    stopping = True
+                    say(f"[{done_count}/{len(todo)}] {cell_name(*cell)} stopped at the time limit; rerun to resume")
+                else:
+                    log = cdir / "stderr.log"
+                    tail = log.read_text().strip().splitlines()[-1:] if log.is_file() else []
+                    outcome[cell] = f"failed: exit {proc.returncode}: {' '.join(tail)}"
+                    say(f"[{done_count}/{len(todo)}] {cell_name(*cell)} FAILED ({outcome[cell]}); see {log}")
+    except KeyboardInterrupt:
+        # Ctrl-C reaches the children too (same process group): let them write their checkpoints.
+        say("interrupted: waiting for the running cells to write their checkpoints")
+        for cell, proc in running:
+            proc.wait()
+            outcome[cell] = "interrupted"
+        raise
     return outcome
 
 
@@ -699,6 +761,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-subset", type=int, default=None, help="override the scale's train subset (0 = all)")
     p.add_argument("--test-subset", type=int, default=None, help="override the scale's test subset (0 = all)")
     p.add_argument("--batch-size", type=int, default=None, help="override the scale's batch size")
+    p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                   help="stop after this many minutes: the running cell checkpoints, the table is written from the "
+                        "finished cells, exit status 3; rerunning the command resumes (for sessions with a per-command limit)")
     p.add_argument("--estimate", action="store_true", help="time a few steps per method, print the grid's estimate, exit")
     p.add_argument("--report-only", action="store_true", help="do not train: write the table from finished runs")
     p.add_argument("--run-cell", default=None, help=argparse.SUPPRESS)
@@ -748,14 +813,20 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"with --jobs {args.jobs} ({est['steps']} timed steps per method)"
               + (f"; NOT counting the failed method(s) {', '.join(est['failed'])}" if est["failed"] else ""))
         return 1 if est["failed"] else 0
-    cells = [(m, s) for m in methods for s in seeds]
+    # Seed-major: a grid stopped half-way has every method for the first seed(s).
+    cells = [(m, s) for s in seeds for m in methods]
     outcome: dict = {}
+    interrupted = False
     if not args.report_only:
+        deadline = time.time() + 60 * args.time_limit if args.time_limit else None
         try:
-            outcome = run_grid(cells, configs, runs_dir, data, jobs=args.jobs)
+            outcome = run_grid(cells, configs, runs_dir, data, jobs=args.jobs, deadline=deadline)
         except GridError as e:
             print(f"reproduce: error: {e}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            interrupted = True
+        interrupted = interrupted or any(v in ("interrupted", "not started") for v in outcome.values())
     records = collect(runs_dir, methods, seeds)
     rows = aggregate(records, methods)
     done = {(r.method, r.seed) for r in records}
@@ -775,13 +846,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings": next(iter(configs.values())).to_dict(),
         "method_fields": {m: dict(GRID_BY_KEY[m].fields) for m in methods},
         "missing": [cell_name(*c) for c in cells if c not in done],
-        "failed": {cell_name(*c): why for c, why in outcome.items() if why != "done"},
+        "failed": {cell_name(*c): why for c, why in outcome.items() if why.startswith("failed")},
         "total_train_time_s": sum(r.train_time_s for r in records) if records else None,
         "total_wall_time_s": sum(r.wall_time_s for r in records) if records else None,
     }
     paths = write_outputs(args.out, args.scale, rows, records, meta)
     for p in paths:
         print(f"wrote {p}")
+    if interrupted:
+        print("reproduce: the grid stopped before the end (time limit or signal); the table holds the finished "
+              "cells; rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 1 if meta["failed"] else 0
 
 

@@ -36,6 +36,8 @@ from keepmix.recursive import KeepRecursiveMix, RecursiveMix, RecursiveMixInfo, 
 from keepmix.regional import Cutout, CutoutParams, RandomErasing, RandomErasingParams
 from keepmix.saliency import Saliency, saliency_map
 from keepmix.targets import SoftTargetCrossEntropy, mix_targets, soft_target_cross_entropy, to_soft_targets
+# `train` (the function) stays in keepmix.train: re-exported here it would hide the subpackage.
+from keepmix.train import TrainConfig, get_preset
 
 __version__ = "0.1.0"
 
@@ -56,4 +58,6 @@ __all__ = [
     "build_model", "list_models", "KeepmixModel", "FeatureHook",
     "get_dataset", "load_cifar", "load_image_folder", "Split", "DeviceLoader", "normalize",
     "class_balanced_subset", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD",
+    # the training harness
+    "TrainConfig", "get_preset",
 ]

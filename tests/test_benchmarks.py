@@ -29,6 +29,14 @@ from keepmix.regional import Cutout, RandomErasing  # noqa: E402
 K = 10
 
 
+@pytest.fixture(autouse=True)
+def _keep_thread_count():
+    """The scripts set torch's thread count for the process: put it back for other tests."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

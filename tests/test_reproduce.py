@@ -292,3 +292,29 @@ def test_mean_std():
     assert rp.mean_std([3.0]) == (3.0, None)
     m, s = rp.mean_std([1.0, 2.0, 4.0])
     assert m == pytest.approx(7 / 3) and s == pytest.approx(float(np.std([1.0, 2.0, 4.0], ddof=1)))
+
+
+def test_a_cell_stopped_by_the_time_limit_resumes_to_the_same_result(tmp_path, tiny_folder, isolated_env):
+    splits = rp.load_splits(str(tiny_folder))
+    cfg = rp.cell_config(rp.SCALES["tiny"], "cutout", 0)
+    whole = rp.run_cell(tmp_path / "whole", cfg, splits)
+
+    from keepmix.train.loop import RunInterrupted
+
+    cut = tmp_path / "runs" / rp.cell_name("cutout", 0)
+    with pytest.raises(RunInterrupted):
+        rp.run_cell(cut, cfg, splits, deadline=0.0)  # long past: stops after the first step
+    assert rp.cell_status(cut) == "partial" and not (cut / "failed.json").exists()
+
+    # The grid resumes the checkpoint (and reports a stopped grid with exit status 3 first).
+    out = tmp_path / "out"
+    argv = ["--scale", "tiny", "--methods", "cutout", "--seeds", "0", "--data", str(tiny_folder),
+            "--out", str(out), "--runs-dir", str(tmp_path / "runs")]
+    assert rp.main(argv + ["--time-limit", "1e-9"]) == 3
+    assert "cutout-seed0" in (out / "reproduce_tiny.md").read_text()  # listed as missing
+    assert rp.main(argv) == 0
+    resumed = json.loads((cut / "final.json").read_text())
+    assert resumed["test_acc"] == whole["test_acc"] and resumed["steps"] == whole["steps"]
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(cut / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -132,7 +132,8 @@ def test_too_few_images_for_a_batch(tmp_path, tiny_data):
 
 @pytest.mark.parametrize(
     "method", ["none", "cutout", "keepcutout", "random_erasing", "keeprandomerasing", "mixup", "cutmix", "keepcutmix",
-               "recursivemix", "keeprecursivemix"]
+               "recursivemix", "keeprecursivemix", "autoaugment", "keepautoaugment", "randaugment", "keeprandaugment",
+               "trivialaugment"]
 )
 def test_every_method_prepares_a_normalised_batch(method, cifar_uint8, cifar_labels):
     from keepmix.models import build_model
