@@ -85,7 +85,7 @@ def _mix_one(images: Tensor, out: Tensor, i: int, j: int, lam: float) -> None:
     xi, xj = images[i], images[j]
     if not exact:
         xi, xj = xi.float(), xj.float()
-    w = torch.tensor(lam, dtype=xi.dtype)
+    w = torch.tensor(lam, dtype=xi.dtype, device=xi.device)
     mixed = xj.lerp(xi, w)
     if images.dtype == torch.uint8:
         mixed = mixed.round()
@@ -93,7 +93,7 @@ def _mix_one(images: Tensor, out: Tensor, i: int, j: int, lam: float) -> None:
 
 
 def _mix_target(targets: Tensor, out_t: Tensor, i: int, j: int, lam: float) -> None:
-    lam_t = torch.tensor(lam, dtype=torch.float32)
+    lam_t = torch.tensor(lam, dtype=torch.float32, device=targets.device)
     out_t[i] = lam_t * targets[i] + (1.0 - lam_t) * targets[j]
 
 

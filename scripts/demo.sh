@@ -9,4 +9,4 @@ python3 -m pip install --quiet --disable-pip-version-check -e ".[train]"
 if [ -z "${KEEPMIX_CIFAR10_JPEG:-}" ] && [ -f ../shared/data/cifar10-jpeg.tar.gz ]; then
   export KEEPMIX_CIFAR10_JPEG="$(cd ../shared/data && pwd)/cifar10-jpeg.tar.gz"
 fi
-exec keepmix train --preset cifar10-small-keepcutout-quick "$@"
+exec keepmix train cifar10-small-keepcutout-quick "$@"
