@@ -43,7 +43,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -129,16 +129,18 @@ SCALES: dict[str, Scale] = {
         description="smoke test: small net, 40 train / 20 test images, 1 epoch",
         expected_time="well under a minute",
     ),
-    # About two hours for the 11-method, 2-seed grid on 2 shared CPU cores with --jobs 2
-    # (see the estimate in the report). The small airbench-like net (0.66M parameters), a
+    # About two hours for the 11-method, 2-seed grid on 2 CPU cores with --jobs 2. Timed with
+    # --estimate (8 steps per method, one thread per process) while other jobs kept the load
+    # at about 4 on the 2 cores: 1.3 h at 20 epochs, so about 2 h at 30 -- pessimistic, a
+    # quiet machine should take less. The small airbench-like net (0.66M parameters), a
     # class-balanced 5,000-image subset (500 per class), the full 10,000-image test set
     # evaluated once at the end. lr 0.05 at batch 64 is the paper's 0.1 at batch 128.
     "cpu": Scale(
         "cpu",
-        dict(_COMMON, model="small", train_subset=5000, test_subset=0, epochs=20, batch_size=64, lr=0.05,
+        dict(_COMMON, model="small", train_subset=5000, test_subset=0, epochs=30, batch_size=64, lr=0.05,
              warmup_epochs=1.0, eval_every=None, log_every=20, device="cpu", amp="off", channels_last="off"),
         seeds=(0, 1), methods=tuple(m.key for m in GRID),
-        description="small CPU net (0.66M params), 5,000-image class-balanced CIFAR-10 subset, full 10k test set, 20 epochs",
+        description="small CPU net (0.66M params), 5,000-image class-balanced CIFAR-10 subset, full 10k test set, 30 epochs",
         expected_time="about 2 h with --jobs 2 on 2 cores",
     ),
     # About 25 minutes of H100 time for the whole grid: CIFAR ResNet-18 on all 50,000 training
@@ -580,6 +582,8 @@ def _fmt(x: float | None, spec: str = ".2f", none: str = "—") -> str:
 def _fmt_time(s: float | None) -> str:
     if s is None:
         return "—"
+    if s < 10:
+        return f"{s:.1f} s"
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
@@ -601,6 +605,12 @@ def machine_description(device: str) -> str:
     return f"{text}; {platform.platform()}; torch {torch.__version__}"
 
 
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
@@ -618,7 +628,8 @@ def render_markdown(rows: Sequence[Row], meta: Mapping[str, Any]) -> str:
     w(f"- command: `{meta['command']}`\n")
     w(f"- date: {meta['date']}; keepmix commit {meta['commit']}\n")
     w(f"- machine: {meta['machine']}\n")
-    w(f"- runs: {meta['jobs']} at a time; run directories in `{meta['runs_dir']}`\n")
+    w(f"- runs: {meta['jobs']} at a time, {meta.get('threads', '?')} CPU thread(s) each; "
+      f"run directories in `{meta['runs_dir']}`\n")
     w(f"- settings: {meta['description']}\n")
     keys = ("model", "train_subset", "test_subset", "epochs", "batch_size", "lr", "warmup_epochs", "momentum", "nesterov",
             "weight_decay", "label_smoothing", "crop_padding", "flip", "amp", "amp_dtype", "channels_last", "device",
@@ -744,19 +755,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python benchmarks/reproduce.py",
         description=__doc__.split("\n\n")[0] + " Methods: " + ", ".join(GRID_BY_KEY) + ".",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--scale", choices=sorted(SCALES), default="cpu", help="grid size (see the module docstring)")
+    p.add_argument("--scale", choices=sorted(SCALES), default="cpu", help="grid size: tiny (seconds), cpu (~2 h), gpu (~25 min on an H100); default cpu")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the scale's, 0 1)")
     p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                    help=f"subset of the grid (default: the scale's); choices: {', '.join(GRID_BY_KEY)}")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where reproduce_<scale>.md/.json/.csv go")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where reproduce_<scale>.md/.json/.csv go (default: benchmarks/results)")
     p.add_argument("--runs-dir", type=Path, default=None, help="run directories (default: runs/reproduce-<scale>)")
     p.add_argument("--data", default=None,
                    help="CIFAR-10 ImageFolder tarball or folder (train/ and test/); default: $KEEPMIX_CIFAR10_JPEG, "
                         "else ../shared/data/cifar10-jpeg.tar.gz, else the official download")
     p.add_argument("--device", default=None, help="override the scale's device (cpu, cuda, cuda:N)")
-    p.add_argument("--jobs", type=int, default=1, help="cells trained at a time (>1: subprocesses, cores split among them)")
+    p.add_argument("--jobs", type=int, default=1, help="cells trained at a time (default 1, in this process; >1: subprocesses, cores split among them)")
     p.add_argument("--epochs", type=int, default=None, help="override the scale's epochs")
     p.add_argument("--train-subset", type=int, default=None, help="override the scale's train subset (0 = all)")
     p.add_argument("--test-subset", type=int, default=None, help="override the scale's test subset (0 = all)")
@@ -838,6 +848,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "commit": git_commit(),
         "machine": machine_description(device),
         "jobs": args.jobs,
+        "threads": (max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1
+                    else (next(iter(configs.values())).threads or _torch_threads())),
         "runs_dir": str(runs_dir),
         "description": scale.description + (f" (overridden: {overrides})" if overrides else ""),
         "expected_time": scale.expected_time,

@@ -153,15 +153,10 @@ def _invert(x: Tensor) -> Tensor:
     return 255 - x if x.dtype == torch.uint8 else 1.0 - x
 
 
-def _autocontrast(x: Tensor) -> Tensor:
+def _autocontrast_lut(x: Tensor) -> Tensor:
+    """(B, C, 256) uint8: ``ImageOps.autocontrast``'s table of each channel of uint8 ``x``."""
     lo = x.amin(dim=(-2, -1))  # (B, C)
     hi = x.amax(dim=(-2, -1))
-    if x.dtype != torch.uint8:
-        wd = _work_dtype(x)
-        lo, hi = lo.to(wd)[..., None, None], hi.to(wd)[..., None, None]
-        span = hi - lo
-        out = torch.where(span > 0, (x.to(wd) - lo) / torch.where(span > 0, span, 1.0), x.to(wd))
-        return out.to(x.dtype)
     # ImageOps.autocontrast's table: int(ix * scale + offset) in float64, clipped to [0, 255].
     lo64, hi64 = lo.double()[..., None], hi.double()[..., None]
     ok = hi64 > lo64
@@ -170,13 +165,23 @@ def _autocontrast(x: Tensor) -> Tensor:
     offset = -lo64 * scale
     ix = torch.arange(256, device=x.device, dtype=torch.float64)
     lut = (ix * scale + offset).trunc_().clamp_(0, 255)
-    lut = torch.where(ok, lut, ix).to(torch.uint8)
-    return _apply_lut(x, lut)
+    return torch.where(ok, lut, ix).to(torch.uint8)
 
 
-def _equalize(x: Tensor) -> Tensor:
+def _autocontrast(x: Tensor) -> Tensor:
     if x.dtype != torch.uint8:
-        return (_equalize(_quantize(x)).to(_work_dtype(x)) / 255.0).to(x.dtype)
+        lo = x.amin(dim=(-2, -1))  # (B, C)
+        hi = x.amax(dim=(-2, -1))
+        wd = _work_dtype(x)
+        lo, hi = lo.to(wd)[..., None, None], hi.to(wd)[..., None, None]
+        span = hi - lo
+        out = torch.where(span > 0, (x.to(wd) - lo) / torch.where(span > 0, span, 1.0), x.to(wd))
+        return out.to(x.dtype)
+    return _apply_lut(x, _autocontrast_lut(x))
+
+
+def _equalize_lut(x: Tensor) -> Tensor:
+    """(B, C, 256) uint8: ``ImageOps.equalize``'s table of each channel of uint8 ``x``."""
     b, c, h, w = x.shape
     # One bincount for all (image, channel) histograms: offset each channel's values by 256 * k.
     offsets = torch.arange(b * c, device=x.device).view(b, c, 1) * 256
@@ -190,8 +195,13 @@ def _equalize(x: Tensor) -> Tensor:
     ok = step > 0
     lut = (torch.div(step, 2, rounding_mode="floor") + below) // torch.where(ok, step, 1)
     ident = torch.arange(256, device=x.device)
-    lut = torch.where(ok, lut.clamp_max(255), ident).to(torch.uint8)
-    return _apply_lut(x, lut)
+    return torch.where(ok, lut.clamp_max(255), ident).to(torch.uint8)
+
+
+def _equalize(x: Tensor) -> Tensor:
+    if x.dtype != torch.uint8:
+        return (_equalize(_quantize(x)).to(_work_dtype(x)) / 255.0).to(x.dtype)
+    return _apply_lut(x, _equalize_lut(x))
 
 
 def _posterize(x: Tensor, bits: Tensor) -> Tensor:
@@ -221,15 +231,18 @@ def _color(x: Tensor, factor: Tensor) -> Tensor:
     return _blend(_grayscale(x), x, factor)
 
 
-def _contrast(x: Tensor, factor: Tensor) -> Tensor:
-    grey = _grayscale(x)
+def _contrast_degenerate(x: Tensor, grey: Tensor | None = None) -> Tensor:
+    """(B,) per-image grey level ``ImageEnhance.Contrast`` blends with (float32 on uint8)."""
+    grey = _grayscale(x) if grey is None else grey
     if x.dtype == torch.uint8:
         # ImageEnhance.Contrast: int(mean of the L image + 0.5), the mean in float64.
         mean = grey.sum(dim=(-3, -2, -1), dtype=torch.int64).double() / (grey.shape[-1] * grey.shape[-2])
-        degenerate = (mean + 0.5).floor().to(torch.float32)
-    else:
-        degenerate = grey.to(_work_dtype(x)).mean(dim=(-3, -2, -1))
-    return _blend(_view(degenerate), x, factor)
+        return (mean + 0.5).floor().to(torch.float32)
+    return grey.to(_work_dtype(x)).mean(dim=(-3, -2, -1))
+
+
+def _contrast(x: Tensor, factor: Tensor) -> Tensor:
+    return _blend(_view(_contrast_degenerate(x)), x, factor)
 
 
 def _sharpness(x: Tensor, factor: Tensor) -> Tensor:
