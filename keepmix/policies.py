@@ -35,21 +35,14 @@ from keepmix._checks import check_generator, check_images
 # Kernels imported by name: ``keepmix.functional.color`` the attribute is the re-exported
 # function ``color``, which shadows the module of the same name.
 from keepmix.functional.color import (
-    _apply_lut,
     _autocontrast,
-    _autocontrast_lut,
-    _blend,
     _brightness,
     _color,
     _contrast,
-    _contrast_degenerate,
     _equalize,
-    _equalize_lut,
-    _grayscale,
     _invert,
     _posterize,
     _sharpness,
-    _smooth,
     _solarize,
 )
 from keepmix.functional.geometry import (
@@ -294,118 +287,62 @@ def _apply_one(op: str, x: Tensor, mag: Tensor, centers: Tensor, fill: Tensor, i
     raise ValueError(f"unknown op {op!r}; known ops: {OP_NAMES}")
 
 
-# Ops are grouped into families that one batched call can apply with per-image parameters, so
-# a step costs one call per family present instead of one per op (on 32 px images the cost of
-# a call is mostly fixed overhead, see _MERGE_MAX_PIXELS). Every merged path computes each
-# image's result with the same kernels and the same per-element arithmetic as its op alone, so
-# results are identical to the op-by-op path (tests/test_policies.py checks both against PIL).
-_GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")
-# uint8: every per-value op is a per-(image, channel) 256-entry table; one gather applies all.
-_LUT_OPS = ("AutoContrast", "Equalize", "Invert", "Posterize", "Solarize", "Brightness", "Contrast")
-# Ops that are ``_blend(degenerate, x, factor)`` with a per-image degenerate image.
-_BLEND_OPS = ("Color", "Contrast", "Brightness", "Sharpness")
-# Families other than the geometric one are merged only up to this many pixels per image:
-# a merged call computes every candidate (e.g. the SMOOTH image for Sharpness) on every image
-# of the family, which costs more than the saved call overhead on large images.
-_MERGE_MAX_PIXELS = 64 * 64
+# Ops are grouped into families that one batched call applies with per-image parameters, so
+# a step costs one call per family present instead of one per op. Only the warps are merged,
+# split by the PIL engine they take (cross terms or not) so no image pays for both engines.
+# Measured (1 thread, 256x3x32x32, shared machine, interleaved medians): merging all point ops
+# of a uint8 step into one lookup-table gather, or the four enhance ops into one blend, was
+# 1.2-1.6x SLOWER than one call per op: the merged call computes every candidate (histograms,
+# SMOOTH, grey) on every image of the family, and memory traffic, not call overhead, dominates.
+# Results are identical to the op-by-op path: each image gets the same coefficients and the
+# same per-element arithmetic (tests/test_policies.py checks both against PIL).
+_FAMILIES: tuple[tuple[str, ...], ...] = (("Rotate", "ShearX", "ShearY"), ("TranslateX", "TranslateY"))
 
 
-def _family_table(uint8: bool, merge: bool) -> tuple[Tensor, list[tuple[str, tuple[int, ...]]]]:
+def _family_table() -> tuple[Tensor, list[tuple[int, ...]]]:
     """(len(OP_NAMES) + 1,) family id of every op id (the last entry: skipped steps, sorted
-    last) and, per family, its kind and its op ids."""
-    groups: list[tuple[str, tuple[str, ...]]] = [("geometric", _GEOMETRIC)]
-    if merge and uint8:
-        groups += [("lut", _LUT_OPS), ("blend", ("Color", "Sharpness"))]
-    elif merge:
-        groups += [("blend", _BLEND_OPS)]
-    taken = {name for _, names in groups for name in names}
-    groups += [("single", (name,)) for name in OP_NAMES if name not in taken]
+    last), and the op ids of every family."""
+    taken = {name for names in _FAMILIES for name in names}
+    groups = list(_FAMILIES) + [(name,) for name in OP_NAMES if name not in taken]
     table = torch.empty(len(OP_NAMES) + 1, dtype=torch.int64)
     families = []
-    for f, (kind, names) in enumerate(groups):
+    for f, names in enumerate(groups):
         ids = tuple(_OP_ID[name] for name in names)
         table[list(ids)] = f
-        families.append((kind, ids))
+        families.append(ids)
     table[-1] = len(groups)
     return table, families
+
+
+_FAMILY_OF, _FAMILY_OPS = _family_table()
+_GEOMETRIC = frozenset(name for names in _FAMILIES for name in names)
 
 
 def _geometric_matrices(ops: Tensor, mag: Tensor, h: int, w: int) -> Tensor:
     """(n, 6) warp coefficients of each image's geometric op (built as each op builds them)."""
     zero = torch.zeros_like(mag)
+    names = ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")
     candidates = torch.stack([
         rotation_matrix(mag, h, w),
         shear_matrix(mag, "x"),
         shear_matrix(mag, "y"),
         translation_matrix(mag, zero),
         translation_matrix(zero, mag),
-    ])  # (5, n, 6) in _GEOMETRIC's order
+    ])  # (5, n, 6) in the order of ``names``
     kind = torch.zeros_like(ops)
-    for k, name in enumerate(_GEOMETRIC[1:], start=1):
+    for k, name in enumerate(names[1:], start=1):
         kind = torch.where(ops == _OP_ID[name], k, kind)
     return candidates[kind, torch.arange(ops.shape[0], device=ops.device)]
 
 
-def _point_luts(x: Tensor, ops: Tensor, mag: Tensor, present: set[str]) -> Tensor:
-    """(n, C, 256) uint8 table of each uint8 image's point op.
-
-    Each table is the op's own kernel run on a 256-value ramp "image" (or, for AutoContrast,
-    Equalize, Contrast, built from the image's statistics by the kernel's helpers), so a
-    lookup reproduces the kernel, hence PIL, exactly.
-    """
-    n, c = x.shape[:2]
-    ramp = torch.arange(256, device=x.device, dtype=torch.uint8).view(1, 1, 1, 256).expand(n, 1, 1, 256)
-    factor = (1.0 + mag).clamp_min(0.0)
-    lut = ramp.view(n, 1, 256).expand(n, c, 256)
-    def pick(name: str, table: Tensor) -> None:
-        nonlocal lut
-        lut = torch.where((ops == _OP_ID[name]).view(n, 1, 1), table, lut)
-    if "AutoContrast" in present:
-        pick("AutoContrast", _autocontrast_lut(x))
-    if "Equalize" in present:
-        pick("Equalize", _equalize_lut(x))
-    if "Invert" in present:
-        pick("Invert", _invert(ramp).view(n, 1, 256))
-    if "Posterize" in present:
-        pick("Posterize", _posterize(ramp, mag).view(n, 1, 256))
-    if "Solarize" in present:
-        pick("Solarize", _solarize(ramp, mag).view(n, 1, 256))
-    if "Brightness" in present:
-        pick("Brightness", _brightness(ramp, factor).view(n, 1, 256))
-    if "Contrast" in present:
-        pick("Contrast", _blend(_contrast_degenerate(x).view(n, 1, 1, 1), ramp, factor).view(n, 1, 256))
-    return lut
-
-
-def _blend_family(x: Tensor, ops: Tensor, mag: Tensor, present: set[str]) -> Tensor:
-    """Color / Contrast / Brightness / Sharpness in one blend, each image with its degenerate."""
-    n = x.shape[0]
-    wd = torch.float64 if x.dtype == torch.float64 else torch.float32  # _blend's working dtype
-    # The degenerate images in the working dtype: exact copies of what each kernel blends with.
-    degenerate = torch.zeros((n, 1, 1, 1), dtype=wd, device=x.device)  # Brightness: black
-    is_op = lambda name: (ops == _OP_ID[name]).view(n, 1, 1, 1)  # noqa: E731
-    grey = _grayscale(x) if ("Color" in present or "Contrast" in present) else None
-    if "Contrast" in present:
-        degenerate = torch.where(is_op("Contrast"), _contrast_degenerate(x, grey).to(wd).view(n, 1, 1, 1), degenerate)
-    if "Color" in present:
-        degenerate = torch.where(is_op("Color"), grey.to(wd), degenerate)
-    if "Sharpness" in present:
-        degenerate = torch.where(is_op("Sharpness"), _smooth(x).to(wd), degenerate)
-    return _blend(degenerate, x, (1.0 + mag).clamp_min(0.0))
-
-
 def _apply_family(
-    kind: str, x: Tensor, ops: Tensor, mag: Tensor, centers: Tensor, present: list[int], fill: Tensor, interpolation: str
+    x: Tensor, ops: Tensor, mag: Tensor, centers: Tensor, present: list[int], fill: Tensor, interpolation: str
 ) -> Tensor:
     """The ops of one family on the sub-batch ``x``; ``present`` lists the op ids it holds."""
-    if len(present) == 1:  # one op: its own kernel, no candidates to select from
+    if len(present) == 1:  # one op: its own kernel
         return _apply_one(OP_NAMES[present[0]], x, mag, centers, fill, interpolation)
-    names = {OP_NAMES[k] for k in present}
-    if kind == "geometric":
-        return _affine(x, _geometric_matrices(ops, mag, x.shape[-2], x.shape[-1]), interpolation, fill)
-    if kind == "lut":
-        return _apply_lut(x, _point_luts(x, ops, mag, names))
-    return _blend_family(x, ops, mag, names)
+    assert all(OP_NAMES[k] in _GEOMETRIC for k in present)  # only warps are merged
+    return _affine(x, _geometric_matrices(ops, mag, x.shape[-2], x.shape[-1]), interpolation, fill)
 
 
 def apply_ops(
@@ -413,9 +350,9 @@ def apply_ops(
 ) -> Tensor:
     """Apply each image's own op sequence; the input is not modified.
 
-    For each step, images are grouped by op family (all geometric ops; on small uint8 images
-    all per-value ops, applied as lookup tables; on small images the blend-based enhance ops),
-    each group is transformed at once with its per-image ops and magnitudes and written back;
+    For each step, images are grouped by op (Rotate and the shears together, the translations
+    together: one warp each), each group is transformed at once with its per-image ops and
+    magnitudes and written back;
     images whose step is not applied (or is Identity) pass through unchanged. One host sync
     for all steps.
     """
@@ -424,7 +361,7 @@ def apply_ops(
     _check_interpolation(interpolation)
     fill_t = _fill_tensor(fill, images)
     device = images.device
-    b, c, h, w = images.shape
+    b = images.shape[0]
     ops = params.ops.to(device)
     applied = params.applied.to(device)
     mags = params.signed_magnitudes.to(device)
@@ -441,8 +378,7 @@ def apply_ops(
     for n, n_bad in enumerate(flat[steps * (skip + 1) :]):
         if n_bad:
             raise ValueError(f"params.ops holds ids outside [0, {num_ops}) at step {n}")
-    table, families = _family_table(images.dtype == torch.uint8, h * w <= _MERGE_MAX_PIXELS)
-    family_of = table.to(device)[key]  # (B, N)
+    family_of = _FAMILY_OF.to(device)[key]  # (B, N)
     out = images.clone()
     for n in range(steps):
         op_counts = counts_per_step[n]
@@ -450,20 +386,19 @@ def apply_ops(
             continue
         order = None
         start = 0
-        for f, (kind, op_ids) in enumerate(families):
+        for op_ids in _FAMILY_OPS:
             count = sum(op_counts[k] for k in op_ids)
             if count == 0:
                 continue
             present = [k for k in op_ids if op_counts[k]]
-            args = (kind, out, ops[:, n], mags[:, n], centers[:, n], present, fill_t, interpolation)
             if count == b:  # the whole batch is in this family: no gather needed
-                out = _apply_family(*args)
+                out = _apply_family(out, ops[:, n], mags[:, n], centers[:, n], present, fill_t, interpolation)
                 break
             if order is None:
                 order = torch.argsort(family_of[:, n], stable=True)
             idx = order[start : start + count]
             sub = out.index_select(0, idx)
-            res = _apply_family(kind, sub, ops[idx, n], mags[idx, n], centers[idx, n], present, fill_t, interpolation)
+            res = _apply_family(sub, ops[idx, n], mags[idx, n], centers[idx, n], present, fill_t, interpolation)
             out.index_copy_(0, idx, res.to(out.dtype))
             start += count
     return out

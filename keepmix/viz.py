@@ -360,6 +360,16 @@ def _fmt(v: float, like: float | None = None) -> str:
     return f"{v:.2f}" if abs(ref) >= 1 else f"{v:.4f}"
 
 
+# Axis labels for the metrics keepmix.train writes; any other key is shown as it is.
+_METRIC_LABELS = {
+    "test_acc": "test accuracy (%)",
+    "train_acc": "train accuracy (%)",
+    "test_loss": "test loss",
+    "train_loss": "train loss",
+    "images_per_s": "images / s",
+}
+
+
 def plot_runs(
     runs: Sequence[str | Path],
     out_png: str | Path,
@@ -409,8 +419,9 @@ def plot_runs(
             ax.plot(xs, ys, color=color, linewidth=1.4, marker="o" if len(xs) == 1 else None,
                     label=entry if k == 0 else None, alpha=1.0 if len(idx) == 1 else 0.8)
     ax.set_xlabel("epoch")
-    ax.set_ylabel(metric)
-    ax.set_title(title or f"{metric} per epoch")
+    pretty = _METRIC_LABELS.get(metric, metric)
+    ax.set_ylabel(pretty)
+    ax.set_title(title or f"{pretty} per epoch")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()

@@ -158,3 +158,26 @@ def test_cuda_matches_cpu(cifar_uint8):
     assert out.device.type == "cuda" and torch.equal(out.cpu(), G.rotate(x, angles))
     b = G.shear_x(x.cuda(), 0.3, "bilinear").cpu()
     assert (b.int() - G.shear_x(x, 0.3, "bilinear").int()).abs().max() <= 1
+
+
+def test_mixed_engines_and_huge_shifts_in_one_batch_equal_single_image_calls(cifar_uint8):
+    # translations (separable engine), rotations and shears (fixed-point engine) in one call,
+    # and shifts large enough to force the int64 index path: each image as if warped alone.
+    x = cifar_uint8[:8]
+    m = torch.stack([
+        G.translation_matrix(torch.tensor([3.4]), torch.tensor([-2.0]))[0],
+        G.rotation_matrix(torch.tensor([17.0]), 32, 32)[0],
+        G.shear_matrix(torch.tensor([0.27]), "x")[0],
+        G.translation_matrix(torch.tensor([5e4]), torch.tensor([0.0]))[0],
+        G.shear_matrix(torch.tensor([-0.5]), "y")[0],
+        G.rotation_matrix(torch.tensor([180.0]), 32, 32)[0],
+        G.translation_matrix(torch.tensor([-1e5]), torch.tensor([7.0]))[0],
+        G.rotation_matrix(torch.tensor([-93.0]), 32, 32)[0],
+    ])
+    out = G.affine(x, m, fill=(9, 99, 199))
+    for i in range(8):
+        single = G.affine(x[i : i + 1], m[i : i + 1], fill=(9, 99, 199))
+        assert torch.equal(out[i : i + 1], single)
+        ref = to_pil(x[i]).transform((32, 32), Image.AFFINE, tuple(m[i].tolist()), Image.NEAREST, fillcolor=(9, 99, 199))
+        assert torch.equal(out[i], from_pil(ref))
+    assert torch.all(out[3] == torch.tensor([9, 99, 199], dtype=torch.uint8).view(3, 1, 1))

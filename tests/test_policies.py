@@ -213,3 +213,24 @@ def test_cuda_gives_the_cpu_result(cifar_uint8):
     # a CPU generator gives the same params whatever the device of the batch
     q = policy.sample_params(cifar_uint8.cuda(), torch.Generator().manual_seed(0))
     assert torch.equal(q.ops.cpu(), p.ops)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_merged_warp_families_equal_op_by_op_warps(cifar_uint8, dtype):
+    # every image draws a warp: Rotate / ShearX / ShearY share one call, the translations
+    # another; each image must get exactly what its op alone gives (and PIL on uint8).
+    b = cifar_uint8.shape[0]
+    g = torch.Generator().manual_seed(5)
+    warps = torch.tensor([OP_NAMES.index(n) for n in ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")])
+    ops = warps[torch.randint(0, 5, (b, 2), generator=g)]
+    ops[:8, 0] = OP_NAMES.index("Rotate")  # some images with a single-op warp group too
+    mags = torch.rand(b, 2, generator=g) * 9
+    signs = torch.where(torch.rand(b, 2, generator=g) < 0.5, -1.0, 1.0)
+    p = PolicyParams(ops, mags, signs, torch.ones(b, 2, dtype=torch.bool), torch.rand(b, 2, 2, generator=g))
+    x = cifar_uint8 if dtype == torch.uint8 else cifar_uint8.to(dtype) / 255
+    out = apply_ops(x, p, fill=FILL if dtype == torch.uint8 else 0.5)
+    for i in range(0, b, 7):
+        one = PolicyParams(*(t[i : i + 1] for t in (p.ops, p.magnitudes, p.signs, p.applied, p.centers)))
+        assert torch.equal(out[i : i + 1], apply_ops(x[i : i + 1], one, fill=FILL if dtype == torch.uint8 else 0.5))
+    if dtype == torch.uint8:
+        assert torch.equal(out, pil_reference(cifar_uint8, p))

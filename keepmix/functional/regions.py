@@ -337,6 +337,11 @@ def masked_quantile(scores: Tensor, valid: Tensor | None, q: float) -> Tensor:
     on the CPU (see :func:`_order_stats_np`), ``kthvalue`` and one pass for the next order
     statistic elsewhere.
     """
+    return _masked_quantile(scores, valid, q)
+
+
+def _masked_quantile(scores: Tensor, valid: Tensor | None, q: float, overwrite: bool = False) -> Tensor:
+    """:func:`masked_quantile`; ``overwrite``: the CPU path may reorder ``scores`` in place."""
     if scores.ndim != 2:
         raise ValueError(f"scores must have shape (B, N), got {tuple(scores.shape)}")
     if not 0.0 <= q <= 1.0:
@@ -347,7 +352,7 @@ def masked_quantile(scores: Tensor, valid: Tensor | None, q: float) -> Tensor:
         lo = int(rank // 1)
         hi = min(lo + 1, n - 1)
         if _numpy_selects(scores):
-            below, above = _order_stats_np(scores, lo, hi > lo)
+            below, above = _order_stats_np(scores, lo, hi > lo, overwrite)
         else:
             below = scores.kthvalue(lo + 1, dim=1).values
             above = below

@@ -96,6 +96,19 @@ def show(
     return Path(grid.path)
 
 
+def _one_per_class(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """The first ``n`` test indices taken round-robin over the classes (the first image of
+    each class, then the second, ...), so the picture shows several classes, not the first
+    ``n`` images of a set sorted by class."""
+    labels = labels.cpu()
+    order = torch.argsort(labels, stable=True)
+    sorted_labels = labels[order]
+    first = torch.searchsorted(sorted_labels, sorted_labels, right=False)
+    rank = torch.arange(len(labels)) - first  # position within its class
+    key = rank * (int(labels.max()) + 1) + sorted_labels
+    return order[torch.argsort(key, stable=True)][: min(n, len(labels))]
+
+
 def save_run_grid(trainer: Any, out: str | Path, num_images: int = 8) -> Path:
     """The end-of-run grid: the run's method (and its plain / Keep counterpart) on test images,
     with the trained model's saliency."""
@@ -110,8 +123,9 @@ def save_run_grid(trainer: Any, out: str | Path, num_images: int = 8) -> Path:
     model.eval()
     try:
         test = trainer.data.test
-        n = min(num_images, len(test.labels))
-        images, labels = test.images[:n].to(trainer.device), test.labels[:n].to(trainer.device)
+        pick = _one_per_class(test.labels, num_images)
+        n = len(pick)
+        images, labels = test.images[pick].to(trainer.device), test.labels[pick].to(trainer.device)
         ops = method_ops(cfg, methods, model, trainer.num_classes, trainer.data.mean, trainer.data.std)
         grid = save_method_grid(
             images, labels, ops, out, model=model, mean=trainer.data.mean, std=trainer.data.std, max_images=n,
