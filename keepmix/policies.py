@@ -318,31 +318,49 @@ _FAMILY_OF, _FAMILY_OPS = _family_table()
 _GEOMETRIC = frozenset(name for names in _FAMILIES for name in names)
 
 
-def _geometric_matrices(ops: Tensor, mag: Tensor, h: int, w: int) -> Tensor:
-    """(n, 6) warp coefficients of each image's geometric op (built as each op builds them)."""
-    zero = torch.zeros_like(mag)
-    names = ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")
-    candidates = torch.stack([
-        rotation_matrix(mag, h, w),
-        shear_matrix(mag, "x"),
-        shear_matrix(mag, "y"),
-        translation_matrix(mag, zero),
-        translation_matrix(zero, mag),
-    ])  # (5, n, 6) in the order of ``names``
-    kind = torch.zeros_like(ops)
-    for k, name in enumerate(names[1:], start=1):
-        kind = torch.where(ops == _OP_ID[name], k, kind)
-    return candidates[kind, torch.arange(ops.shape[0], device=ops.device)]
+# Warp coefficients that are affine in the magnitude: (B, 6) = _WARP_BASE + mag * _WARP_SLOPE[op]
+# (ShearX (1, s, 0, 0, 1, 0), ShearY (1, 0, 0, s, 1, 0), TranslateX / Y (1, 0, -d, 0, 1, 0) /
+# (1, 0, 0, 0, 1, -d)); exact, as every product is by 0 or +-1. Rotate is built on its own.
+_WARP_BASE = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], dtype=torch.float64)
+_WARP_SLOPE = torch.zeros(len(OP_NAMES), 6, dtype=torch.float64)
+_WARP_SLOPE[_OP_ID["ShearX"], 1] = 1.0
+_WARP_SLOPE[_OP_ID["ShearY"], 3] = 1.0
+_WARP_SLOPE[_OP_ID["TranslateX"], 2] = -1.0
+_WARP_SLOPE[_OP_ID["TranslateY"], 5] = -1.0
+
+
+def _geometric_matrices(ops: Tensor, mag: Tensor, h: int, w: int, with_rotate: bool = True) -> Tensor:
+    """(n, 6) warp coefficients of each image's geometric op, the values :func:`rotation_matrix`,
+    :func:`shear_matrix` and :func:`translation_matrix` give (a table lookup and one multiply-add
+    instead of five candidate matrices: ~0.1 ms less per call on 32 px batches). Rows of
+    non-geometric ops hold the identity."""
+    dev = ops.device
+    m = _WARP_SLOPE.to(dev)[ops.clamp(0, len(OP_NAMES) - 1)].mul_(mag.double()[:, None]).add_(_WARP_BASE.to(dev))
+    if with_rotate:
+        m = torch.where((ops == _OP_ID["Rotate"])[:, None], rotation_matrix(mag, h, w), m)
+    return m
+
+
+def _take_rows(x: Tensor, index: Tensor, out: Tensor | None = None) -> Tensor:
+    """``x.index_select(0, index)`` on a (B, -1) view: on the CPU a 2-D index_select copies
+    whole rows (3x faster than on the 4-D float32 tensor, 256x3x32x32, 1 thread). ``out``, a
+    contiguous tensor of x's shape that does not overlap x, receives the rows if given."""
+    flat = x.reshape(x.shape[0], -1)
+    if out is None:
+        return flat.index_select(0, index).view(x.shape)
+    torch.index_select(flat, 0, index, out=out.view(flat.shape))
+    return out
 
 
 def _apply_family(
-    x: Tensor, ops: Tensor, mag: Tensor, centers: Tensor, present: list[int], fill: Tensor, interpolation: str
+    x: Tensor, ops: Tensor, mag: Tensor, centers: Tensor, warp: Tensor, present: list[int], fill: Tensor, interpolation: str
 ) -> Tensor:
-    """The ops of one family on the sub-batch ``x``; ``present`` lists the op ids it holds."""
-    if len(present) == 1:  # one op: its own kernel
-        return _apply_one(OP_NAMES[present[0]], x, mag, centers, fill, interpolation)
-    assert all(OP_NAMES[k] in _GEOMETRIC for k in present)  # only warps are merged
-    return _affine(x, _geometric_matrices(ops, mag, x.shape[-2], x.shape[-1]), interpolation, fill)
+    """The ops of one family on the sub-batch ``x``; ``present`` lists the op ids it holds and
+    ``warp`` (n, 6) holds each image's warp coefficients (used by geometric ops only)."""
+    if all(OP_NAMES[k] in _GEOMETRIC for k in present):
+        return _affine(x, warp, interpolation, fill)
+    assert len(present) == 1  # only warps are merged
+    return _apply_one(OP_NAMES[present[0]], x, mag, centers, fill, interpolation)
 
 
 def apply_ops(
@@ -352,16 +370,15 @@ def apply_ops(
 
     For each step, images are grouped by op (Rotate and the shears together, the translations
     together: one warp each), each group is transformed at once with its per-image ops and
-    magnitudes and written back;
-    images whose step is not applied (or is Identity) pass through unchanged. One host sync
-    for all steps.
+    magnitudes; images whose step is not applied (or is Identity) pass through unchanged.
+    One host sync for all steps.
     """
     check_images(images)
     _check_params(params, images)
     _check_interpolation(interpolation)
     fill_t = _fill_tensor(fill, images)
     device = images.device
-    b = images.shape[0]
+    b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
     ops = params.ops.to(device)
     applied = params.applied.to(device)
     mags = params.signed_magnitudes.to(device)
@@ -379,29 +396,58 @@ def apply_ops(
         if n_bad:
             raise ValueError(f"params.ops holds ids outside [0, {num_ops}) at step {n}")
     family_of = _FAMILY_OF.to(device)[key]  # (B, N)
-    out = images.clone()
+    # Warp coefficients of every (image, step) in one vectorised pass (a few dozen tiny ops
+    # once, instead of once per warp group and step).
+    if any(counts_per_step[n][_OP_ID[name]] for n in range(steps) for name in _GEOMETRIC):
+        with_rotate = any(counts_per_step[n][_OP_ID["Rotate"]] for n in range(steps))
+        warps = _geometric_matrices(ops.flatten(), mags.flatten(), h, w, with_rotate).view(b, steps, 6)
+    else:
+        warps = mags.new_zeros(()).expand(b, steps, 6)
+    # The batch is kept sorted by the current step's family instead of gathering and
+    # scattering each group (index_select + index_copy_ per group and step): each step
+    # reorders the whole batch once with one index_select (a row copy), every family works on
+    # a contiguous slice and writes its result back into that slice, and one index_select
+    # with the inverse permutation restores the input order at the end. ``cur[i]`` holds
+    # image ``perm[i]`` (``perm`` None: the identity). Measured (1 thread, 256x3x32x32 fp32,
+    # RandAugment n=2): index_copy_ alone was ~15% of the call before.
+    # ``spare``: a buffer allocated in this call and no longer read, reused as the target of
+    # the next reorder (fresh multi-MB allocations page-fault on every call: ~0.3 ms each
+    # on 256x3x32x32 float32).
+    cur, owned, perm, spare = images, False, None, None
     for n in range(steps):
         op_counts = counts_per_step[n]
         if op_counts[skip] == b:
             continue
-        order = None
-        start = 0
+        groups = []
         for op_ids in _FAMILY_OPS:
             count = sum(op_counts[k] for k in op_ids)
-            if count == 0:
-                continue
-            present = [k for k in op_ids if op_counts[k]]
-            if count == b:  # the whole batch is in this family: no gather needed
-                out = _apply_family(out, ops[:, n], mags[:, n], centers[:, n], present, fill_t, interpolation)
-                break
-            if order is None:
-                order = torch.argsort(family_of[:, n], stable=True)
-            idx = order[start : start + count]
-            sub = out.index_select(0, idx)
-            res = _apply_family(sub, ops[idx, n], mags[idx, n], centers[idx, n], present, fill_t, interpolation)
-            out.index_copy_(0, idx, res.to(out.dtype))
+            if count:
+                groups.append((count, [k for k in op_ids if op_counts[k]]))
+        rows = slice(None) if perm is None else perm
+        if len(groups) == 1 and groups[0][0] == b:  # the whole batch is in one family
+            res = _apply_family(
+                cur, ops[rows, n], mags[rows, n], centers[rows, n], warps[rows, n], groups[0][1], fill_t, interpolation
+            )
+            if owned and res.data_ptr() != cur.data_ptr():
+                spare = cur
+            cur, owned = res, True
+            continue
+        local = torch.argsort(family_of[rows, n], stable=True)
+        perm = local if perm is None else perm[local]
+        target, spare = spare, (cur if owned and cur.is_contiguous() else None)
+        cur, owned = _take_rows(cur if cur.is_contiguous() else cur.contiguous(), local, target), True
+        s_ops, s_mags, s_centers, s_warps = ops[perm, n], mags[perm, n], centers[perm, n], warps[perm, n]
+        start = 0
+        for count, present in groups:
+            sl = slice(start, start + count)
+            res = _apply_family(cur[sl], s_ops[sl], s_mags[sl], s_centers[sl], s_warps[sl], present, fill_t, interpolation)
+            cur[sl] = res  # slices are disjoint and each result is computed before it is written
             start += count
-    return out
+    if perm is not None:
+        inverse = torch.empty_like(perm)
+        inverse[perm] = torch.arange(b, device=device)
+        return _take_rows(cur, inverse, spare)
+    return cur if owned else images.clone()
 
 
 # --------------------------------------------------------------------------- modules

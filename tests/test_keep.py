@@ -370,3 +370,113 @@ def test_keep_ops_on_cuda(batch):
     assert torch.equal(a, b)
     with pytest.raises(ValueError, match="device"):
         KeepCutout()(x, saliency=sal.cpu())
+
+
+def _reference_selection(sal, sizes, q, placement, side):
+    """Per image: all candidate scores, torch.quantile, and how many candidates pass."""
+    out = []
+    for i in range(sal.shape[0]):
+        cand = candidate_positions(sizes[i : i + 1], *sal.shape[1:], placement)
+        scores = candidate_scores(summed_area_table(sal[i : i + 1]), cand)[0]
+        valid = cand.valid()
+        if valid is not None:
+            scores = scores[valid[0]]
+        tau = torch.quantile(scores, q)
+        passing = scores < tau if side == "below" else scores > tau
+        out.append((tau, int(passing.sum())))
+    return out
+
+
+@pytest.mark.parametrize("placement,side", [("center", "below"), ("inside", "above"), ("inside", "below")])
+def test_fast_selection_matches_per_image_reference(batch, placement, side):
+    # Shared size (slices), per-image sizes (gathers) and the chunked scan all give torch's
+    # exact quantile per image and a box from the passing set, its score bit-exact from the SAT.
+    x, _, sal = batch
+    g = _gen(20)
+    for sizes in (torch.full((16, 2), 9), torch.randint(1, 20, (16, 2), generator=g)):
+        sel = select_boxes(sal, sizes, 0.6, placement, side, generator=_gen(21))
+        ref = _reference_selection(sal, sizes, 0.6, placement, side)
+        for i, (tau, n_pass) in enumerate(ref):
+            assert torch.equal(sel.tau[i], tau)
+            assert bool(sel.fallback[i]) == (n_pass == 0)
+        score = box_sums(sel.sat, sel.boxes)
+        assert torch.equal(score, _scores(sal, sel.boxes))
+        if placement == "inside":
+            assert torch.equal(sel.boxes[:, 2:] - sel.boxes[:, :2], sizes)
+        ok = score < sel.tau if side == "below" else score > sel.tau
+        assert bool(ok[~sel.fallback].all())
+
+
+def test_chunking_does_not_change_the_selection(batch, monkeypatch):
+    import keepmix.keep as K
+
+    _, _, sal = batch
+    sal = sal.repeat(3, 1, 1)
+    sizes = torch.randint(1, 16, (48, 2), generator=_gen(22))
+    whole = select_boxes(sal, sizes, 0.6, "center", "below", generator=_gen(23))
+    monkeypatch.setattr(K, "_CHUNK_BYTES", 1)
+    monkeypatch.setattr(K, "_MIN_CHUNK_ROWS", 5)  # chunks of 5 rows, the last one short
+    chunked = select_boxes(sal, sizes, 0.6, "center", "below", generator=_gen(23))
+    for a, b in zip((whole.boxes, whole.tau, whole.fallback), (chunked.boxes, chunked.tau, chunked.fallback)):
+        assert torch.equal(a, b)
+
+
+def test_rare_passing_candidates_take_the_exact_path():
+    # One salient pixel in 32 x 32: of the 1024 1x1 candidates only one is above tau, so the
+    # random draws almost always miss it and the exact path must find it, every time.
+    sal = torch.zeros(200, 32, 32)
+    sal[:, 5, 7] = 1.0
+    sel = select_boxes(sal, (1, 1), 0.6, "inside", "above", generator=_gen(24))
+    assert not bool(sel.fallback.any())
+    assert bool((sel.boxes == torch.tensor([5, 7, 6, 8])).all())
+    # Per-image sizes, mixed with empty ones: those keep an empty box and tau 0, never a fallback.
+    sizes = torch.tensor([[1, 1], [0, 0], [2, 2], [0, 3]]).repeat(50, 1)
+    sel = select_boxes(sal, sizes, 0.6, "center", "above", generator=_gen(25))
+    empty = (sizes == 0).any(1)
+    area = (sel.boxes[:, 2] - sel.boxes[:, 0]) * (sel.boxes[:, 3] - sel.boxes[:, 1])
+    assert bool((area[empty] == 0).all()) and bool((sel.tau[empty] == 0).all()) and not bool(sel.fallback[empty].any())
+    hit = _scores(sal, sel.boxes)[~empty]
+    assert bool((hit > sel.tau[~empty]).all())
+
+
+def test_shared_size_with_skipped_images_matches_the_general_path(batch):
+    # Cutout with p < 1 gives sizes {0, L}: scored as one shared size; the taus of the cut
+    # images equal those of the per-image path, the skipped ones get an empty box and tau 0.
+    _, _, sal = batch
+    sizes = torch.tensor([[12, 12], [0, 0]]).repeat(8, 1)
+    sel = select_boxes(sal, sizes, 0.6, "center", generator=_gen(26))
+    ref = _reference_selection(sal, sizes, 0.6, "center", "below")
+    for i in range(16):
+        assert torch.equal(sel.tau[i], ref[i][0])
+    area = (sel.boxes[:, 2] - sel.boxes[:, 0]) * (sel.boxes[:, 3] - sel.boxes[:, 1])
+    assert bool((area[1::2] == 0).all()) and bool((area[0::2] > 0).all())
+    assert bool((_scores(sal, sel.boxes)[0::2] < sel.tau[0::2]).all())
+
+
+def test_per_image_sizes_are_uniform_over_the_passing_set():
+    # The general (gathered, masked) path: two sizes alternate on one map; each size's draws
+    # cover exactly its passing corners, about equally often.
+    sal = torch.rand(1, 8, 9, generator=_gen(27)).expand(6000, 8, 9).contiguous()
+    sizes = torch.tensor([[3, 2], [2, 4]]).repeat(3000, 1)
+    sel = select_boxes(sal, sizes, q=0.6, placement="inside", generator=_gen(28))
+    for r, size in enumerate(([3, 2], [2, 4])):
+        cand = candidate_positions(tuple(size), 8, 9, "inside", batch_size=1)
+        scores = candidate_scores(summed_area_table(sal[:1]), cand)[0]
+        passing = scores < sel.tau[r]
+        wc = cand.shape[1]
+        counts = torch.bincount(sel.boxes[r::2, 0] * wc + sel.boxes[r::2, 1], minlength=scores.numel()).double()
+        assert counts.numel() == scores.numel() and bool((counts[~passing] == 0).all())
+        expected = 3000 / int(passing.sum())
+        chi2 = float(((counts[passing] - expected) ** 2 / expected).sum())
+        assert chi2 < 2.0 * int(passing.sum()) + 20  # well above the dof, far below a biased draw
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fast_selection_on_cuda_matches_cpu_thresholds(batch):
+    _, _, sal = batch
+    for sizes in (torch.full((16, 2), 9), torch.randint(1, 20, (16, 2), generator=_gen(29))):
+        cpu = select_boxes(sal, sizes, 0.6, "center", "below", generator=_gen(30))
+        gpu = select_boxes(sal.cuda(), sizes.cuda(), 0.6, "center", "below", generator=torch.Generator("cuda").manual_seed(30))
+        torch.testing.assert_close(gpu.tau.cpu(), cpu.tau, rtol=0, atol=1e-9)
+        assert gpu.boxes.device.type == "cuda"
+        assert bool((box_sums(gpu.sat, gpu.boxes) < gpu.tau)[~gpu.fallback].all())

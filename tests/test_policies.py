@@ -234,3 +234,74 @@ def test_merged_warp_families_equal_op_by_op_warps(cifar_uint8, dtype):
         assert torch.equal(out[i : i + 1], apply_ops(x[i : i + 1], one, fill=FILL if dtype == torch.uint8 else 0.5))
     if dtype == torch.uint8:
         assert torch.equal(out, pil_reference(cifar_uint8, p))
+
+
+def test_geometric_matrices_equal_the_named_matrix_builders():
+    from keepmix.functional import geometry as G
+    from keepmix.policies import _geometric_matrices
+
+    names = ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "Identity", "Equalize")
+    ops = torch.tensor([OP_NAMES.index(n) for n in names]).repeat(5)
+    mag = torch.linspace(-31.0, 29.0, ops.numel())
+    m = _geometric_matrices(ops, mag, 24, 40)
+    zero = torch.zeros(1)
+    for i, op in enumerate(ops.tolist()):
+        v = mag[i : i + 1]
+        want = {
+            "Rotate": lambda: G.rotation_matrix(v, 24, 40),
+            "ShearX": lambda: G.shear_matrix(v, "x"),
+            "ShearY": lambda: G.shear_matrix(v, "y"),
+            "TranslateX": lambda: G.translation_matrix(v, zero),
+            "TranslateY": lambda: G.translation_matrix(zero, v),
+        }.get(OP_NAMES[op], lambda: torch.tensor([[1.0, 0, 0, 0, 1, 0]], dtype=torch.float64))()
+        assert torch.equal(m[i], want[0]), OP_NAMES[op]
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_every_reordering_path_equals_pil_and_single_images(cifar_uint8, dtype):
+    # Steps that exercise each path of apply_ops' sorted-batch loop: the whole batch in one
+    # single-op family (no reorder), a mixed step (reorder, in-place slice writes), a step
+    # that skips every image, a whole-batch merged warp family, a second mixed step whose
+    # reorder reuses a buffer of this call, then the inverse permutation.
+    b = cifar_uint8.shape[0]
+    g = torch.Generator().manual_seed(11)
+    ops = torch.empty(b, 5, dtype=torch.int64)
+    ops[:, 0] = OP_NAMES.index("Equalize")
+    ops[:, 1] = torch.randint(0, len(OP_NAMES), (b,), generator=g)
+    ops[:, 2] = OP_NAMES.index("Solarize")
+    warps = torch.tensor([OP_NAMES.index(n) for n in ("Rotate", "ShearX", "ShearY")])
+    ops[:, 3] = warps[torch.randint(0, 3, (b,), generator=g)]
+    ops[:, 4] = torch.randint(0, len(OP_NAMES), (b,), generator=g)
+    mags = torch.rand(b, 5, generator=g) * 0.4
+    mags[:, 1] *= 20
+    mags[:, 4] *= 20
+    enhance = torch.isin(ops, torch.tensor([OP_NAMES.index(n) for n in ENHANCE]))
+    mags[enhance] = mags[enhance].clamp_max(0.9)  # factors 1 +- m stay in [0.1, 1.9], as the policies draw
+    mags[ops == OP_NAMES.index("Posterize")] = 5.0
+    mags[ops == OP_NAMES.index("Solarize")] = 140.0
+    signs = torch.where(torch.rand(b, 5, generator=g) < 0.5, -1.0, 1.0)
+    signs[ops == OP_NAMES.index("Posterize")] = 1.0
+    signs[ops == OP_NAMES.index("Solarize")] = 1.0
+    applied = torch.rand(b, 5, generator=g) < 0.8
+    applied[:, 0] = True
+    applied[:, 2] = False  # every image skips this step
+    applied[:, 3] = True
+    p = PolicyParams(ops, mags, signs, applied, torch.rand(b, 5, 2, generator=g))
+    x = cifar_uint8.clone() if dtype == torch.uint8 else cifar_uint8.to(dtype) / 255
+    before = x.clone()
+    fill = FILL if dtype == torch.uint8 else (0.5, 0.25, 0.75)
+    out = apply_ops(x, p, fill=fill)
+    assert torch.equal(x, before) and out.data_ptr() != x.data_ptr()
+    for i in range(0, b, 5):
+        one = PolicyParams(*(t[i : i + 1] for t in (p.ops, p.magnitudes, p.signs, p.applied, p.centers)))
+        assert torch.equal(out[i : i + 1], apply_ops(x[i : i + 1], one, fill=fill))
+    if dtype == torch.uint8:
+        assert torch.equal(out, pil_reference(cifar_uint8, p))
+
+
+def test_steps_that_change_nothing_still_return_a_new_tensor(cifar_uint8):
+    b = cifar_uint8.shape[0]
+    p = PolicyParams(torch.zeros(b, 2, dtype=torch.int64), torch.zeros(b, 2), torch.ones(b, 2),
+                     torch.ones(b, 2, dtype=torch.bool), torch.zeros(b, 2, 2))  # Identity twice
+    out = apply_ops(cifar_uint8, p)
+    assert torch.equal(out, cifar_uint8) and out.data_ptr() != cifar_uint8.data_ptr()

@@ -200,3 +200,51 @@ def test_regions_on_cuda_match_cpu():
     torch.testing.assert_close(masked_quantile(gpu, None, 0.6).cpu(), masked_quantile(cpu, None, 0.6))
     idx, found = sample_where(gpu < 5.0)
     assert idx.device.type == "cuda" and bool((found == (cpu < 5.0).any(1).cuda()).all())
+
+
+@pytest.mark.parametrize("placement", ["center", "inside"])
+@pytest.mark.parametrize("stride", [1, 3])
+@pytest.mark.parametrize("size", [(1, 1), (4, 7), (9, 11), (9, 1), (0, 0)])
+def test_static_slices_equal_gathered_scores_bit_for_bit(placement, stride, size):
+    # A static size scores from strided slices of the table; the per-image path gathers. Same
+    # arithmetic, so the same float64 values exactly, and box_sums of each box equals its score.
+    g = torch.Generator().manual_seed(9)
+    s = torch.rand(3, 9, 11, generator=g)
+    sat = summed_area_table(s)
+    static = candidate_positions(size, 9, 11, placement, stride, batch_size=3)
+    assert static.edges is not None
+    gathered = type(static)(static.y1, static.y2, static.x1, static.x2, None, None)  # no edges: gathers
+    fast, ref = candidate_scores(sat, static), candidate_scores(sat, gathered)
+    assert torch.equal(fast, ref)
+    index = torch.arange(fast.shape[1]).expand(3, -1)
+    for k in range(fast.shape[1]):
+        boxes = candidate_boxes(static, index[:, k])
+        assert torch.equal(box_sums(sat, boxes), fast[:, k])
+
+
+def test_static_center_edges_match_per_image_tensor_sizes():
+    # Oversized and odd sizes: the host-computed clipped edges equal the tensor path's.
+    for size in [(3, 4), (20, 30), (8, 1)]:
+        static = candidate_positions(size, 7, 9, "center", 2, batch_size=2)
+        per_image = candidate_positions(torch.tensor([size, size]), 7, 9, "center", 2)
+        for name in ("y1", "y2", "x1", "x2"):
+            assert torch.equal(getattr(static, name), getattr(per_image, name))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_masked_quantile_numpy_selection_equals_kthvalue(dtype):
+    # The CPU path selects with numpy; the order statistics must be the torch ones exactly.
+    g = torch.Generator().manual_seed(10)
+    scores = torch.randint(0, 50, (6, 301), generator=g).to(dtype) / 7  # many ties
+    for q in (0.0, 0.3, 0.6, 0.999, 1.0):
+        rank = q * 300
+        lo = int(rank)
+        below = scores.kthvalue(lo + 1, 1).values
+        above = scores.kthvalue(min(lo + 2, 301), 1).values
+        ref = torch.lerp(below, above, torch.full_like(below, rank - lo))
+        assert torch.equal(masked_quantile(scores, None, q), ref)
+    valid = torch.rand(6, 301, generator=g) < 0.5
+    got = masked_quantile(scores, valid, 0.6)
+    ref = torch.stack([torch.quantile(scores[i][valid[i]], 0.6) for i in range(6)])
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    assert scores.dtype == dtype and torch.equal(scores, scores.clone())  # the input is not reordered

@@ -89,7 +89,7 @@ def _quantize(x: Tensor) -> Tensor:
 
 
 def _apply_lut(x: Tensor, lut: Tensor) -> Tensor:
-    """Per (image, channel) lookup: ``lut`` is (B, C, 256) uint8, ``x`` (B, C, H, W) uint8."""
+    """Per (image, channel) lookup: ``lut`` is (B, C, 256) of any dtype, ``x`` (B, C, H, W) uint8."""
     b, c, h, w = x.shape
     return lut.gather(2, x.reshape(b, c, h * w).long()).view(b, c, h, w)
 
@@ -180,13 +180,21 @@ def _autocontrast(x: Tensor) -> Tensor:
     return _apply_lut(x, _autocontrast_lut(x))
 
 
-def _equalize_lut(x: Tensor) -> Tensor:
-    """(B, C, 256) uint8: ``ImageOps.equalize``'s table of each channel of uint8 ``x``."""
+def _offset_levels(x: Tensor) -> Tensor:
+    """(B, C, H * W) int64: each value of uint8 ``x`` plus 256 * (index of its (image, channel)),
+    an index into a flattened (B, C, 256) table."""
+    b, c = x.shape[:2]
+    offsets = torch.arange(0, b * c * 256, 256, device=x.device).view(b, c, 1)
+    return x.reshape(b, c, -1).long() + offsets
+
+
+def _equalize_lut(x: Tensor, levels: Tensor | None = None) -> Tensor:
+    """(B, C, 256) uint8: ``ImageOps.equalize``'s table of each channel of uint8 ``x``
+    (``levels``: :func:`_offset_levels` of ``x`` if already computed)."""
     b, c, h, w = x.shape
-    # One bincount for all (image, channel) histograms: offset each channel's values by 256 * k.
-    offsets = torch.arange(b * c, device=x.device).view(b, c, 1) * 256
-    hist = torch.bincount((x.reshape(b, c, -1).long() + offsets).reshape(-1), minlength=b * c * 256)
-    hist = hist.view(b, c, 256)
+    levels = _offset_levels(x) if levels is None else levels
+    # One bincount for all (image, channel) histograms.
+    hist = torch.bincount(levels.view(-1), minlength=b * c * 256).view(b, c, 256)
     # ImageOps.equalize: step = (N - count of the highest level present) // 255,
     # lut[i] = (step // 2 + #pixels below i) // step; identity when step == 0.
     top = x.reshape(b, c, -1).amax(dim=-1, keepdim=True).long()
@@ -199,9 +207,18 @@ def _equalize_lut(x: Tensor) -> Tensor:
 
 
 def _equalize(x: Tensor) -> Tensor:
+    # The offset levels index both the histogram and the table lookup (one int64 map
+    # instead of two).
+    q = x if x.dtype == torch.uint8 else _quantize(x)
+    levels = _offset_levels(q)
+    lut = _equalize_lut(q, levels)
     if x.dtype != torch.uint8:
-        return (_equalize(_quantize(x)).to(_work_dtype(x)) / 255.0).to(x.dtype)
-    return _apply_lut(x, _equalize_lut(x))
+        # The table is converted to float (``level / 255``) before the lookup, not the
+        # equalised uint8 image after it: 256 conversions per channel instead of H * W, same
+        # values.
+        lut = (lut.to(_work_dtype(x)) / 255.0).to(x.dtype)
+    # index_select on the flat table: ~2.5x faster than ``take`` here (18x3x32x32, 1 thread).
+    return lut.view(-1).index_select(0, levels.view(-1)).view(x.shape)
 
 
 def _posterize(x: Tensor, bits: Tensor) -> Tensor:

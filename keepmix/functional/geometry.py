@@ -147,50 +147,63 @@ def _fixed(v: Tensor) -> Tensor:
     return torch.floor(v * 65536.0 + 0.5).long()
 
 
+def _padded_source(images: Tensor, fill: Tensor) -> Tensor:
+    """(B, C, (H + 2) * (W + 2)): the images framed by a one-pixel border of ``fill``."""
+    b, c, h, w = images.shape
+    src = fill.expand(b, c, h + 2, w + 2).contiguous()
+    src[..., 1:-1, 1:-1] = images
+    return src.view(b, c, (h + 2) * (w + 2))
+
+
 def _nearest(images: Tensor, m: Tensor, fill: Tensor) -> Tensor:
     b, c, h, w = images.shape
     dev = images.device
+    # Index maps are built shifted by one pixel (x_in + 1, y_in + 1) and clamped to the frame
+    # of a fill-padded source: an out-of-image position lands on the fill border, so the
+    # in-image test is one clamp per axis and the fill is read by the same gather (measured,
+    # 1 thread, 55x3x32x32: 0.55 ms vs 1.06 ms for compare-and-where on unpadded indices).
     a0, a1, a2, a3, a4, a5 = m.unbind(-1)
     # Maps without cross terms (translate, zero shear, 180 degrees) take PIL's separable
     # "scale" engine: running float64 sums per column and row, truncated (COORD). Sequential
     # cumsums reproduce those running sums, and the result is separable, hence cheap.
     scale = (a1 == 0) & (a3 == 0)
-    xs_s = torch.cat([(a2 + a0 * 0.5).view(b, 1), a0.view(b, 1).expand(b, w - 1)], dim=1).cumsum(1)
-    ys_s = torch.cat([(a5 + a4 * 0.5).view(b, 1), a4.view(b, 1).expand(b, h - 1)], dim=1).cumsum(1)
-    xin = xs_s.floor().long().view(b, 1, w)
-    yin = ys_s.floor().long().view(b, h, 1)
     # PIL's 16.16 fixed-point engine, from the centre of pixel (0, 0), same operation order as
-    # Geometry.c; integer arithmetic is exact, so direct sums equal its running sums.
-    x0 = _fixed((a2 + a0 * 0.5) + a1 * 0.5)
-    y0 = _fixed((a5 + a3 * 0.5) + a4 * 0.5)
-    fa0, fa1, fa3, fa4 = _fixed(a0), _fixed(a1), _fixed(a3), _fixed(a4)
+    # Geometry.c; integer arithmetic is exact, so direct sums equal its running sums. All six
+    # values in one (B, 6) tensor: one op each instead of six on these tiny tensors.
+    fx = _fixed(torch.stack([(a2 + a0 * 0.5) + a1 * 0.5, (a5 + a3 * 0.5) + a4 * 0.5, a0, a1, a3, a4], dim=-1))
     # Which engines are needed, and whether the fixed-point sums fit in int32 (half the memory
     # traffic of int64 on the (B, H, W) index maps, ~1.5x faster on 32 px batches): one host
     # sync, only on the CPU, where it is free; elsewhere both engines run, in int64.
     if dev.type == "cpu":
-        bound = torch.maximum(x0.abs() + (h * fa1.abs() + w * fa0.abs()), y0.abs() + (h * fa4.abs() + w * fa3.abs()))
+        ax = fx.abs()
+        bound = torch.maximum(ax[:, 0] + (h * ax[:, 3] + w * ax[:, 2]), ax[:, 1] + (h * ax[:, 5] + w * ax[:, 4]))
         n_scale, big = torch.stack([scale.sum(), bound.max()]).tolist()
-        need_fixed, mixed = n_scale < b, 0 < n_scale < b
-        idt = torch.int32 if big < 2**31 - 2**17 else torch.int64
+        need_fixed, need_scale = n_scale < b, n_scale > 0
+        idt = torch.int32 if big < 2**31 - 2**18 else torch.int64
     else:
-        need_fixed, mixed, idt = True, True, torch.int64
+        need_fixed, need_scale, idt = True, True, torch.int64
+    if need_scale:
+        xs_s = torch.cat([(a2 + a0 * 0.5).view(b, 1), a0.view(b, 1).expand(b, w - 1)], dim=1).cumsum(1)
+        ys_s = torch.cat([(a5 + a4 * 0.5).view(b, 1), a4.view(b, 1).expand(b, h - 1)], dim=1).cumsum(1)
+        # +1 after the clamp to [-1, W] keeps huge float sums from overflowing the index type.
+        xin = xs_s.floor_().clamp_(-1, w).to(idt).add_(1).view(b, 1, w)
+        yin = ys_s.floor_().clamp_(-1, h).to(idt).add_(1).view(b, h, 1)
     if need_fixed:
+        fx = fx.to(idt)
+        fx[:, :2] += 65536  # (v >> 16) + 1 == (v + 65536) >> 16: the +1 shift for free
+        x0, y0, fa0, fa1, fa3, fa4 = (t.view(b, 1, 1) for t in fx.unbind(-1))
         ys = torch.arange(h, device=dev, dtype=idt).view(1, h, 1)
         xs = torch.arange(w, device=dev, dtype=idt).view(1, 1, w)
-        x0, y0, fa0, fa1, fa3, fa4 = (t.to(idt).view(b, 1, 1) for t in (x0, y0, fa0, fa1, fa3, fa4))
-        xin_f = ((x0 + ys * fa1) + xs * fa0) >> 16
-        yin_f = ((y0 + xs * fa3) + ys * fa4) >> 16
-        if mixed:
-            xin = torch.where(scale.view(b, 1, 1), xin.to(idt), xin_f)
-            yin = torch.where(scale.view(b, 1, 1), yin.to(idt), yin_f)
+        xin_f = ((x0 + ys * fa1) + xs * fa0).bitwise_right_shift_(16).clamp_(0, w + 1)
+        yin_f = ((y0 + xs * fa3) + ys * fa4).bitwise_right_shift_(16).clamp_(0, h + 1)
+        if need_scale:
+            sel = scale.view(b, 1, 1)
+            xin = torch.where(sel, xin, xin_f)
+            yin = torch.where(sel, yin, yin_f)
         else:
             xin, yin = xin_f, yin_f
-    # One gather reads both the pixels and the fill: the fill is appended to every channel as
-    # an extra "pixel" (index h * w) that out-of-image positions point at.
-    valid = (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
-    index = torch.where(valid, yin * w + xin, h * w).long().view(b, 1, h * w).expand(b, c, h * w)
-    src = torch.cat([images.reshape(b, c, h * w), fill.reshape(1, c, 1).expand(b, c, 1)], dim=2)
-    return src.gather(2, index).view(b, c, h, w)
+    index = torch.add(xin, yin, alpha=w + 2).to(torch.int64).view(b, 1, h * w).expand(b, c, h * w)
+    return _padded_source(images, fill).gather(2, index).view(b, c, h, w)
 
 
 def _bilinear(images: Tensor, m: Tensor, fill: Tensor) -> Tensor:
