@@ -3,9 +3,11 @@
 Public implementations either loop over images (PIL) or, like kornia, draw one sub-policy / op
 set per batch. Here every image draws its own sub-policy (AutoAugment) or ops (RandAugment,
 TrivialAugmentWide), magnitudes and signs, and the batch is processed by op kind: for each of
-the N steps, images are grouped by the op they drew (one ``bincount`` + one stable ``argsort``,
-a single host sync per step), each group is gathered, transformed with its own per-image
-magnitudes, and written back. The cost is one pass of each op over the images that drew it.
+the N steps, the batch is reordered (one stable ``argsort`` and one row copy) so that the
+images that drew the same op (or the same warp engine) are contiguous, each such slice is
+transformed with its own per-image magnitudes and written back in place, and one last row copy
+restores the input order. Op counts for all steps come from one ``bincount`` (one host sync per
+call). The cost is one pass of each op over the images that drew it.
 
 Ops and values follow PIL (see :mod:`keepmix.functional.color` and
 :mod:`keepmix.functional.geometry`): uint8 images, or float images in [0, 1]. Magnitude spaces
@@ -42,6 +44,7 @@ from keepmix.functional.color import (
     _equalize,
     _invert,
     _posterize,
+    _select,
     _sharpness,
     _solarize,
 )
@@ -283,7 +286,7 @@ def _apply_one(op: str, x: Tensor, mag: Tensor, centers: Tensor, fill: Tensor, i
         cy = (centers[:, 0] * h).long().clamp_(0, h - 1)
         cx = (centers[:, 1] * w).long().clamp_(0, w - 1)
         mask = box_masks(centered_boxes(cy, cx, side, side, h, w), h, w).unsqueeze(1)
-        return torch.where(mask, fill, x)
+        return _select(mask, fill.expand_as(x), x)
     raise ValueError(f"unknown op {op!r}; known ops: {OP_NAMES}")
 
 
@@ -411,8 +414,8 @@ def apply_ops(
     # image ``perm[i]`` (``perm`` None: the identity). Measured (1 thread, 256x3x32x32 fp32,
     # RandAugment n=2): index_copy_ alone was ~15% of the call before.
     # ``spare``: a buffer allocated in this call and no longer read, reused as the target of
-    # the next reorder (fresh multi-MB allocations page-fault on every call: ~0.3 ms each
-    # on 256x3x32x32 float32).
+    # the next reorder (fresh multi-MB allocations page-fault on every call; the row copies
+    # of a RandAugment n=2 call on 256x3x32x32 float32 went from ~1.2 ms to ~0.5 ms).
     cur, owned, perm, spare = images, False, None, None
     for n in range(steps):
         op_counts = counts_per_step[n]
@@ -428,7 +431,7 @@ def apply_ops(
             res = _apply_family(
                 cur, ops[rows, n], mags[rows, n], centers[rows, n], warps[rows, n], groups[0][1], fill_t, interpolation
             )
-            if owned and res.data_ptr() != cur.data_ptr():
+            if owned and cur.is_contiguous() and res.data_ptr() != cur.data_ptr():
                 spare = cur
             cur, owned = res, True
             continue

@@ -208,3 +208,38 @@ def test_cuda_matches_cpu_exactly(cifar_uint8):
         out = fn(x.cuda())
         assert out.device.type == "cuda" and out.dtype == torch.uint8
         assert torch.equal(out.cpu(), fn(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.uint8, torch.int64])
+def test_bitwise_select_equals_where_bit_for_bit(dtype):
+    from keepmix.functional.select import select as _select
+
+    g = torch.Generator().manual_seed(0)
+    a = (torch.randn(4, 3, 5, 6, generator=g) * 300).to(dtype)
+    b = (torch.randn(4, 3, 5, 6, generator=g) * 300).to(dtype)
+    if dtype.is_floating_point:  # special values must come through unchanged
+        a[0, 0, 0, :4] = torch.tensor([float("nan"), -0.0, float("inf"), -float("inf")]).to(dtype)
+        b[0, 0, 1, :2] = torch.tensor([-0.0, float("nan")]).to(dtype)
+    bits = (lambda t: t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])) if dtype.is_floating_point else (lambda t: t)
+    for cond in (torch.rand(4, 3, 5, 6, generator=g) < 0.5,  # same shape
+                 torch.rand(4, 1, 5, 6, generator=g) < 0.5,  # broadcast over channels
+                 torch.rand(4, 3, 5, 6, generator=g)[:1] < 0.5):  # broadcast over the batch
+        assert torch.equal(bits(_select(cond, a, b)), bits(torch.where(cond, a, b)))
+    # a condition larger than both values, and values that broadcast against each other
+    cond = torch.rand(4, 3, 5, 6, generator=g) < 0.5
+    assert torch.equal(bits(_select(cond, a[:, :1], b[:1])), bits(torch.where(cond, a[:, :1], b[:1])))
+
+
+def test_float_solarize_and_autocontrast_keep_their_exact_values():
+    # solarize: exactly 1 - x at and above the threshold, x below (values outside [0, 1] too);
+    # autocontrast: (x - lo) / (hi - lo), and constant channels untouched (-0.0 included).
+    x = torch.tensor([-0.5, -0.0, 0.0, 0.2, 0.4999, 0.5, 0.75, 1.0, 1.5]).view(1, 1, 3, 3)
+    t = torch.tensor([127.5])
+    want = torch.where(x >= 0.5, 1.0 - x, x)
+    assert torch.equal(C.solarize(x, t), want)
+    y = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    y[1, 2] = -0.0
+    lo, hi = y.amin(dim=(2, 3), keepdim=True), y.amax(dim=(2, 3), keepdim=True)
+    out = C.autocontrast(y)
+    assert torch.equal(out[0], ((y - lo) / (hi - lo))[0])
+    assert torch.equal(out[1, 2].view(torch.int32), y[1, 2].view(torch.int32))

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from keepmix.functional.select import select
+
 __all__ = [
     "check_boxes",
     "centered_boxes",
@@ -91,7 +93,7 @@ def paste(dst: Tensor, src: Tensor, boxes: Tensor) -> Tensor:
     shape (B, C, 1, 1), a scalar tensor). ``dst`` is not modified.
     """
     mask = box_masks(boxes, dst.shape[-2], dst.shape[-1]).unsqueeze(1)
-    return torch.where(mask, _cast_like(src, dst.dtype, "src"), dst)
+    return select(mask, _cast_like(src, dst.dtype, "src"), dst)
 
 
 def _cast_like(src: Tensor, dtype: torch.dtype, name: str) -> Tensor:

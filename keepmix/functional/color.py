@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from keepmix.functional.select import select as _select
+
 from keepmix._checks import check_images
 
 __all__ = [
@@ -79,6 +81,7 @@ def _check_range(v: Tensor, name: str, low: float, high: float = float("inf"), i
         raise ValueError(f"{name} must be {kind} in [{low}, {high}], got {v[i].item()} (image {i})")
 
 
+# Integer types of the same width, to select float values bit for bit.
 def _view(v: Tensor) -> Tensor:
     return v.view(-1, 1, 1, 1)
 
@@ -174,8 +177,10 @@ def _autocontrast(x: Tensor) -> Tensor:
         hi = x.amax(dim=(-2, -1))
         wd = _work_dtype(x)
         lo, hi = lo.to(wd)[..., None, None], hi.to(wd)[..., None, None]
-        span = hi - lo
-        out = torch.where(span > 0, (x.to(wd) - lo) / torch.where(span > 0, span, 1.0), x.to(wd))
+        # A constant channel is left as is: (x - 0) / 1 == x, so the choice is made on the
+        # (B, C) offsets and spans, not per pixel.
+        ok = hi > lo
+        out = (x.to(wd) - torch.where(ok, lo, 0.0)) / torch.where(ok, hi - lo, 1.0)
         return out.to(x.dtype)
     return _apply_lut(x, _autocontrast_lut(x))
 
@@ -234,10 +239,10 @@ def _solarize(x: Tensor, threshold: Tensor) -> Tensor:
         # For integer x, x >= t  <=>  x >= ceil(t); compare in uint8 (t = 256 inverts nothing).
         t = threshold.float().ceil().clamp_(0.0, 256.0)
         hit = (x >= _view(t.clamp(max=255.0).to(torch.uint8))) & _view(t <= 255.0)
-        return torch.where(hit, 255 - x, x)
+        return x ^ hit.to(torch.uint8).neg_()  # 255 - x == x ^ 255 on uint8
     wd = _work_dtype(x)
     t = _view(threshold.to(wd) / 255.0)
-    return torch.where(x >= t, 1.0 - x, x)
+    return _select(x >= t, 1.0 - x, x)
 
 
 def _brightness(x: Tensor, factor: Tensor) -> Tensor:

@@ -115,8 +115,9 @@ def erase(images: Tensor, boxes: Tensor, fill: Fill = 0.0, *, validate: bool = T
     """A copy of ``images`` with each image's box set to ``fill`` (outside: bitwise unchanged).
 
     ``boxes`` is (B, 4) int64 ``(y1, x1, y2, x2)``, half-open; an empty box leaves its image
-    unchanged. ``fill`` is anything :func:`fill_tensor` accepts. One ``torch.where`` over a
-    (B, 1, H, W) mask: the only full-size tensor made is the output.
+    unchanged. ``fill`` is anything :func:`fill_tensor` accepts. One bitwise select over a
+    (B, 1, H, W) mask (:func:`keepmix.functional.boxes.paste`): the only full-size tensor
+    made is the output.
 
     ``validate=False`` skips the range check of ``boxes`` (a host sync on an accelerator) for
     boxes known to be valid, e.g. straight from ``sample_params``.

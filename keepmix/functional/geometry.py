@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from keepmix._checks import check_images
+from keepmix.functional.select import select as _select
 
 __all__ = [
     "Interpolation",
@@ -150,8 +151,14 @@ def _fixed(v: Tensor) -> Tensor:
 def _padded_source(images: Tensor, fill: Tensor) -> Tensor:
     """(B, C, (H + 2) * (W + 2)): the images framed by a one-pixel border of ``fill``."""
     b, c, h, w = images.shape
-    src = fill.expand(b, c, h + 2, w + 2).contiguous()
+    src = images.new_empty(b, c, h + 2, w + 2)
     src[..., 1:-1, 1:-1] = images
+    # Only the border is filled (one pass over the pixels, not two).
+    edge = fill.view(1, c, 1)
+    src[..., 0, :] = edge
+    src[..., -1, :] = edge
+    src[..., 1:-1, 0] = edge
+    src[..., 1:-1, -1] = edge
     return src.view(b, c, (h + 2) * (w + 2))
 
 
@@ -186,8 +193,11 @@ def _nearest(images: Tensor, m: Tensor, fill: Tensor) -> Tensor:
         xs_s = torch.cat([(a2 + a0 * 0.5).view(b, 1), a0.view(b, 1).expand(b, w - 1)], dim=1).cumsum(1)
         ys_s = torch.cat([(a5 + a4 * 0.5).view(b, 1), a4.view(b, 1).expand(b, h - 1)], dim=1).cumsum(1)
         # +1 after the clamp to [-1, W] keeps huge float sums from overflowing the index type.
-        xin = xs_s.floor_().clamp_(-1, w).to(idt).add_(1).view(b, 1, w)
-        yin = ys_s.floor_().clamp_(-1, h).to(idt).add_(1).view(b, h, 1)
+        # Separable maps alone are built in int64 (they are tiny): the (B, H, W) index then
+        # comes out of one add, without a conversion pass.
+        sdt = idt if need_fixed else torch.int64
+        xin = xs_s.floor_().clamp_(-1, w).to(sdt).add_(1).view(b, 1, w)
+        yin = ys_s.floor_().clamp_(-1, h).to(sdt).add_(1).view(b, h, 1)
     if need_fixed:
         fx = fx.to(idt)
         fx[:, :2] += 65536  # (v >> 16) + 1 == (v + 65536) >> 16: the +1 shift for free
@@ -198,8 +208,8 @@ def _nearest(images: Tensor, m: Tensor, fill: Tensor) -> Tensor:
         yin_f = ((y0 + xs * fa3) + ys * fa4).bitwise_right_shift_(16).clamp_(0, h + 1)
         if need_scale:
             sel = scale.view(b, 1, 1)
-            xin = torch.where(sel, xin, xin_f)
-            yin = torch.where(sel, yin, yin_f)
+            xin = _select(sel, xin.expand_as(xin_f), xin_f)
+            yin = _select(sel, yin.expand_as(yin_f), yin_f)
         else:
             xin, yin = xin_f, yin_f
     index = torch.add(xin, yin, alpha=w + 2).to(torch.int64).view(b, 1, h * w).expand(b, c, h * w)
@@ -223,7 +233,7 @@ def _bilinear(images: Tensor, m: Tensor, fill: Tensor) -> Tensor:
         out = out.clamp_(0.0, 255.0).to(torch.uint8)  # truncation, like PIL's (UINT8) cast
     else:
         out = out.to(images.dtype)
-    return torch.where(valid.unsqueeze(1), out, fill)
+    return _select(valid.unsqueeze(1), out, fill.expand_as(out))
 
 
 def _affine(images: Tensor, matrix: Tensor, interpolation: str, fill: Tensor) -> Tensor:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from keepmix._checks import check_images, check_same_device
-from keepmix.functional.boxes import box_areas, box_masks, check_boxes
+from keepmix.functional.boxes import box_areas, check_boxes, paste
 from keepmix.targets import mix_targets
 
 __all__ = ["check_perm", "area_lambda", "mixup", "cutmix"]
@@ -133,8 +133,7 @@ def cutmix(
         boxes = check_boxes(boxes, b, h, w)
         perm = check_perm(perm, b)
     check_same_device(images=images, targets=targets, boxes=boxes, perm=perm, patch_weight=patch_weight)
-    mask = box_masks(boxes, h, w).unsqueeze(1)  # (B, 1, H, W), broadcast over channels
-    out = torch.where(mask, images[perm], images)
+    out = paste(images, images[perm], boxes)
     lam = area_lambda(boxes, h, w)
     if patch_weight is None:
         label_lam = lam

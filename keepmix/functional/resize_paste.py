@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from keepmix._checks import check_images, check_same_device
-from keepmix.functional.boxes import box_masks, check_boxes
+from keepmix.functional.boxes import check_boxes, paste
 
 __all__ = ["resize_into_boxes", "ResizeMode"]
 
@@ -132,5 +132,4 @@ def resize_into_boxes(
             resized = resized.round().clamp(0, 255)
         resized = resized.to(dst.dtype)
 
-    mask = box_masks(boxes, h, w).unsqueeze(1)
-    return torch.where(mask, resized, dst)
+    return paste(dst, resized, boxes)

