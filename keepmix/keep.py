@@ -45,6 +45,7 @@ from keepmix.functional.regions import (
     box_sums,
     candidate_boxes,
     candidate_positions,
+    _leading_block_quantile,
     _masked_quantile,
     candidate_scores,
     sample_where,
@@ -127,24 +128,36 @@ def _num_draws(q: float, side: Side) -> int:
     return int(min(1024, max(8, math.ceil(math.log(_MISS_PROBABILITY) / math.log1p(-passing)))))
 
 
-def _common_size(sizes: Tensor, empty: Tensor, height: int, width: int, placement: Placement) -> tuple[int, int] | None:
-    """The (h, w) that every non-empty row of ``sizes`` shares, else None (one host sync).
+@dataclass(frozen=True)
+class _SizeStats:
+    common: tuple[int, int] | None  # the (h, w) every non-empty row shares, else None
+    min_size: tuple[int, int]  # smallest h and w over the non-empty rows
+    any_empty: bool
+    all_empty: bool
+
+
+def _size_stats(sizes: Tensor, empty: Tensor, height: int, width: int, placement: Placement) -> _SizeStats:
+    """What the per-image ``sizes`` have in common (one host sync).
 
     Cutout (even with p < 1: its skipped rows are (0, 0)) and per-batch CutMix share one size;
-    then all images share one candidate grid and the scores need no gathers.
+    then all images share one candidate grid and the scores need no gathers. Otherwise the
+    empty rows (Random Erasing's p) need no scores at all, and the smallest "inside" size
+    bounds every image's grid of corners.
     """
     hs, ws = sizes[:, 0].long(), sizes[:, 1].long()
     big = torch.iinfo(torch.long).max
     stats = torch.stack([
         torch.where(empty, big, hs).min(), torch.where(empty, -1, hs).max(),
-        torch.where(empty, big, ws).min(), torch.where(empty, -1, ws).max(),
+        torch.where(empty, big, ws).min(), torch.where(empty, -1, ws).max(), empty.sum(),
     ])
-    h_min, h_max, w_min, w_max = stats.tolist()
-    if h_max < 0 or h_min != h_max or w_min != w_max:
-        return None  # every row empty, or sizes differ: the general path
-    if placement == "inside" and (h_min > height or w_min > width):
-        return None  # the general path raises its per-image "does not fit" error
-    return h_min, w_min
+    h_min, h_max, w_min, w_max, n_empty = stats.tolist()
+    all_empty = h_max < 0
+    common = None
+    if not all_empty and h_min == h_max and w_min == w_max:
+        common = (h_min, w_min)
+        if placement == "inside" and (h_min > height or w_min > width):
+            common = None  # the general path raises its per-image "does not fit" error
+    return _SizeStats(common, (h_min, w_min), n_empty > 0, all_empty)
 
 
 def _candidate_rows(cand: Candidates, rows: slice | Tensor) -> Candidates:
@@ -187,7 +200,11 @@ def _thresholds_and_draws(sat: Tensor, cand: Candidates, draws: Tensor, q: float
         part = _candidate_rows(cand, slice(r0, r0 + step))
         scores = candidate_scores(sat[r0 : r0 + step], part)
         drawn.append(scores.gather(1, draws[r0 : r0 + step]))
-        taus.append(_masked_quantile(scores, part.valid(), q, overwrite=True))  # after the gather
+        if part.valid_y is None:
+            taus.append(_masked_quantile(scores, None, q, overwrite=True))  # after the gather
+        else:  # "inside" corners of per-image sizes: a leading block of each image's grid
+            rows_valid, cols_valid = part.valid_y.sum(1), part.valid_x.sum(1)
+            taus.append(_leading_block_quantile(scores, wc, rows_valid, cols_valid, q, overwrite=True))
     return torch.cat(taus), torch.cat(drawn)
 
 
@@ -231,14 +248,16 @@ def select_boxes(
     if saliency.ndim != 3 or not saliency.dtype.is_floating_point:
         raise ValueError(f"saliency must be a floating-point (B, H, W) tensor, got {tuple(saliency.shape)} {saliency.dtype}")
     b, h, w = saliency.shape
-    common = None
+    stats = None
     if isinstance(sizes, Tensor):
         if sizes.ndim != 2 or sizes.shape[1] != 2:
             candidate_positions(sizes, h, w, placement, stride)  # raises its error about ``sizes``
         empty = (sizes[:, 0] <= 0) | (sizes[:, 1] <= 0)
-        common = _common_size(sizes, empty, h, w, placement)
+        stats = _size_stats(sizes, empty, h, w, placement)
     else:
         empty = torch.full((b,), int(sizes[0]) <= 0 or int(sizes[1]) <= 0, device=saliency.device)
+    common = None if stats is None else stats.common
+    per_image = stats is not None and common is None
     cand = candidate_positions(sizes if common is None else common, h, w, placement, stride, batch_size=b, device=saliency.device)
     sat = summed_area_table(saliency)
     # float64 totals of float16/32 maps cannot overflow, so a non-finite total means a NaN or
@@ -247,25 +266,81 @@ def select_boxes(
         raise ValueError("saliency contains NaN or infinite values (a diverged model?); KeepAugment needs a finite map")
     below = side == "below"
     draws = _draw_candidates(cand, _num_draws(q, side), generator)
+    if not per_image:
+        index, tau, found = _choose(sat, cand, draws, q, below, empty, generator)
+        boxes = candidate_boxes(cand, index)
+        if common is not None:
+            # Rows the op skipped were scored with the shared size: give them back their empty
+            # box (at the drawn corner) and the threshold of an all-zero score map.
+            boxes = torch.where(empty[:, None], boxes[:, [0, 1, 0, 1]], boxes)
+            tau = torch.where(empty, torch.zeros_like(tau), tau)
+        return KeepSelection(boxes=boxes, tau=tau, fallback=~found & ~empty, sat=sat)
+
+    # Per-image sizes. An empty row scores 0 everywhere (tau = 0, nothing passes, its first
+    # draw stands), so only the other rows are scored: Random Erasing's p = 0.5 halves the
+    # work. The result is the same as scoring them all, draw for draw.
+    boxes = candidate_boxes(cand, draws[:, 0])
+    tau = torch.zeros(b, dtype=torch.float64, device=sat.device)
+    found = torch.zeros(b, dtype=torch.bool, device=sat.device)
+    if stats.all_empty:
+        return KeepSelection(boxes=boxes, tau=tau, fallback=found, sat=sat)
+    rows = (~empty).nonzero()[:, 0] if stats.any_empty else None
+    act_cand = cand if rows is None else _candidate_rows(cand, rows)
+    act_draws = draws if rows is None else draws[rows]
+    act_sat = sat if rows is None else sat[rows]
+    if placement == "inside":
+        # Every image's valid corners lie in the grid of the smallest size: score only that
+        # block instead of all H x W corners (draws map to the same corners in it).
+        act_cand, act_draws = _leading_grid(act_cand, act_draws, stats.min_size, h, w, stride)
+    index, act_tau, act_found = _choose(act_sat, act_cand, act_draws, q, below, None, generator)
+    act_boxes = candidate_boxes(act_cand, index)
+    if rows is None:
+        return KeepSelection(boxes=act_boxes, tau=act_tau, fallback=~act_found, sat=sat)
+    boxes = boxes.index_put((rows,), act_boxes)
+    tau = tau.index_put((rows,), act_tau)
+    found = found.index_put((rows,), act_found)
+    return KeepSelection(boxes=boxes, tau=tau, fallback=~found & ~empty, sat=sat)
+
+
+def _leading_grid(
+    cand: Candidates, draws: Tensor, min_size: tuple[int, int], height: int, width: int, stride: int
+) -> tuple[Candidates, Tensor]:
+    """"inside" candidates cut to the corners a region of ``min_size`` has, and ``draws``
+    (flat indices into the full grid) re-indexed into that smaller grid."""
+    hc_full, wc_full = cand.shape
+    hc = len(range(0, height - min_size[0] + 1, stride))
+    wc = len(range(0, width - min_size[1] + 1, stride))
+    if (hc, wc) == (hc_full, wc_full):
+        return cand, draws
+    cut = Candidates(
+        cand.y1[:, :hc], cand.y2[:, :hc], cand.x1[:, :wc], cand.x2[:, :wc], cand.valid_y[:, :hc], cand.valid_x[:, :wc]
+    )
+    row, col = torch.div(draws, wc_full, rounding_mode="floor"), draws % wc_full
+    return cut, row * wc + col
+
+
+def _choose(
+    sat: Tensor, cand: Candidates, draws: Tensor, q: float, below: bool, empty: Tensor | None,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Index (B,) of the chosen candidate, ``tau`` (B,), and whether a candidate passed (B,).
+
+    The first of the ``draws`` (B, K) that passes, else the exact choice for those rows.
+    ``empty`` (B,) marks rows with an empty region, which keep their first draw (None: none).
+    """
     tau, drawn = _thresholds_and_draws(sat, cand, draws, q)
     passing = drawn < tau[:, None] if below else drawn > tau[:, None]
     found = passing.any(1)
     index = draws.gather(1, passing.to(torch.uint8).argmax(1, keepdim=True))[:, 0]  # first passing draw
     # An empty region scores 0 everywhere (tau = 0, nothing passes): any position gives the
     # same empty box, so its first draw stands. Other misses: the exact path, one sync per batch.
-    missed = ~found & ~empty
+    missed = ~found if empty is None else ~found & ~empty
     if bool(missed.any()):
         rows = missed.nonzero()[:, 0]
         index_rows, found_rows = _exact_choice(sat[rows], _candidate_rows(cand, rows), tau[rows], below, generator)
         index = index.index_put((rows,), index_rows)
         found = found.index_put((rows,), found_rows)
-    boxes = candidate_boxes(cand, index)
-    if common is not None:
-        # Rows the op skipped were scored with the shared size: give them back their empty
-        # box (at the drawn corner) and the threshold of an all-zero score map.
-        boxes = torch.where(empty[:, None], boxes[:, [0, 1, 0, 1]], boxes)
-        tau = torch.where(empty, torch.zeros_like(tau), tau)
-    return KeepSelection(boxes=boxes, tau=tau, fallback=~found & ~empty, sat=sat)
+    return index, tau, found
 
 
 def _accepts(fn: Callable, name: str) -> bool:

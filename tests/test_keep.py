@@ -471,6 +471,78 @@ def test_per_image_sizes_are_uniform_over_the_passing_set():
         assert chi2 < 2.0 * int(passing.sum()) + 20  # well above the dof, far below a biased draw
 
 
+@pytest.mark.parametrize("placement", ["inside", "center"])
+def test_per_image_sizes_with_empty_rows_match_the_reference(batch, placement):
+    # Random Erasing's sizes: per image, about half empty. Empty rows are not scored (tau 0,
+    # an empty box, never a fallback); the others get torch's exact quantile over their own
+    # candidates ("inside": scored on the smallest size's grid of corners), a box from the
+    # passing set, and a score equal to box_sums bit for bit.
+    _, _, sal = batch
+    g = _gen(31)
+    sizes = torch.randint(3, 24, (16, 2), generator=g)
+    sizes[torch.rand(16, generator=g) < 0.5] = 0
+    sizes[0] = torch.tensor([20, 5])  # one tall, one wide: the cut grid is narrower than both
+    sizes[1] = torch.tensor([4, 26])
+    for side in ("below", "above"):
+        sel = select_boxes(sal, sizes, 0.6, placement, side, generator=_gen(32))
+        empty = (sizes == 0).any(1)
+        ref = _reference_selection(sal, sizes, 0.6, placement, side)
+        for i, (tau, n_pass) in enumerate(ref):
+            if empty[i]:
+                assert float(sel.tau[i]) == 0.0 and not bool(sel.fallback[i])
+            else:
+                assert torch.equal(sel.tau[i], tau)
+                assert bool(sel.fallback[i]) == (n_pass == 0)
+        area = (sel.boxes[:, 2] - sel.boxes[:, 0]) * (sel.boxes[:, 3] - sel.boxes[:, 1])
+        assert bool((area[empty] == 0).all())
+        score = box_sums(sel.sat, sel.boxes)
+        assert torch.equal(score, _scores(sal, sel.boxes))
+        ok = score < sel.tau if side == "below" else score > sel.tau
+        assert bool(ok[~sel.fallback & ~empty].all())
+        if placement == "inside":
+            assert torch.equal((sel.boxes[:, 2:] - sel.boxes[:, :2])[~empty], sizes[~empty])
+
+
+def test_per_image_fast_paths_equal_the_full_grid(batch, monkeypatch):
+    # The cut "inside" grid and the per-row block quantile are pure speed-ups: with both off
+    # (every row scored on the full H x W grid, masked quantile) the same generator gives
+    # the same boxes, taus and fallbacks.
+    import keepmix.keep as K
+    from keepmix.functional.regions import masked_quantile
+
+    _, _, sal = batch
+    g = _gen(33)
+    sizes = torch.randint(2, 20, (16, 2), generator=g)
+    sizes[::3] = 0
+    sizes[5] = torch.tensor([1, 1])
+    runs = {}
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(K, "_leading_grid", lambda cand, draws, *args: (cand, draws))
+
+            def masked(scores, wc, rows, cols, q, overwrite=False):
+                hc = scores.shape[1] // wc
+                valid = (torch.arange(hc) < rows[:, None])[:, :, None] & (torch.arange(wc) < cols[:, None])[:, None, :]
+                return masked_quantile(scores, valid.flatten(1), q)
+
+            monkeypatch.setattr(K, "_leading_block_quantile", masked)
+        for placement in ("inside", "center"):
+            for q, side in ((0.6, "below"), (0.05, "below"), (0.6, "above")):
+                sel = select_boxes(sal, sizes, q, placement, side, generator=_gen(34))
+                runs.setdefault((placement, q, side), []).append(sel)
+    for a, b in runs.values():
+        assert torch.equal(a.boxes, b.boxes) and torch.equal(a.tau, b.tau) and torch.equal(a.fallback, b.fallback)
+
+
+def test_all_empty_per_image_sizes():
+    sal = torch.rand(4, 10, 12, generator=_gen(35))
+    sizes = torch.tensor([[0, 0], [0, 5], [3, 0], [0, 0]])
+    for placement in ("inside", "center"):
+        sel = select_boxes(sal, sizes, 0.6, placement, generator=_gen(36))
+        area = (sel.boxes[:, 2] - sel.boxes[:, 0]) * (sel.boxes[:, 3] - sel.boxes[:, 1])
+        assert bool((area == 0).all()) and bool((sel.tau == 0).all()) and not bool(sel.fallback.any())
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_fast_selection_on_cuda_matches_cpu_thresholds(batch):
     _, _, sal = batch

@@ -13,6 +13,7 @@ from keepmix.functional.regions import (
     candidate_boxes,
     candidate_positions,
     candidate_scores,
+    leading_block_quantile,
     masked_quantile,
     sample_where,
     summed_area_table,
@@ -248,3 +249,38 @@ def test_masked_quantile_numpy_selection_equals_kthvalue(dtype):
     ref = torch.stack([torch.quantile(scores[i][valid[i]], 0.6) for i in range(6)])
     torch.testing.assert_close(got, ref, rtol=0, atol=0)
     assert scores.dtype == dtype and torch.equal(scores, scores.clone())  # the input is not reordered
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    b=st.integers(1, 4),
+    hc=st.integers(1, 7),
+    wc=st.integers(1, 7),
+    q=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**31 - 1),
+    ties=st.booleans(),
+    dtype=st.sampled_from([torch.float64, torch.float32]),
+)
+def test_leading_block_quantile_equals_masked_and_torch_quantile(b, hc, wc, q, seed, ties, dtype):
+    # The per-row numpy path for "inside" corners of per-image sizes: each row's valid
+    # entries are the leading (rows, cols) block of its grid, possibly empty (NaN).
+    g = torch.Generator().manual_seed(seed)
+    n = hc * wc
+    scores = torch.randint(0, 4, (b, n), generator=g).to(dtype) if ties else torch.rand(b, n, generator=g).to(dtype)
+    rows = torch.randint(0, hc + 1, (b,), generator=g)
+    cols = torch.randint(0, wc + 1, (b,), generator=g)
+    valid = ((torch.arange(hc) < rows[:, None])[:, :, None] & (torch.arange(wc) < cols[:, None])[:, None, :]).flatten(1)
+    before = scores.clone()
+    got = leading_block_quantile(scores, wc, rows, cols, q)
+    assert torch.equal(scores, before)  # the caller's scores are not reordered
+    masked = masked_quantile(scores, valid, q)
+    assert torch.equal(got.isnan(), ~valid.any(1)) and torch.equal(masked.isnan(), ~valid.any(1))
+    for i in range(b):
+        if valid[i].any():
+            assert torch.equal(got[i], torch.quantile(scores[i][valid[i]], q))
+            assert torch.equal(got[i], masked[i])
+
+
+def test_masked_quantile_all_rows_without_valid_entries_is_nan():
+    out = masked_quantile(torch.rand(3, 4, dtype=torch.float64), torch.zeros(3, 4, dtype=torch.bool), 0.6)
+    assert bool(out.isnan().all())

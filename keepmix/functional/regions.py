@@ -33,6 +33,7 @@ __all__ = [
     "candidate_scores",
     "candidate_boxes",
     "masked_quantile",
+    "leading_block_quantile",
     "sample_where",
 ]
 
@@ -376,6 +377,8 @@ def _masked_quantile(scores: Tensor, valid: Tensor | None, q: float, overwrite: 
     # K = min_b (N - count_b + lo_b) keeps 0 <= pad_b <= N - count_b whenever K >= max_b lo_b,
     # which holds for linear quantiles (q (N - 1) - q (n - 1) <= N - n); one host sync.
     k_shared, lo_max = (int(v) for v in torch.stack([(n - count + lo).min(), lo.max()]).tolist())
+    if k_shared >= n:  # n - count_b + lo_b >= n for every row: no row has a valid entry
+        return torch.full((b,), float("nan"), dtype=scores.dtype, device=scores.device)
     if k_shared >= lo_max:
         pad = (k_shared - lo)[:, None]
         invalid_rank = (~valid).cumsum(1)  # 1, 2, ... along each row's invalid entries
@@ -399,6 +402,39 @@ def _masked_quantile(scores: Tensor, valid: Tensor | None, q: float, overwrite: 
         above = ordered.gather(1, hi[:, None])[:, 0]
     out = torch.lerp(below, above, rank - lo.to(scores.dtype))
     return torch.where(count > 0, out, torch.full_like(out, float("nan")))
+
+
+def leading_block_quantile(scores: Tensor, grid_width: int, rows: Tensor, cols: Tensor, q: float) -> Tensor:
+    """:func:`masked_quantile` where each row's valid entries are a leading block of its grid.
+
+    ``scores`` (R, Hc * Wc) on a grid of ``grid_width`` = Wc columns; row r's valid entries
+    are its grid's ``[:rows[r], :cols[r]]`` (the "inside" corners of a per-image size,
+    :attr:`Candidates.valid`). The result is identical to ``masked_quantile(scores, valid,
+    q)``: the same order statistics and the same ``lerp``.
+    """
+    return _leading_block_quantile(scores, grid_width, rows, cols, q)
+
+
+def _leading_block_quantile(
+    scores: Tensor, grid_width: int, rows: Tensor, cols: Tensor, q: float, overwrite: bool = False
+) -> Tensor:
+    """:func:`leading_block_quantile`; ``overwrite``: the selection may reorder ``scores``.
+
+    The blocks become a validity mask and go through the masked path (one vectorised
+    selection for all rows). A per-row numpy partition of only the valid block measured about
+    3x faster on the CPU (128 x 32 x 32: 1.4 ms -> 0.5 ms) but is a Python loop over the
+    batch, which keepmix does not do in an op: the batch size would set the op's cost.
+    """
+    if scores.ndim != 2 or (scores.shape[1] % max(grid_width, 1)) != 0:
+        raise ValueError(f"scores must have shape (R, Hc * {grid_width}), got {tuple(scores.shape)}")
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"q must lie in [0, 1], got {q}")
+    rows, cols = rows.long(), cols.long()
+    hc = scores.shape[1] // max(grid_width, 1)
+    ys = torch.arange(hc, device=scores.device)
+    xs = torch.arange(grid_width, device=scores.device)
+    valid = ((ys[None, :] < rows[:, None])[:, :, None] & (xs[None, :] < cols[:, None])[:, None, :]).flatten(1)
+    return _masked_quantile(scores, valid, q, overwrite)
 
 
 def sample_where(mask: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
