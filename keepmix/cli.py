@@ -246,7 +246,15 @@ def _cmd_show(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``keepmix`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
-    return {"train": _cmd_train, "show": _cmd_show, "plot": _cmd_plot}[args.command](args)
+    try:
+        return {"train": _cmd_train, "show": _cmd_show, "plot": _cmd_plot}[args.command](args)
+    except BrokenPipeError:
+        # Output piped into a reader that stopped early (``keepmix train --list-presets | head``):
+        # not an error of ours; silence the interpreter's second complaint at exit too.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
