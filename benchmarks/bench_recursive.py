@@ -21,27 +21,14 @@ from pathlib import Path
 
 import torch
 
+from timing import cpu_model, sync  # noqa: E402  (benchmarks/ is the script's folder)
+
 from keepmix.mixing import CutMix
 from keepmix.models import build_model
 from keepmix.recursive import RecursiveMix
 from keepmix.targets import soft_target_cross_entropy
 
 RESULTS = Path(__file__).resolve().parent / "results" / "recursive.md"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -158,7 +145,7 @@ def main() -> None:
     if args.no_write:
         return
 
-    dev_desc = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}, {os.cpu_count()} logical cores visible, torch threads {args.threads}"
+    dev_desc = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_model()}, {os.cpu_count()} logical cores visible, torch threads {args.threads}"
     lines = [
         "# RecursiveMix vs CutMix: training-step time",
         "",

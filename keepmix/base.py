@@ -9,6 +9,7 @@ the op does to it.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from dataclasses import dataclass
 from typing import Literal
@@ -37,7 +38,7 @@ class RegionParams:
         return dataclasses.replace(self, **changes)
 
 
-class RegionOp(nn.Module):
+class RegionOp(nn.Module, metaclass=abc.ABCMeta):
     """Base of region-level ops (Cutout, RandomErasing, CutMix, RecursiveMix's paste).
 
     ``placement`` says how the op places a region of a given size, which is also the set of
@@ -51,8 +52,9 @@ class RegionOp(nn.Module):
 
     placement: Placement = "center"
 
+    @abc.abstractmethod
     def sample_params(self, images: Tensor, generator: torch.Generator | None = None) -> RegionParams:
-        raise NotImplementedError  # abstract: every concrete op defines it
+        """Draw this op's parameters for every image of ``images``."""
 
     def place(self, sizes: Tensor, height: int, width: int, generator: torch.Generator | None = None) -> Tensor:
         """Uniformly random boxes of the given sizes, following ``placement``."""

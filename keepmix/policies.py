@@ -24,6 +24,7 @@ Signed ops (shear, translate, rotate, the four enhance ops) get a random sign pe
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -456,7 +457,7 @@ def apply_ops(
 # --------------------------------------------------------------------------- modules
 
 
-class _Policy(nn.Module):
+class _Policy(nn.Module, metaclass=abc.ABCMeta):
     """Shared plumbing: fill, interpolation, apply / forward."""
 
     def __init__(self, fill: float | Sequence[float], interpolation: str) -> None:
@@ -489,8 +490,9 @@ class _Policy(nn.Module):
         """``apply(images, sample_params(images, generator))``."""
         return self.apply(images, self.sample_params(images, generator))
 
+    @abc.abstractmethod
     def sample_params(self, images: Tensor, generator: torch.Generator | None = None) -> PolicyParams:
-        raise NotImplementedError  # abstract: every policy defines it
+        """Draw each image's ops, magnitudes and signs."""
 
 
 class AutoAugment(_Policy):
