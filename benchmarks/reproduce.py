@@ -129,18 +129,19 @@ SCALES: dict[str, Scale] = {
         description="smoke test: small net, 40 train / 20 test images, 1 epoch",
         expected_time="well under a minute",
     ),
-    # About two hours for the 11-method, 2-seed grid on 2 CPU cores with --jobs 2. Timed with
-    # --estimate (8 steps per method, one thread per process) while other jobs kept the load
-    # at about 4 on the 2 cores: 1.3 h at 20 epochs, so about 2 h at 30 -- pessimistic, a
-    # quiet machine should take less. The small airbench-like net (0.66M parameters), a
-    # class-balanced 5,000-image subset (500 per class), the full 10,000-image test set
-    # evaluated once at the end. lr 0.05 at batch 64 is the paper's 0.1 at batch 128.
+    # About two hours for the 11-method, 2-seed grid on 2 CPU cores with --jobs 2. Measured on
+    # the grid itself: a plain cell (crop+flip only) took 18 min at 30 epochs on a loaded
+    # machine, a KeepCutout cell (full-resolution saliency) about twice a plain one, which put
+    # 30 epochs at over 3 h; 20 epochs brings the grid to about 1.7-2 h. The small
+    # airbench-like net (0.66M parameters), a class-balanced 5,000-image subset (500 per
+    # class), the full 10,000-image test set evaluated once at the end. lr 0.05 at batch 64 is
+    # the paper's 0.1 at batch 128.
     "cpu": Scale(
         "cpu",
-        dict(_COMMON, model="small", train_subset=5000, test_subset=0, epochs=30, batch_size=64, lr=0.05,
+        dict(_COMMON, model="small", train_subset=5000, test_subset=0, epochs=20, batch_size=64, lr=0.05,
              warmup_epochs=1.0, eval_every=None, log_every=20, device="cpu", amp="off", channels_last="off"),
         seeds=(0, 1), methods=tuple(m.key for m in GRID),
-        description="small CPU net (0.66M params), 5,000-image class-balanced CIFAR-10 subset, full 10k test set, 30 epochs",
+        description="small CPU net (0.66M params), 5,000-image class-balanced CIFAR-10 subset, full 10k test set, 20 epochs",
         expected_time="about 2 h with --jobs 2 on 2 cores",
     ),
     # About 25 minutes of H100 time for the whole grid: CIFAR ResNet-18 on all 50,000 training
