@@ -112,6 +112,8 @@ def build_trainer(model: str, variant: Variant, data: TrainData, args, run_dir: 
         progress=False, pictures=False, out_dir=str(run_dir), name="bench",
     )
     fields.update(variant.fields)
+    if fields.get("early_head") and args.early_block:
+        fields["early_block"] = args.early_block
     trainer = Trainer(TrainConfig(**fields), data=data, run_dir=run_dir / variant.label.replace(" ", "_"), log=lambda m: None)
     trainer.model.train()
     return trainer
@@ -238,9 +240,14 @@ def to_markdown(rows: list[dict], info: dict, args, command: str) -> str:
         "- baseline: the plain method **without** an early head (the paper's comparison: what switching from "
         "Cutout to KeepCutout costs). Early-head variants also train the head, so the ratio against "
         "\"method + early head\" (same model, head trained, no saliency) is given too: it isolates the saliency pass.",
-        "- early head: after the first stage (keepmix models' default `early_stage=1`): the saliency backward then "
-        "crosses only the stem and one stage (for CIFAR ResNet-18, about a quarter of the forward FLOPs); a later "
-        "stage would cost more, an earlier point (the stem alone) would be too shallow to predict the class.",
+        (
+            f"- early head: after the first {args.early_block} block(s) of the first stage (`--early-block "
+            f"{args.early_block}`, the models' `early_block`): the saliency pass crosses only the stem and those blocks."
+            if args.early_block else
+            "- early head: after the first stage (keepmix models' default `early_stage=1`): the saliency backward then "
+            "crosses only the stem and one stage (for CIFAR ResNet-18, about a quarter of the forward FLOPs); a later "
+            "stage would cost more, an earlier point (the stem alone) would be too shallow to predict the class."
+        ),
         "- low resolution: saliency on a copy downscaled by 2 (bicubic, antialiased), mapped back bilinearly.",
         "",
         "| model | variant | ms/step (min–max) | vs baseline | target | met? | vs method + early head |",
@@ -296,6 +303,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="write a torch.profiler table for variants that miss their target (default), all, or none")
     ap.add_argument("--out", default=str(RESULTS_DIR), help="directory for train_step.md and train_step.json")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--early-block", type=int, default=0,
+                    help="put the early head after this many blocks of the first stage (0: after the whole stage); "
+                         "results go to train_step_early_block<N>.md")
     ap.add_argument("--quick", action="store_true", help="batch 8, 1 step, 2 rounds: a smoke test")
     args = ap.parse_args(argv)
     args.batch = args.batch or (8 if args.quick else 128)
@@ -323,8 +333,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 rows += run_group(model, group, args, device, Path(tmp))
     command = "python benchmarks/bench_train_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
     md = to_markdown(rows, info, args, command.strip())
-    md_path, _ = write_results(args.out, "train_step", md, {"machine": info, "args": vars(args), "rows": rows})
-    print(f"wrote {md_path} and train_step.json")
+    stem = f"train_step_early_block{args.early_block}" if args.early_block else "train_step"
+    md_path, _ = write_results(args.out, stem, md, {"machine": info, "args": vars(args), "rows": rows})
+    print(f"wrote {md_path} and {stem}.json")
     return rows
 
 

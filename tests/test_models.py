@@ -546,3 +546,32 @@ def test_cuda_feature_hook_and_early_saliency():
     torch.testing.assert_close(m.classify(hook.features), logits)
     (g,) = torch.autograd.grad(m.early_logits(x)[:, 0].sum(), x)
     assert g.device.type == "cuda" and g.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["resnet18", "preact_resnet18", "resnet20", "wrn28_10"])
+def test_early_block_puts_the_head_inside_the_first_stage(name):
+    """``early_block=1``: the head reads the first block's output; early_logits runs only the
+    stem and that block, and forward_with_early still equals the plain forward."""
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=10, early_head=True, early_block=1).eval()
+    x = torch.randn(2, 3, 32, 32)
+    ran: list[str] = []
+    hooks = [m.register_forward_hook(lambda *_, n=n: ran.append(n)) for n, m in model.named_modules() if n.count(".") == 2 and n.startswith("stages.")]
+    early = model.early_logits(x)
+    for h in hooks:
+        h.remove()
+    assert ran == ["stages.0.0"]  # only the first block of the first stage
+    expected = model.early_head(model.stages[0][0](model.stem(x)))
+    assert torch.allclose(early, expected, atol=1e-6)
+    logits, early2 = model.forward_with_early(x)
+    assert torch.allclose(early2, early, atol=1e-5)
+    assert torch.allclose(logits, model(x), atol=1e-5)
+
+
+def test_early_block_errors():
+    with pytest.raises(ValueError, match="early_block must be an int"):
+        build_model("resnet18", early_head=True, early_block=3)
+    with pytest.raises(ValueError, match="sequence of blocks"):
+        build_model("small", early_head=True, early_block=1)
+    # The whole stage is the default placement.
+    assert build_model("resnet18", early_head=True, early_block=2).early_block is None

@@ -110,6 +110,7 @@ class ResNet18(KeepmixModel):
         blocks: Sequence[int] = (2, 2, 2, 2),
         early_stage: int = 1,
         early_grid: int = 1,
+        early_block: int | None = None,
     ) -> None:
         super().__init__()
         blocks = _check_blocks(blocks)
@@ -125,6 +126,7 @@ class ResNet18(KeepmixModel):
             early_head=early_head,
             early_stage=early_stage,
             early_grid=early_grid,
+            early_block=early_block,
             early_preact=False,
         )
 
@@ -145,6 +147,7 @@ class PreActResNet18(KeepmixModel):
         blocks: Sequence[int] = (2, 2, 2, 2),
         early_stage: int = 1,
         early_grid: int = 1,
+        early_block: int | None = None,
     ) -> None:
         super().__init__()
         blocks = _check_blocks(blocks)
@@ -159,5 +162,6 @@ class PreActResNet18(KeepmixModel):
             early_head=early_head,
             early_stage=early_stage,
             early_grid=early_grid,
+            early_block=early_block,
             early_preact=True,
         )

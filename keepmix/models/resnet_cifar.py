@@ -83,6 +83,7 @@ class CifarResNet(KeepmixModel):
         shortcut: Shortcut = "A",
         early_stage: int = 1,
         early_grid: int = 1,
+        early_block: int | None = None,
     ) -> None:
         super().__init__()
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6 != 0:
@@ -111,6 +112,7 @@ class CifarResNet(KeepmixModel):
             early_head=early_head,
             early_stage=early_stage,
             early_grid=early_grid,
+            early_block=early_block,
             early_preact=False,
         )
 

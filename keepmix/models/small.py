@@ -60,6 +60,7 @@ class SmallConvNet(KeepmixModel):
         widths: Sequence[int] = (48, 96, 192),
         early_stage: int = 1,
         early_grid: int = 1,
+        early_block: int | None = None,
     ) -> None:
         super().__init__()
         widths = tuple(widths)
@@ -82,5 +83,6 @@ class SmallConvNet(KeepmixModel):
             early_head=early_head,
             early_stage=early_stage,
             early_grid=early_grid,
+            early_block=early_block,
             early_preact=False,
         )

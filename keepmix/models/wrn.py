@@ -60,6 +60,7 @@ class WideResNet(KeepmixModel):
         dropout: float = 0.0,
         early_stage: int = 1,
         early_grid: int = 1,
+        early_block: int | None = None,
     ) -> None:
         super().__init__()
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6 != 0:
@@ -89,6 +90,7 @@ class WideResNet(KeepmixModel):
             early_head=early_head,
             early_stage=early_stage,
             early_grid=early_grid,
+            early_block=early_block,
             early_preact=True,
         )
 

@@ -80,6 +80,7 @@ class TrainConfig:
     model: str = _f("resnet18", "network: resnet18, preact_resnet18, resnet20, resnet56, resnet110, wrn28_10, small")
     early_head: bool = _f(False, "add the early-exit head (needed by saliency=early; trained jointly)")
     early_loss_weight: float = _f(0.3, "weight of the early head's loss in the training loss")
+    early_block: int = _f(0, "put the early head after this many blocks of the first stage (0 = after the whole stage, the paper's placement; ResNets and WRN only)")
     # --- method ----------------------------------------------------------------------------
     method: str = _f("none", "augmentation method applied after crop + flip", METHODS)
     saliency: str = _f("full", "saliency for Keep* methods: full, lowres (downscale first), early (early head), lowres+early", SALIENCY_MODES)
@@ -152,7 +153,7 @@ class TrainConfig:
         for n in ("epochs", "batch_size", "eval_every", "checkpoint_every", "log_every", "saliency_downscale",
                   "keep_paste_size", "cutout_length", "randaugment_n"):
             need(getattr(self, n) >= 1, n, ">= 1")
-        for n in ("train_subset", "test_subset", "crop_padding", "threads", "max_steps_per_epoch", "randaugment_m",
+        for n in ("train_subset", "test_subset", "crop_padding", "threads", "max_steps_per_epoch", "randaugment_m", "early_block",
                   "lr", "weight_decay", "warmup_epochs", "min_lr", "momentum", "early_loss_weight", "recursivemix_omega"):
             need(getattr(self, n) >= 0, n, ">= 0")
         need(self.lr > 0, "lr", "> 0")
@@ -274,3 +275,8 @@ def load_config(path: str | Path) -> TrainConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of option: value, got {type(data).__name__}")
     return config_from_dict(data, where=str(path))
+
+
+def early_head_kwargs(config: TrainConfig) -> dict:
+    """Model keyword arguments for the early head's placement (none when it is the default)."""
+    return {"early_block": config.early_block} if config.early_head and config.early_block else {}

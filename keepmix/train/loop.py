@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from keepmix.targets import SoftTargetCrossEntropy
 from keepmix.train.checkpoint import CheckpointError, check_model_state, load_checkpoint, save_checkpoint
-from keepmix.train.config import TrainConfig, config_from_dict, save_config
+from keepmix.train.config import TrainConfig, config_from_dict, save_config, early_head_kwargs
 from keepmix.train.data import TrainData, load_data, steps_per_epoch, train_loader
 from keepmix.train.distributed import DistInfo, all_reduce_sum, any_rank, gather_objects, init_distributed
 from keepmix.train.methods import Method, StepBatch, build_method
@@ -86,14 +86,7 @@ class TrainForward(nn.Module):
                 return logits, early, None
             return m(x), None, None
         if self.early:
-            # One pass for logits, early logits and features (KeepmixModel's layout).
-            h = m.stem(x)
-            early = None
-            for i, stage in enumerate(m.stages, start=1):
-                h = stage(h)
-                if i == m.early_stage:
-                    early = m.early_head(h)
-            feats = m.norm(h)
+            feats, early = m.forward_features_with_early(x)  # one pass for both
         else:
             early, feats = None, m.forward_features(x)
         return m.classify(feats), early, feature_loss(feats)
@@ -152,7 +145,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         from keepmix.models import build_model
 
-        model = build_model(config.model, num_classes=self.num_classes, early_head=config.early_head)
+        model = build_model(config.model, num_classes=self.num_classes, early_head=config.early_head, **early_head_kwargs(config))
         self.use_amp = config.amp == "on" or (config.amp == "auto" and self.device.type == "cuda")
         self.amp_dtype = torch.bfloat16 if config.amp_dtype == "bfloat16" else torch.float16
         self.channels_last = config.channels_last == "on" or (config.channels_last == "auto" and self.device.type == "cuda")

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from keepmix.train.config import METHODS, ConfigError, TrainConfig
+from keepmix.train.config import METHODS, ConfigError, TrainConfig, early_head_kwargs
 
 __all__ = ["DEFAULT_SHOW_METHODS", "method_ops", "show", "save_run_grid"]
 
@@ -79,7 +79,7 @@ def show(
         config = TrainConfig(dataset=dataset, data_dir=data_dir, model=model, seed=seed)
     config = config.replace(train_subset=0, test_subset=0)
     data = load_data(config)
-    net = build_model(config.model, num_classes=len(data.classes), early_head=config.early_head)
+    net = build_model(config.model, num_classes=len(data.classes), early_head=config.early_head, **early_head_kwargs(config))
     if state is not None:
         check_model_state(net, state["model"])
         net.load_state_dict(state["model"])
