@@ -246,7 +246,8 @@ def to_markdown(rows: list[dict], info: dict, args, command: str) -> str:
             if args.early_block else
             "- early head: after the first stage (keepmix models' default `early_stage=1`): the saliency backward then "
             "crosses only the stem and one stage (for CIFAR ResNet-18, about a quarter of the forward FLOPs); a later "
-            "stage would cost more, an earlier point (the stem alone) would be too shallow to predict the class."
+            "stage would cost more; a head one block in is cheaper but its saliency agrees about half as well with the "
+            "full map's (benchmarks/RESULTS.md section 1, `saliency_agreement.py`)."
         ),
         "- low resolution: saliency on a copy downscaled by 2 (bicubic, antialiased), mapped back bilinearly.",
         "",
@@ -306,6 +307,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--early-block", type=int, default=0,
                     help="put the early head after this many blocks of the first stage (0: after the whole stage); "
                          "results go to train_step_early_block<N>.md")
+    ap.add_argument("--stem", default=None,
+                    help="results file name without extension (default train_step, or train_step_early_block<N>)")
     ap.add_argument("--quick", action="store_true", help="batch 8, 1 step, 2 rounds: a smoke test")
     args = ap.parse_args(argv)
     args.batch = args.batch or (8 if args.quick else 128)
@@ -333,7 +336,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 rows += run_group(model, group, args, device, Path(tmp))
     command = "python benchmarks/bench_train_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
     md = to_markdown(rows, info, args, command.strip())
-    stem = f"train_step_early_block{args.early_block}" if args.early_block else "train_step"
+    stem = args.stem or (f"train_step_early_block{args.early_block}" if args.early_block else "train_step")
     md_path, _ = write_results(args.out, stem, md, {"machine": info, "args": vars(args), "rows": rows})
     print(f"wrote {md_path} and {stem}.json")
     return rows

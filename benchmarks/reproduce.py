@@ -7,6 +7,7 @@ run, and one plain sentence per comparison saying whether ours shows the paper's
 
     python benchmarks/reproduce.py --scale tiny                 # seconds: a smoke test
     python benchmarks/reproduce.py --scale cpu --jobs 2         # ~2 h on 2 CPU cores
+    python benchmarks/reproduce.py --scale early --jobs 2       # ~1.5 h: where the early head sits (ResNet-20)
     python benchmarks/reproduce.py --scale gpu                  # ~25 min on one H100
     python benchmarks/reproduce.py --scale cpu --estimate       # time a few steps per method, print the estimate
     python benchmarks/reproduce.py --scale cpu --report-only    # rebuild the table from finished runs
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import functools
 import io
 import json
 import math
@@ -78,11 +80,27 @@ GRID: tuple[GridMethod, ...] = (
                "CIFAR-100 PyramidNet-200, error 16.45 -> 16.53"),
     GridMethod("keepcutout", "KeepCutout (full)", {"method": "keepcutout", "saliency": "full"}, "cutout", 0.5,
                "CIFAR-10 ResNet-18, 95.6 -> 96.1", 38 / 19),
+    # The control: the same quantile rule on a constant map. A box's importance is then its
+    # area, so only boxes clipped by the border are cut (Cutout made weaker, no image content):
+    # KeepCutout's gain over this row is what the saliency itself adds.
+    GridMethod("keepcutout_uniform", "KeepCutout (uniform map: control)", {"method": "keepcutout", "saliency": "uniform"},
+               "cutout", None, "control, not in the paper: the quantile rule with no saliency"),
     GridMethod("keepcutout_lowres", "KeepCutout (low-res)", {"method": "keepcutout", "saliency": "lowres"}, "cutout", 0.6,
                "CIFAR-10 ResNet-18, 95.6 -> 96.2", 24 / 19),
+    # The early-head variants also train the head (loss weight 0.3 on the first stage's
+    # features), which changes the network whatever the saliency does: this control trains it
+    # with plain Cutout, so the early variants can be read against it.
+    GridMethod("cutout_earlyhead", "Cutout + early head (control)", {"method": "cutout", "early_head": True},
+               "cutout", None, "control, not in the paper: the early head's auxiliary loss alone, no saliency"),
     GridMethod("keepcutout_early", "KeepCutout (early)",
                {"method": "keepcutout", "saliency": "early", "early_head": True}, "cutout", 0.4,
                "CIFAR-10 ResNet-18, 95.6 -> 96.0", 23 / 19),
+    # The head one block into the first stage: the placement that meets the issue's step-cost
+    # target (benchmarks/RESULTS.md section 1). Needs a model whose first stage has several
+    # blocks (the ResNets, WRN), so it is not in the small net's cpu grid.
+    GridMethod("keepcutout_early1", "KeepCutout (early, block 1)",
+               {"method": "keepcutout", "saliency": "early", "early_head": True, "early_block": 1}, "cutout", 0.4,
+               "the paper's early head (95.6 -> 96.0) sits after the whole first stage; ours after its first block"),
     GridMethod("cutmix", "CutMix", {"method": "cutmix"}, "none", 2.22,
                "CIFAR-100 PyramidNet-200, error 16.45 -> 14.23"),
     GridMethod("keepcutmix", "KeepCutMix", {"method": "keepcutmix", "saliency": "full"}, "cutmix", 0.4,
@@ -140,20 +158,39 @@ SCALES: dict[str, Scale] = {
         "cpu",
         dict(_COMMON, model="small", train_subset=5000, test_subset=0, epochs=20, batch_size=64, lr=0.05,
              warmup_epochs=1.0, eval_every=None, log_every=20, device="cpu", amp="off", channels_last="off"),
-        seeds=(0, 1), methods=tuple(m.key for m in GRID),
+        seeds=(0, 1), methods=tuple(m.key for m in GRID if m.key != "keepcutout_early1"),
         description="small CPU net (0.66M params), 5,000-image class-balanced CIFAR-10 subset, full 10k test set, 20 epochs",
         expected_time="about 2 h with --jobs 2 on 2 cores",
+    ),
+    # Where the early head sits, at the cpu scale's settings on a network whose first stage has
+    # several blocks: CIFAR ResNet-20 (3 stages of 3 basic blocks, 0.27M parameters; its step
+    # costs about what the small net's does on a CPU). The head after the whole first stage (the
+    # paper's placement) against the head after its first block (which meets the step-cost
+    # target), with full-resolution KeepCutout, the two controls and plain Cutout beside them. Three
+    # seeds (ResNet-20's seed-to-seed spread at this scale is 1-2 points): 18 cells, about 1.5 h
+    # with --jobs 2 on 2 cores.
+    "early": Scale(
+        "early",
+        dict(_COMMON, model="resnet20", train_subset=5000, test_subset=0, epochs=20, batch_size=64, lr=0.05,
+             warmup_epochs=1.0, eval_every=None, log_every=20, device="cpu", amp="off", channels_last="off"),
+        seeds=(0, 1, 2), methods=("cutout", "keepcutout", "keepcutout_uniform", "cutout_earlyhead", "keepcutout_early",
+                               "keepcutout_early1"),
+        description="early-head placement: CIFAR ResNet-20 (0.27M params), 5,000-image class-balanced CIFAR-10 "
+                    "subset, full 10k test set, 20 epochs",
+        expected_time="about 1.5 h with --jobs 2 on 2 cores",
     ),
     # About 25 minutes of H100 time for the whole grid: CIFAR ResNet-18 on all 50,000 training
     # images, bf16 autocast, channels_last, the dataset on the GPU (the harness's loader).
     # Batch 512 with lr 0.4 (the paper's 0.1 at 128, scaled linearly) and 2 warm-up epochs.
+    # 13 epochs: 15 were budgeted for 22 cells; the 6 added since (the two controls and the
+    # head after one block, 2 seeds each) cost about a Cutout cell each.
     "gpu": Scale(
         "gpu",
-        dict(_COMMON, model="resnet18", train_subset=0, test_subset=0, epochs=15, batch_size=512, lr=0.4,
+        dict(_COMMON, model="resnet18", train_subset=0, test_subset=0, epochs=13, batch_size=512, lr=0.4,
              warmup_epochs=2.0, eval_every=5, log_every=50, device="cuda", amp="on", amp_dtype="bfloat16",
              channels_last="on"),
-        seeds=(0, 1), methods=tuple(m.key for m in GRID),
-        description="CIFAR ResNet-18, full CIFAR-10 (50k / 10k), bf16, channels_last, data on the GPU, 15 epochs",
+        seeds=(0, 1), methods=tuple(m.key for m in GRID),  # keepcutout_early1 included: ResNet-18 has blocks
+        description="CIFAR ResNet-18, full CIFAR-10 (50k / 10k), bf16, channels_last, data on the GPU, 13 epochs",
         expected_time="about 25 min on one H100 (estimate; check with --estimate)",
     ),
 }
@@ -182,7 +219,23 @@ def cell_config(scale: Scale, method: str, seed: int, overrides: Mapping[str, An
     # A shortened run (--epochs) keeps a warm-up no longer than itself.
     if "warmup_epochs" not in (overrides or {}):
         values["warmup_epochs"] = min(float(values.get("warmup_epochs", 0.0)), float(values["epochs"]))
-    return config_from_dict(values, where=f"the {scale.name} grid ({method}, seed {seed})")
+    config = config_from_dict(values, where=f"the {scale.name} grid ({method}, seed {seed})")
+    why = _model_problem(config.model, config.early_head, config.early_block)
+    if why:  # refuse before training rather than fail in the cell
+        raise GridError(f"{method} cannot run on {config.model}: {why}")
+    return config
+
+
+@functools.lru_cache(maxsize=None)
+def _model_problem(model: str, early_head: bool, early_block: int) -> str | None:
+    """Why a model with these early-head options cannot be built (None: it can)."""
+    from keepmix.models import build_model
+
+    try:
+        build_model(model, num_classes=10, early_head=early_head, **({"early_block": early_block} if early_block else {}))
+    except (ValueError, TypeError, KeyError) as e:
+        return str(e)
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -486,7 +539,8 @@ class Row:
     acc_mean: float | None
     acc_std: float | None  # sample std (n - 1); None below 2 seeds
     gain: float | None  # mean - base mean
-    gain_se: float | None  # standard error of that difference: sqrt(s_a^2/n_a + s_b^2/n_b)
+    gain_se: float | None  # standard error of that difference, from the grid's pooled spread
+    gain_tol: float | None  # half-width of its 95% interval: t(0.975, df) * gain_se
     paper_gain: float | None
     paper_note: str
     time_mean_s: float | None
@@ -502,12 +556,65 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) >= 2 else None)
 
 
+# Two-sided 95% quantiles of Student's t by degrees of freedom; between entries the lower df's
+# (larger, so conservative) value applies.
+_T975 = ((1, 12.706), (2, 4.303), (3, 3.182), (4, 2.776), (5, 2.571), (6, 2.447), (7, 2.365), (8, 2.306),
+         (9, 2.262), (10, 2.228), (12, 2.179), (15, 2.131), (20, 2.086), (30, 2.042), (60, 2.000), (120, 1.980),
+         (1000, 1.962))
+
+
+def t975(df: float) -> float:
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (conservative between table entries)."""
+    for d, t in reversed(_T975):
+        if df >= d:
+            return t
+    return _T975[0][1]
+
+
+@dataclass(frozen=True)
+class Spread:
+    """The seed-to-seed spread of test accuracy, pooled over every method of a grid."""
+
+    sd: float  # sqrt(sum (n_i - 1) s_i^2 / sum (n_i - 1))
+    df: int  # sum (n_i - 1)
+
+
+def pooled_spread(groups: Iterable[tuple[int, float | None]]) -> Spread | None:
+    """Pool ``(n, sample std)`` of each method into one spread (None without any repeated seed).
+
+    Every cell of a grid shares the set-up and the seeds drive its noise, so one spread for
+    the grid is estimated from all methods together: with 2-3 seeds a method's own std is
+    itself very uncertain (two seeds can agree to 0.01 points by chance), and a test built on
+    it alone would have one degree of freedom.
+    """
+    num = den = 0.0
+    for n, std in groups:
+        if n >= 2 and std is not None:
+            num += (n - 1) * std ** 2
+            den += n - 1
+    return Spread(math.sqrt(num / den), int(den)) if den else None
+
+
+def difference(mean_a: float, n_a: int, mean_b: float, n_b: int,
+               spread: Spread | None) -> tuple[float, float | None, float | None]:
+    """``(mean_a - mean_b, its standard error, the half-width of its 95% interval)``:
+    ``se = sd * sqrt(1/n_a + 1/n_b)`` with the grid's pooled ``sd``, and the interval
+    ``t(0.975, df) * se`` (2.18 standard errors for the 13-method, 2-seed CPU grid; a normal
+    "2 se" rule would ignore how few seeds there are). None without a spread."""
+    diff = mean_a - mean_b
+    if spread is None:
+        return diff, None, None
+    se = spread.sd * math.sqrt(1.0 / n_a + 1.0 / n_b)
+    return diff, se, t975(spread.df) * se
+
+
 def verdict(label: str, base_label: str | None, gain: float | None, se: float | None,
-            paper: float | None, n: int, n_base: int) -> str:
+            paper: float | None, n: int, n_base: int, tol: float | None = None) -> str:
     """One plain sentence: does ours show the paper's gain over the base?
 
-    "Beyond the spread" means ``|gain| > 2 se`` with ``se`` the standard error of the
-    difference of the two means; below that the seeds cannot tell the difference from zero.
+    "Beyond the spread" means ``|gain| > tol``, the half-width of the 95% interval of the
+    difference of the two means (:func:`difference`; ``2 se`` when not given); below that the
+    seeds cannot tell the difference from zero.
     """
     if base_label is None:
         return ""
@@ -516,7 +623,7 @@ def verdict(label: str, base_label: str | None, gain: float | None, se: float | 
     if se is None:
         return (f"{label}: {gain:+.2f} points over {base_label} from {min(n, n_base)} seed(s); "
                 "no spread can be estimated from one seed, so no conclusion.")
-    tol = 2 * se
+    tol = 2 * se if tol is None else tol
     ours = f"{gain:+.2f} ± {se:.2f}"
     if paper is None:
         if abs(gain) <= tol:
@@ -537,6 +644,48 @@ def verdict(label: str, base_label: str | None, gain: float | None, se: float | 
             f"is within the seed spread of zero; {also}.")
 
 
+CONTROL = "keepcutout_uniform"
+EARLY_CONTROL = "cutout_earlyhead"
+
+
+def _against(r: Row, ctrl: Row, spread: Spread | None, name: str, same: str, better: str, worse: str) -> str:
+    diff, se, tol = difference(r.acc_mean, r.n, ctrl.acc_mean, ctrl.n, spread)
+    if se is None:
+        return f"{r.label}: {diff:+.2f} points over {name} from one seed per method; no spread, no conclusion."
+    what = same if abs(diff) <= tol else better if diff > 0 else worse
+    return f"{r.label}: {diff:+.2f} ± {se:.2f} points over {name}, {what}."
+
+
+def control_sentences(rows: Sequence[Row]) -> list[str]:
+    """KeepCutout variants against the controls: the uniform map (what the saliency adds beyond
+    the quantile rule's geometry) and, for early-head variants, Cutout + early head instead
+    (their network also trains the head's auxiliary loss, which the uniform control does not,
+    so only that control isolates their saliency). Empty without the controls."""
+    by = {r.method: r for r in rows}
+    ctrl, early_ctrl = by.get(CONTROL), by.get(EARLY_CONTROL)
+    spread = pooled_spread((r.n, r.acc_std) for r in rows)
+    out = []
+    for r in rows:
+        fields = GRID_BY_KEY[r.method].fields
+        if r.method == CONTROL or fields.get("method") != "keepcutout" or r.acc_mean is None:
+            continue
+        if not fields.get("early_head") and ctrl is not None and ctrl.acc_mean is not None:
+            out.append(_against(
+                r, ctrl, spread, "the uniform-map control",
+                "within the seed spread of zero: at this scale the saliency map adds nothing measurable beyond the "
+                "rule's choice of border-clipped boxes",
+                "beyond the seed spread: the saliency map itself adds accuracy",
+                "below the control beyond the seed spread: this saliency steers the cut to worse regions than area alone"))
+        if fields.get("early_head") and early_ctrl is not None and early_ctrl.acc_mean is not None:
+            out.append(_against(
+                r, early_ctrl, spread, "Cutout + early head",
+                "within the seed spread of zero: the early head's saliency adds nothing measurable to a network that "
+                "trains the same head",
+                "beyond the seed spread: the early head's saliency adds accuracy beyond its auxiliary loss",
+                "below it beyond the seed spread: the early head's saliency steers the cut to worse regions"))
+    return out
+
+
 def aggregate(records: Iterable[RunRecord], methods: Sequence[str]) -> list[Row]:
     """One :class:`Row` per method in ``methods`` (grid order), with gains over the base."""
     by_method: dict[str, list[RunRecord]] = {m: [] for m in methods}
@@ -548,26 +697,25 @@ def aggregate(records: Iterable[RunRecord], methods: Sequence[str]) -> list[Row]
         mean, std = mean_std(accs)
         t_mean = statistics.fmean([r.train_time_s for r in recs]) if recs else None
         stats[m] = (len(recs), mean, std, t_mean, sorted(r.seed for r in recs))
+    spread = pooled_spread((st[0], st[2]) for st in stats.values())
     rows = []
     for m in methods:
         g = GRID_BY_KEY[m]
         n, mean, std, t_mean, seeds = stats[m]
         base = g.base if g.base in by_method else None
-        gain = se = ratio = None
+        gain = se = tol = ratio = None
         n_base = 0
         if base is not None:
             n_base, b_mean, b_std, b_t, _ = stats[base]
             if mean is not None and b_mean is not None:
-                gain = mean - b_mean
-                if std is not None and b_std is not None:
-                    se = math.sqrt(std ** 2 / n + b_std ** 2 / n_base)
+                gain, se, tol = difference(mean, n, b_mean, n_base, spread)
             if t_mean is not None and b_t:
                 ratio = t_mean / b_t
         base_label = GRID_BY_KEY[g.base].label if g.base is not None else None
-        row = Row(m, g.label, g.base, base_label, n, seeds, mean, std, gain, se, g.paper_gain, g.paper_note,
+        row = Row(m, g.label, g.base, base_label, n, seeds, mean, std, gain, se, tol, g.paper_gain, g.paper_note,
                   t_mean, ratio, g.paper_cost)
         if g.base is not None:
-            row.verdict = verdict(g.label, base_label, gain, se, g.paper_gain, n, n_base) if base is not None else \
+            row.verdict = verdict(g.label, base_label, gain, se, g.paper_gain, n, n_base, tol) if base is not None else \
                 f"{g.label}: its base {base_label} was not in this grid, so no comparison."
         rows.append(row)
     return rows
@@ -645,8 +793,13 @@ def render_markdown(rows: Sequence[Row], meta: Mapping[str, Any]) -> str:
       "(when train_subset > 0) which class-balanced subset is used. SGD with cosine decay after a linear warm-up; "
       "every other field keeps keepmix's TrainConfig default.\n")
     w("- accuracy: top-1 on the test set after the last epoch (not the best epoch); mean ± sample std over seeds.\n")
-    w("- gain: mean minus the base method's mean, ± the standard error of that difference "
-      "(sqrt(s1²/n1 + s2²/n2)). \"Within the seed spread\" below means |gain| <= 2 standard errors.\n")
+    spread = pooled_spread((r.n, r.acc_std) for r in rows)
+    pooled = ("no method has two finished seeds yet, so no spread" if spread is None else
+              f"s = {spread.sd:.2f} points with {spread.df} degrees of freedom, so t(0.975) = {t975(spread.df):.2f}")
+    w("- gain: mean minus the base method's mean, ± its standard error s·sqrt(1/n1 + 1/n2), where s is the "
+      "seed-to-seed standard deviation pooled over every method of this grid (one set-up, so one noise level; "
+      f"a 2-seed method's own std is too uncertain to test with): {pooled}. \"Within the seed spread\" below "
+      "means |difference| <= t(0.975) standard errors (a 95% two-sided t test); \"beyond\" means outside it.\n")
     w("- train time: the training steps of one run (augmentation, saliency, forward, backward, update), without "
       "evaluation; x base = that time over the base method's. The paper's cost ratio (KeepAugment Table: ResNet-18 "
       "Cutout 19, KeepCutout 38, +low-res 24, +early 23) stands beside ours.\n")
@@ -666,10 +819,16 @@ def render_markdown(rows: Sequence[Row], meta: Mapping[str, Any]) -> str:
         w(f"| {r.label} | {r.base_label or '—'} | {acc} | {gain} | {paper} | {_fmt_time(r.time_mean_s)} | "
           f"{ratio} | {r.paper_note or '—'} |\n")
     w("\n## Does ours show the paper's gain?\n\n")
-    keep = [r for r in rows if r.method.startswith("keep") and r.verdict]
-    other = [r for r in rows if not r.method.startswith("keep") and r.verdict]
+    keep = [r for r in rows if r.base != "none" and r.verdict]
+    other = [r for r in rows if r.base == "none" and r.verdict]
     for r in keep:
         w(f"- {r.verdict}\n")
+    against_control = control_sentences(rows)
+    if against_control:
+        w("\nAgainst the controls (the same quantile rule on a constant map, which only ever cuts boxes the border "
+          "clips; Cutout training the same early head): what the saliency itself adds.\n\n")
+        for sentence in against_control:
+            w(f"- {sentence}\n")
     if other:
         w("\nThe plain methods against crop+flip only:\n\n")
         for r in other:
@@ -678,7 +837,8 @@ def render_markdown(rows: Sequence[Row], meta: Mapping[str, Any]) -> str:
     if missing:
         w(f"\nCells without a finished run (not in the table): {', '.join(missing)}.\n")
     w("\n## Rerunning\n\n")
-    w(f"`{meta['command']}` ({meta['expected_time']}; this grid's cells took {_fmt_time(meta.get('total_train_time_s'))} "
+    rerun = " ".join(part for part in meta["command"].split() if part != "--report-only")
+    w(f"`{rerun}` ({meta['expected_time']}; this grid's cells took {_fmt_time(meta.get('total_train_time_s'))} "
       f"of training in total, {_fmt_time(meta.get('total_wall_time_s'))} of run time summed over cells). "
       "Finished cells are skipped and interrupted ones resume from their checkpoint; "
       "`--report-only` rebuilds this page from the run directories. With the same seeds on the same device and "
@@ -757,7 +917,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python benchmarks/reproduce.py",
         description=__doc__.split("\n\n")[0] + " Methods: " + ", ".join(GRID_BY_KEY) + ".",
     )
-    p.add_argument("--scale", choices=sorted(SCALES), default="cpu", help="grid size: tiny (seconds), cpu (~2 h), gpu (~25 min on an H100); default cpu")
+    p.add_argument("--scale", choices=sorted(SCALES), default="cpu", help="grid size: tiny (seconds), cpu (~2 h), early (early-head placement on ResNet-20, ~1.5 h), gpu (~25 min on an H100); default cpu")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the scale's, 0 1)")
     p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                    help=f"subset of the grid (default: the scale's); choices: {', '.join(GRID_BY_KEY)}")
@@ -766,6 +926,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None,
                    help="CIFAR-10 ImageFolder tarball or folder (train/ and test/); default: $KEEPMIX_CIFAR10_JPEG, "
                         "else ../shared/data/cifar10-jpeg.tar.gz, else the official download")
+    p.add_argument("--model", default=None, help="override the scale's model (a keepmix model name, e.g. resnet20)")
     p.add_argument("--device", default=None, help="override the scale's device (cpu, cuda, cuda:N)")
     p.add_argument("--jobs", type=int, default=1, help="cells trained at a time (default 1, in this process; >1: subprocesses, cores split among them)")
     p.add_argument("--epochs", type=int, default=None, help="override the scale's epochs")
@@ -797,7 +958,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("reproduce: error: --jobs must be >= 1", file=sys.stderr)
         return 2
     overrides: dict[str, Any] = {}
-    for opt, fld in (("device", "device"), ("epochs", "epochs"), ("train_subset", "train_subset"),
+    for opt, fld in (("model", "model"), ("device", "device"), ("epochs", "epochs"), ("train_subset", "train_subset"),
                      ("test_subset", "test_subset"), ("batch_size", "batch_size")):
         if getattr(args, opt) is not None:
             overrides[fld] = getattr(args, opt)

@@ -34,7 +34,7 @@ from keepmix.models import FeatureHook, KeepmixModel, build_model, list_models
 from keepmix.policies import AutoAugment, PolicyParams, RandAugment, TrivialAugmentWide
 from keepmix.recursive import KeepRecursiveMix, RecursiveMix, RecursiveMixInfo, RecursiveMixParams
 from keepmix.regional import Cutout, CutoutParams, RandomErasing, RandomErasingParams
-from keepmix.saliency import Saliency, saliency_map
+from keepmix.saliency import Saliency, saliency_map, uniform_saliency
 from keepmix.targets import SoftTargetCrossEntropy, mix_targets, soft_target_cross_entropy, to_soft_targets
 # `train` (the function) stays in keepmix.train: re-exported here it would hide the subpackage.
 from keepmix.train import TrainConfig, get_preset
@@ -48,7 +48,7 @@ __all__ = [
     # image-level policies
     "AutoAugment", "RandAugment", "TrivialAugmentWide", "PolicyParams",
     # KeepAugment
-    "Saliency", "saliency_map", "KeepCut", "KeepPaste", "KeepSelection", "select_boxes",
+    "Saliency", "saliency_map", "uniform_saliency", "KeepCut", "KeepPaste", "KeepSelection", "select_boxes",
     "KeepCutout", "KeepRandomErasing", "KeepCutMix", "KeepAutoAugment", "KeepRandAugment",
     # RecursiveMix
     "RecursiveMix", "RecursiveMixInfo", "RecursiveMixParams", "KeepRecursiveMix",

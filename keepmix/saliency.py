@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from keepmix._checks import check_images
 
-__all__ = ["Saliency", "saliency_map"]
+__all__ = ["Saliency", "saliency_map", "uniform_saliency"]
 
 LogitsFn = Callable[[Tensor], Tensor]
 BatchNormMode = Literal["eval", "batch"]
@@ -94,6 +94,18 @@ def saliency_map(logits_fn: LogitsFn, images: Tensor, labels: Tensor | None = No
     if grad is None:  # the logits do not depend on the input at all: a zero map
         return torch.zeros(images.shape[0], *images.shape[2:], device=images.device)
     return grad.abs().amax(dim=1).float()
+
+
+def uniform_saliency(images: Tensor, labels: Tensor | None = None) -> Tensor:
+    """A constant (B, H, W) float32 map of ones: KeepAugment with no image content.
+
+    An ablation control, not a saliency: with it a region's importance is its (clipped) area,
+    so the quantile rule still steers Keep* ops (selective-cut then only cuts boxes clipped by
+    the border, selective-paste pastes whole boxes), and a Keep* method's gain over this control
+    is what the saliency itself adds. Same signature as a :class:`Saliency`; ``labels`` unused.
+    """
+    check_images(images)
+    return torch.ones(images.shape[0], *images.shape[-2:], device=images.device)
 
 
 class Saliency:

@@ -78,3 +78,22 @@ def cifar_uint8(_cifar_batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor
 def cifar_labels(_cifar_batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """(64,) int64 class ids of ``cifar_uint8`` (index into the sorted class names)."""
     return _cifar_batch[1].clone()
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory, cifar_uint8, cifar_labels) -> Path:
+    """An ImageFolder tree of real CIFAR-10 images: 40 train (4 per class), 24 test (>= 2 per class)."""
+    root = tmp_path_factory.mktemp("cifar_tiny")
+    for i, (img, label) in enumerate(zip(cifar_uint8, cifar_labels)):
+        split = "train" if i < 40 else "test"
+        d = root / split / CIFAR10_CLASSES[int(label)]
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(d / f"{i:04d}.png")  # lossless: exact pixels
+    return root
+
+
+@pytest.fixture
+def isolated_env(monkeypatch, tmp_path):
+    """The decoded-tensor cache and the data override stay inside this test."""
+    monkeypatch.setenv("KEEPMIX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("KEEPMIX_CIFAR10_JPEG", raising=False)

@@ -230,6 +230,12 @@ def test_bench_train_step_quick_writes_every_row(tmp_path):
     assert "## Profiles" in md and "saliency pass" in md and "Self CPU" in md
 
 
+def test_bench_train_step_stem_names_the_results_file(tmp_path):
+    bench_train_step.main(["--quick", "--models", "small", "--groups", "cutmix", "--batch", "4", "--repeats", "1",
+                           "--threads", "1", "--profile", "never", "--out", str(tmp_path), "--stem", "rerun"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rerun.json", "rerun.md"]
+
+
 def test_train_step_groups_define_their_baselines():
     for variants in bench_train_step.GROUPS.values():
         labels = {v.label for v in variants}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from keepmix.train.checkpoint import CheckpointError, check_model_state, load_checkpoint, save_checkpoint, to_cpu
+from keepmix.train.checkpoint import FORMAT_VERSION, CheckpointError, check_model_state, load_checkpoint, save_checkpoint, to_cpu
 
 
 def _state(seed: int) -> dict:
@@ -86,3 +86,21 @@ def test_to_cpu_detaches_and_keeps_structure():
     x = torch.ones(2, requires_grad=True) * 2
     out = to_cpu({"a": [x, (x, 1)], "b": None})
     assert not out["a"][0].requires_grad and isinstance(out["a"][1], tuple) and out["b"] is None
+
+
+def test_load_trained_model_rebuilds_the_run_architecture(tmp_path):
+    """The model of a run comes back with its early head, trained weights and eval mode."""
+    from keepmix.models import build_model
+    from keepmix.train.checkpoint import load_trained_model
+    from keepmix.train.config import TrainConfig
+
+    cfg = TrainConfig(model="resnet20", early_head=True, early_block=1, method="keepcutout", saliency="early")
+    torch.manual_seed(0)
+    model = build_model("resnet20", num_classes=10, early_head=True, early_block=1)
+    save_checkpoint({"format_version": FORMAT_VERSION, "config": cfg.to_dict(), "model": model.state_dict()}, tmp_path / "checkpoint.pt")
+    loaded, config = load_trained_model(tmp_path, num_classes=10)
+    assert config == cfg and loaded.early_block == 1 and not loaded.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    with pytest.raises(CheckpointError, match="another model"):
+        load_trained_model(tmp_path, num_classes=100)  # the fc of another dataset

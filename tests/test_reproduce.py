@@ -14,35 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("reproduce", REPO / "benchmarks" / "reproduce.py")
 rp = importlib.util.module_from_spec(_spec)
 sys.modules["reproduce"] = rp  # dataclasses look their module up by name
 _spec.loader.exec_module(rp)
-
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory, cifar_uint8, cifar_labels) -> Path:
-    """An ImageFolder tree of real CIFAR-10 images: 40 train (4 per class), 24 test (>= 2 per class)."""
-    root = tmp_path_factory.mktemp("cifar_tiny")
-    for i, (img, label) in enumerate(zip(cifar_uint8, cifar_labels)):
-        split = "train" if i < 40 else "test"
-        d = root / split / CLASSES[int(label)]
-        d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img.permute(1, 2, 0).numpy()).save(d / f"{i:04d}.png")  # lossless: exact pixels
-    return root
-
-
-@pytest.fixture
-def isolated_env(monkeypatch, tmp_path):
-    # The decoded-tensor cache and the data override stay inside this test.
-    monkeypatch.setenv("KEEPMIX_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("KEEPMIX_CIFAR10_JPEG", raising=False)
-
 
 TABLE_ROW = re.compile(
     r"^\| (?P<label>[^|]+) \| (?P<base>[^|]+) \| (?P<mean>\d+\.\d\d) ± (?P<std>\d+\.\d\d|n/a) \(n=(?P<n>\d+)\) \| "
@@ -108,6 +85,11 @@ def test_tiny_scale_end_to_end_writes_a_parsable_table_and_resumes(tmp_path, tin
     assert "training" not in capsys.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in runs.glob("*/final.json")} == stamps
     assert _table_rows((out / "reproduce_tiny.md").read_text()) == rows
+    # --report-only rebuilds the same table; its "Rerunning" line gives the grid's command.
+    assert rp.main(argv + ["--report-only"]) == 0
+    md = (out / "reproduce_tiny.md").read_text()
+    assert _table_rows(md) == rows and "--report-only" in md.split("## Rerunning")[0]
+    assert "--report-only`" not in md.split("## Rerunning")[1].split("(")[0]  # the command itself
 
 
 def test_a_cell_run_with_other_settings_is_refused(tmp_path, tiny_folder, isolated_env, capsys):
@@ -148,7 +130,30 @@ def test_gpu_scale_settings_run_at_a_tiny_size_on_the_cpu(tmp_path, tiny_folder,
     assert set(rows) == {"Cutout", "KeepCutout (early)"} and rows["Cutout"]["std"] == "n/a"
 
 
+def test_early_scale_trains_the_head_after_one_block(tmp_path, tiny_folder, isolated_env):
+    """The early-head placement grid (ResNet-20) at 40 images: the block-1 cell's head sits after
+    one block of the first stage, and its saliency comes from that head."""
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    argv = ["--scale", "early", "--epochs", "1", "--train-subset", "40", "--test-subset", "20", "--batch-size", "20",
+            "--seeds", "0", "--methods", "keepcutout_early", "keepcutout_early1",
+            "--data", str(tiny_folder), "--out", str(out), "--runs-dir", str(runs)]
+    assert rp.main(argv) == 0
+    cfg1 = json.loads((runs / "keepcutout_early1-seed0" / "final.json").read_text())["config"]
+    cfg0 = json.loads((runs / "keepcutout_early-seed0" / "final.json").read_text())["config"]
+    assert cfg1["model"] == cfg0["model"] == "resnet20" and cfg1["early_block"] == 1 and cfg0["early_block"] == 0
+    from keepmix.train.checkpoint import load_trained_model
+
+    model, config = load_trained_model(runs / "keepcutout_early1-seed0", num_classes=10)
+    assert model.early_block == 1 and not model.training and config.early_block == 1
+    rows = _table_rows((out / "reproduce_early.md").read_text())
+    assert set(rows) == {"KeepCutout (early)", "KeepCutout (early, block 1)"}
+
+
 def test_bad_options_exit_2(tmp_path, monkeypatch, capsys):
+    assert rp.main(["--scale", "tiny", "--methods", "keepcutout_early1", "--out", str(tmp_path)]) == 2
+    assert "early_block" in capsys.readouterr().err
+    assert rp.main(["--scale", "tiny", "--model", "nosuchnet", "--out", str(tmp_path)]) == 2
+    assert "nosuchnet" in capsys.readouterr().err
     assert rp.main(["--scale", "tiny", "--methods", "cutout", "nosuch", "--out", str(tmp_path)]) == 2
     assert "nosuch" in capsys.readouterr().err
     assert rp.main(["--scale", "tiny", "--jobs", "0", "--out", str(tmp_path)]) == 2
@@ -172,18 +177,34 @@ def test_tiny_grid_on_cuda(tmp_path, tiny_folder, isolated_env):
 # ---------------------------------------------------------------------------------------------
 def test_every_method_builds_a_valid_config_at_every_scale():
     for scale in rp.SCALES.values():
-        for g in rp.GRID:
+        for key in scale.methods:
+            g = rp.GRID_BY_KEY[key]
             cfg = rp.cell_config(scale, g.key, 3)
             assert cfg.seed == 3 and cfg.name == f"{g.key}-seed3"
             assert 1 <= cfg.eval_every <= cfg.epochs
             for k, v in g.fields.items():
                 assert getattr(cfg, k) == v
-    assert {m.key for m in rp.GRID} == set(rp.SCALES["cpu"].methods) == set(rp.SCALES["gpu"].methods)
-    assert len(rp.GRID) == 11
+    everything = {m.key for m in rp.GRID}
+    assert len(rp.GRID) == 14 and set(rp.SCALES["gpu"].methods) == everything
+    # The small net's stages are single blocks: the head-after-one-block variant is refused
+    # up front (not a failed cell after the others trained).
+    assert set(rp.SCALES["cpu"].methods) == everything - {"keepcutout_early1"}
+    with pytest.raises(rp.GridError, match="keepcutout_early1 cannot run on small: early_block"):
+        rp.cell_config(rp.SCALES["cpu"], "keepcutout_early1", 0)
+    early = rp.SCALES["early"]
+    assert set(early.methods) == {"cutout", "keepcutout", "keepcutout_uniform", "cutout_earlyhead", "keepcutout_early",
+                                  "keepcutout_early1"}
+    assert rp.cell_config(early, "keepcutout_early1", 0).model == "resnet20"
+    # The same settings as the cpu grid apart from the model: the two tables are comparable.
+    assert {k: v for k, v in early.fields.items() if k != "model"} == \
+        {k: v for k, v in rp.SCALES["cpu"].fields.items() if k != "model"}
     # Every Keep variant sits beside its base method, with the paper's gain.
     for g in rp.GRID:
         if g.key.startswith("keep"):
-            assert g.base == g.fields["method"][len("keep"):] and g.paper_gain is not None and g.paper_gain > 0
+            assert g.base == g.fields["method"][len("keep"):]
+            # Every Keep variant has the paper's gain beside it, except the control the paper lacks.
+            assert (g.paper_gain is None) == (g.fields.get("saliency") == "uniform")
+            assert g.paper_gain is None or g.paper_gain > 0
     cpu = rp.cell_config(rp.SCALES["cpu"], "none", 0)
     assert cpu.eval_every == cpu.epochs  # the CPU grid evaluates once, at the end
     assert rp.cell_config(rp.SCALES["cpu"], "none", 0, {"epochs": 3}).eval_every == 3
@@ -220,18 +241,22 @@ def test_aggregate_means_stds_gains_and_time_ratios(tmp_path):
     none, cutout, keep = rows["none"], rows["cutout"], rows["keepcutout"]
     assert none.acc_mean == pytest.approx(81.0) and none.acc_std == pytest.approx(1.0) and none.n == 3
     assert none.gain is None and none.verdict == ""
+    # The spread pooled over the grid: variances 1, 1 and 0.25 with 2 degrees of freedom each.
+    sd = math.sqrt((2 * 1.0 + 2 * 1.0 + 2 * 0.25) / 6)
     assert cutout.gain == pytest.approx(2.0)
-    assert cutout.gain_se == pytest.approx(math.sqrt(1 / 3 + 1 / 3))
+    assert cutout.gain_se == pytest.approx(sd * math.sqrt(2 / 3)) and cutout.gain_tol == pytest.approx(2.447 * cutout.gain_se)
     assert keep.acc_std == pytest.approx(statistics.stdev([83.0, 83.5, 84.0]))
     assert keep.gain == pytest.approx(0.5)
-    assert keep.gain_se == pytest.approx(math.sqrt(0.25 / 3 + 1 / 3))
+    assert keep.gain_se == pytest.approx(sd * math.sqrt(2 / 3))
     assert keep.time_ratio == pytest.approx(2.0) and keep.paper_cost == pytest.approx(2.0)
     assert keep.paper_gain == 0.5 and keep.base_label == "Cutout"
-    # +0.5 is within 2 se of zero, and the paper's +0.5 is too.
+    # +0.5 is within the 95% interval of zero (2.447 * 0.71), and the paper's +0.5 is too.
     assert "does NOT show" in keep.verdict and "also within it" in keep.verdict
     low = rows["keepcutout_lowres"]
-    assert low.n == 1 and low.acc_std is None and low.gain == pytest.approx(-13.0) and low.gain_se is None
-    assert "no conclusion" in low.verdict
+    # One seed has no std of its own, but the pooled spread still gives its difference an error.
+    assert low.n == 1 and low.acc_std is None and low.gain == pytest.approx(-13.0)
+    assert low.gain_se == pytest.approx(sd * math.sqrt(1 + 1 / 3))
+    assert "opposite direction" in low.verdict
     cutmix = rows["cutmix"]
     assert cutmix.n == 0 and cutmix.acc_mean is None and "no finished run" in cutmix.verdict
 
@@ -246,6 +271,40 @@ def test_aggregate_means_stds_gains_and_time_ratios(tmp_path):
     assert "cutmix-seed0" in md
     paths = rp.write_outputs(tmp_path / "out", "x", list(rows.values()), records, meta)
     assert [p.name for p in paths] == ["reproduce_x.md", "reproduce_x.json", "reproduce_x.csv"]
+
+
+def test_keepcutout_variants_are_set_against_the_uniform_map_control(tmp_path):
+    accs = {"cutout": [70.0, 71.0], "keepcutout_uniform": [72.0, 72.4], "keepcutout": [72.2, 72.6],
+            "keepcutout_lowres": [76.0, 76.4], "cutout_earlyhead": [68.3, 68.5], "keepcutout_early": [68.0, 68.4],
+            "keepcutmix": [75.0, 75.0]}
+    for m, values in accs.items():
+        for s, a in enumerate(values):
+            _fake_run(tmp_path, m, s, a)
+    methods = list(accs)
+    rows = rp.aggregate(rp.collect(tmp_path, methods, [0, 1]), methods)
+    sentences = rp.control_sentences(rows)
+    # One per KeepCutout variant: against the uniform map, or for the early-head variant (which
+    # also trains the head) against Cutout + early head; KeepCutMix is not a KeepCutout.
+    assert [s.split(":")[0] for s in sentences] == ["KeepCutout (full)", "KeepCutout (low-res)", "KeepCutout (early)"]
+    # Pooled spread: sample variances 0.5 (Cutout), 0.02 (the early-head control), 0 (KeepCutMix)
+    # and 0.08 (two seeds 0.4 apart) for the other four, one degree of freedom each.
+    se = math.sqrt((0.5 + 0.02 + 4 * 0.08) / 7) * math.sqrt(1 / 2 + 1 / 2)
+    assert sentences[0].startswith(f"KeepCutout (full): +0.20 ± {se:.2f}") and "adds nothing measurable" in sentences[0]
+    assert "the saliency map itself adds accuracy" in sentences[1]
+    assert "over Cutout + early head" in sentences[2] and "adds nothing measurable to a network" in sentences[2]
+    meta = {"scale": "x", "command": "c", "date": "d", "commit": "k", "machine": "m", "jobs": 1, "runs_dir": "r",
+            "description": "desc", "expected_time": "t", "seeds": [0, 1], "settings": {"epochs": 2}}
+    md = rp.render_markdown(rows, meta)
+    assert "Against the control" in md and all(s in md for s in sentences)
+    assert rp.control_sentences([r for r in rows if r.method not in ("keepcutout_uniform", "cutout_earlyhead")]) == []
+    # Worse than the control, beyond the spread.
+    for s in (0, 1):
+        (tmp_path / f"keepcutout_lowres-seed{s}" / "final.json").unlink()
+        (tmp_path / f"keepcutout_lowres-seed{s}" / "metrics.jsonl").unlink()
+        (tmp_path / f"keepcutout_lowres-seed{s}").rmdir()
+        _fake_run(tmp_path, "keepcutout_lowres", s, 68.0 + 0.4 * s)
+    rows = rp.aggregate(rp.collect(tmp_path, methods, [0, 1]), methods)
+    assert "worse regions than area alone" in rp.control_sentences(rows)[1]
 
 
 def test_unfinished_cells_are_not_collected(tmp_path):
@@ -276,6 +335,20 @@ def test_verdict_sentences(gain, se, paper, expect):
         assert phrase in text
     # Exactly one of the three conclusions.
     assert ("shows the paper's effect" in text) + ("does NOT show" in text) == 1
+
+
+def test_difference_uses_the_pooled_spread_and_t():
+    spread = rp.pooled_spread([(2, 1.0), (3, 2.0), (1, None), (0, None), (2, None)])
+    # (1 * 1 + 2 * 4) / (1 + 2) = 3
+    assert spread.df == 3 and spread.sd == pytest.approx(math.sqrt(3.0))
+    assert rp.pooled_spread([(1, None), (2, None)]) is None
+    diff, se, tol = rp.difference(10.0, 2, 9.0, 3, spread)
+    assert diff == 1.0 and se == pytest.approx(math.sqrt(3.0) * math.sqrt(1 / 2 + 1 / 3))
+    assert tol == pytest.approx(3.182 * se)
+    assert rp.difference(1.0, 2, 0.0, 2, None) == (1.0, None, None)
+    assert rp.t975(2.5) == 4.303 and rp.t975(13) == 2.179 and rp.t975(1e6) == 1.962 and rp.t975(0.5) == 12.706
+    # A gain of 3 standard errors is "beyond" by a 2 se rule but not with t for 2 degrees of freedom.
+    assert "within the seed spread" in rp.verdict("A", "B", 3.0, 1.0, None, 2, 2, tol=4.303)
 
 
 def test_verdict_edge_cases():

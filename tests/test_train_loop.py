@@ -179,3 +179,22 @@ def test_cuda_run_with_amp_and_channels_last(tmp_path, tiny_data):
     final = _run(cfg, tiny_data)
     assert final["amp"] and final["device"].startswith("cuda")
     assert 0 <= final["test_acc"] <= 100
+
+
+def test_uniform_saliency_control_runs_no_saliency_pass(cifar_uint8, cifar_labels):
+    """saliency=uniform: KeepCutout steered by a constant map; the model is never called."""
+    from keepmix.models import build_model
+
+    model = build_model("small", num_classes=10)
+    calls = []
+    model.register_forward_hook(lambda *a: calls.append(1))
+    m = build_method(TrainConfig(method="keepcutout", model="small", saliency="uniform"), model, 10,
+                     (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    out = m.prepare(cifar_uint8[:8], cifar_labels[:8], torch.Generator().manual_seed(0))
+    assert not calls and out.inputs.shape == (8, 3, 32, 32)
+    cut = (out.inputs == 0).all(dim=1)  # Cutout fills with 0 after normalisation
+    assert cut.flatten(1).any(1).all()  # every image had a box cut
+    for i in range(8):
+        rows, cols = cut[i].nonzero(as_tuple=True)
+        if len(rows):  # the cut box is clipped by the border: under 16 x 16 pixels
+            assert (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1) < 256

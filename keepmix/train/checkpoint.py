@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "check_model_state", "to_cpu"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "check_model_state", "load_trained_model", "to_cpu"]
 
 #: Bumped when the checkpoint layout changes incompatibly.
 FORMAT_VERSION = 1
@@ -92,3 +92,21 @@ def check_model_state(model: torch.nn.Module, state_dict: dict[str, torch.Tensor
             k = shapes[0]
             parts.append(f"{len(shapes)} of another shape (e.g. {k!r}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)})")
         raise CheckpointError(f"the {source} holds weights of another model: " + "; ".join(parts))
+
+
+def load_trained_model(run: str | Path, num_classes: int) -> tuple[torch.nn.Module, Any]:
+    """The model of a run directory (or checkpoint file) with its trained weights, in eval mode
+    on the CPU, and the run's :class:`~keepmix.train.config.TrainConfig`.
+
+    The architecture (model name, early head and where it sits) comes from the checkpoint's
+    config; ``num_classes`` is the dataset's (checked against the saved weights).
+    """
+    from keepmix.models import build_model
+    from keepmix.train.config import TrainConfig, early_head_kwargs
+
+    state = load_checkpoint(run)
+    config = TrainConfig(**state["config"])
+    model = build_model(config.model, num_classes=num_classes, early_head=config.early_head, **early_head_kwargs(config))
+    check_model_state(model, state["model"])
+    model.load_state_dict(state["model"])
+    return model.eval(), config

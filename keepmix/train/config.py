@@ -41,8 +41,9 @@ METHODS = (
     "keeprecursivemix",
 )
 
-#: How Keep* methods compute the saliency map (SPEC 3).
-SALIENCY_MODES = ("full", "lowres", "early", "lowres+early")
+#: How Keep* methods compute the saliency map (SPEC 3); "uniform" is the ablation control (a
+#: constant map: the quantile rule's choice of positions without any image content).
+SALIENCY_MODES = ("full", "lowres", "early", "lowres+early", "uniform")
 
 
 def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
@@ -83,7 +84,8 @@ class TrainConfig:
     early_block: int = _f(0, "put the early head after this many blocks of the first stage (0 = after the whole stage, the paper's placement; ResNets and WRN only)")
     # --- method ----------------------------------------------------------------------------
     method: str = _f("none", "augmentation method applied after crop + flip", METHODS)
-    saliency: str = _f("full", "saliency for Keep* methods: full, lowres (downscale first), early (early head), lowres+early", SALIENCY_MODES)
+    saliency: str = _f("full", "saliency for Keep* methods: full, lowres (downscale first), early (early head), lowres+early, "
+                    "or uniform (a constant map, no saliency pass: an ablation control)", SALIENCY_MODES)
     saliency_downscale: int = _f(2, "downscale factor of the low-resolution saliency")
     keep_quantile: float = _f(0.6, "KeepAugment threshold: quantile q of the region scores")
     keep_paste_size: int = _f(16, "side of the region KeepAutoAugment/KeepRandAugment paste back from the clean image")

@@ -161,14 +161,17 @@ class RecursiveMixMethod(Method):
 
 
 def build_saliency(config: TrainConfig, model: nn.Module, autocast: Callable[[], ContextManager] | None = None):
-    """The Saliency of ``config.saliency`` (full / lowres / early / lowres+early) on ``model``.
+    """The Saliency of ``config.saliency`` (full / lowres / early / lowres+early) on ``model``,
+    or the constant map of ``uniform`` (the ablation control: no pass at all).
 
     Under AMP the saliency pass runs in the same autocast as training: it is a full forward
     and backward (the cost KeepAugment adds), and the map is only used to rank regions.
     """
-    from keepmix.saliency import Saliency
+    from keepmix.saliency import Saliency, uniform_saliency
 
     mode = config.saliency
+    if mode == "uniform":
+        return uniform_saliency
     fn = model.early_logits if "early" in mode else model
     downscale = config.saliency_downscale if "lowres" in mode else 1
     if autocast is not None:

@@ -65,7 +65,7 @@ def show(
     checkpoint; otherwise a freshly initialised ``model`` gives the saliency.
     """
     from keepmix.models import build_model
-    from keepmix.train.checkpoint import check_model_state, load_checkpoint
+    from keepmix.train.checkpoint import load_checkpoint, load_trained_model
     from keepmix.train.data import load_data
     from keepmix.viz import save_method_grid
 
@@ -79,10 +79,10 @@ def show(
         config = TrainConfig(dataset=dataset, data_dir=data_dir, model=model, seed=seed)
     config = config.replace(train_subset=0, test_subset=0)
     data = load_data(config)
-    net = build_model(config.model, num_classes=len(data.classes), early_head=config.early_head, **early_head_kwargs(config))
-    if state is not None:
-        check_model_state(net, state["model"])
-        net.load_state_dict(state["model"])
+    if run is not None:
+        net, _ = load_trained_model(run, len(data.classes))
+    else:
+        net = build_model(config.model, num_classes=len(data.classes), early_head=config.early_head, **early_head_kwargs(config))
     net = net.to(device).eval()
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(data.test.labels), generator=g)[:num_images]
