@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from keepmix import sampling
-from keepmix._checks import check_generator, check_images
+from keepmix._checks import check_generator, check_images, check_int
 # Kernels imported by name: ``keepmix.functional.color`` the attribute is the re-exported
 # function ``color``, which shadows the module of the same name.
 from keepmix.functional.color import (
@@ -563,12 +563,9 @@ class RandAugment(_Policy):
         ops: Sequence[str] = RANDAUGMENT_OPS,
     ) -> None:
         super().__init__(fill, interpolation)
-        if isinstance(num_ops, bool) or not isinstance(num_ops, int) or num_ops < 1:
-            raise ValueError(f"num_ops must be an integer >= 1, got {num_ops!r}")
-        if isinstance(num_magnitude_bins, bool) or not isinstance(num_magnitude_bins, int) or num_magnitude_bins < 2:
-            raise ValueError(f"num_magnitude_bins must be an integer >= 2, got {num_magnitude_bins!r}")
-        if isinstance(magnitude, bool) or not isinstance(magnitude, int) or not 0 <= magnitude < num_magnitude_bins:
-            raise ValueError(f"magnitude must be an integer in [0, {num_magnitude_bins - 1}], got {magnitude!r}")
+        check_int(num_ops, "num_ops", low=1, what="an integer >= 1")
+        check_int(num_magnitude_bins, "num_magnitude_bins", low=2, what="an integer >= 2")
+        check_int(magnitude, "magnitude", 0, num_magnitude_bins - 1, f"an integer in [0, {num_magnitude_bins - 1}]")
         self.num_ops, self.magnitude, self.num_magnitude_bins = num_ops, magnitude, num_magnitude_bins
         self.ops = tuple(ops)
         self.register_buffer("_op_ids", _op_ids(self.ops), persistent=False)
@@ -604,8 +601,7 @@ class TrivialAugmentWide(_Policy):
         ops: Sequence[str] = RANDAUGMENT_OPS,
     ) -> None:
         super().__init__(fill, interpolation)
-        if isinstance(num_magnitude_bins, bool) or not isinstance(num_magnitude_bins, int) or num_magnitude_bins < 2:
-            raise ValueError(f"num_magnitude_bins must be an integer >= 2, got {num_magnitude_bins!r}")
+        check_int(num_magnitude_bins, "num_magnitude_bins", low=2, what="an integer >= 2")
         self.num_magnitude_bins = num_magnitude_bins
         self.ops = tuple(ops)
         self.register_buffer("_op_ids", _op_ids(self.ops), persistent=False)

@@ -66,7 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from keepmix._checks import check_generator, check_images, check_positive
+from keepmix._checks import check_generator, check_images, check_int, check_positive
 from keepmix.base import RegionOp, RegionParams
 from keepmix.functional.mixing import area_lambda
 from keepmix.functional.resize_paste import resize_into_boxes
@@ -162,8 +162,7 @@ class RecursiveMix(RegionOp):
         sampling_ratio: int = -1,
     ) -> None:
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        check_int(num_classes, "num_classes", low=1)
         alpha = check_positive(alpha, "alpha")
         if alpha > 1.0:
             raise ValueError(f"alpha (the largest pasted area ratio) must lie in (0, 1], got {alpha}")

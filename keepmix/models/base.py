@@ -21,7 +21,8 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from keepmix.models.early_head import EarlyHead, _check_positive_int
+from keepmix._checks import check_int
+from keepmix.models.early_head import EarlyHead
 
 __all__ = ["KeepmixModel", "init_weights", "count_parameters"]
 
@@ -87,9 +88,9 @@ class KeepmixModel(nn.Module):
         early_block: int | None = None,
     ) -> None:
         """Register the layers, the classifier and the early head, then initialise weights."""
-        _check_positive_int(num_classes, "num_classes")
-        _check_positive_int(in_channels, "in_channels")
-        _check_positive_int(early_grid, "early_grid")  # checked even without a head: a typo is a bug
+        check_int(num_classes, "num_classes", low=1)
+        check_int(in_channels, "in_channels", low=1)
+        check_int(early_grid, "early_grid", low=1)  # checked even without a head: a typo is a bug
         if not isinstance(early_head, bool):
             raise TypeError(f"early_head must be a bool, got {type(early_head).__name__}")
         self.num_classes = num_classes
@@ -102,15 +103,14 @@ class KeepmixModel(nn.Module):
         self.fc = nn.Linear(self.feature_channels, num_classes)
         self.has_early_head = early_head
         n = len(self.stages)
-        if isinstance(early_stage, bool) or not isinstance(early_stage, int) or not 1 <= early_stage < n:
-            raise ValueError(f"early_stage must be an int in [1, {n - 1}] (the number of stages before the early head), got {early_stage!r}")
+        check_int(early_stage, "early_stage", 1, n - 1, f"an int in [1, {n - 1}] (the number of stages before the early head)")
         self.early_stage = early_stage
         stage = self.stages[early_stage - 1]
         if early_block is not None:
             if type(stage) is not nn.Sequential:  # a plain sequence of blocks (not a block that subclasses it)
                 raise ValueError(f"early_block needs stage {early_stage} to be a sequence of blocks; {type(self).__name__}'s is one block (use early_block=None)")
-            if isinstance(early_block, bool) or not isinstance(early_block, int) or not 1 <= early_block <= len(stage):
-                raise ValueError(f"early_block must be an int in [1, {len(stage)}] (blocks of stage {early_stage} before the head) or None, got {early_block!r}")
+            check_int(early_block, "early_block", 1, len(stage),
+                      f"an int in [1, {len(stage)}] (blocks of stage {early_stage} before the head) or None")
             if early_block == len(stage):
                 early_block = None  # the whole stage: the same as no block index
         self.early_block = early_block

@@ -10,13 +10,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from keepmix._checks import check_int
+
 __all__ = ["EarlyHead"]
-
-
-def _check_positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 class EarlyHead(nn.Module):
@@ -34,7 +30,7 @@ class EarlyHead(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, grid: int = 1, preact: bool = False) -> None:
         super().__init__()
-        self.grid = _check_positive_int(grid, "early_grid")
+        self.grid = check_int(grid, "early_grid", low=1)
         self.norm = nn.Sequential(nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True)) if preact else nn.Identity()
         self.fc = nn.Linear(in_channels * grid * grid, num_classes)
 

@@ -17,6 +17,7 @@ from typing import Sequence
 
 from torch import nn
 
+from keepmix._checks import check_int
 from keepmix.models.base import KeepmixModel
 from keepmix.models.resnet import conv3x3
 
@@ -66,8 +67,7 @@ class SmallConvNet(KeepmixModel):
         widths = tuple(widths)
         if len(widths) < 2 or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
             raise ValueError(f"widths must be at least 2 positive ints (one per block), got {widths!r}")
-        if isinstance(stem_width, bool) or not isinstance(stem_width, int) or stem_width < 1:
-            raise ValueError(f"stem_width must be a positive int, got {stem_width!r}")
+        check_int(stem_width, "stem_width", low=1)
         blocks, cin = [], stem_width
         for w in widths:
             blocks.append(SmallBlock(cin, w))

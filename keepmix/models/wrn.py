@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from keepmix._checks import check_int
 from keepmix.models.base import KeepmixModel
 from keepmix.models.resnet import conv3x3
 
@@ -65,8 +66,7 @@ class WideResNet(KeepmixModel):
         super().__init__()
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6 != 0:
             raise ValueError(f"depth must be 6n + 4 for an int n >= 1 (10, 16, 22, 28, 40, ...), got {depth!r}")
-        if isinstance(widen, bool) or not isinstance(widen, int) or widen < 1:
-            raise ValueError(f"widen must be a positive int, got {widen!r}")
+        check_int(widen, "widen", low=1)
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
         self.depth, self.widen = depth, widen

@@ -74,12 +74,17 @@ class Method:
             raise ValueError(f"{type(self).__name__} has no state, got keys {sorted(state)}")
 
 
-class RegionMethod(Method):
-    """Cutout / Random Erasing (``keep=True``: their KeepAugment selective-cut versions)."""
+class OpMethod(Method):
+    """A method built on one augmentation op, with the saliency function of its Keep variant
+    (``None`` for the plain method)."""
 
     def __init__(self, config, mean, std, op: nn.Module, saliency: Callable | None = None) -> None:
         super().__init__(config, mean, std)
         self.op, self.saliency = op, saliency
+
+
+class RegionMethod(OpMethod):
+    """Cutout / Random Erasing (``keep=True``: their KeepAugment selective-cut versions)."""
 
     def prepare(self, images, labels, generator):
         x = self.normalize(images)
@@ -88,14 +93,10 @@ class RegionMethod(Method):
         return StepBatch(self.op(x, labels, saliency=self.saliency(x, labels), generator=generator), labels)
 
 
-class MixMethod(Method):
+class MixMethod(OpMethod):
     """Mixup / CutMix / KeepCutMix on the normalised batch: returns soft targets."""
 
     region = "pasted"
-
-    def __init__(self, config, mean, std, op: nn.Module, saliency: Callable | None = None) -> None:
-        super().__init__(config, mean, std)
-        self.op, self.saliency = op, saliency
 
     def prepare(self, images, labels, generator):
         x = self.normalize(images)
@@ -106,16 +107,12 @@ class MixMethod(Method):
         return StepBatch(x, t)
 
 
-class PolicyMethod(Method):
+class PolicyMethod(OpMethod):
     """AutoAugment / RandAugment / TrivialAugment on uint8 before normalisation; the Keep
     variants paste back the salient region of the clean image (saliency of the normalised
     clean batch)."""
 
     region = "kept"
-
-    def __init__(self, config, mean, std, op: nn.Module, saliency: Callable | None = None) -> None:
-        super().__init__(config, mean, std)
-        self.op, self.saliency = op, saliency
 
     def prepare(self, images, labels, generator):
         if self.saliency is None:
