@@ -1,7 +1,10 @@
 """keepmix: information-preserving and mixing data augmentation for image classification.
 
-What a user imports. Every op takes a (B, C, H, W) batch (float or uint8, any device), draws
-its random parameters per image from an optional ``torch.Generator``, and never modifies its
+What a user imports. Every op follows one protocol (:mod:`keepmix.base`):
+``op(images, labels=None, *, saliency=None, generator=None)`` returns ``images`` without
+labels and ``(images, targets)`` with labels; ``op.sample_params`` then ``op.apply`` are the
+same call in two steps. Ops take a (B, C, H, W) batch (float or uint8, any device), draw their
+random parameters per image from an optional ``torch.Generator``, and never modify their
 input. The pure functions behind the ops are in :mod:`keepmix.functional`.
 """
 
@@ -18,37 +21,42 @@ from keepmix.data import (
     load_image_folder,
     normalize,
 )
+from keepmix.base import Op, Params, RegionOp, RegionParams
+from keepmix.functional.selection import KeepSelection
 from keepmix.keep import (
     KeepAutoAugment,
-    KeepCut,
     KeepCutMix,
     KeepCutout,
     KeepPaste,
+    KeepPasteParams,
     KeepRandAugment,
     KeepRandomErasing,
-    KeepSelection,
-    select_boxes,
 )
 from keepmix.mixing import CutMix, CutMixParams, Mixup, MixupParams
+from keepmix.mixup_cutmix import MixupCutMix, MixupCutMixParams
+from keepmix.placers import KeepPlacer, Placer, UniformPlacer
 from keepmix.models import FeatureHook, KeepmixModel, build_model, list_models
 from keepmix.policies import AutoAugment, PolicyParams, RandAugment, TrivialAugmentWide
 from keepmix.recursive import KeepRecursiveMix, RecursiveMix, RecursiveMixInfo, RecursiveMixParams
 from keepmix.regional import Cutout, CutoutParams, RandomErasing, RandomErasingParams
 from keepmix.saliency import Saliency, saliency_map, uniform_saliency
 from keepmix.targets import SoftTargetCrossEntropy, mix_targets, soft_target_cross_entropy, to_soft_targets
+from keepmix.workers import worker_generator
 # `train` (the function) stays in keepmix.train: re-exported here it would hide the subpackage.
 from keepmix.train import TrainConfig, get_preset
 
 __version__ = "0.1.0"
 
 __all__ = [
+    # the protocol and the placers
+    "Op", "Params", "RegionOp", "RegionParams", "Placer", "UniformPlacer", "KeepPlacer", "worker_generator",
     # region-level and mixing ops
     "Cutout", "CutoutParams", "RandomErasing", "RandomErasingParams",
-    "Mixup", "MixupParams", "CutMix", "CutMixParams",
+    "Mixup", "MixupParams", "CutMix", "CutMixParams", "MixupCutMix", "MixupCutMixParams",
     # image-level policies
     "AutoAugment", "RandAugment", "TrivialAugmentWide", "PolicyParams",
     # KeepAugment
-    "Saliency", "saliency_map", "uniform_saliency", "KeepCut", "KeepPaste", "KeepSelection", "select_boxes",
+    "Saliency", "saliency_map", "uniform_saliency", "KeepPaste", "KeepPasteParams", "KeepSelection",
     "KeepCutout", "KeepRandomErasing", "KeepCutMix", "KeepAutoAugment", "KeepRandAugment",
     # RecursiveMix
     "RecursiveMix", "RecursiveMixInfo", "RecursiveMixParams", "KeepRecursiveMix",

@@ -1,10 +1,25 @@
-"""The contract shared by keepmix's random ops: parameters are data.
+"""The one call protocol every keepmix op follows.
 
-Every random op is ``params = op.sample_params(images, generator)`` followed by
-``op.apply(images, params, ...)``; ``forward`` is the two in a row. Parameters are small
-tensors (boxes (B, 4), sizes (B, 2), lambdas (B,), op ids (B, N)), so a user can inspect,
-save or reuse them, and KeepAugment changes only where a region goes (``boxes``), never what
-the op does to it.
+Every op is an ``nn.Module`` with three methods, and ``forward`` is written once, here::
+
+    params = op.sample_params(images, labels=None, *, saliency=None, generator=None)
+    out    = op.apply(images, labels, params)
+    out    = op(images, labels=None, *, saliency=None, generator=None)   # = apply(sample_params(...))
+
+``out`` has the structure of the input: ``images`` when called without labels,
+``(images, targets)`` with labels. Label-preserving ops hand the labels back unchanged (the
+same object); mixing ops return float32 (B, K) soft targets and need labels.
+
+* ``sample_params`` draws everything random, per image, from ``generator`` and returns a
+  frozen :class:`Params` of small tensors (boxes, lambdas, partners, op ids, label weights).
+  It is the only place that reads a saliency map.
+* ``apply`` is deterministic given the params: it never draws a random number, never reads
+  the saliency and never modifies its inputs.
+
+Checks run once, at this boundary (:meth:`Op.forward`, :meth:`Op.sample_params`,
+:meth:`Op.apply`); the kernels behind them (``_sample`` and ``_apply`` of each op, and
+:mod:`keepmix.functional`) are unchecked. ``forward`` also takes a single (C, H, W) image (ops
+with ``single_image``) or a PIL image (ops with ``pil_image``) and returns the same type.
 """
 
 from __future__ import annotations
@@ -12,63 +27,305 @@ from __future__ import annotations
 import abc
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Callable, ClassVar, Literal, TypeVar, Union
 
 import torch
 from torch import Tensor, nn
 
+from keepmix._checks import check_generator, check_images, check_same_device
+from keepmix.targets import to_soft_targets
+
+__all__ = ["Params", "RegionParams", "Op", "RegionOp", "Placement", "Region", "SaliencyFn", "check_saliency", "OpOutput"]
+
 Placement = Literal["center", "inside"]
+#: What an op's regions are, for pictures: the op acted inside them ("cut"), kept the
+#: original there ("kept"), or pasted another image there ("pasted").
+Region = Literal["cut", "kept", "pasted"]
+SaliencyFn = Callable[[Tensor, Union[Tensor, None]], Tensor]
+OpOutput = Union[Tensor, tuple[Tensor, Tensor]]
+
+P = TypeVar("P", bound="Params")
 
 
 @dataclass(frozen=True)
-class RegionParams:
-    """Where a region-level op acts on each image.
+class Params:
+    """Base of every op's parameters: a frozen dataclass of per-image tensors.
+
+    Every tensor field has the batch as its first dimension, so a row of the batch has a row
+    of the parameters (:meth:`rows`). Fields may be ``None`` where an op has nothing to say.
+    """
+
+    def replace(self: P, **changes: Any) -> P:
+        """A copy with some fields replaced (e.g. boxes chosen elsewhere)."""
+        return dataclasses.replace(self, **changes)
+
+    def rows(self: P, index: Tensor | slice) -> P:
+        """The parameters of some images (an index tensor or a slice of the batch)."""
+        changes = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Tensor):
+                changes[f.name] = v[index]
+            elif isinstance(v, Params):
+                changes[f.name] = v.rows(index)
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class RegionParams(Params):
+    """Where a region op acts on each image.
 
     ``sizes`` (B, 2) int64 is the (h, w) the op asked for before any clipping, (0, 0) for an
-    image the op skips; ``boxes`` (B, 4) int64 is where it acts (see
-    :mod:`keepmix.functional.boxes`). Subclasses add op-specific fields (fill values, mixing
-    partners, ...).
+    image the op skips; ``boxes`` (B, 4) int64 ``(y1, x1, y2, x2)`` is where it acts (see
+    :mod:`keepmix.functional.boxes`). Subclasses add op-specific fields.
     """
 
     boxes: Tensor
     sizes: Tensor
 
-    def replace(self, **changes: Tensor) -> "RegionParams":
-        """A copy with some fields replaced (e.g. ``boxes`` chosen by KeepCut)."""
-        return dataclasses.replace(self, **changes)
+
+def check_saliency(saliency: object, images: Tensor, name: str = "saliency") -> Tensor:
+    """Check a (B, H, W) floating-point saliency map against ``images`` (B, C, H, W)."""
+    if not isinstance(saliency, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, H, W), got {type(saliency).__name__}")
+    b, _, h, w = images.shape
+    if saliency.ndim != 3 or tuple(saliency.shape) != (b, h, w):
+        raise ValueError(f"{name} must have shape (B, H, W) = {(b, h, w)} to match images {tuple(images.shape)}, got {tuple(saliency.shape)}")
+    if saliency.device != images.device:
+        raise ValueError(f"{name} is on {saliency.device} but images are on {images.device}; move them to one device")
+    if not saliency.dtype.is_floating_point:
+        raise TypeError(f"{name} must be floating point, got {saliency.dtype}")
+    return saliency
 
 
-class RegionOp(nn.Module, metaclass=abc.ABCMeta):
-    """Base of region-level ops (Cutout, RandomErasing, CutMix, RecursiveMix's paste).
+def _check_label_rows(labels: object, batch: int) -> Tensor:
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"labels must be a torch.Tensor of shape (B,) or (B, K), got {type(labels).__name__}")
+    if labels.ndim not in (1, 2) or labels.shape[0] != batch:
+        raise ValueError(f"labels must have shape (B,) or (B, K) with B = {batch} (the images' batch), got {tuple(labels.shape)}")
+    return labels
 
-    ``placement`` says how the op places a region of a given size, which is also the set of
-    candidate positions KeepCut scores:
+
+class Op(nn.Module, metaclass=abc.ABCMeta):
+    """Base of every keepmix op: the boundary checks, ``forward``, and what the op is.
+
+    Subclasses implement ``_sample(images, labels, saliency, generator) -> Params`` and
+    ``_apply(images, labels, params) -> (images, targets)`` on checked input; ``labels`` there
+    are float32 (B, K) soft targets for mixing ops and the caller's labels (or None) otherwise.
+    """
+
+    #: Mixing ops need labels and return float32 (B, K) soft targets.
+    mixes_labels: ClassVar[bool] = False
+    #: ``forward`` also takes one (C, H, W) image (per-image ops) ...
+    single_image: ClassVar[bool] = False
+    #: ... and a PIL image (the policies).
+    pil_image: ClassVar[bool] = False
+    #: The channel counts the op supports (None: any).
+    channels: ClassVar[tuple[int, ...] | None] = None
+    #: The op's meaning depends on raw pixel values (uint8, or floats in [0, 1]): it runs
+    #: before normalisation, like the policies.
+    raw_pixels: ClassVar[bool] = False
+    #: What :meth:`regions` marks, for pictures (None: the op has no regions).
+    region: ClassVar[Region | None] = None
+    #: The type ``sample_params`` returns (``apply`` refuses anything else).
+    params_type: ClassVar[type[Params]] = Params
+    #: K for (B,) integer labels of a mixing op (None: soft labels give K).
+    num_classes: int | None = None
+
+    # ----------------------------------------------------------------- subclass hooks
+    @abc.abstractmethod
+    def _sample(self, images: Tensor, labels: Tensor | None, saliency: Tensor | None, generator: torch.Generator | None) -> Params:
+        """Draw the params for checked input (kernel level, unchecked)."""
+
+    @abc.abstractmethod
+    def _apply(self, images: Tensor, labels: Tensor | None, params: Params) -> tuple[Tensor, Tensor | None]:
+        """Apply checked params; returns ``(images, targets or labels)``."""
+
+    def _check_params(self, params: object, images: Tensor) -> None:
+        """Raise unless ``params`` is this op's kind of params (subclasses add shape checks)."""
+        if not isinstance(params, self.params_type):
+            raise TypeError(
+                f"params must be a {self.params_type.__name__} from {type(self).__name__}.sample_params, got {type(params).__name__}"
+            )
+
+    def needs_saliency(self, images: Tensor) -> bool:
+        """Whether ``sample_params`` needs a saliency map for this batch."""
+        return False
+
+    def saliency_source(self) -> SaliencyFn | None:
+        """The function that computes the saliency when none is passed (None: none)."""
+        return None
+
+    def regions(self, params: Params) -> Tensor | None:
+        """(B, 4) boxes of the regions the op acts on (see :attr:`region`), or None."""
+        return None
+
+    def _after_forward(self, params: Params) -> None:
+        """Called by ``forward`` after ``apply`` (a stateful op records what it needs)."""
+
+    # ----------------------------------------------------------------- boundary checks
+    def _check_images(self, images: object) -> Tensor:
+        return check_images(images, channels=self.channels)
+
+    def _check_labels(self, images: Tensor, labels: object) -> Tensor | None:
+        """The labels as ``_sample``/``_apply`` take them."""
+        if labels is None:
+            if self.mixes_labels:
+                raise ValueError(
+                    f"{type(self).__name__} mixes labels: call it with labels, op(images, labels), "
+                    "(B,) class ids or (B, K) soft targets"
+                )
+            return None
+        labels = _check_label_rows(labels, images.shape[0])
+        check_same_device(images=images, labels=labels)
+        if self.mixes_labels:
+            return to_soft_targets(labels, self.num_classes, images.shape[0])
+        return labels
+
+    def _resolve_saliency(self, images: Tensor, labels: Tensor | None, saliency: object) -> Tensor | None:
+        if saliency is not None:
+            return check_saliency(saliency, images)
+        if not self.needs_saliency(images):
+            return None
+        fn = self.saliency_source()
+        if fn is None:
+            raise ValueError(
+                f"{type(self).__name__} needs a saliency map: pass saliency=(B, H, W) tensor, "
+                "or give its placer saliency_fn=Saliency(model)"
+            )
+        return check_saliency(fn(images, labels), images, name="saliency_fn(images, labels)")
+
+    # ----------------------------------------------------------------- the protocol
+    def sample_params(
+        self,
+        images: Tensor,
+        labels: Tensor | None = None,
+        *,
+        saliency: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Params:
+        """Draw every image's parameters from ``generator`` (eager; the only random step)."""
+        images = self._check_images(images)
+        check_generator(generator)
+        checked = None if labels is None else self._check_labels(images, labels)
+        sal = self._resolve_saliency(images, labels, saliency)
+        return self._sample(images, checked, sal, generator)
+
+    def apply(self, images: Tensor, labels: Tensor | None, params: Params) -> OpOutput:
+        """Apply ``params`` (deterministic; the inputs are never modified).
+
+        Returns ``images`` when ``labels`` is None, else ``(images, targets)``.
+        """
+        images = self._check_images(images)
+        checked = self._check_labels(images, labels)
+        self._check_params(params, images)
+        out, targets = self._apply(images, checked, params)
+        return _pack(_like(out, images), targets, labels)
+
+    def forward(
+        self,
+        images: Any,
+        labels: Tensor | None = None,
+        *,
+        saliency: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Any:
+        """``apply(images, labels, sample_params(images, labels, saliency=..., generator=...))``.
+
+        Returns ``images`` when called without labels, ``(images, targets)`` with labels. A
+        single (C, H, W) image (with a (H, W) saliency and a scalar label) or a PIL image
+        comes back as the same type, for the ops that take one.
+        """
+        from keepmix.single import as_batch
+
+        batch, batch_labels, batch_saliency, unbatch = as_batch(self, images, labels, saliency)
+        batch = self._check_images(batch)
+        check_generator(generator)
+        checked = self._check_labels(batch, batch_labels)
+        sal = self._resolve_saliency(batch, batch_labels, batch_saliency)
+        params = self._sample(batch, checked, sal, generator)
+        out, targets = self._apply(batch, checked, params)
+        self._after_forward(params)
+        out = _like(out, batch)
+        if unbatch is not None:  # single images go through label-preserving ops only
+            return _pack(unbatch(out), labels, labels)
+        return _pack(out, targets, labels)
+
+
+def _like(out: Tensor, images: Tensor) -> Tensor:
+    """Keep the caller's memory format (channels_last in, channels_last out)."""
+    if (
+        images.ndim == 4
+        and images.shape[1] > 1
+        and images.is_contiguous(memory_format=torch.channels_last)
+        and not images.is_contiguous()
+        and not out.is_contiguous(memory_format=torch.channels_last)
+    ):
+        return out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def _pack(out: Any, targets: Tensor | None, labels: Any) -> OpOutput:
+    if labels is None:
+        return out
+    return out, targets if targets is not None else labels
+
+
+class RegionOp(Op):
+    """An op that acts on one box per image: draw sizes, place boxes, apply.
+
+    ``placement`` is how the op itself places a box of a given size, and so the set of
+    candidate positions a :class:`keepmix.placers.KeepPlacer` scores:
 
     * ``"center"``: the centre is uniform over all H x W pixels and the box is clipped at the
       border (Cutout, CutMix, RecursiveMix);
     * ``"inside"``: the top-left corner is uniform over the positions that keep the whole box
       inside the image (Random Erasing).
+
+    ``placer`` decides where each box goes: :class:`keepmix.placers.UniformPlacer` (default)
+    is the op's own rule, :class:`keepmix.placers.KeepPlacer` is KeepAugment's selective-cut.
     """
 
-    placement: Placement = "center"
+    placement: ClassVar[Placement] = "center"
+    region: ClassVar[Region | None] = "cut"
+    params_type: ClassVar[type[Params]] = RegionParams
 
-    @abc.abstractmethod
-    def sample_params(self, images: Tensor, generator: torch.Generator | None = None) -> RegionParams:
-        """Draw this op's parameters for every image of ``images``."""
+    def __init__(self, placer: Any = None) -> None:
+        super().__init__()
+        from keepmix.placers import Placer, UniformPlacer
 
-    def place(self, sizes: Tensor, height: int, width: int, generator: torch.Generator | None = None) -> Tensor:
-        """Uniformly random boxes of the given sizes, following ``placement``."""
-        from keepmix.functional.boxes import centered_boxes, corner_boxes
-        from keepmix.sampling import randint
+        if placer is None:
+            placer = UniformPlacer()
+        if not isinstance(placer, Placer):
+            raise TypeError(f"placer must be a keepmix Placer (UniformPlacer, KeepPlacer), got {type(placer).__name__}")
+        self.placer = placer
 
-        b = sizes.shape[0]
-        h, w = sizes[:, 0], sizes[:, 1]
-        if self.placement == "center":
-            cy = randint(0, height, b, device=sizes.device, generator=generator)
-            cx = randint(0, width, b, device=sizes.device, generator=generator)
-            return centered_boxes(cy, cx, h, w, height, width)
-        # "inside" needs sizes <= (H, W): the ops guarantee it when they draw sizes, so the
-        # per-call range check (a host sync on GPU) is skipped here.
-        top = randint(0, (height - h + 1), b, device=sizes.device, generator=generator, check=False)
-        left = randint(0, (width - w + 1), b, device=sizes.device, generator=generator, check=False)
-        return corner_boxes(top, left, h, w)
+    def needs_saliency(self, images: Tensor) -> bool:
+        return self.placer.needs_saliency
+
+    def saliency_source(self) -> SaliencyFn | None:
+        return self.placer.saliency_fn
+
+    def regions(self, params: Params) -> Tensor | None:
+        assert isinstance(params, RegionParams)
+        return params.boxes
+
+    def place(
+        self, sizes: Tensor, images: Tensor, saliency: Tensor | None, generator: torch.Generator | None, shared: bool = False
+    ) -> Tensor:
+        """(B, 4) boxes of the given (B, 2) sizes, placed by the placer.
+
+        ``shared``: the op draws one box for the whole batch (its official per-batch mode);
+        a uniform placer then draws one position, a saliency placer still one per image.
+        """
+        h, w = images.shape[-2:]
+        if shared and not self.placer.needs_saliency:
+            return self.placer.place(sizes[:1], h, w, self.placement, generator=generator).expand(sizes.shape[0], 4).contiguous()
+        return self.placer.place(sizes, h, w, self.placement, saliency=saliency, generator=generator)
+
+    def _check_params(self, params: object, images: Tensor) -> None:
+        from keepmix.functional.boxes import check_boxes
+
+        super()._check_params(params, images)
+        assert isinstance(params, RegionParams)
+        check_boxes(params.boxes, images.shape[0], images.shape[-2], images.shape[-1], name="params.boxes")

@@ -14,33 +14,29 @@ itself, so it always comes back unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from keepmix._checks import check_generator, check_images, check_positive, check_probability, check_same_device
-from keepmix.base import RegionOp, RegionParams
+from keepmix._checks import check_positive, check_probability
+from keepmix.base import Op, Params, RegionOp, RegionParams
+from keepmix.functional.boxes import box_areas
 from keepmix.functional.mixing import cutmix, mixup
+from keepmix.functional.regions import box_sums, summed_area_table
+from keepmix.placers import Placer
 from keepmix.sampling import bernoulli, beta, permutation
-from keepmix.targets import to_soft_targets
 
-__all__ = ["MixupParams", "Mixup", "CutMixParams", "CutMix"]
+__all__ = ["MixupParams", "Mixup", "CutMixParams", "CutMix", "check_num_classes"]
 
 
-def _check_num_classes(num_classes: int | None) -> int | None:
+def check_num_classes(num_classes: object) -> int | None:
+    """None or a positive int: K for (B,) integer labels."""
     if num_classes is None:
         return None
-    if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}")
-    return int(num_classes)
-
-
-def _soft_labels(images: Tensor, labels: Tensor, num_classes: int | None) -> Tensor:
-    """float32 (B, K) targets on the images' device; clear errors for any mismatch."""
-    if not isinstance(labels, Tensor):
-        raise TypeError(f"labels must be a torch.Tensor of shape (B,) or (B, K), got {type(labels).__name__}")
-    check_same_device(images=images, labels=labels)
-    return to_soft_targets(labels, num_classes, images.shape[0])
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
+    return num_classes
 
 
 # --------------------------------------------------------------------------------------
@@ -49,7 +45,7 @@ def _soft_labels(images: Tensor, labels: Tensor, num_classes: int | None) -> Ten
 
 
 @dataclass(frozen=True)
-class MixupParams:
+class MixupParams(Params):
     """``lam`` (B,) float32: each image's own share (1 where skipped by ``p``);
     ``perm`` (B,) int64: its partner's index."""
 
@@ -57,7 +53,7 @@ class MixupParams:
     perm: Tensor
 
 
-class Mixup(nn.Module):
+class Mixup(Op):
     """Mixup (Zhang et al. 2018): ``x' = lam x + (1 - lam) x[perm]``, same mix of the labels.
 
     ``lam ~ Beta(alpha, alpha)`` is drawn per image (the original code draws one per batch),
@@ -73,38 +69,34 @@ class Mixup(nn.Module):
         num_classes: K, needed for (B,) integer labels.
     """
 
+    mixes_labels = True
+    params_type = MixupParams
+
     def __init__(self, alpha: float = 1.0, p: float = 1.0, num_classes: int | None = None) -> None:
         super().__init__()
         self.alpha = check_positive(alpha, "alpha")
         self.p = check_probability(p)
-        self.num_classes = _check_num_classes(num_classes)
+        self.num_classes = check_num_classes(num_classes)
 
-    def sample_params(self, images: Tensor, generator: torch.Generator | None = None) -> MixupParams:
+    def _sample(self, images, labels, saliency, generator) -> MixupParams:
         """Draw order: lam (B,), applied (B,), perm (B,)."""
-        check_images(images)
-        check_generator(generator)
         b, dev = images.shape[0], images.device
         lam = beta(self.alpha, self.alpha, b, device=dev, generator=generator)
         applied = bernoulli(self.p, b, device=dev, generator=generator)
         lam = torch.where(applied, lam, torch.ones_like(lam))
         return MixupParams(lam=lam, perm=permutation(b, device=dev, generator=generator))
 
-    def apply(self, images: Tensor, labels: Tensor, params: MixupParams) -> tuple[Tensor, Tensor]:
-        """Mix with the given params; returns ``(images, float32 (B, K) targets)``."""
-        check_images(images)
-        targets = _soft_labels(images, labels, self.num_classes)
-        return mixup(images, targets, params.lam, params.perm)
+    def _check_params(self, params: object, images: Tensor) -> None:
+        from keepmix.functional.mixing import _check_weight, check_perm
 
-    def forward(
-        self, images: Tensor, labels: Tensor, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """``(mixed images, float32 (B, K) soft targets)``.
+        super()._check_params(params, images)
+        assert isinstance(params, MixupParams)
+        check_perm(params.perm, images.shape[0], "params.perm")
+        _check_weight(params.lam, images.shape[0], "params.lam")
 
-        Fresh params are valid by construction and skip the value checks (host syncs).
-        """
-        targets = _soft_labels(check_images(images), labels, self.num_classes)
-        params = self.sample_params(images, generator)
-        return mixup(images, targets, params.lam, params.perm, validate=False)
+    def _apply(self, images, labels, params):
+        """Mix with the given params: ``(images, float32 (B, K) targets)``."""
+        return mixup(images, labels, params.lam, params.perm, validate=False)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, p={self.p}, num_classes={self.num_classes}"
@@ -122,10 +114,13 @@ class CutMixParams(RegionParams):
     ``sizes`` (B, 2) int64: the requested box (h, w) = (floor(H sqrt(1 - lam)),
     floor(W sqrt(1 - lam))) for the sampled lam, (0, 0) where skipped by ``p``;
     ``boxes`` (B, 4): where the partner is pasted (the label weight comes from the box's
-    actual area, so boxes replaced by KeepCut stay exact); ``perm`` (B,) int64: partners.
+    actual area, so boxes chosen elsewhere stay exact); ``perm`` (B,) int64: partners;
+    ``patch_weight`` (B,) float32 or None: the label weight of each pasted patch when it is
+    not its area share (``label_weight="saliency"``).
     """
 
     perm: Tensor
+    patch_weight: Tensor | None = None
 
 
 class CutMix(RegionOp):
@@ -137,9 +132,11 @@ class CutMix(RegionOp):
     unpasted area ``1 - area / (H W)``; targets ``lam y + (1 - lam) y[perm]``.
 
     ``per_sample=True`` (default) draws lam, box, and ``p`` per image: more diverse batches
-    for the same cost, and KeepCut can pick each image's box on its own saliency.
-    ``per_sample=False`` reproduces the official code: one lam, one box and one ``p`` draw for
-    the whole batch, with one random permutation.
+    for the same cost, and a KeepPlacer can place each image's box on its own saliency.
+    ``per_sample=False`` reproduces the official code (clovaai/CutMix-PyTorch): one lam, one
+    box and one ``p`` draw for the whole batch, one random permutation, and the official box
+    edges ``[c - s//2, c + s//2)`` (an odd side loses a pixel). With a KeepPlacer the batch
+    then shares one box size, and positions stay per image.
 
     Default ``p = 1.0``: the official ImageNet setting and the paper's main results (and
     what timm uses). The official CIFAR recipes use ``p = 0.5``; pass it explicitly there.
@@ -148,27 +145,48 @@ class CutMix(RegionOp):
         alpha: Beta concentration (> 0); the paper uses 1 (lam uniform).
         p: probability that an image (per_sample) or the batch is mixed.
         num_classes: K, needed for (B,) integer labels.
-        per_sample: per-image draws (True) or one draw per batch as in the official code.
+        per_sample: per-image draws (True) or the official per-batch draw.
+        placer: where each box goes (default uniform; ``KeepPlacer`` is KeepCutMix: the
+            patch never covers the receiving image's salient part).
+        label_weight: ``"area"`` (CutMix's rule: the patch's label weight is its area share
+            ``1 - lam``) or ``"saliency"``: the partner's saliency mass inside the box over
+            its total, so a patch of background earns little label weight (a partner whose
+            map is all zero falls back to the area share). Needs a saliency map.
+
+    ``op(images, labels) -> (mixed images, float32 (B, K) soft targets)``.
     """
 
     placement = "center"
+    mixes_labels = True
+    region = "pasted"
+    params_type = CutMixParams
 
     def __init__(
-        self, alpha: float = 1.0, p: float = 1.0, num_classes: int | None = None, per_sample: bool = True
+        self,
+        alpha: float = 1.0,
+        p: float = 1.0,
+        num_classes: int | None = None,
+        per_sample: bool = True,
+        placer: Placer | None = None,
+        label_weight: Literal["area", "saliency"] = "area",
     ) -> None:
-        super().__init__()
+        super().__init__(placer)
         self.alpha = check_positive(alpha, "alpha")
         self.p = check_probability(p)
-        self.num_classes = _check_num_classes(num_classes)
+        self.num_classes = check_num_classes(num_classes)
         if not isinstance(per_sample, bool):
             raise TypeError(f"per_sample must be a bool, got {per_sample!r}")
         self.per_sample = per_sample
+        if label_weight not in ("area", "saliency"):
+            raise ValueError(f"label_weight must be 'area' or 'saliency', got {label_weight!r}")
+        self.label_weight = label_weight
 
-    def sample_params(self, images: Tensor, generator: torch.Generator | None = None) -> CutMixParams:
-        """Draw order: lam, applied, box centres (cy, cx), perm (B,). With
-        ``per_sample=False`` lam, applied and the centre are drawn once and shared."""
-        check_images(images)
-        check_generator(generator)
+    def needs_saliency(self, images: Tensor) -> bool:
+        return self.placer.needs_saliency or self.label_weight == "saliency"
+
+    def _sample(self, images, labels, saliency, generator) -> CutMixParams:
+        """Draw order: lam, applied, positions (the placer), perm (B,). With
+        ``per_sample=False`` lam, applied and a uniform position are drawn once and shared."""
         b, _, h, w = images.shape
         dev = images.device
         n = b if self.per_sample else 1
@@ -177,41 +195,47 @@ class CutMix(RegionOp):
         # float64 so the floor matches the official int(W * sqrt(1 - lam)) on the same lam.
         cut = torch.sqrt(1.0 - lam.double())
         sizes = torch.stack([(h * cut).floor().long(), (w * cut).floor().long()], dim=1)
-        sizes = torch.where(applied[:, None], sizes, torch.zeros_like(sizes))
-        boxes = self.place(sizes, h, w, generator)
         if not self.per_sample:
-            sizes, boxes = sizes.expand(b, 2).contiguous(), boxes.expand(b, 4).contiguous()
-        return CutMixParams(boxes=boxes, sizes=sizes, perm=permutation(b, device=dev, generator=generator))
+            # The official far edge c + s//2: a centred box of the even size 2 (s//2).
+            sizes = sizes - sizes % 2
+        sizes = torch.where(applied[:, None], sizes, torch.zeros_like(sizes)).expand(b, 2).contiguous()
+        boxes = self.place(sizes, images, saliency, generator, shared=not self.per_sample)
+        perm = permutation(b, device=dev, generator=generator)
+        weight = None
+        if self.label_weight == "saliency":
+            assert saliency is not None
+            weight = saliency_patch_weight(saliency, boxes, perm)
+        return CutMixParams(boxes=boxes, sizes=sizes, perm=perm, patch_weight=weight)
 
-    def apply(
-        self, images: Tensor, labels: Tensor, params: CutMixParams, patch_weight: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Paste ``images[params.perm]`` into ``params.boxes``; returns ``(images, targets)``.
+    def _check_params(self, params: object, images: Tensor) -> None:
+        from keepmix.functional.mixing import _check_weight, check_perm
 
-        ``patch_weight`` (B,) in [0, 1], when given, replaces the area share ``1 - lam`` as
-        the label weight of the pasted patch (KeepCutMix's saliency-weighted labels); an image
-        with an empty box keeps weight 0. Use :func:`keepmix.functional.mixing.area_lambda`
-        on ``params.boxes`` for the exact area lam.
-        """
-        check_images(images)
-        targets = _soft_labels(images, labels, self.num_classes)
-        perm = getattr(params, "perm", None)
-        if perm is None:
-            raise TypeError("CutMix.apply needs CutMixParams (with perm), from sample_params")
-        out, mixed, _ = cutmix(images, targets, params.boxes, perm, patch_weight)
-        return out, mixed
+        super()._check_params(params, images)
+        assert isinstance(params, CutMixParams)
+        check_perm(params.perm, images.shape[0], "params.perm")
+        if params.patch_weight is not None:
+            _check_weight(params.patch_weight, images.shape[0], "params.patch_weight")
 
-    def forward(
-        self, images: Tensor, labels: Tensor, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """``(mixed images, float32 (B, K) soft targets)``.
-
-        Fresh params are valid by construction and skip the value checks (host syncs).
-        """
-        targets = _soft_labels(check_images(images), labels, self.num_classes)
-        params = self.sample_params(images, generator)
-        out, mixed, _ = cutmix(images, targets, params.boxes, params.perm, validate=False)
+    def _apply(self, images, labels, params):
+        """Paste ``images[params.perm]`` into ``params.boxes``: ``(images, targets)``."""
+        out, mixed, _ = cutmix(images, labels, params.boxes, params.perm, params.patch_weight, validate=False)
         return out, mixed
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, p={self.p}, num_classes={self.num_classes}, per_sample={self.per_sample}"
+        return (
+            f"alpha={self.alpha}, p={self.p}, num_classes={self.num_classes}, per_sample={self.per_sample}, "
+            f"label_weight={self.label_weight!r}"
+        )
+
+
+def saliency_patch_weight(saliency: Tensor, boxes: Tensor, perm: Tensor) -> Tensor:
+    """(B,) float32 label weight of each pasted patch: the partner's saliency mass inside the
+    box over the partner's total (the area share where the partner's map is all zero)."""
+    h, w = saliency.shape[-2:]
+    area_share = box_areas(boxes).double() / (h * w)
+    sat = summed_area_table(saliency)[perm]
+    inside = box_sums(sat, boxes)
+    total = sat[:, -1, -1]
+    share = inside / total.clamp_min(torch.finfo(torch.float64).tiny)
+    # clamp: a user map with negative entries could leave [0, 1]; a weight must not.
+    return torch.where(total > 0, share.clamp(0.0, 1.0), area_share).float()

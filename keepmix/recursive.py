@@ -13,19 +13,22 @@ Usage in a training step (keepmix models expose ``forward_features``, ``classify
 
     rm = RecursiveMix(num_classes=10, alpha=0.5, omega=0.5)
     for x, y in loader:
-        x_mixed, y_mixed, info = rm.mix(x, y, generator=g)   # first step: x, one-hot y
+        x_mixed, y_mixed = rm(x, y, generator=g)             # first step: x, one-hot y
         feats = model.forward_features(x_mixed)              # (B, C, h, w), before pooling
         logits = model.classify(feats)
-        loss = soft_target_cross_entropy(logits, y_mixed) + rm.consistency_loss(feats, info, head=model.fc)
+        loss = soft_target_cross_entropy(logits, y_mixed) + rm.consistency_loss(feats, head=model.fc)
         rm.update(x_mixed, y_mixed, logits)                  # stores detached copies
         loss.backward(); opt.step(); opt.zero_grad()
+
+``rm(x, y)`` records its params; ``consistency_loss`` uses the latest call's by default (or
+the ``params=`` of an explicit ``sample_params`` / ``apply``).
 
 For any other model, take the feature map with a forward hook on the module that produces
 it (:class:`keepmix.models.FeatureHook`)::
 
     hook = FeatureHook(model, "layer4")
     logits = model(x_mixed); feats = hook.features
-    loss = ... + rm.consistency_loss(feats, info, head=model.fc)
+    loss = ... + rm.consistency_loss(feats, head=model.fc)
 
 ``head`` is the shared classifier (as above; the official ``--share_fc``) or an
 ``nn.Linear(C * oh * ow, K)`` of your own -- make it part of the model so the optimizer and
@@ -34,7 +37,9 @@ DDP see it.
 Choices, and why:
 
 * **Boxes per image** by default (``per_sample=True``): each image gets its own area ratio
-  and centre; ``per_sample=False`` is the official one box per batch.
+  and centre; ``per_sample=False`` is the official one box per batch, with the official box
+  edges ``[c - s//2, c + s//2)``. ``placer=KeepPlacer(...)`` (:class:`KeepRecursiveMix`)
+  keeps the box off the receiving image's salient part (beyond the paper).
 * **History dtype**: images are kept in the dtype they were fed in (what is pasted next step
   is then bit-for-bit the previous input; under AMP the input batch is float32 anyway, since
   autocast casts inside the ops). Logits and targets are kept in **float32**: AMP logits are
@@ -45,7 +50,7 @@ Choices, and why:
   so no row is ever older than one step. A smaller batch pastes history rows ``0..B-1``
   (the rest of the previous batch is dropped when the history is replaced). A larger batch
   pastes nothing into its rows ``>= B_hist``: they train plainly (empty box, ``lam = 1``,
-  consistency weight 0), reported in ``info.from_history``. No row receives its own image or
+  consistency weight 0), reported in ``params.from_history``. No row receives its own image or
   an image from two steps back.
 * **Epochs**: the history carries over epoch boundaries unless ``reset_each_epoch=True``
   (the official code resets it); call :meth:`RecursiveMix.on_epoch_start` at each epoch.
@@ -60,18 +65,19 @@ Choices, and why:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from keepmix._checks import check_generator, check_images, check_int, check_positive
-from keepmix.base import RegionOp, RegionParams
+from keepmix._checks import check_images, check_int, check_positive
+from keepmix.base import Params, RegionOp, RegionParams
 from keepmix.functional.mixing import area_lambda
 from keepmix.functional.resize_paste import resize_into_boxes
 from keepmix.functional.roi_align import max_sampling_grid, roi_align
-from keepmix.keep import KeepCut, SaliencyFn
+from keepmix.keep import keep_placer
+from keepmix.placers import Placer
 from keepmix.sampling import uniform
 from keepmix.targets import mix_targets, soft_target_cross_entropy, to_soft_targets
 
@@ -80,22 +86,27 @@ __all__ = ["RecursiveMix", "RecursiveMixParams", "RecursiveMixInfo", "KeepRecurs
 
 @dataclass(frozen=True)
 class RecursiveMixParams(RegionParams):
-    """Where the history goes.
+    """Where the history goes, and what is pasted.
 
     ``sizes`` (B, 2) int64: the requested box (floor(H sqrt(r)), floor(W sqrt(r))) for the
     drawn area ratio r, (0, 0) for an image with no history row; ``boxes`` (B, 4): where the
-    resized history is pasted (replaceable, e.g. by KeepCut: lam is computed from the boxes
-    at ``apply``); ``ratio`` (B,) float32: the drawn r; ``from_history`` (B,) bool: images
-    that have a history row to receive.
+    resized history is pasted (lam is computed from the boxes at ``apply``); ``ratio`` (B,)
+    float32: the drawn r; ``from_history`` (B,) bool: images that have a history row to
+    receive; ``image_size`` (H, W); ``history_images`` / ``history_targets`` / ``history_logits``: the history row
+    each image receives (None on a step without history).
     """
 
     ratio: Tensor
     from_history: Tensor
+    image_size: tuple[int, int]
+    history_images: Tensor | None = None
+    history_targets: Tensor | None = None
+    history_logits: Tensor | None = None
 
 
 @dataclass(frozen=True)
 class RecursiveMixInfo:
-    """What :meth:`RecursiveMix.consistency_loss` needs from one :meth:`RecursiveMix.mix`.
+    """What :meth:`RecursiveMix.consistency_loss` needs from one step (:meth:`RecursiveMix.info`).
 
     ``boxes`` (B, 4) int64 where history image i went (empty: nothing pasted); ``lam`` (B,)
     float32 the exact unpasted area share; ``weights`` (B,) float32 ``omega * (1 - lam)``, the
@@ -134,8 +145,9 @@ class RecursiveMix(RegionOp):
             ImageNet, 0.1 for CIFAR-10 PyramidNet).
         interpolation: how the history is resized into the box: ``"nearest"`` (official
             default) or ``"bilinear"``.
-        align_corners: bilinear only (the official code's bilinear uses True).
+        align_corners: bilinear only; None (default) is the official code's True.
         per_sample: one area ratio and box per image (default) or one per batch (official).
+        placer: where each box goes (default uniform; ``KeepPlacer`` for selective-cut).
         reset_each_epoch: forget the history in :meth:`on_epoch_start` (official behaviour).
         roi_output_size: RoIAlign bins (default 1 x 1, as in the paper); the head then takes
             ``C * oh * ow`` features.
@@ -148,6 +160,9 @@ class RecursiveMix(RegionOp):
     """
 
     placement = "center"
+    mixes_labels = True
+    region = "pasted"
+    params_type = RecursiveMixParams
 
     def __init__(
         self,
@@ -155,19 +170,22 @@ class RecursiveMix(RegionOp):
         alpha: float = 0.5,
         omega: float = 0.5,
         interpolation: Literal["nearest", "bilinear"] = "nearest",
-        align_corners: bool = False,
+        align_corners: bool | None = None,
         per_sample: bool = True,
         reset_each_epoch: bool = False,
         roi_output_size: int | tuple[int, int] = (1, 1),
         sampling_ratio: int = -1,
+        placer: Placer | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(placer)
         check_int(num_classes, "num_classes", low=1)
         alpha = check_positive(alpha, "alpha")
         if alpha > 1.0:
             raise ValueError(f"alpha (the largest pasted area ratio) must lie in (0, 1], got {alpha}")
         if interpolation not in ("nearest", "bilinear"):
             raise ValueError(f"interpolation must be 'nearest' or 'bilinear', got {interpolation!r}")
+        if align_corners is None:
+            align_corners = interpolation == "bilinear"
         if align_corners and interpolation != "bilinear":
             raise ValueError("align_corners only applies to interpolation='bilinear'")
         for name, flag in (("per_sample", per_sample), ("reset_each_epoch", reset_each_epoch), ("align_corners", align_corners)):
@@ -187,6 +205,8 @@ class RecursiveMix(RegionOp):
         self._images: Tensor | None = None
         self._targets: Tensor | None = None
         self._logits: Tensor | None = None
+        #: The params of the latest ``forward`` (what ``consistency_loss`` uses by default).
+        self.last_params: RecursiveMixParams | None = None
 
     # ------------------------------------------------------------------ history
     @property
@@ -254,84 +274,84 @@ class RecursiveMix(RegionOp):
                 raise ValueError(f"state['{name}'] must have shape {(b, self.num_classes)}, got {getattr(t, 'shape', t)}")
         self._images, self._targets, self._logits = images, targets.float(), logits.float()
 
-    def _history_rows(self, batch: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """History images, targets, logits for rows 0..batch-1 and the (B,) bool of rows that
-        have one. Rows beyond the history repeat its last row only as padding: their box is
-        forced empty and their weight is 0, so nothing of them is used."""
+    def _history_rows(self, batch: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """History images, targets, logits for rows 0..batch-1. Rows beyond the history repeat
+        its last row only as padding: their box is empty and their weight is 0, so nothing of
+        them is used."""
         assert self._images is not None and self._targets is not None and self._logits is not None
         if self._images.device != device:  # e.g. after load_state_dict onto the CPU
             self._images, self._targets, self._logits = (t.to(device) for t in (self._images, self._targets, self._logits))
         n = self._images.shape[0]
-        rows = torch.arange(batch, device=device)
-        has = rows < n
         if batch <= n:
-            return self._images[:batch], self._targets[:batch], self._logits[:batch], has
-        idx = rows.clamp(max=n - 1)
-        return self._images[idx], self._targets[idx], self._logits[idx], has
+            return self._images[:batch], self._targets[:batch], self._logits[:batch]
+        idx = torch.arange(batch, device=device).clamp(max=n - 1)
+        return self._images[idx], self._targets[idx], self._logits[idx]
 
     # ------------------------------------------------------------------- mixing
-    def sample_params(self, images: Tensor, generator: torch.Generator | None = None) -> RecursiveMixParams:
-        """Draw order: r (B, or 1 with ``per_sample=False``), then box centres (cy, cx).
+    def needs_saliency(self, images: Tensor) -> bool:
+        return self.placer.needs_saliency and self.has_history  # the first step pastes nothing
 
-        The draws do not depend on whether a history exists, so the generator advances the
-        same way on every step of a given batch size.
+    def _sample(self, images, labels, saliency, generator) -> RecursiveMixParams:
+        """Draw order: r (B, or 1 with ``per_sample=False``), then the positions (the placer).
+
+        With a uniform placer the draws do not depend on whether a history exists, so the
+        generator advances the same way on every step of a given batch size.
         """
-        check_images(images)
-        check_generator(generator)
         b, _, h, w = images.shape
         dev = images.device
         n = b if self.per_sample else 1
         ratio = uniform(n, 0.0, self.alpha, device=dev, generator=generator)
         side = torch.sqrt(ratio.double())  # float64: the floor below is the official int(W * sqrt(r))
         sizes = torch.stack([(h * side).floor().long(), (w * side).floor().long()], dim=1)
-        boxes = self.place(sizes, h, w, generator)
         if not self.per_sample:
-            ratio, sizes, boxes = ratio.expand(b).contiguous(), sizes.expand(b, 2).contiguous(), boxes.expand(b, 4).contiguous()
+            sizes = sizes - sizes % 2  # the official far edge c + s//2 (see CutMix)
+        ratio, sizes = ratio.expand(b).contiguous(), sizes.expand(b, 2).contiguous()
         from_history = torch.arange(b, device=dev) < self.history_size
         sizes = torch.where(from_history[:, None], sizes, torch.zeros_like(sizes))
-        boxes = torch.where(from_history[:, None], boxes, torch.zeros_like(boxes))
-        return RecursiveMixParams(boxes=boxes, sizes=sizes, ratio=ratio, from_history=from_history)
-
-    def apply(self, images: Tensor, labels: Tensor, params: RegionParams) -> tuple[Tensor, Tensor, RecursiveMixInfo]:
-        """Paste the resized history into ``params.boxes``.
-
-        Returns ``(images, float32 (B, K) targets, info)``. Without a history the images are
-        returned as they are (same tensor) with their one-hot/soft targets and ``lam = 1``.
-        """
-        check_images(images)
-        b, c, h, w = images.shape
-        targets = to_soft_targets(labels, self.num_classes, b).to(images.device)
-        boxes = params.boxes
-        if not isinstance(boxes, Tensor) or tuple(boxes.shape) != (b, 4):
-            raise ValueError(f"params.boxes must have shape (B, 4) = {(b, 4)}, got {getattr(boxes, 'shape', boxes)}")
+        if self.placer.needs_saliency and saliency is None:  # no history: nothing to place
+            boxes = torch.zeros(b, 4, dtype=torch.int64, device=dev)
+        else:
+            boxes = self.place(sizes, images, saliency, generator, shared=not self.per_sample)
+            boxes = torch.where(from_history[:, None], boxes, torch.zeros_like(boxes))
         if self._images is None:
-            zero_boxes = torch.zeros(b, 4, dtype=torch.int64, device=images.device)
-            ones = torch.ones(b, device=images.device)
-            info = RecursiveMixInfo(zero_boxes, ones, torch.zeros_like(ones), torch.zeros(b, dtype=torch.bool, device=images.device), None, (h, w))
-            return images, targets, info
-        if self._images.shape[1] != c:
-            raise ValueError(f"images have {c} channels but the history has {self._images.shape[1]}; call reset() when the input changes")
-        src, src_targets, src_logits, has = self._history_rows(b, images.device)
-        boxes = boxes.to(device=images.device, dtype=torch.int64)
-        boxes = torch.where(has[:, None], boxes, torch.zeros_like(boxes))  # rows without history: nothing pasted
-        mixed = resize_into_boxes(images, src, boxes, self.interpolation, self.align_corners)
-        lam = area_lambda(boxes, h, w)
-        mixed_targets = mix_targets(targets, src_targets, lam)
-        weights = self.omega * (1.0 - lam)
-        info = RecursiveMixInfo(boxes, lam, weights, has, src_logits, (h, w))
-        return mixed, mixed_targets, info
+            return RecursiveMixParams(boxes=boxes, sizes=sizes, ratio=ratio, from_history=from_history, image_size=(h, w))
+        if self._images.shape[1] != images.shape[1]:
+            raise ValueError(
+                f"images have {images.shape[1]} channels but the history has {self._images.shape[1]}; call reset() when the input changes"
+            )
+        src, src_targets, src_logits = self._history_rows(b, dev)
+        return RecursiveMixParams(
+            boxes=boxes, sizes=sizes, ratio=ratio, from_history=from_history, image_size=(h, w),
+            history_images=src, history_targets=src_targets, history_logits=src_logits,
+        )
 
-    def mix(
-        self, images: Tensor, labels: Tensor, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, Tensor, RecursiveMixInfo]:
-        """``apply(images, labels, sample_params(images, generator))``."""
-        return self.apply(images, labels, self.sample_params(images, generator))
+    def _apply(self, images, labels, params):
+        """Paste the resized history into ``params.boxes``: ``(images, float32 (B, K) targets)``.
 
-    def forward(
-        self, images: Tensor, labels: Tensor, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, Tensor, RecursiveMixInfo]:
-        """Same as :meth:`mix`."""
-        return self.mix(images, labels, generator)
+        Without a history the images are returned as they are (same tensor) with their
+        one-hot / soft targets.
+        """
+        if params.history_images is None:
+            return images, labels
+        h, w = images.shape[-2:]
+        mixed = resize_into_boxes(images, params.history_images.to(images.dtype), params.boxes, self.interpolation, self.align_corners)
+        return mixed, mix_targets(labels, params.history_targets, area_lambda(params.boxes, h, w))
+
+    def _after_forward(self, params: Params) -> None:
+        assert isinstance(params, RecursiveMixParams)
+        self.last_params = params
+
+    def info(self, params: RecursiveMixParams | None = None) -> RecursiveMixInfo:
+        """What the consistency loss needs from ``params`` (default: the latest ``forward``'s)."""
+        if params is None:
+            params = self.last_params
+            if params is None:
+                raise ValueError("RecursiveMix has not mixed a batch yet: call it (rm(images, labels)) or pass params=")
+        if not isinstance(params, RecursiveMixParams):
+            raise TypeError(f"params must be RecursiveMixParams from sample_params, got {type(params).__name__}")
+        h, w = params.image_size
+        lam = area_lambda(params.boxes, h, w)
+        return RecursiveMixInfo(params.boxes, lam, self.omega * (1.0 - lam), params.from_history, params.history_logits, (h, w))
 
     # --------------------------------------------------------- consistency loss
     def roi_features(
@@ -361,20 +381,22 @@ class RecursiveMix(RegionOp):
     def consistency_loss(
         self,
         features: Tensor,
-        info: RecursiveMixInfo,
         head: Callable[[Tensor], Tensor],
+        params: RecursiveMixParams | None = None,
         spatial_scale: float | tuple[float, float] | None = None,
     ) -> Tensor:
         """``mean_i omega (1 - lam_i) CE(head(RoIAlign(features_i, box_i)), softmax(logits_hist_i))``.
 
         ``features``: the model's last feature map before pooling for the *mixed* batch
-        (attached to the graph); ``head``: ``model.fc`` or an own ``nn.Linear``. Returns a
+        (attached to the graph); ``head``: ``model.fc`` or an own ``nn.Linear``; ``params``:
+        the step's params (default: those of the latest ``forward``). Returns a
         float32 scalar. The targets come from the detached history, so no gradient reaches
         it. On a step without history the head still runs (times 0): an own head gets a
         zero gradient rather than none, which DDP needs.
         """
         if not callable(head):
             raise TypeError(f"head must be callable (e.g. model.fc), got {type(head).__name__}")
+        info = self.info(params)
         out = head(self.roi_features(features, info, spatial_scale))
         if out.ndim != 2 or out.shape[1] != self.num_classes:
             raise ValueError(f"head must return (B, num_classes={self.num_classes}) logits, got shape {tuple(out.shape)}")
@@ -391,87 +413,16 @@ class RecursiveMix(RegionOp):
         )
 
 
-class KeepRecursiveMix(KeepCut):
+class KeepRecursiveMix(RecursiveMix):
     """RecursiveMix whose box avoids the receiving image's most salient region (beyond the paper).
 
-    KeepAugment's selective-cut on the receiving image: the box size comes from RecursiveMix's
-    area ratio, its position is drawn among the candidates whose saliency score (of the image
-    that *receives* the history) is below the per-image q-quantile. lam stays the exact
-    unpasted area. The first step (no history) needs no saliency and computes none.
-
-    Args:
-        num_classes, alpha, omega, interpolation, align_corners, per_sample, reset_each_epoch,
-            roi_output_size, sampling_ratio: as :class:`RecursiveMix` (``per_sample=False``
-            shares the box size; positions stay per image).
-        q, saliency_fn, candidate_stride: as :class:`keepmix.keep.KeepCut`.
-
-    ``mix(images, labels, *, saliency=None, generator=None) -> (images, targets, info)``;
-    ``consistency_loss``, ``update``, ``reset``, ``on_epoch_start`` as in RecursiveMix.
+    ``RecursiveMix(..., placer=KeepPlacer(q, score, whole_boxes, saliency_fn,
+    candidate_stride))``, the placer's arguments by name: the box size comes from the area
+    ratio, its position is drawn among the candidates whose saliency score (of the image that
+    *receives* the history) is below the per-image q-quantile; lam stays the exact unpasted
+    area. The first step (no history) needs no saliency and computes none.
     """
 
-    op: RecursiveMix
-
-    def __init__(
-        self,
-        num_classes: int,
-        alpha: float = 0.5,
-        omega: float = 0.5,
-        interpolation: Literal["nearest", "bilinear"] = "nearest",
-        align_corners: bool = False,
-        per_sample: bool = True,
-        reset_each_epoch: bool = False,
-        roi_output_size: int | tuple[int, int] = (1, 1),
-        sampling_ratio: int = -1,
-        q: float = 0.6,
-        saliency_fn: SaliencyFn | None = None,
-        candidate_stride: int = 1,
-    ) -> None:
-        rm = RecursiveMix(
-            num_classes, alpha, omega, interpolation, align_corners, per_sample, reset_each_epoch, roi_output_size, sampling_ratio
-        )
-        super().__init__(rm, q, saliency_fn, candidate_stride)
-
-    def mix(
-        self,
-        images: Tensor,
-        labels: Tensor,
-        *,
-        saliency: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> tuple[Tensor, Tensor, RecursiveMixInfo]:
-        check_images(images)
-        if labels is None:
-            raise ValueError("KeepRecursiveMix needs labels (B,) class ids or (B, K) soft targets")
-        if not self.op.has_history:
-            return self.op.mix(images, labels, generator)
-        sal = self.resolve_saliency(images, labels, saliency)
-        params, _ = self.sample_params(images, sal, generator)
-        return self.op.apply(images, labels, params)
-
-    def forward(
-        self,
-        images: Tensor,
-        labels: Tensor | None = None,
-        *,
-        saliency: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> tuple[Tensor, Tensor, RecursiveMixInfo]:
-        return self.mix(images, labels, saliency=saliency, generator=generator)  # type: ignore[arg-type]
-
-    def consistency_loss(self, features: Tensor, info: RecursiveMixInfo, head: Callable[[Tensor], Tensor], spatial_scale=None) -> Tensor:
-        """See :meth:`RecursiveMix.consistency_loss`."""
-        return self.op.consistency_loss(features, info, head, spatial_scale)
-
-    def update(self, images: Tensor, targets: Tensor, logits: Tensor) -> None:
-        """See :meth:`RecursiveMix.update`."""
-        self.op.update(images, targets, logits)
-
-    def reset(self) -> None:
-        self.op.reset()
-
-    def on_epoch_start(self) -> None:
-        self.op.on_epoch_start()
-
-    @property
-    def has_history(self) -> bool:
-        return self.op.has_history
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        placer = keep_placer(kwargs)
+        super().__init__(*args, placer=placer, **kwargs)

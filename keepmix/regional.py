@@ -1,9 +1,9 @@
 """Region-level augmentation: Cutout and Random Erasing, one box per image.
 
-Both are :class:`keepmix.base.RegionOp` s: ``params = op.sample_params(images, generator)``
-draws every image's box (and fill values) at once; ``op.apply(images, params)`` erases
-them; ``op(images, generator=None)`` does both. KeepCut (keepmix.keep) replaces
-``params.boxes`` by boxes of the same ``params.sizes`` and calls ``apply``.
+Both are :class:`keepmix.base.RegionOp` s: ``sample_params`` draws every image's box size,
+its position (through the op's ``placer``) and fill values at once; ``apply`` erases them.
+Labels pass through unchanged. ``placer=KeepPlacer(...)`` gives KeepAugment's selective-cut
+versions (:class:`keepmix.keep.KeepCutout`, :class:`keepmix.keep.KeepRandomErasing`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from keepmix._checks import check_generator, check_images, check_probability, check_range_pair
+from keepmix._checks import check_int, check_probability, check_range_pair
 from keepmix.base import RegionOp, RegionParams
-from keepmix.functional.erasing import check_fill, erase, fill_tensor
+from keepmix.functional.boxes import paste
+from keepmix.functional.erasing import check_fill, fill_tensor
+from keepmix.placers import Placer
 from keepmix.sampling import bernoulli, log_uniform, normal, randint, uniform
 
 __all__ = ["CutoutParams", "Cutout", "RandomErasingParams", "RandomErasing"]
@@ -47,43 +49,46 @@ class Cutout(RegionOp):
     probability ``p`` (the paper: always).
 
     Args:
-        length: side of the square in pixels (CIFAR-10: 16, CIFAR-100: 8).
+        length: side of the square in pixels (CIFAR-10: 16, CIFAR-100: 8); at most the
+            image's height and width (a larger square would blank whole images).
         fill: the value written into the square: a number or one number per channel. Cutout
             runs after normalisation in the paper, so the default 0 is the dataset mean. On
             uint8 images it must be an integer in [0, 255] (an error otherwise, never clipped).
         p: probability that an image is cut.
+        placer: where each square goes: :class:`~keepmix.placers.UniformPlacer` (default),
+            or :class:`~keepmix.placers.KeepPlacer` for KeepAugment's selective-cut.
 
-    Input (B, C, H, W) float or uint8, any device; output same dtype and device.
+    Input (B, C, H, W) or (C, H, W), float or uint8, any device; output same dtype and device.
     """
 
     placement = "center"
+    single_image = True
+    params_type = CutoutParams
 
-    def __init__(self, length: int = 16, fill: float | Sequence[float] = 0.0, p: float = 1.0) -> None:
-        super().__init__()
-        if isinstance(length, bool) or int(length) != length or length < 1:
-            raise ValueError(f"length must be a positive integer (pixels), got {length!r}")
+    def __init__(self, length: int = 16, fill: float | Sequence[float] = 0.0, p: float = 1.0, placer: Placer | None = None) -> None:
+        super().__init__(placer)
+        self.length = check_int(length, "length", low=1, what="a positive int (pixels)")
         if isinstance(fill, Tensor):
             raise TypeError("fill must be a number or a sequence of numbers (one per channel), not a tensor")
-        self.length = int(length)
         self.fill = check_fill(fill)
         self.p = check_probability(p)
 
-    def sample_params(self, images: Tensor, generator: torch.Generator | None = None) -> CutoutParams:
-        """Draw each image's square: who is cut (``p``), then the centre (uniform pixel)."""
-        check_images(images)
-        check_generator(generator)
-        b, _, h, w = images.shape
+    def _check_images(self, images: object) -> Tensor:
+        x = super()._check_images(images)
+        if self.length > x.shape[-2] or self.length > x.shape[-1]:
+            raise ValueError(f"length {self.length} is larger than the {x.shape[-2]}x{x.shape[-1]} images (Cutout would blank them)")
+        return x
+
+    def _sample(self, images, labels, saliency, generator) -> CutoutParams:
+        """Draw order: who is cut (``p``), then the position (the placer's draws)."""
+        b = images.shape[0]
         applied = bernoulli(self.p, b, device=images.device, generator=generator)
         sizes = torch.where(applied, self.length, 0).long()[:, None].expand(b, 2).contiguous()
-        return CutoutParams(boxes=self.place(sizes, h, w, generator), sizes=sizes)
+        return CutoutParams(boxes=self.place(sizes, images, saliency, generator), sizes=sizes)
 
-    def apply(self, images: Tensor, params: RegionParams) -> Tensor:
+    def _apply(self, images, labels, params):
         """``images`` with ``params.boxes`` set to ``fill``; outside them bitwise unchanged."""
-        return erase(images, params.boxes, self.fill)
-
-    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Sample and apply; fresh boxes are valid by construction, so they skip the box check."""
-        return erase(images, self.sample_params(images, generator).boxes, self.fill, validate=False)
+        return paste(images, fill_tensor(self.fill, images), params.boxes), labels
 
     def extra_repr(self) -> str:
         return f"length={self.length}, fill={self.fill}, p={self.p}"
@@ -102,8 +107,8 @@ class RandomErasingParams(RegionParams):
 
     ``sizes`` (B, 2) is the (h, w) of the first candidate that fits, (0, 0) where the image is
     skipped by ``p`` or no candidate fits; ``boxes`` (B, 4) lie fully inside the image.
-    ``values`` holds the fill in the images' dtype, broadcastable to (B, C, H, W): (1, C, 1, 1)
-    for a constant, (B, C, 1, 1) for ``"random_box"``, (B, C, H, W) for ``"random_pixel"``.
+    ``values`` holds the fill in the images' dtype, one row per image: (B, C, 1, 1) for a
+    constant or ``"random_box"``, (B, C, H, W) for ``"random_pixel"``.
     """
 
     values: Tensor
@@ -133,11 +138,14 @@ class RandomErasing(RegionOp):
             normal for float images (the op runs after normalisation, as in the paper) and
             uniform integers in [0, 255] for uint8 images, all drawn from ``generator``.
         num_tries: candidate (scale, ratio) pairs per image.
+        placer: where each box goes (default uniform; ``KeepPlacer`` for selective-cut).
 
-    Input (B, C, H, W) float or uint8, any device; output same dtype and device.
+    Input (B, C, H, W) or (C, H, W), float or uint8, any device; output same dtype and device.
     """
 
     placement = "inside"
+    single_image = True
+    params_type = RandomErasingParams
 
     def __init__(
         self,
@@ -146,8 +154,9 @@ class RandomErasing(RegionOp):
         ratio: tuple[float, float] = (0.3, 1 / 0.3),
         value: float | Sequence[float] | str = 0.0,
         num_tries: int = 10,
+        placer: Placer | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(placer)
         self.p = check_probability(p)
         self.scale = check_range_pair(scale, "scale", 0.0, 1.0)
         if self.scale[0] <= 0.0:
@@ -163,9 +172,7 @@ class RandomErasing(RegionOp):
             raise TypeError("value must be a number, a sequence of numbers, 'random_box' or 'random_pixel', not a tensor")
         else:
             self.value = check_fill(value, "value")
-        if isinstance(num_tries, bool) or int(num_tries) != num_tries or num_tries < 1:
-            raise ValueError(f"num_tries must be a positive integer, got {num_tries!r}")
-        self.num_tries = int(num_tries)
+        self.num_tries = check_int(num_tries, "num_tries", low=1)
 
     def sample_sizes(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """(B, 2) int64 box sizes: the first fitting candidate, (0, 0) if skipped or none fits.
@@ -194,28 +201,22 @@ class RandomErasing(RegionOp):
             if images.dtype == torch.uint8:
                 return _random_bytes(shape, images.device, generator)
             return normal(shape, device=images.device, generator=generator).to(images.dtype)
-        return fill_tensor(self.value, images, "value")
+        return fill_tensor(self.value, images, "value").expand(b, c, 1, 1)
 
-    def sample_params(self, images: Tensor, generator: torch.Generator | None = None) -> RandomErasingParams:
-        """Draw sizes, then positions (uniform inside the image), then fill values."""
-        check_images(images)
-        check_generator(generator)
-        _, _, h, w = images.shape
+    def _sample(self, images, labels, saliency, generator) -> RandomErasingParams:
+        """Draw order: sizes (applied, areas, ratios), positions (the placer), fill values."""
         sizes = self.sample_sizes(images, generator)
-        boxes = self.place(sizes, h, w, generator)
+        boxes = self.place(sizes, images, saliency, generator)
         return RandomErasingParams(boxes=boxes, sizes=sizes, values=self.sample_values(images, generator))
 
-    def apply(self, images: Tensor, params: RandomErasingParams) -> Tensor:
-        """``images`` with ``params.boxes`` set to ``params.values``; elsewhere bitwise unchanged."""
-        values = getattr(params, "values", None)
-        if values is None:
-            raise TypeError("RandomErasing.apply needs RandomErasingParams (with values), from sample_params")
-        return erase(images, params.boxes, values)
+    def _check_params(self, params: object, images: Tensor) -> None:
+        super()._check_params(params, images)
+        assert isinstance(params, RandomErasingParams)
+        fill_tensor(params.values, images, "params.values")
 
-    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Sample and apply; fresh boxes are valid by construction, so they skip the box check."""
-        params = self.sample_params(images, generator)
-        return erase(images, params.boxes, params.values, validate=False)
+    def _apply(self, images, labels, params):
+        """``images`` with ``params.boxes`` set to ``params.values``; elsewhere bitwise unchanged."""
+        return paste(images, params.values, params.boxes), labels
 
     def extra_repr(self) -> str:
         return f"p={self.p}, scale={self.scale}, ratio={self.ratio}, value={self.value!r}, num_tries={self.num_tries}"

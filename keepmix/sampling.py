@@ -28,6 +28,8 @@ __all__ = [
     "bernoulli",
     "beta",
     "permutation",
+    "sample_where",
+    "selection_keys",
 ]
 
 
@@ -196,3 +198,25 @@ def permutation(
     check_generator(generator)
     p = torch.randperm(n, generator=generator, device=_draw_device(device, generator))
     return p.to(device) if device is not None else p
+
+
+def sample_where(mask: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """One index per row of ``mask`` (B, N), uniform among its True entries.
+
+    Returns ``(index (B,) int64, found (B,) bool)`` (index 0 where a row has no True entry);
+    one uniform draw per row (see :func:`keepmix.functional.regions.pick_where`).
+    """
+    from keepmix.functional.regions import pick_where
+
+    u = uniform(mask.shape[0], device=mask.device, generator=generator, dtype=torch.float64)
+    return pick_where(mask, u)
+
+
+def selection_keys(
+    batch: int, q: float, side: str, *, device: torch.device | str | None = None, generator: torch.Generator | None = None
+) -> Tensor:
+    """The (B, K + 1) float64 uniform keys :func:`keepmix.functional.selection.select_boxes`
+    takes for threshold level ``q`` on ``side`` (K rejection tries and one exact pick)."""
+    from keepmix.functional.selection import num_draws
+
+    return uniform((batch, num_draws(q, side) + 1), device=device, generator=generator, dtype=torch.float64)

@@ -34,7 +34,7 @@ __all__ = [
     "candidate_boxes",
     "masked_quantile",
     "leading_block_quantile",
-    "sample_where",
+    "pick_where",
 ]
 
 Placement = Literal["center", "inside"]
@@ -437,22 +437,19 @@ def _leading_block_quantile(
     return _masked_quantile(scores, valid, q, overwrite)
 
 
-def sample_where(mask: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """Draw one index uniformly among the True entries of each row of ``mask`` (B, N).
+def pick_where(mask: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """One index per row of ``mask`` (B, N) among its True entries, chosen by ``u`` (B,) in [0, 1).
 
     Returns ``(index (B,) int64, found (B,) bool)``; a row with no True entry has
-    ``found = False`` and index 0. One uniform draw per row (not per entry): the r-th True
-    entry, r ~ U{0, count - 1}, located by a running count and a batched ``searchsorted``,
-    with no loop and no host-device sync.
+    ``found = False`` and index 0. With ``u`` uniform the index is uniform among the row's
+    True entries: the r-th True entry, r = floor(u * count), located by a running count and a
+    batched ``searchsorted``, with no loop and no host-device sync.
     """
-    from keepmix.sampling import uniform
-
     if mask.ndim != 2 or mask.dtype != torch.bool:
         raise ValueError(f"mask must be a (B, N) bool tensor, got {tuple(mask.shape)} {mask.dtype}")
     running = mask.cumsum(1, dtype=torch.int64 if mask.shape[1] >= 2**31 else torch.int32)
     count = running[:, -1]
-    u = uniform(mask.shape[0], device=mask.device, generator=generator, dtype=torch.float64)
-    r = (u * count.to(torch.float64)).floor().long()
+    r = (u.to(torch.float64) * count.to(torch.float64)).floor().long()
     r = torch.minimum(r, (count.long() - 1).clamp_min(0))  # u < 1, but guard float rounding
     # First position whose running count reaches r + 1 is the (r+1)-th True entry.
     index = torch.searchsorted(running, (r + 1).to(running.dtype)[:, None])[:, 0]
