@@ -59,6 +59,15 @@ class Params:
         """A copy with some fields replaced (e.g. boxes chosen elsewhere)."""
         return dataclasses.replace(self, **changes)
 
+    def to(self: P, device: torch.device | str) -> P:
+        """The same parameters on ``device``."""
+        changes: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, (Tensor, Params)):
+                changes[f.name] = v.to(device)
+        return dataclasses.replace(self, **changes)
+
     def rows(self: P, index: Tensor | slice) -> P:
         """The parameters of some images (an index tensor or a slice of the batch)."""
         changes = {}

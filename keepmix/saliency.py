@@ -35,6 +35,27 @@ def _owning_module(fn: object) -> nn.Module | None:
     return owner if isinstance(owner, nn.Module) else None
 
 
+def _unwrap_ddp(fn: LogitsFn) -> LogitsFn:
+    """The module inside a DistributedDataParallel wrapper (``fn`` itself otherwise).
+
+    The saliency pass needs no gradient synchronisation, and a DDP forward whose backward
+    never reduces would leave DDP's reducer waiting for the next training step.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    return fn.module if isinstance(fn, DistributedDataParallel) else fn
+
+
+def _input_dtype(model: nn.Module | None, images: Tensor) -> torch.dtype:
+    """The dtype the model computes in: an AMP batch (float16 / bfloat16 images) goes into a
+    float32 model as float32 (under autocast the model's own casts still apply)."""
+    if model is not None:
+        for p in model.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return images.dtype
+
+
 @contextmanager
 def _frozen(model: nn.Module | None, batchnorm: BatchNormMode) -> Iterator[None]:
     """Run the saliency pass on ``model`` and put everything back afterwards.
@@ -130,7 +151,9 @@ class Saliency:
             (found automatically for a module or a bound method of one).
 
     Call ``saliency(images, labels=None)``. Images must be floating point (the normalised
-    input the model takes); the result is float32 on the images' device.
+    input the model takes); the result is float32 on the images' device. An AMP batch
+    (float16 / bfloat16 images) with a float32 model runs in the model's dtype, and a
+    ``DistributedDataParallel`` model (or ``logits_fn``) is unwrapped for the pass.
     """
 
     def __init__(
@@ -148,10 +171,11 @@ class Saliency:
             raise ValueError(f"batchnorm must be 'eval' or 'batch', got {batchnorm!r}")
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module or None, got {type(model).__name__}")
-        self.logits_fn = logits_fn
+        self.logits_fn = _unwrap_ddp(logits_fn)
         self.downscale = float(downscale)
         self.batchnorm = batchnorm
-        self.model = model if model is not None else _owning_module(logits_fn)
+        model = model if model is not None else _owning_module(self.logits_fn)
+        self.model = None if model is None else _unwrap_ddp(model)
 
     def __call__(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
         check_images(images)
@@ -165,12 +189,17 @@ class Saliency:
                 raise ValueError(f"labels must be (B,) class ids or (B, K) soft targets with B = {images.shape[0]}, got {got}")
             if labels.ndim == 1 and (labels.dtype.is_floating_point or labels.dtype == torch.bool):
                 raise TypeError(f"labels of shape (B,) must hold integer class ids, got {labels.dtype}")
+            if labels.ndim == 2 and not labels.dtype.is_floating_point:
+                raise TypeError(
+                    f"labels of shape (B, K) are soft targets and must be floating point, got {labels.dtype}; "
+                    "give class ids as shape (B,)"
+                )
         h, w = images.shape[-2:]
-        x = images
+        x = images.to(_input_dtype(self.model, images))
         if self.downscale > 1:
             size = (max(1, round(h / self.downscale)), max(1, round(w / self.downscale)))
-            x = F.interpolate(images.float(), size=size, mode="bicubic", align_corners=False, antialias=True)
-            x = x.to(images.dtype)
+            dtype = x.dtype
+            x = F.interpolate(x.float(), size=size, mode="bicubic", align_corners=False, antialias=True).to(dtype)
         with _frozen(self.model, self.batchnorm):
             sal = saliency_map(self.logits_fn, x, labels)
         if sal.shape[-2:] != (h, w):
