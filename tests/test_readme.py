@@ -1,4 +1,10 @@
-"""The README's usage examples run as written (on a tiny synthetic batch)."""
+"""The README's code runs exactly as printed.
+
+* The usage blocks (``python`` blocks not marked as a recipe) run in order in one namespace,
+  as pasted: they define their own stand-in loader and train.
+* Each recipe block follows a ``<!-- recipe: PATH -->`` marker and must equal the file at
+  PATH, which tests/test_integrations.py runs; so the README and the tested code cannot drift.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +13,31 @@ from pathlib import Path
 
 import torch
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+_BLOCK = re.compile(r"(?:<!-- recipe: (?P<path>\S+) -->\n+)?```python\n(?P<code>.*?)```", flags=re.S)
 
 
-def _python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+def _blocks() -> list[tuple[str | None, str]]:
+    return [(m.group("path"), m.group("code")) for m in _BLOCK.finditer(README.read_text())]
 
 
-def test_readme_examples_run_and_train():
-    blocks = _python_blocks()
-    assert len(blocks) >= 2, "the README should show the training-loop and RecursiveMix examples"
-    g = torch.Generator().manual_seed(0)
-    images_u8 = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=g)
-    images = (images_u8.float() / 255 - 0.5) / 0.25
-    labels = torch.tensor([0, 1, 2, 3])
-    ns: dict = {"loader": [(images_u8, images, labels)] * 2}
-    exec(compile(blocks[0], "README-block-0", "exec"), ns)
-    ns.update(images=images, labels=labels)
-    for i, block in enumerate(blocks[1:], start=1):
-        exec(compile(block, f"README-block-{i}", "exec"), ns)
+def test_readme_usage_blocks_run_as_pasted():
+    usage = [code for path, code in _blocks() if path is None]
+    assert len(usage) >= 3, "the README shows the training loop, the parameters and RecursiveMix"
+    ns: dict = {}
+    for i, code in enumerate(usage):
+        exec(compile(code, f"README-block-{i}", "exec"), ns)
     assert torch.isfinite(ns["loss"]).all()
     assert ns["rm"].has_history
-    # The first block trained: SGD took steps (its momentum buffers exist).
-    assert len(ns["opt"].state) > 0
+    assert len(ns["opt"].state) > 0, "the first block trained: SGD took steps"
+    assert ns["targets"].shape == (8, 10) and ns["pasted"].dtype == torch.uint8
+
+
+def test_readme_recipes_are_the_tested_files():
+    recipes = [(path, code) for path, code in _blocks() if path is not None]
+    assert {p for p, _ in recipes} >= {
+        "examples/recipes/timm_style.py", "examples/recipes/torchvision_collate.py", "examples/recipes/lightning_module.py",
+    }
+    for path, code in recipes:
+        assert code == (ROOT / path).read_text(), f"the README's copy of {path} differs from the file"
