@@ -17,7 +17,7 @@ same object); mixing ops return float32 (B, K) soft targets and need labels.
   the saliency and never modifies its inputs.
 
 Checks run once, at this boundary (:meth:`Op.forward`, :meth:`Op.sample_params`,
-:meth:`Op.apply`); the kernels behind them (``_sample`` and ``_apply`` of each op, and
+:meth:`Op.apply`); the kernels behind them (``_sample`` and ``_apply_params`` of each op, and
 :mod:`keepmix.functional`) are unchecked. ``forward`` also takes a single (C, H, W) image (ops
 with ``single_image``) or a PIL image (ops with ``pil_image``) and returns the same type.
 """
@@ -119,7 +119,7 @@ class Op(nn.Module, metaclass=abc.ABCMeta):
     """Base of every keepmix op: the boundary checks, ``forward``, and what the op is.
 
     Subclasses implement ``_sample(images, labels, saliency, generator) -> Params`` and
-    ``_apply(images, labels, params) -> (images, targets)`` on checked input; ``labels`` there
+    ``_apply_params(images, labels, params) -> (images, targets)`` on checked input; ``labels`` there
     are float32 (B, K) soft targets for mixing ops and the caller's labels (or None) otherwise.
     """
 
@@ -147,7 +147,7 @@ class Op(nn.Module, metaclass=abc.ABCMeta):
         """Draw the params for checked input (kernel level, unchecked)."""
 
     @abc.abstractmethod
-    def _apply(self, images: Tensor, labels: Tensor | None, params: Params) -> tuple[Tensor, Tensor | None]:
+    def _apply_params(self, images: Tensor, labels: Tensor | None, params: Params) -> tuple[Tensor, Tensor | None]:
         """Apply checked params; returns ``(images, targets or labels)``."""
 
     def _check_params(self, params: object, images: Tensor) -> None:
@@ -177,7 +177,7 @@ class Op(nn.Module, metaclass=abc.ABCMeta):
         return check_images(images, channels=self.channels)
 
     def _check_labels(self, images: Tensor, labels: object) -> Tensor | None:
-        """The labels as ``_sample``/``_apply`` take them."""
+        """The labels as ``_sample`` / ``_apply_params`` take them."""
         if labels is None:
             if self.mixes_labels:
                 raise ValueError(
@@ -228,7 +228,7 @@ class Op(nn.Module, metaclass=abc.ABCMeta):
         images = self._check_images(images)
         checked = self._check_labels(images, labels)
         self._check_params(params, images)
-        out, targets = self._apply(images, checked, params)
+        out, targets = self._apply_params(images, checked, params)
         return _pack(_like(out, images), targets, labels)
 
     def forward(
@@ -253,7 +253,7 @@ class Op(nn.Module, metaclass=abc.ABCMeta):
         checked = self._check_labels(batch, batch_labels)
         sal = self._resolve_saliency(batch, batch_labels, batch_saliency)
         params = self._sample(batch, checked, sal, generator)
-        out, targets = self._apply(batch, checked, params)
+        out, targets = self._apply_params(batch, checked, params)
         self._after_forward(params)
         out = _like(out, batch)
         if unbatch is not None:  # single images go through label-preserving ops only

@@ -156,10 +156,10 @@ class KeepPaste(Op):
         if isinstance(self.transform, Op):
             self.transform._check_params(params.inner, images)
 
-    def _apply(self, images, labels, params):
+    def _apply_params(self, images, labels, params):
         """``transform(images)`` everywhere except inside ``params.boxes``, where ``images`` is kept."""
         if isinstance(self.transform, Op):
-            augmented, _ = self.transform._apply(images, None, params.inner)
+            augmented, _ = self.transform._apply_params(images, None, params.inner)
         else:
             augmented = self.transform(images)
             if not isinstance(augmented, Tensor) or augmented.shape != images.shape:

@@ -94,7 +94,7 @@ class Mixup(Op):
         check_perm(params.perm, images.shape[0], "params.perm")
         _check_weight(params.lam, images.shape[0], "params.lam")
 
-    def _apply(self, images, labels, params):
+    def _apply_params(self, images, labels, params):
         """Mix with the given params: ``(images, float32 (B, K) targets)``."""
         return mixup(images, labels, params.lam, params.perm, validate=False)
 
@@ -216,7 +216,7 @@ class CutMix(RegionOp):
         if params.patch_weight is not None:
             _check_weight(params.patch_weight, images.shape[0], "params.patch_weight")
 
-    def _apply(self, images, labels, params):
+    def _apply_params(self, images, labels, params):
         """Paste ``images[params.perm]`` into ``params.boxes``: ``(images, targets)``."""
         out, mixed, _ = cutmix(images, labels, params.boxes, params.perm, params.patch_weight, validate=False)
         return out, mixed

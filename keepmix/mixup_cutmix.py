@@ -219,7 +219,7 @@ class MixupCutMix(RegionOp):
         perm = torch.arange(b - 1, -1, -1, device=dev)
         return MixupCutMixParams(boxes=boxes, sizes=sizes, use_cutmix=use_cutmix, lam=lam, perm=perm)
 
-    def _apply(self, images, labels, params):
+    def _apply_params(self, images, labels, params):
         """Blend the Mixup images, paste the CutMix boxes: ``(images, float32 (B, K) targets)``."""
         own = torch.where(params.use_cutmix, torch.ones_like(params.lam), params.lam)
         out, _ = mixup(images, labels, own, params.perm, validate=False)

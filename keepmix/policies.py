@@ -120,7 +120,7 @@ class _Policy(Op):
         assert isinstance(params, PolicyParams)
         _check_policy_params(params, images)
 
-    def _apply(self, images, labels, params):
+    def _apply_params(self, images, labels, params):
         """Apply the drawn ops (see :func:`keepmix.functional.policy_ops.apply_ops`)."""
         dev = images.device
         out = apply_ops(

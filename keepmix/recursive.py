@@ -325,7 +325,7 @@ class RecursiveMix(RegionOp):
             history_images=src, history_targets=src_targets, history_logits=src_logits,
         )
 
-    def _apply(self, images, labels, params):
+    def _apply_params(self, images, labels, params):
         """Paste the resized history into ``params.boxes``: ``(images, float32 (B, K) targets)``.
 
         Without a history the images are returned as they are (same tensor) with their

@@ -86,7 +86,7 @@ class Cutout(RegionOp):
         sizes = torch.where(applied, self.length, 0).long()[:, None].expand(b, 2).contiguous()
         return CutoutParams(boxes=self.place(sizes, images, saliency, generator), sizes=sizes)
 
-    def _apply(self, images, labels, params):
+    def _apply_params(self, images, labels, params):
         """``images`` with ``params.boxes`` set to ``fill``; outside them bitwise unchanged."""
         return paste(images, fill_tensor(self.fill, images), params.boxes), labels
 
@@ -214,7 +214,7 @@ class RandomErasing(RegionOp):
         assert isinstance(params, RandomErasingParams)
         fill_tensor(params.values, images, "params.values")
 
-    def _apply(self, images, labels, params):
+    def _apply_params(self, images, labels, params):
         """``images`` with ``params.boxes`` set to ``params.values``; elsewhere bitwise unchanged."""
         return paste(images, params.values, params.boxes), labels
 

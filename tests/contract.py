@@ -67,6 +67,10 @@ def _assert_same(a: Tensor, b: Tensor, what: str) -> None:
 def check_op(make: Callable[[], Op]) -> None:
     """Run ``make()`` (a fresh op) through every check of the contract."""
     op = make()
+    # A module like any other: movable and copyable (nn.Module's own methods are not shadowed).
+    import copy
+
+    op = copy.deepcopy(op.to("cpu"))
     x, y, s = make_batch()
     x0, y0, s0 = x.clone(), y.clone(), s.clone()
 
