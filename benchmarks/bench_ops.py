@@ -47,7 +47,7 @@ QUICK_SHAPES = "8x32,2x64"
 
 # Targets of the speed issue.
 KEEP_LOOP_TARGET = 20.0  # Keep ops: >= 20x the per-image loop at 32 px
-KEEP_COPY_TARGET = 2.0  # KeepCut / KeepPaste: at most 2x the time of x.clone() at 224 px
+KEEP_COPY_TARGET = 2.0  # selective-cut ops / KeepPaste: at most 2x the time of x.clone() at 224 px
 KORNIA_TARGET = 2.0  # every op with a kornia equivalent: >= 2x kornia's images/s
 
 Thunk = Callable[[], object]
@@ -69,9 +69,9 @@ class Inputs:
 class OpSpec:
     """How to build each contender of one op for given inputs (None: no such contender).
 
-    ``kind``: "floor" (the copy), "plain" (an op), "keep_cut" / "keep_paste" (the Keep
-    wrappers whose own cost the copy target applies to), "keep_policy" (a Keep wrapper
-    around a policy: the policy's cost dominates at large sizes).
+    ``kind``: "floor" (the copy), "plain" (an op), "keep_cut" / "keep_paste" (the Keep ops:
+    a region op with a KeepPlacer, or KeepPaste, whose own cost the copy target applies to),
+    "keep_policy" (KeepPaste around a policy: the policy's cost dominates at large sizes).
     """
 
     name: str
@@ -169,7 +169,7 @@ def _specs() -> dict[str, OpSpec]:
             lambda i: lambda: L.keep_random_erasing_loop(i.x, i.sal, i.rng, q=Q, **er_kwargs),
         ),
         OpSpec(
-            "KeepCutMix", "keep_cut", keep_labels(lambda i: KeepCutMix(NUM_CLASSES, q=Q)),
+            "KeepCutMix", "keep_cut", keep_labels(lambda i: KeepCutMix(alpha=1.0, p=1.0, num_classes=NUM_CLASSES, q=Q)),
             lambda i: lambda: L.keep_cutmix_loop(i.x, i.y, i.sal, i.rng, NUM_CLASSES, q=Q),
         ),
         OpSpec(
@@ -325,7 +325,7 @@ def to_markdown(rows: list[dict], info: dict, args, command: str) -> str:
             "",
         ]
     lines += [
-        "Targets: Keep ops >= 20x the loop at 32 px; KeepCut ops (KeepCutout, KeepRandomErasing, KeepCutMix) and "
+        "Targets: Keep ops >= 20x the loop at 32 px; selective-cut ops (KeepCutout, KeepRandomErasing, KeepCutMix) and "
         "KeepPaste(identity) at most 2x the time of a plain copy (`x.clone()`) at 224 px; every op with a kornia "
         "equivalent >= 2x kornia's images/s (float32).",
         "",

@@ -74,11 +74,12 @@ def main() -> None:
 
     def step_recursive(i: int) -> None:
         x, y = batches[i % len(batches)]
-        xm, ym, info = rm.mix(x, y, generator=g)
+        xm, ym = rm(x, y, generator=g)
+        params = rm.last_params  # this call's params, for the consistency loss
         with autocast():
             feats = model.forward_features(xm)
             logits = model.classify(feats)
-            loss = soft_target_cross_entropy(logits, ym) + rm.consistency_loss(feats, info, head=model.fc)
+            loss = soft_target_cross_entropy(logits, ym) + rm.consistency_loss(feats, head=model.fc, params=params)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -117,7 +118,7 @@ def main() -> None:
         return (time.perf_counter() - t0) / n
 
     aug_cut = aug_time(lambda: cutmix(x, y, generator=g))
-    aug_rec = aug_time(lambda: rm.mix(x, y, generator=g))
+    aug_rec = aug_time(lambda: rm(x, y, generator=g))
 
     # Everything RecursiveMix adds, timed without the model (much less noisy than the
     # difference of two full steps): mix, RoIAlign + head + loss forward and backward on a
@@ -128,8 +129,8 @@ def main() -> None:
     logits_fixed = torch.randn(args.batch, k, device=device, generator=g)
 
     def rm_extra() -> None:
-        xm, ym, info = rm.mix(x, y, generator=g)
-        rm.consistency_loss(feats, info, head=model.fc).backward()
+        xm, ym = rm(x, y, generator=g)
+        rm.consistency_loss(feats, head=model.fc, params=rm.last_params).backward()
         rm.update(xm, ym, logits_fixed)
 
     extra_rec = aug_time(rm_extra)
@@ -140,7 +141,7 @@ def main() -> None:
     print(f"CutMix step     median {statistics.median(cut_t) * 1e3:8.2f} ms  (min {min(cut_t) * 1e3:.2f}, max {max(cut_t) * 1e3:.2f})")
     print(f"RecursiveMix    median {statistics.median(rec_t) * 1e3:8.2f} ms  (min {min(rec_t) * 1e3:.2f}, max {max(rec_t) * 1e3:.2f})")
     print(f"ratio RecursiveMix / CutMix: median {med:.3f}  (min {min(ratios):.3f}, max {max(ratios):.3f}) target <= 1.05")
-    print(f"augmentation alone: CutMix {aug_cut * 1e3:.3f} ms, RecursiveMix.mix {aug_rec * 1e3:.3f} ms")
+    print(f"augmentation alone: CutMix {aug_cut * 1e3:.3f} ms, RecursiveMix(x, y) {aug_rec * 1e3:.3f} ms")
     print(f"RecursiveMix extra work (mix + consistency loss fwd/bwd + update): {extra_rec * 1e3:.3f} ms -> estimated ratio {est:.4f}")
     if args.no_write:
         return
@@ -166,7 +167,7 @@ def main() -> None:
         "",
         f"**Ratio RecursiveMix / CutMix: median {med:.3f}** (min {min(ratios):.3f}, max {max(ratios):.3f}); target <= 1.05.",
         "",
-        f"Augmentation alone (no model): CutMix {aug_cut * 1e3:.3f} ms, RecursiveMix.mix {aug_rec * 1e3:.3f} ms per batch.",
+        f"Augmentation alone (no model): CutMix {aug_cut * 1e3:.3f} ms, RecursiveMix(x, y) {aug_rec * 1e3:.3f} ms per batch.",
         "",
         f"Everything RecursiveMix adds, timed without the model (mix + RoIAlign/head/loss forward and backward on a "
         f"{tuple(feat_shape)} feature map + history update): {extra_rec * 1e3:.3f} ms per step. "

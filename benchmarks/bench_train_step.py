@@ -138,7 +138,7 @@ def _annotated(trainer: Trainer):
     from torch.profiler import record_function
 
     method = trainer.method
-    prepare, saliency = method.prepare, getattr(method, "saliency", None)
+    prepare, saliency = method.prepare, method.saliency
 
     def prepare_wrapped(*a, **k):
         with record_function("phase: method.prepare (augmentation + saliency)"):

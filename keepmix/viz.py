@@ -7,8 +7,8 @@ Two layers:
   :func:`overlay`, :func:`draw_boxes`, :func:`upscale_nearest`, :func:`save_png`) that know
   nothing about augmentation methods, each exact and tested on its own;
 * :func:`save_method_grid` and :func:`plot_runs`, the only functions that know about methods
-  (how to call an op and where it keeps its boxes) and about the training run's
-  ``metrics.jsonl``.
+  (they run ops through the protocol of :mod:`keepmix.base`: ``sample_params``, ``apply``,
+  ``regions``) and about the training run's ``metrics.jsonl``.
 
 matplotlib is needed only by :func:`plot_runs` and is imported there, so the rest of this
 module (and keepmix itself) works without it.
@@ -16,7 +16,6 @@ module (and keepmix itself) works without it.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import torch
 from torch import Tensor
 
 from keepmix._checks import check_generator, check_images
+from keepmix.base import Op
 from keepmix.functional.boxes import box_masks, check_boxes
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "save_png",
     "colormap",
     "run_method",
+    "InnerTransform",
     "save_method_grid",
     "MethodOutput",
     "MethodGrid",
@@ -480,11 +481,11 @@ def _wrap(text: str, font, max_width: int, max_lines: int) -> list[str]:
 class MethodOutput:
     """What one method did to the batch: its output (in the working form, see
     :func:`save_method_grid`), its regions (B, 4) or ``None``, and what the regions are
-    (a key of :data:`REGION_COLORS`)."""
+    (the op's ``region``, a key of :data:`REGION_COLORS`; ``None`` without regions)."""
 
     images: Tensor
     boxes: Tensor | None
-    region: str
+    region: str | None
 
 
 @dataclass
@@ -506,62 +507,6 @@ class MethodGrid:
     pad: int
 
 
-def _call_with(fn: Callable[..., Any], values: Mapping[str, Any], what: str) -> Any:
-    """Call ``fn`` with the arguments its signature asks for, by name.
-
-    The first positional parameter gets the images; later parameters are matched by name
-    (``labels``/``targets``/``y``, ``params``, ``saliency``, ``generator``); a parameter with a
-    default that we have no value for keeps its default. This lets one function drive ops
-    with different signatures (``apply(images, params)``, ``apply(images, labels, params)``,
-    ``forward(images, labels, generator)``) without knowing their classes.
-    """
-    aliases = {"labels": "labels", "targets": "labels", "y": "labels", "target": "labels",
-               "params": "params", "saliency": "saliency", "saliency_map": "saliency", "generator": "generator"}
-    try:
-        # A module's own signature is __call__'s (*args, **kwargs); its forward's is the one.
-        sig = inspect.signature(fn.forward if isinstance(fn, torch.nn.Module) else fn)
-    except (TypeError, ValueError):  # a builtin without a signature: images only
-        return fn(values["images"])
-    args: list[Any] = []
-    kwargs: dict[str, Any] = {}
-    first = True
-    for p in sig.parameters.values():
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
-        if first and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
-            args.append(values["images"])
-            first = False
-            continue
-        key = aliases.get(p.name)
-        if key is not None and values.get(key) is not None:
-            if p.kind == p.POSITIONAL_ONLY:
-                args.append(values[key])
-            else:
-                kwargs[p.name] = values[key]
-        elif p.default is p.empty:
-            raise TypeError(f"{what} needs an argument {p.name!r} that save_method_grid cannot supply")
-    return fn(*args, **kwargs)
-
-
-def _region_kind(op: object, params: object) -> str:
-    """What the boxes of ``params`` mean for a region op: ``pasted`` for a mixing op (a
-    partner goes into the box: its params hold partners or a history), ``cut`` otherwise (the
-    op acts inside the box). An op or params may state it with a ``region_kind`` attribute."""
-    kind = getattr(op, "region_kind", None) or getattr(params, "region_kind", None)
-    if kind in REGION_COLORS:
-        return kind
-    if any(hasattr(params, f) for f in ("perm", "history")) or hasattr(op, "history"):
-        return "pasted"
-    return "cut"
-
-
-def _first_tensor(out: Any, what: str) -> Tensor:
-    img = out[0] if isinstance(out, (tuple, list)) else out
-    if not isinstance(img, Tensor):
-        raise TypeError(f"{what} must return an image tensor or a tuple starting with one, got {type(out).__name__}")
-    return img
-
-
 def run_method(
     op: Callable[..., Any],
     images: Tensor,
@@ -572,73 +517,105 @@ def run_method(
 ) -> MethodOutput:
     """Apply one method to a batch and report its regions.
 
-    * KeepCut / KeepPaste (keepmix.keep): their ``sample_params`` picks the boxes on the
-      saliency map (``saliency``, else their own ``saliency_fn``), so the boxes drawn are
-      those they chose: the cut (or pasted-into, for KeepCutMix) region, or the region kept
-      from the original. Random draws happen in the same order as in their ``forward``, so the
-      output equals ``op(images, labels, saliency=saliency, generator=g)`` for the same seed.
-    * Any other op with ``sample_params`` and ``apply`` (every keepmix op) is run in those two
-      steps, so ``params.boxes`` is at hand when it has boxes.
-    * Any other callable is called as ``op(images, ...)`` and has no regions.
+    * A keepmix op (:class:`keepmix.base.Op`) is run through its protocol, in two steps so
+      that its regions are at hand::
 
-    Extra arguments (labels, the saliency map, the generator) are passed to the parameters
-    that ask for them by name; a tuple result ``(images, targets)`` is reduced to its images.
+          params = op.sample_params(images, labels, saliency=saliency, generator=generator)
+          out = op.apply(images, labels if op.mixes_labels else None, params)
+          boxes = op.regions(params)          # (B, 4) or None; what they are: op.region
+
+      ``forward`` is exactly these two steps, so the output equals
+      ``op(images, labels, saliency=saliency, generator=g)`` for the same seed. ``labels``
+      and ``saliency`` may be None where the op needs none (an op that needs a saliency and
+      gets none computes it with its own ``saliency_fn``, or raises).
+    * Any other callable is called as ``op(images)``; it has no regions.
     """
-    from keepmix.keep import KeepCut, KeepPaste
-
-    values = {"images": images, "labels": labels, "saliency": saliency, "generator": generator}
-    if isinstance(op, KeepPaste):
-        sal = op.resolve_saliency(images, labels, saliency)
-        params, _ = op.sample_params(images, sal, generator)
-        augmented = _first_tensor(_call_with(op.transform, values, f"{name}.transform"), f"{name}.transform")
-        return MethodOutput(op.apply(images, augmented, params), params.boxes, "kept")
-    if isinstance(op, KeepCut):
-        sal = op.resolve_saliency(images, labels, saliency)
-        params, _ = op.sample_params(images, sal, generator)
-        out = _first_tensor(op.apply(images, params, labels), f"{name}.apply")
-        return MethodOutput(out, params.boxes, _region_kind(op.op, params))
-    if hasattr(op, "sample_params") and hasattr(op, "apply"):
-        params = _call_with(op.sample_params, values, f"{name}.sample_params")
-        out = _first_tensor(_call_with(op.apply, dict(values, params=params), f"{name}.apply"), f"{name}.apply")
-        boxes = getattr(params, "boxes", None)
-        if boxes is not None and (not isinstance(boxes, Tensor) or boxes.shape != (images.shape[0], 4)):
-            boxes = None  # not per-image (B, 4) boxes in keepmix's convention: nothing to draw
-        return MethodOutput(out, boxes, _region_kind(op, params) if boxes is not None else "cut")
+    if isinstance(op, Op):
+        params = op.sample_params(images, labels, saliency=saliency, generator=generator)
+        out = op.apply(images, labels if op.mixes_labels else None, params)
+        if op.mixes_labels:
+            out = out[0]
+        boxes = op.regions(params) if op.region is not None else None
+        return MethodOutput(out, boxes, op.region if boxes is not None else None)
     if not callable(op):
         raise TypeError(f"method {name!r} must be a keepmix op or a callable on a batch, got {type(op).__name__}")
-    return MethodOutput(_first_tensor(_call_with(op, values, name), name), None, "cut")
+    out = op(images)
+    if not isinstance(out, Tensor):
+        raise TypeError(f"method {name!r} must return an image tensor, got {type(out).__name__}")
+    return MethodOutput(out, None, None)
 
 
-def _runs_on_uint8(op: object) -> bool:
-    """Whether an op runs on the uint8 batch before normalisation in training: keepmix's
-    policies (AutoAugment, RandAugment, TrivialAugment) and KeepPaste around one, as in
-    keepmix.train.methods. Everything else runs on the normalised float batch."""
-    from keepmix.keep import KeepPaste
+class InnerTransform(Op):
+    """A :class:`keepmix.keep.KeepPaste`'s transform alone, drawn exactly as the KeepPaste draws it.
 
-    inner = op.transform if isinstance(op, KeepPaste) else op
-    return type(inner).__module__.startswith("keepmix.policies")
+    ``sample_params`` is the KeepPaste's (the kept boxes, then the transform's own params,
+    from the same generator); ``apply`` runs only the transform with those inner params,
+    ``paste.transform.apply(images, None, params.inner)``. Given the same generator state,
+    a column of ``InnerTransform(keep)`` and one of ``keep`` then show the same policy draw:
+    the two pictures are identical outside the kept box (where ``keep`` restores the
+    original). For a plain-callable transform (its randomness is its own) the transform is
+    simply called. It has no regions of its own.
+    """
+
+    region = None
+
+    def __init__(self, paste: Any) -> None:
+        from keepmix.keep import KeepPaste, KeepPasteParams
+
+        super().__init__()
+        if not isinstance(paste, KeepPaste):
+            raise TypeError(f"paste must be a keepmix.keep.KeepPaste, got {type(paste).__name__}")
+        self.paste = paste
+        self.params_type = KeepPasteParams
+
+    @property
+    def raw_pixels(self) -> bool:  # type: ignore[override]
+        return self.paste.raw_pixels
+
+    def needs_saliency(self, images: Tensor) -> bool:
+        return self.paste.needs_saliency(images)
+
+    def saliency_source(self):
+        return self.paste.saliency_source()
+
+    def _check_images(self, images: object) -> Tensor:
+        return self.paste._check_images(images)
+
+    def _check_params(self, params: object, images: Tensor) -> None:
+        self.paste._check_params(params, images)
+
+    def _sample(self, images, labels, saliency, generator):
+        return self.paste._sample(images, labels, saliency, generator)
+
+    def _apply_params(self, images, labels, params):
+        t = self.paste.transform
+        out = t.apply(images, None, params.inner) if isinstance(t, Op) else t(images)
+        return out, labels
 
 
-def _recursive_core(op: object):
-    """The RecursiveMix inside ``op`` (itself, or the one a KeepCut wraps), else None."""
-    from keepmix.keep import KeepCut
-    from keepmix.recursive import RecursiveMix
-
-    inner = op.op if isinstance(op, KeepCut) else op
-    return inner if isinstance(inner, RecursiveMix) else None
+def _runs_on_raw_pixels(op: object) -> bool:
+    """Whether an op runs on the uint8 batch before normalisation in training
+    (``op.raw_pixels``: keepmix's policies, and KeepPaste around one). Plain callables and
+    every other op run on the normalised float batch."""
+    return isinstance(op, Op) and bool(op.raw_pixels)
 
 
-def _prime_history(rm, images: Tensor, labels: Tensor | None, steps: int, generator: torch.Generator | None) -> None:
+def _prime_history(
+    rm: Any, images: Tensor, labels: Tensor | None, saliency: Tensor | None, steps: int, generator: torch.Generator | None
+) -> None:
     """Give a RecursiveMix the history of ``steps`` earlier steps, so the picture shows what it
     does in training (at the first step it does nothing). Step k's batch is the shown batch
-    rolled by k images, so each image receives other images, pasted recursively; the
-    history logits (only used by the consistency loss, never drawn) are zeros."""
+    rolled by k images (with its saliency rolled alike, for a KeepRecursiveMix), so each image
+    receives other images, pasted recursively; the history logits (only used by the
+    consistency loss, never drawn) are zeros. ``sample_params`` + ``apply`` rather than the
+    op's ``forward``, so that its ``last_params`` are left as they were."""
     if labels is None:
         raise ValueError("RecursiveMix needs labels to be shown")
     b = images.shape[0]
     for k in range(steps, 0, -1):
         xb, yb = images.roll(k, 0), labels.roll(k, 0)
-        mixed, targets, _ = rm.apply(xb, yb, rm.sample_params(xb, generator))
+        sb = None if saliency is None else saliency.roll(k, 0)
+        mixed, targets = rm.apply(xb, yb, rm.sample_params(xb, yb, saliency=sb, generator=generator))
         rm.update(mixed, targets, torch.zeros(b, rm.num_classes, device=images.device))
 
 
@@ -673,21 +650,24 @@ def save_method_grid(
         images: (B, C, H, W) batch as the data pipeline gives it. uint8 is converted to float
             in [0, 1] and normalised with ``mean``/``std`` when given; float input is used as
             is (already normalised when ``mean``/``std`` are given). The model and every
-            method see that float tensor, except keepmix's policies (and KeepPaste around
-            one), which get the uint8 batch when it is uint8, as in training (policies
-            before normalisation, region and mixing ops after). The display undoes the
-            normalisation.
+            method see that float tensor, except the ops with ``raw_pixels`` (keepmix's
+            policies, and KeepPaste around one), which get the uint8 batch when it is uint8,
+            as in training (policies before normalisation, region and mixing ops after). The
+            display undoes the normalisation.
         labels: (B,) class ids (or (B, K) soft targets) for the mixing ops, the saliency of
             the label logit and the row labels; ``None`` is allowed for methods that need none.
-        methods: display name -> op (a keepmix op or any callable on a batch), in column
-            order. Ops that mix need labels (and ``num_classes`` in their constructor for
-            (B,) labels).
+        methods: display name -> op (a keepmix op, run as :func:`run_method` does, or any
+            callable ``op(images)``), in column order. Ops that mix need labels (and
+            ``num_classes`` in their constructor for (B,) labels).
         model: a callable images -> logits; its vanilla-gradient saliency
             (:class:`keepmix.saliency.Saliency`, model state left untouched) is shown and
-            passed to methods that take a ``saliency`` argument.
+            passed to every keepmix op as ``saliency=``.
         saliency: a precomputed (B, H, W) saliency map instead of ``model``.
         scale: integer enlargement (nearest) so 32 px images are visible.
         generator: drives every method's random draws, so the same seed gives the same picture.
+            Every column starts from the generator's state at the call, so columns that
+            draw alike show the same draw (see :class:`InnerTransform`); without a generator
+            the columns draw from torch's global generator in turn.
         class_names: names for the row labels (default: the class ids).
         untrained: say in the title that the saliency comes from an untrained model.
         title: the first title line (default: a description of the batch).
@@ -761,19 +741,26 @@ def save_method_grid(
     line = max(1, int(scale) // 2)
     if isinstance(history_steps, bool) or int(history_steps) != history_steps or history_steps < 0:
         raise ValueError(f"history_steps must be an integer >= 0, got {history_steps}")
+    from keepmix.recursive import RecursiveMix
+
+    # Every column starts from the same generator state, so two columns that draw alike
+    # (an op and its Keep version, a policy and its KeepPaste through InnerTransform) show
+    # the same draw.
+    start = generator.get_state() if generator is not None else None
     for name, op in methods.items():
-        inp = x if x.dtype == torch.uint8 and _runs_on_uint8(op) else work
-        rm = _recursive_core(op)
-        if rm is None:
+        if generator is not None:
+            generator.set_state(start)
+        inp = x if x.dtype == torch.uint8 and _runs_on_raw_pixels(op) else work
+        if not isinstance(op, RecursiveMix):  # KeepRecursiveMix is one too
             res = run_method(op, inp, labels, sal, generator, name=str(name))
         else:
-            saved = rm.get_extra_state()
+            saved = op.get_extra_state()
             try:
-                rm.reset()
-                _prime_history(rm, inp, labels, int(history_steps), generator)
+                op.reset()
+                _prime_history(op, inp, labels, sal, int(history_steps), generator)
                 res = run_method(op, inp, labels, sal, generator, name=str(name))
             finally:
-                rm.set_extra_state(saved)
+                op.set_extra_state(saved)
         if res.images.shape != work.shape:
             raise ValueError(f"method {name!r} returned shape {tuple(res.images.shape)}, expected {tuple(work.shape)}")
         outputs[str(name)] = res

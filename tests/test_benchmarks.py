@@ -19,12 +19,14 @@ import bench_train_step  # noqa: E402
 import loop_reference as L  # noqa: E402
 import timing  # noqa: E402
 
-from keepmix.base import RegionParams  # noqa: E402
 from keepmix.functional.regions import box_sums  # noqa: E402
-from keepmix.keep import KeepPaste, select_boxes  # noqa: E402
+from keepmix.functional.selection import select_boxes  # noqa: E402
+from keepmix.keep import KeepPaste  # noqa: E402
+from keepmix.placers import KeepPlacer  # noqa: E402
 from keepmix.mixing import CutMix, Mixup  # noqa: E402
 from keepmix.policies import OP_NAMES, AutoAugment, RandAugment, TrivialAugmentWide  # noqa: E402
 from keepmix.regional import Cutout, RandomErasing  # noqa: E402
+from keepmix.sampling import selection_keys  # noqa: E402
 
 K = 10
 
@@ -87,14 +89,14 @@ def test_machine_info_names_cpu_threads_and_versions():
 
 def test_erase_loop_matches_cutout_and_random_erasing(images):
     for op in (Cutout(16), RandomErasing(p=0.7, value=0.0)):
-        params = op.sample_params(images, _gen(1))
-        assert torch.equal(L.erase_apply_loop(images, params.boxes, 0.0), op.apply(images, params))
+        params = op.sample_params(images, generator=_gen(1))
+        assert torch.equal(L.erase_apply_loop(images, params.boxes, 0.0), op.apply(images, None, params))
 
 
 def test_mixup_loop_matches_keepmix(images, cifar_labels):
     y = cifar_labels[: images.shape[0]]
     op = Mixup(1.0, num_classes=K)
-    params = op.sample_params(images, _gen(2))
+    params = op.sample_params(images, y, generator=_gen(2))
     want_x, want_t = op.apply(images, y, params)
     got_x, got_t = L.mixup_apply_loop(images, torch.nn.functional.one_hot(y, K).float(), params.lam, params.perm)
     assert torch.equal(got_x, want_x)
@@ -104,7 +106,7 @@ def test_mixup_loop_matches_keepmix(images, cifar_labels):
 def test_cutmix_loop_matches_keepmix(images, cifar_labels):
     y = cifar_labels[: images.shape[0]]
     op = CutMix(1.0, 1.0, K)
-    params = op.sample_params(images, _gen(3))
+    params = op.sample_params(images, y, generator=_gen(3))
     want_x, want_t = op.apply(images, y, params)
     got_x, got_t = L.cutmix_apply_loop(images, torch.nn.functional.one_hot(y, K).float(), params.boxes, params.perm)
     assert torch.equal(got_x, want_x)
@@ -118,16 +120,16 @@ def test_cutmix_loop_matches_keepmix(images, cifar_labels):
 )
 def test_policy_loop_matches_keepmix(images, make):
     op = make()
-    params = op.sample_params(images, _gen(4))
-    assert torch.equal(L.policy_apply_loop(images, params), op.apply(images, params))
+    params = op.sample_params(images, generator=_gen(4))
+    assert torch.equal(L.policy_apply_loop(images, params), op.apply(images, None, params))
 
 
 def test_paste_loop_matches_keep_paste(images):
     sal = torch.rand(images.shape[0], 32, 32, generator=_gen(5))
     op = KeepPaste(lambda t: t.flip(-1), size=12)
-    params, _ = op.sample_params(images, sal, _gen(6))
+    params = op.sample_params(images, saliency=sal, generator=_gen(6))
     augmented = images.flip(-1)
-    assert torch.equal(L.paste_apply_loop(images, augmented, params.boxes), op.apply(images, augmented, params))
+    assert torch.equal(L.paste_apply_loop(images, augmented, params.boxes), op.apply(images, None, params))
 
 
 @pytest.mark.parametrize("placement,side", [("center", "below"), ("inside", "below"), ("inside", "above")])
@@ -135,7 +137,12 @@ def test_loop_threshold_equals_keepmix_tau(placement, side):
     g = _gen(7)
     sal = torch.rand(6, 20, 28, generator=g) ** 3
     sizes = torch.tensor([[5, 9], [12, 3], [1, 1], [20, 28], [7, 7], [16, 10]])
-    sel = select_boxes(sal, sizes, 0.6, placement, side, generator=g)
+    state = g.get_state()
+    sel = select_boxes(sal, sizes, 0.6, placement, side, keys=selection_keys(6, 0.6, side, generator=g))
+    # KeepPlacer.select is that selection with the keys drawn from its generator.
+    g.set_state(state)
+    again = KeepPlacer(0.6, whole_boxes=placement == "inside").select(sal, sizes, "center", side, generator=g)
+    assert torch.equal(again.boxes, sel.boxes) and torch.equal(again.tau, sel.tau)
     for i, (h, w) in enumerate(sizes.tolist()):
         tau = L.keep_threshold(sal[i].double().numpy(), h, w, 0.6, placement)
         assert tau == pytest.approx(float(sel.tau[i]), rel=1e-12, abs=1e-12)
@@ -250,8 +257,8 @@ def test_train_step_groups_define_their_baselines():
 def test_loop_references_agree_on_cuda(cifar_uint8):
     x = cifar_uint8[:8].cuda()
     op = Cutout(16)
-    params = op.sample_params(x, torch.Generator(device="cuda").manual_seed(0))
-    assert torch.equal(L.erase_apply_loop(x, params.boxes, 0), op.apply(x, params))
+    params = op.sample_params(x, generator=torch.Generator(device="cuda").manual_seed(0))
+    assert torch.equal(L.erase_apply_loop(x, params.boxes, 0), op.apply(x, None, params))
     sal = torch.rand(8, 32, 32, device="cuda")
     out = L.keep_cutout_loop(x, sal, np.random.RandomState(0))
     assert out.device.type == "cuda" and out.dtype == torch.uint8

@@ -8,9 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -180,3 +178,47 @@ def test_sigterm_writes_a_checkpoint_and_resume_finishes(tmp_path, folder):
     assert final["steps"] == 12 * 6
     epochs = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == list(range(1, 13))
+
+
+def _captured_grids(monkeypatch) -> list:
+    import keepmix.viz
+
+    grids = []
+    real = keepmix.viz.save_method_grid
+
+    def capture(*args, **kwargs):
+        grids.append(real(*args, **kwargs))
+        return grids[-1]
+
+    monkeypatch.setattr(keepmix.viz, "save_method_grid", capture)
+    return grids
+
+
+def _same_draw_outside_the_kept_box(grid, plain: str, keep: str) -> None:
+    from keepmix.functional.boxes import box_masks
+
+    a, k = grid.outputs[plain], grid.outputs[keep]
+    assert a.boxes is None and k.region == "kept"
+    inside = box_masks(k.boxes, *k.images.shape[-2:])[:, None]
+    assert a.images.dtype == k.images.dtype == torch.uint8  # both on the uint8 batch, as in training
+    assert torch.equal(torch.where(inside, 0, a.images), torch.where(inside, 0, k.images))
+    assert not torch.equal(a.images, k.images)  # the kept box differs somewhere
+
+
+def test_show_draws_autoaugment_and_keepautoaugment_alike(tmp_path, folder, monkeypatch, capsys):
+    """`keepmix show`: the AutoAugment column is the same policy draw as the KeepAutoAugment
+    column, so the two differ only inside the kept box."""
+    grids = _captured_grids(monkeypatch)
+    out = tmp_path / "show.png"
+    assert main(["show", "--dataset", str(folder), "--methods", "autoaugment", "keepautoaugment", "cutmix",
+                 "--num-images", "6", "--seed", "1", "--out", str(out)]) == 0
+    assert out.is_file() and f"wrote {out}" in capsys.readouterr().out
+    (grid,) = grids
+    assert grid.columns[2:] == ["autoaugment", "keepautoaugment", "cutmix"]
+    _same_draw_outside_the_kept_box(grid, "autoaugment", "keepautoaugment")
+    assert grid.outputs["cutmix"].region == "pasted"
+
+
+def test_show_unknown_method_is_bad_input(tmp_path, folder, capsys):
+    assert main(["show", "--dataset", str(folder), "--methods", "nope", "--out", str(tmp_path / "x.png")]) == 2
+    assert "unknown method" in capsys.readouterr().err

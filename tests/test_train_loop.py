@@ -198,3 +198,127 @@ def test_uniform_saliency_control_runs_no_saliency_pass(cifar_uint8, cifar_label
         rows, cols = cut[i].nonzero(as_tuple=True)
         if len(rows):  # the cut box is clipped by the border: under 16 x 16 pixels
             assert (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1) < 256
+
+
+_METHODS = ["none", "cutout", "keepcutout", "random_erasing", "keeprandomerasing", "mixup", "cutmix", "keepcutmix",
+            "recursivemix", "keeprecursivemix", "autoaugment", "keepautoaugment", "randaugment", "keeprandaugment",
+            "trivialaugment"]
+
+
+@pytest.mark.parametrize("method", _METHODS)
+def test_every_method_runs_its_op_through_the_protocol(method, cifar_uint8, cifar_labels):
+    """prepare() is the op's call: on uint8 before normalisation when op.raw_pixels, with the
+    saliency of the normalised clean batch for the Keep variants, labels for mixing ops."""
+    from keepmix.base import Op
+    from keepmix.models import build_model
+
+    cfg = TrainConfig(method=method, model="small", saliency="lowres")
+    model = build_model("small", num_classes=10)
+    m = build_method(cfg, model, 10, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    if method == "none":
+        assert m.op is None
+        return
+    op = m.op
+    assert isinstance(op, Op)
+    assert op.raw_pixels == ("augment" in method)
+    x, y = cifar_uint8[:8], cifar_labels[:8]
+    out = m.prepare(x, y, torch.Generator().manual_seed(1))
+    if "recursive" in method:
+        op.reset()
+    g = torch.Generator().manual_seed(1)
+    clean = m.normalize(x)
+    inp = x if op.raw_pixels else clean
+    if method.startswith("keep"):
+        got, t = op(inp, y, saliency=m.saliency(clean, y), generator=g)
+    elif op.mixes_labels:
+        got, t = op(inp, y, generator=g)
+    else:
+        got, t = op(inp, generator=g), y
+    want = m.normalize(got) if op.raw_pixels else got
+    assert torch.equal(out.inputs, want) and torch.equal(out.targets, t)
+
+
+def test_keepcutmix_and_keeprecursivemix_get_the_config(cifar_uint8):
+    from keepmix.keep import KeepCutMix
+    from keepmix.models import build_model
+    from keepmix.placers import KeepPlacer
+    from keepmix.recursive import KeepRecursiveMix
+
+    model = build_model("small", num_classes=10)
+    cfg = TrainConfig(method="keepcutmix", model="small", cutmix_alpha=0.7, cutmix_p=0.3, keep_quantile=0.4,
+                      cutmix_label_weight="saliency")
+    op = build_method(cfg, model, 10, (0.5,) * 3, (0.25,) * 3).op
+    assert isinstance(op, KeepCutMix) and isinstance(op.placer, KeepPlacer)
+    assert (op.alpha, op.p, op.num_classes, op.label_weight, op.placer.q) == (0.7, 0.3, 10, "saliency", 0.4)
+    rm = build_method(cfg.replace(method="keeprecursivemix"), model, 10, (0.5,) * 3, (0.25,) * 3).op
+    assert isinstance(rm, KeepRecursiveMix) and rm.placer.q == 0.4 and rm.num_classes == 10
+
+
+def test_recursivemix_feature_loss_uses_the_params_of_its_own_step(cifar_uint8, cifar_labels):
+    from keepmix.models import build_model
+
+    model = build_model("small", num_classes=10)
+    m = build_method(TrainConfig(method="recursivemix", model="small", recursivemix_omega=0.5), model, 10,
+                     (0.5,) * 3, (0.25,) * 3)
+    x, y = cifar_uint8[:8], cifar_labels[:8]
+    first = m.prepare(x, y, torch.Generator().manual_seed(0))
+    m.after_step(first, torch.randn(8, 10))
+    second = m.prepare(x.flip(0), y.flip(0), torch.Generator().manual_seed(1))
+    m.after_step(second, torch.randn(8, 10))
+    m.prepare(x, y, torch.Generator().manual_seed(2))  # a later call: last_params moves on
+    feats = model.forward_features(second.inputs)
+    assert second.info is not m.rm.last_params
+    want = m.rm.consistency_loss(feats, head=model.fc, params=second.info)
+    assert torch.equal(second.feature_loss(feats), want) and float(want.detach()) > 0
+    assert float(first.feature_loss(model.forward_features(first.inputs)).detach()) == 0.0  # no history at step 1
+
+
+def test_method_ops_mix_every_image_and_skip_none():
+    from keepmix.models import build_model
+    from keepmix.train.show import method_ops
+
+    model = build_model("small", num_classes=10)
+    cfg = TrainConfig(model="small", cutmix_p=0.5)
+    ops = method_ops(cfg, ["none", "cutmix", "keepcutmix", "cutout"], model, 10, (0.5,) * 3, (0.25,) * 3)
+    assert list(ops) == ["cutmix", "keepcutmix", "cutout"]
+    assert ops["cutmix"].p == 1.0 and ops["keepcutmix"].p == 1.0 and ops["cutout"].p == 1.0
+
+
+def test_end_of_run_grid_draws_the_policy_and_its_keep_version_alike(tmp_path, tiny_data, monkeypatch):
+    """save_run_grid of a keepautoaugment run: the AutoAugment column is the same draw as the
+    KeepAutoAugment column outside the kept box."""
+    from types import SimpleNamespace
+
+    import keepmix.viz
+    from keepmix.functional.boxes import box_masks
+    from keepmix.models import build_model
+    from keepmix.train.show import save_run_grid
+
+    cfg = _cfg(tmp_path, method="keepautoaugment", saliency="full")
+    trainer = SimpleNamespace(config=cfg, model=build_model("small", num_classes=10), data=prepare_data(*tiny_data, cfg),
+                              device=torch.device("cpu"), num_classes=10)
+    grids = []
+    real = keepmix.viz.save_method_grid
+    monkeypatch.setattr(keepmix.viz, "save_method_grid", lambda *a, **k: grids.append(real(*a, **k)) or grids[-1])
+    assert save_run_grid(trainer, tmp_path / "methods.png", num_images=6).is_file()
+    (grid,) = grids
+    assert grid.columns[2:] == ["autoaugment", "keepautoaugment"]
+    a, k = grid.outputs["autoaugment"], grid.outputs["keepautoaugment"]
+    inside = box_masks(k.boxes, 32, 32)[:, None]
+    assert torch.equal(torch.where(inside, 0, a.images), torch.where(inside, 0, k.images))
+    assert not torch.equal(a.images, k.images)
+
+
+def test_grid_ops_pairs_a_policy_with_its_keep_version_only():
+    from keepmix.keep import KeepAutoAugment, KeepCutout
+    from keepmix.policies import AutoAugment, RandAugment
+    from keepmix.regional import Cutout
+    from keepmix.train.show import grid_ops
+    from keepmix.viz import InnerTransform
+
+    keep = KeepAutoAugment("cifar10", size=8)
+    plain, cut, kcut, ra = AutoAugment("cifar10"), Cutout(8), KeepCutout(8), RandAugment()
+    ops = grid_ops({"autoaugment": plain, "keepautoaugment": keep, "cutout": cut, "keepcutout": kcut, "randaugment": ra})
+    assert isinstance(ops["autoaugment"], InnerTransform) and ops["autoaugment"].paste is keep
+    assert ops["keepautoaugment"] is keep and ops["cutout"] is cut and ops["keepcutout"] is kcut and ops["randaugment"] is ra
+    assert grid_ops({"autoaugment": plain})["autoaugment"] is plain

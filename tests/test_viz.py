@@ -320,7 +320,8 @@ def test_load_metrics_skips_epochs_without_metric(tmp_path):
 # save_method_grid / run_method
 # ------------------------------------------------------------------------------------------
 
-from keepmix.keep import KeepCutMix, KeepCutout, KeepPaste  # noqa: E402
+from keepmix.base import Op, Params  # noqa: E402
+from keepmix.keep import KeepAutoAugment, KeepCutMix, KeepCutout, KeepPaste  # noqa: E402
 from keepmix.mixing import CutMix, Mixup  # noqa: E402
 from keepmix.regional import Cutout  # noqa: E402
 
@@ -481,7 +482,7 @@ def test_recursivemix_gets_a_history_and_is_left_as_it_was(cifar, tmp_path):
     used = KeepRecursiveMix(10)
     prev = torch.rand(3, 3, 32, 32)
     used.update(prev, torch.tensor([1, 2, 3]), torch.randn(3, 10))
-    before = used.op.get_extra_state()
+    before = used.get_extra_state()
     sal = torch.rand(4, 32, 32, generator=torch.Generator().manual_seed(0))
     grid = viz.save_method_grid(images, labels, {"rm": fresh, "keep rm": used}, tmp_path / "rm.png", saliency=sal,
                                 generator=torch.Generator().manual_seed(0), history_steps=2)
@@ -495,21 +496,23 @@ def test_recursivemix_gets_a_history_and_is_left_as_it_was(cifar, tmp_path):
         assert torch.equal(out.images * outside, work * outside)  # untouched outside the box
         assert not torch.equal(out.images, work)
     assert not fresh.has_history
-    after = used.op.get_extra_state()
+    after = used.get_extra_state()
     assert all(torch.equal(before[k], after[k]) for k in before)
     with pytest.raises(ValueError, match="history_steps"):
         viz.save_method_grid(images, labels, {"rm": fresh}, tmp_path / "x.png", history_steps=-1)
 
 
-class _PolicyLike(torch.nn.Module):
-    """Stands in for a keepmix.policies op: the grid must hand it the uint8 batch."""
+class _PolicyLike(Op):
+    """Stands in for a keepmix.policies op (``raw_pixels``): the grid must hand it the uint8 batch."""
 
-    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    raw_pixels = True
+
+    def _sample(self, images, labels, saliency, generator):
+        return Params()
+
+    def _apply_params(self, images, labels, params):
         assert images.dtype == torch.uint8
-        return 255 - images
-
-
-_PolicyLike.__module__ = "keepmix.policies"
+        return 255 - images, labels
 
 
 def test_policies_get_the_uint8_batch(cifar, tmp_path):
@@ -527,3 +530,53 @@ def test_policies_get_the_uint8_batch(cifar, tmp_path):
     assert cut.images.dtype == torch.float32
     assert (_cell(grid, 0, 4).int() - viz.draw_boxes(viz.upscale_nearest(viz.to_uint8_image(cut.images[:1], mean, std), 4),
                                                      cut.boxes[:1] * 4, viz.REGION_COLORS["cut"], 2)[0].int()).abs().max() == 0
+
+
+def test_every_column_starts_from_the_same_generator_state(cifar, tmp_path):
+    images, labels = cifar[0][:4], cifar[1][:4]
+    grid = viz.save_method_grid(images, labels, {"a": Cutout(8), "b": Cutout(8), "c": CutMix(num_classes=10)},
+                                tmp_path / "s.png", generator=torch.Generator().manual_seed(3))
+    assert torch.equal(grid.outputs["a"].images, grid.outputs["b"].images)
+    assert torch.equal(grid.outputs["a"].boxes, grid.outputs["b"].boxes)
+    ref = CutMix(num_classes=10)(images.float() / 255, labels, generator=torch.Generator().manual_seed(3))[0]
+    assert torch.equal(grid.outputs["c"].images, ref)  # the third column too: as if drawn first
+
+
+def test_inner_transform_draws_the_keep_paste_policy(cifar):
+    from keepmix.policies import AutoAugment
+
+    images, labels = cifar[0][:8], cifar[1][:8]
+    sal = torch.rand(8, 32, 32, generator=torch.Generator().manual_seed(4))
+    keep = KeepAutoAugment("cifar10", size=12)
+    inner = viz.InnerTransform(keep)
+    assert inner.raw_pixels and inner.region is None
+    res = viz.run_method(inner, images, labels, sal, torch.Generator().manual_seed(5))
+    params = keep.sample_params(images, labels, saliency=sal, generator=torch.Generator().manual_seed(5))
+    assert res.boxes is None and torch.equal(res.images, keep.transform.apply(images, None, params.inner))
+    # The same policy draw as an AutoAugment given those params; identical to the Keep column outside its box.
+    assert torch.equal(res.images, AutoAugment("cifar10").apply(images, None, params.inner))
+    kept = viz.run_method(keep, images, labels, sal, torch.Generator().manual_seed(5))
+    outside = ~box_masks(kept.boxes, 32, 32)[:, None]
+    assert torch.equal(kept.images * outside, res.images * outside)
+    assert torch.equal(kept.images * ~outside, images * ~outside)
+    with pytest.raises(TypeError, match="KeepPaste"):
+        viz.InnerTransform(Cutout(8))
+
+
+def test_run_method_uses_the_protocol(cifar):
+    images, labels = cifar[0][:4].float() / 255, cifar[1][:4]
+    res = viz.run_method(Mixup(num_classes=10), images, labels, None, torch.Generator().manual_seed(0))
+    assert res.boxes is None and res.region is None
+    res = viz.run_method(KeepPaste(_invert, 8), images, labels, torch.rand(4, 32, 32), torch.Generator().manual_seed(0))
+    assert res.region == "kept" and res.boxes.shape == (4, 4)
+    with pytest.raises(TypeError, match="tensor"):
+        viz.run_method(lambda im: (im, None), images)
+    with pytest.raises(ValueError, match="labels"):  # a mixing op shown without labels
+        viz.run_method(CutMix(num_classes=10), images)
+
+
+def test_no_module_inspects_signatures():
+    """Ops are driven by their protocol (keepmix.base.Op), never by reading signatures."""
+    root = Path(__file__).resolve().parent.parent / "keepmix"
+    offenders = [str(p.relative_to(root)) for p in sorted(root.rglob("*.py")) if "inspect.signature" in p.read_text()]
+    assert offenders == []

@@ -24,15 +24,18 @@ from typing import Any, Callable, ContextManager, Sequence
 import torch
 from torch import Tensor, nn
 
+from keepmix.base import Op
+from keepmix.recursive import RecursiveMix
 from keepmix.train.config import ConfigError, TrainConfig
 
-__all__ = ["StepBatch", "Method", "build_method", "build_saliency"]
+__all__ = ["StepBatch", "Method", "OpMethod", "RecursiveMixMethod", "build_method", "build_saliency"]
 
 
 @dataclass
 class StepBatch:
     """What one training step consumes: normalised float ``inputs``, ``targets`` ((B,) ids or
-    (B, K) soft), an optional ``feature_loss(features) -> scalar``, and the method's ``info``."""
+    (B, K) soft), an optional ``feature_loss(features) -> scalar``, and the method's ``info``
+    (RecursiveMix: the step's :class:`~keepmix.recursive.RecursiveMixParams`)."""
 
     inputs: Tensor
     targets: Tensor
@@ -41,10 +44,17 @@ class StepBatch:
 
 
 class Method:
-    """Base: crop + flip already done; normalise only (the ``none`` method)."""
+    """Base: crop + flip already done; normalise only (the ``none`` method).
 
-    #: What the regions a method draws are, for pictures: "cut", "kept" or "pasted".
-    region = "cut"
+    ``op`` is the augmentation op the method runs (a :class:`keepmix.base.Op`; None for
+    ``none``), what pictures of the method show; ``saliency`` the saliency function of a
+    Keep variant (None for the others).
+    """
+
+    #: The method's op (None: the method only normalises).
+    op: Op | None = None
+    #: ``(normalised images, labels) -> (B, H, W)`` for the Keep variants, else None.
+    saliency: Callable | None = None
 
     def __init__(self, config: TrainConfig, mean: Sequence[float], std: Sequence[float]) -> None:
         self.config = config
@@ -75,86 +85,78 @@ class Method:
 
 
 class OpMethod(Method):
-    """A method built on one augmentation op, with the saliency function of its Keep variant
-    (``None`` for the plain method)."""
+    """A method built on one keepmix op, run through the op protocol.
 
-    def __init__(self, config, mean, std, op: nn.Module, saliency: Callable | None = None) -> None:
+    ``saliency`` is the saliency function of a Keep variant (``(x, labels) -> (B, H, W)``,
+    evaluated on the normalised clean batch), None for the plain methods. The op runs on the
+    uint8 batch before normalisation when ``op.raw_pixels`` (the policies, and KeepPaste
+    around one), on the normalised batch otherwise; a mixing op (``op.mixes_labels``)
+    returns soft targets, every other op keeps the labels::
+
+        out = op(x, labels, saliency=saliency(x_normalised, labels), generator=g)  # Keep variants
+        out = op(x, labels, generator=g)                                           # mixing ops
+        out = op(x, generator=g)                                                   # label-preserving ops
+    """
+
+    def __init__(self, config, mean, std, op: Op, saliency: Callable | None = None) -> None:
         super().__init__(config, mean, std)
+        if not isinstance(op, Op):
+            raise TypeError(f"op must be a keepmix op (keepmix.base.Op), got {type(op).__name__}")
         self.op, self.saliency = op, saliency
 
-
-class RegionMethod(OpMethod):
-    """Cutout / Random Erasing (``keep=True``: their KeepAugment selective-cut versions)."""
-
     def prepare(self, images, labels, generator):
-        x = self.normalize(images)
-        if self.saliency is None:
-            return StepBatch(self.op(x, generator=generator), labels)
-        return StepBatch(self.op(x, labels, saliency=self.saliency(x, labels), generator=generator), labels)
-
-
-class MixMethod(OpMethod):
-    """Mixup / CutMix / KeepCutMix on the normalised batch: returns soft targets."""
-
-    region = "pasted"
-
-    def prepare(self, images, labels, generator):
-        x = self.normalize(images)
-        if self.saliency is None:
-            x, t = self.op(x, labels, generator=generator)
+        op = self.op
+        x = images if op.raw_pixels else self.normalize(images)
+        if self.saliency is not None:
+            clean = self.normalize(images) if op.raw_pixels else x
+            out, targets = op(x, labels, saliency=self.saliency(clean, labels), generator=generator)
+        elif op.mixes_labels:
+            out, targets = op(x, labels, generator=generator)
         else:
-            x, t = self.op(x, labels, saliency=self.saliency(x, labels), generator=generator)
-        return StepBatch(x, t)
+            out, targets = op(x, generator=generator), labels
+        return StepBatch(self.normalize(out) if op.raw_pixels else out, targets)
 
 
-class PolicyMethod(OpMethod):
-    """AutoAugment / RandAugment / TrivialAugment on uint8 before normalisation; the Keep
-    variants paste back the salient region of the clean image (saliency of the normalised
-    clean batch)."""
+class RecursiveMixMethod(OpMethod):
+    """RecursiveMix / KeepRecursiveMix: paste the resized previous mixed batch, add the RoI
+    consistency loss (with the params of this step's call), keep the history (saved in
+    checkpoints)."""
 
-    region = "kept"
+    def __init__(self, config, mean, std, rm: RecursiveMix, head: nn.Module, saliency: Callable | None = None) -> None:
+        if not isinstance(rm, RecursiveMix):
+            raise TypeError(f"rm must be a keepmix RecursiveMix, got {type(rm).__name__}")
+        super().__init__(config, mean, std, rm, saliency)
+        self.head = head
 
-    def prepare(self, images, labels, generator):
-        if self.saliency is None:
-            return StepBatch(self.normalize(self.op(images, generator=generator)), labels)
-        sal = self.saliency(self.normalize(images), labels)
-        return StepBatch(self.normalize(self.op(images, labels, saliency=sal, generator=generator)), labels)
-
-
-class RecursiveMixMethod(Method):
-    """RecursiveMix: paste the resized previous mixed batch, add the RoI consistency loss,
-    keep the history (saved in checkpoints)."""
-
-    region = "pasted"
-
-    def __init__(self, config, mean, std, rm: Any, head: nn.Module, saliency: Callable | None = None) -> None:
-        super().__init__(config, mean, std)
-        self.rm, self.head, self.saliency = rm, head, saliency
+    @property
+    def rm(self) -> RecursiveMix:
+        return self.op
 
     def prepare(self, images, labels, generator):
+        rm, head = self.op, self.head
         x = self.normalize(images)
-        if self.saliency is None:
-            x, t, info = self.rm.mix(x, labels, generator=generator)
+        if self.saliency is None or not rm.needs_saliency(x):  # the first step (no history) places no box
+            x, t = rm(x, labels, generator=generator)
         else:
-            x, t, info = self.rm.mix(x, labels, generator=generator, saliency=self.saliency(x, labels))
-        rm, head = self.rm, self.head
+            x, t = rm(x, labels, saliency=self.saliency(x, labels), generator=generator)
+        params = rm.last_params  # this call's: the loss below does not depend on later calls
 
         def consistency(features: Tensor) -> Tensor:
-            return rm.consistency_loss(features, info, head=head)
+            return rm.consistency_loss(features, head=head, params=params)
 
-        return StepBatch(x, t, consistency, info)
+        return StepBatch(x, t, consistency, params)
 
     def after_step(self, batch, logits):
-        self.rm.update(batch.inputs, batch.targets, logits)
+        self.op.update(batch.inputs, batch.targets, logits)
 
     def on_epoch_start(self):
-        self.rm.on_epoch_start()  # resets the history only if the op was built to
+        self.op.on_epoch_start()  # resets the history only if the op was built to
 
     def state_dict(self):
-        return self.rm.state_dict()
+        return self.op.state_dict()
 
     def load_state_dict(self, state):
-        self.rm.load_state_dict(state)
+        self.op.load_state_dict(state)
 
 
 def build_saliency(config: TrainConfig, model: nn.Module, autocast: Callable[[], ContextManager] | None = None):
@@ -204,54 +206,47 @@ def build_method(
         from keepmix.regional import Cutout
 
         op = KeepCutout(config.cutout_length, q=q) if keep else Cutout(config.cutout_length)
-        return RegionMethod(config, mean, std, op, sal)
-    if m in ("random_erasing", "keeprandomerasing"):
+    elif m in ("random_erasing", "keeprandomerasing"):
         from keepmix.keep import KeepRandomErasing
         from keepmix.regional import RandomErasing
 
         value = _ERASING_VALUE[config.erasing_value]
         op = KeepRandomErasing(config.erasing_p, value=value, q=q) if keep else RandomErasing(config.erasing_p, value=value)
-        return RegionMethod(config, mean, std, op, sal)
-    if m == "mixup":
+    elif m == "mixup":
         from keepmix.mixing import Mixup
 
-        return MixMethod(config, mean, std, Mixup(config.mixup_alpha, num_classes=num_classes))
-    if m in ("cutmix", "keepcutmix"):
+        op = Mixup(config.mixup_alpha, num_classes=num_classes)
+    elif m in ("cutmix", "keepcutmix"):
         from keepmix.keep import KeepCutMix
         from keepmix.mixing import CutMix
 
+        alpha, p = config.cutmix_alpha, config.cutmix_p
         if keep:
-            op = KeepCutMix(num_classes, config.cutmix_alpha, config.cutmix_p, label_weight=config.cutmix_label_weight, q=q)
+            op = KeepCutMix(alpha=alpha, p=p, num_classes=num_classes, label_weight=config.cutmix_label_weight, q=q)
         else:
-            op = CutMix(config.cutmix_alpha, config.cutmix_p, num_classes)
-        return MixMethod(config, mean, std, op, sal)
-    if m in ("autoaugment", "keepautoaugment"):
+            op = CutMix(alpha=alpha, p=p, num_classes=num_classes)
+    elif m in ("autoaugment", "keepautoaugment"):
         from keepmix.keep import KeepAutoAugment
         from keepmix.policies import AutoAugment
 
-        p = config.autoaugment_policy
-        op = KeepAutoAugment(p, size=config.keep_paste_size, q=q) if keep else AutoAugment(p)
-        return PolicyMethod(config, mean, std, op, sal)
-    if m in ("randaugment", "keeprandaugment"):
+        policy = config.autoaugment_policy
+        op = KeepAutoAugment(policy, size=config.keep_paste_size, q=q) if keep else AutoAugment(policy)
+    elif m in ("randaugment", "keeprandaugment"):
         from keepmix.keep import KeepRandAugment
         from keepmix.policies import RandAugment
 
         n, mag = config.randaugment_n, config.randaugment_m
         op = KeepRandAugment(n, mag, size=config.keep_paste_size, q=q) if keep else RandAugment(n, mag)
-        return PolicyMethod(config, mean, std, op, sal)
-    if m == "trivialaugment":
+    elif m == "trivialaugment":
         from keepmix.policies import TrivialAugmentWide
 
-        return PolicyMethod(config, mean, std, TrivialAugmentWide())
-    if m in ("recursivemix", "keeprecursivemix"):
-        from keepmix import recursive
+        op = TrivialAugmentWide()
+    elif m in ("recursivemix", "keeprecursivemix"):
+        from keepmix.recursive import KeepRecursiveMix
 
         kwargs = dict(alpha=config.recursivemix_alpha, omega=config.recursivemix_omega, num_classes=num_classes)
-        if keep:
-            if not hasattr(recursive, "KeepRecursiveMix"):
-                raise ConfigError("method keeprecursivemix is not available: keepmix.recursive has no KeepRecursiveMix")
-            rm = recursive.KeepRecursiveMix(q=q, **kwargs)
-        else:
-            rm = recursive.RecursiveMix(**kwargs)
+        rm = KeepRecursiveMix(q=q, **kwargs) if keep else RecursiveMix(**kwargs)
         return RecursiveMixMethod(config, mean, std, rm, model.fc, sal)
-    raise ConfigError(f"unknown method {m!r}")  # config validation lists the known ones
+    else:
+        raise ConfigError(f"unknown method {m!r}")  # config validation lists the known ones
+    return OpMethod(config, mean, std, op, sal)

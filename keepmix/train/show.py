@@ -7,45 +7,63 @@ and drawn with :func:`keepmix.viz.save_method_grid`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from keepmix.base import Op
 from keepmix.train.config import METHODS, ConfigError, TrainConfig, early_head_kwargs
 
-__all__ = ["DEFAULT_SHOW_METHODS", "method_ops", "show", "save_run_grid"]
+__all__ = ["DEFAULT_SHOW_METHODS", "method_ops", "grid_ops", "show", "save_run_grid"]
 
 DEFAULT_SHOW_METHODS = ("cutout", "keepcutout", "cutmix", "keepcutmix", "autoaugment", "keepautoaugment", "recursivemix")
 
 
 def method_ops(config: TrainConfig, methods: Sequence[str], model: nn.Module, num_classes: int,
-               mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:
-    """Method name -> the op the trainer would run for it, with ``config``'s settings."""
+               mean: Sequence[float], std: Sequence[float]) -> dict[str, Op]:
+    """Method name -> the op the trainer would run for it (:attr:`Method.op`), with
+    ``config``'s settings; ``none`` (no op) is left out. CutMix and KeepCutMix mix every
+    image here (``p = 1``): CIFAR's p = 0.5 would leave half the pictures unmixed."""
+    from keepmix.mixing import CutMix
     from keepmix.train.methods import build_method
 
-    ops: dict[str, Any] = {}
+    ops: dict[str, Op] = {}
     for name in methods:
         if name not in METHODS:
             raise ConfigError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
-        if name == "none":
-            continue
         fields = dict(config.to_dict(), method=name)
         if "early" in config.saliency and not config.early_head:
             fields["saliency"] = "full"
-        m = build_method(TrainConfig(**fields), model, num_classes, mean, std)
-        op = getattr(m, "op", None) or getattr(m, "rm", None)
-        if name in ("cutmix", "keepcutmix"):
-            op = _always(op)  # CIFAR's p = 0.5 would leave half the pictures unmixed
+        op = build_method(TrainConfig(**fields), model, num_classes, mean, std).op
+        if op is None:
+            continue
+        if isinstance(op, CutMix):  # KeepCutMix is one too
+            op.p = 1.0
         ops[name] = op
     return ops
 
 
-def _always(op: Any) -> Any:
-    inner = getattr(op, "op", op)
-    if hasattr(inner, "p"):
-        inner.p = 1.0
-    return op
+def grid_ops(ops: Mapping[str, Op]) -> dict[str, Op]:
+    """The columns of a method grid: ``ops``, except that a plain policy shown next to its
+    Keep version (``autoaugment`` and ``keepautoaugment``, ``randaugment`` and
+    ``keeprandaugment``) is drawn as :class:`keepmix.viz.InnerTransform` of the Keep op.
+
+    Every column of :func:`keepmix.viz.save_method_grid` starts from the same generator
+    state, but a KeepPaste draws its kept boxes before its policy's params, so the plain
+    policy would draw other sub-policies. The InnerTransform column applies the plain policy
+    with exactly the params the Keep column's policy drew: the two columns show the same
+    policy draw and differ only inside the kept box.
+    """
+    from keepmix.keep import KeepPaste
+    from keepmix.viz import InnerTransform
+
+    out = dict(ops)
+    for name, op in ops.items():
+        keep = ops.get(f"keep{name}")
+        if isinstance(keep, KeepPaste) and type(keep.transform) is type(op):
+            out[name] = InnerTransform(keep)
+    return out
 
 
 def show(
@@ -87,7 +105,7 @@ def show(
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(data.test.labels), generator=g)[:num_images]
     images, labels = data.test.images[pick].to(device), data.test.labels[pick].to(device)
-    ops = method_ops(config, list(methods or DEFAULT_SHOW_METHODS), net, len(data.classes), data.mean, data.std)
+    ops = grid_ops(method_ops(config, list(methods or DEFAULT_SHOW_METHODS), net, len(data.classes), data.mean, data.std))
     grid = save_method_grid(
         images, labels, ops, out, model=net, mean=data.mean, std=data.std, max_images=num_images,
         generator=torch.Generator(device=images.device).manual_seed(seed), class_names=data.classes,
@@ -126,7 +144,7 @@ def save_run_grid(trainer: Any, out: str | Path, num_images: int = 8) -> Path:
         pick = _one_per_class(test.labels, num_images)
         n = len(pick)
         images, labels = test.images[pick].to(trainer.device), test.labels[pick].to(trainer.device)
-        ops = method_ops(cfg, methods, model, trainer.num_classes, trainer.data.mean, trainer.data.std)
+        ops = grid_ops(method_ops(cfg, methods, model, trainer.num_classes, trainer.data.mean, trainer.data.std))
         grid = save_method_grid(
             images, labels, ops, out, model=model, mean=trainer.data.mean, std=trainer.data.std, max_images=n,
             generator=torch.Generator(device=trainer.device).manual_seed(cfg.seed), class_names=trainer.data.classes,
