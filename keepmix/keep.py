@@ -143,7 +143,9 @@ class KeepPaste(Op):
     def _sample(self, images, labels, saliency, generator) -> KeepPasteParams:
         """Draw order: the kept regions (the placer), then the transform's params."""
         selection = self.placer.select(saliency, self.size, "center", "above", generator)
-        inner = self.transform._sample(images, labels, None, generator) if isinstance(self.transform, Op) else None
+        # The same map goes to the transform: a keepmix op that places by saliency (a Keep*
+        # op) needs it, the others ignore it.
+        inner = self.transform._sample(images, labels, saliency, generator) if isinstance(self.transform, Op) else None
         sizes = torch.tensor(self.size, device=images.device).expand(images.shape[0], 2)
         return KeepPasteParams(boxes=selection.boxes, sizes=sizes, inner=inner)
 

@@ -211,7 +211,7 @@ class RecursiveMix(RegionOp):
     # ------------------------------------------------------------------ history
     @property
     def has_history(self) -> bool:
-        """Whether a previous step has been stored (the next :meth:`mix` pastes)."""
+        """Whether a previous step has been stored (the next call pastes it)."""
         return self._images is not None
 
     @property

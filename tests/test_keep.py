@@ -7,27 +7,58 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from keepmix.base import RegionOp, RegionParams
-from keepmix.functional.boxes import box_masks
+from keepmix.base import RegionOp, RegionParams, check_saliency
+from keepmix.functional import selection as S
+from keepmix.functional.boxes import box_areas, box_masks
 from keepmix.functional.mixing import area_lambda
-from keepmix.functional.regions import box_sums, candidate_positions, candidate_scores, summed_area_table
+from keepmix.functional.regions import (
+    box_sums,
+    candidate_positions,
+    candidate_scores,
+    summed_area_table,
+)
+from keepmix.functional.selection import KeepSelection
 from keepmix.keep import (
-    KeepCut,
-    KeepCutMix,
     KeepAutoAugment,
+    KeepCutMix,
     KeepCutout,
     KeepPaste,
     KeepRandAugment,
     KeepRandomErasing,
-    check_saliency,
-    select_boxes,
 )
-from keepmix.regional import Cutout
+from keepmix.mixing import CutMix, saliency_patch_weight
+from keepmix.placers import KeepPlacer, UniformPlacer
+from keepmix.regional import Cutout, RandomErasing
 from keepmix.saliency import Saliency
+from keepmix.sampling import selection_keys
 
 
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def select_boxes(saliency, sizes, q=0.6, placement="center", side="below", stride=1, *, generator=None, score="sum"):
+    """KeepAugment's random selection: ``KeepPlacer(...).select`` (keys drawn from ``generator``)."""
+    return KeepPlacer(q=q, score=score, candidate_stride=stride).select(saliency, sizes, placement, side, generator=generator)
+
+
+def _sample(op, x, sal, generator, labels=None):
+    """``op.sample_params`` and the KeepSelection its placer made on the way (a spy on
+    ``op.placer.select``: the draws and the params are untouched)."""
+    seen = []
+    select = op.placer.select
+
+    def spy(*args, **kwargs):
+        seen.append(select(*args, **kwargs))
+        return seen[-1]
+
+    op.placer.select = spy
+    try:
+        params = op.sample_params(x, labels, saliency=sal, generator=generator)
+    finally:
+        del op.placer.select
+    assert len(seen) == 1 and isinstance(seen[0], KeepSelection)
+    return params, seen[0]
 
 
 @pytest.fixture()
@@ -45,16 +76,16 @@ class PaintBox(RegionOp):
 
     placement = "inside"
 
-    def sample_params(self, images, generator=None):
+    def _sample(self, images, labels, saliency, generator):
         b, _, h, w = images.shape
         hs = torch.randint(1, h + 1, (b,), generator=generator)
         ws = torch.randint(1, w + 1, (b,), generator=generator)
         sizes = torch.stack([hs, ws], 1)
-        return RegionParams(boxes=self.place(sizes, h, w, generator), sizes=sizes)
+        return RegionParams(boxes=self.place(sizes, images, saliency, generator), sizes=sizes)
 
-    def apply(self, images, params):
+    def _apply_params(self, images, labels, params):
         mask = box_masks(params.boxes, *images.shape[-2:])[:, None]
-        return torch.where(mask, torch.full_like(images, -7.0), images)
+        return torch.where(mask, torch.full_like(images, -7.0), images), labels
 
 
 def _scores(sal: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -65,8 +96,11 @@ def test_keep_cutout_boxes_score_below_tau_and_only_the_box_changes(batch):
     x, y, sal = batch
     x0 = x.clone()
     op = KeepCutout(length=16, q=0.6)
-    params, sel = op.sample_params(x, sal, _gen(0))
-    out = op.apply(x, params)
+    assert isinstance(op, Cutout) and isinstance(op.placer, KeepPlacer) and op.placer.q == 0.6
+    params, sel = _sample(op, x, sal, _gen(0))
+    out = op.apply(x, None, params)
+    # Cutout with p = 1 draws nothing before the placer: its keys are the generator's first draws.
+    assert torch.equal(op.placer.select(sal, params.sizes, "center", generator=_gen(0)).boxes, params.boxes)
     assert torch.equal(x, x0)  # input untouched
     assert torch.equal(params.boxes, sel.boxes)
     assert bool((_scores(sal, sel.boxes) < sel.tau).all()) and not bool(sel.fallback.any())
@@ -76,17 +110,21 @@ def test_keep_cutout_boxes_score_below_tau_and_only_the_box_changes(batch):
     assert torch.equal(sel.tau, ref_tau)
     mask = box_masks(sel.boxes, 32, 32)[:, None].expand_as(x)
     assert torch.equal(out[~mask], x[~mask]) and bool((out[mask] == 0).all())
-    # Same as the plain op applied to KeepAugment's boxes (KeepCut changes where, not what).
-    assert torch.equal(out, Cutout(16).apply(x, params))
-    # forward == sample_params + apply for the same seed.
+    # Same as the plain op applied to KeepAugment's boxes (the placer changes where, not what).
+    assert torch.equal(out, Cutout(16).apply(x, None, params))
+    # forward == sample_params + apply for the same seed; KeepCutout == Cutout(placer=KeepPlacer).
     assert torch.equal(op(x, saliency=sal, generator=_gen(0)), out)
+    assert torch.equal(Cutout(16, placer=KeepPlacer(q=0.6))(x, saliency=sal, generator=_gen(0)), out)
+    # with labels: (images, the same labels object)
+    out_l, same = op(x, y, saliency=sal, generator=_gen(0))
+    assert same is y and torch.equal(out_l, out)
 
 
 def test_keep_random_erasing_boxes_inside_sizes_kept_and_below_tau(batch):
     x, _, sal = batch
     op = KeepRandomErasing(p=1.0)
-    plain = op.op.sample_params(x, _gen(1))
-    params, sel = op.sample_params(x, sal, _gen(1))
+    plain = RandomErasing(p=1.0).sample_params(x, generator=_gen(1))
+    params, sel = _sample(op, x, sal, _gen(1))
     assert torch.equal(params.sizes, plain.sizes)
     hw = torch.stack([sel.boxes[:, 2] - sel.boxes[:, 0], sel.boxes[:, 3] - sel.boxes[:, 1]], 1)
     assert torch.equal(hw, params.sizes)
@@ -101,25 +139,31 @@ def test_keep_random_erasing_boxes_inside_sizes_kept_and_below_tau(batch):
 
 
 def test_user_region_op(batch):
+    # A user's RegionOp takes any placer: KeepPlacer makes it a selective-cut op.
     x, _, sal = batch
-    op = KeepCut(PaintBox(), q=0.3)
+    op = PaintBox(placer=KeepPlacer(q=0.3))
     out = op(x, saliency=sal, generator=_gen(2))
-    params, sel = op.sample_params(x, sal, _gen(2))
-    assert torch.equal(out, op.op.apply(x, params))
+    params, sel = _sample(op, x, sal, _gen(2))
+    assert torch.equal(params.boxes, sel.boxes)
+    assert torch.equal(out, PaintBox().apply(x, None, params))
+    assert torch.equal(sel.boxes[:, 2:] - sel.boxes[:, :2], params.sizes)  # "inside": whole boxes
     passed = ~sel.fallback
+    assert bool(passed.any())
     assert bool((_scores(sal, sel.boxes)[passed] < sel.tau[passed]).all())
+    # the sizes are the op's own draws, whatever the placer
+    assert torch.equal(params.sizes, PaintBox().sample_params(x, generator=_gen(2)).sizes)
 
 
 def test_skipped_images_keep_empty_boxes(batch):
     x, _, sal = batch
     op = KeepCutout(length=8, p=0.5)
-    params, sel = op.sample_params(x, sal, _gen(3))
+    params, sel = _sample(op, x, sal, _gen(3))
     skipped = params.sizes[:, 0] == 0
     assert bool(skipped.any()) and bool((~skipped).any())
     area = (sel.boxes[:, 2] - sel.boxes[:, 0]) * (sel.boxes[:, 3] - sel.boxes[:, 1])
     assert bool((area[skipped] == 0).all()) and bool((area[~skipped] > 0).all())
     assert not bool(sel.fallback[skipped].any())
-    out = op.apply(x, params)
+    out = op.apply(x, None, params)
     assert torch.equal(out[skipped], x[skipped])
 
 
@@ -151,7 +195,7 @@ def test_fallback_with_constant_saliency_is_uniform_over_all_positions():
     x = torch.randn(2000, 1, 5, 5)
     sal = torch.zeros(2000, 5, 5)
     op = KeepCutout(length=5)
-    params, sel = op.sample_params(x, sal, _gen(6))
+    params, sel = _sample(op, x, sal, _gen(6))
     assert bool(sel.fallback.all())
     # Centre = every pixel, each ~1/25 of the time: the unmodified Cutout distribution.
     y1, x1, y2, x2 = sel.boxes.unbind(1)
@@ -177,7 +221,11 @@ def test_keep_paste_keeps_the_salient_region_and_augments_the_rest(batch):
     x, y, sal = batch
     op = KeepPaste(lambda t: -t, size=16, q=0.6)
     out = op(x, saliency=sal, generator=_gen(8))
-    params, sel = op.sample_params(x, sal, _gen(8))
+    params, sel = _sample(op, x, sal, _gen(8))
+    assert torch.equal(params.boxes, sel.boxes) and params.inner is None  # a plain callable has no params
+    assert torch.equal(op.apply(x, None, params), out)
+    out_l, same = op(x, y, saliency=sal, generator=_gen(8))
+    assert same is y and torch.equal(out_l, out)
     assert bool((_scores(sal, sel.boxes) > sel.tau).all())
     assert bool(((sel.boxes[:, 2] - sel.boxes[:, 0]) == 16).all()) and bool(((sel.boxes[:, 3] - sel.boxes[:, 1]) == 16).all())
     mask = box_masks(sel.boxes, 32, 32)[:, None].expand_as(x)
@@ -187,16 +235,33 @@ def test_keep_paste_keeps_the_salient_region_and_augments_the_rest(batch):
     assert torch.equal(sel.tau, torch.quantile(candidate_scores(summed_area_table(sal), cand), 0.6, dim=1))
 
 
-def test_keep_paste_passes_generator_and_is_reproducible(batch):
+def test_keep_paste_draws_a_keepmix_transform_and_is_reproducible(batch):
+    # A keepmix op as the transform: its params are drawn in sample_params (after the kept
+    # regions) from the same generator, so the whole op is reproducible and apply is pure.
     x, _, sal = batch
-
-    def noisy(t, generator=None):
-        return t + torch.randn(t.shape, generator=generator)
-
-    op = KeepPaste(noisy, size=(8, 12), placement="center")
+    op = KeepPaste(RandomErasing(p=1.0, value="random_pixel"), size=(8, 12), whole_boxes=False)
     a = op(x, saliency=sal, generator=_gen(9))
     b = op(x, saliency=sal, generator=_gen(9))
     assert torch.equal(a, b) and not torch.equal(a, op(x, saliency=sal, generator=_gen(10)))
+    params = op.sample_params(x, saliency=sal, generator=_gen(9))
+    assert torch.equal(op.apply(x, None, params), a) and torch.equal(op.apply(x, None, params), a)
+    # draw order: the kept regions (the placer's keys), then the transform's params
+    g = _gen(9)
+    sel = op.placer.select(sal, (8, 12), "center", "above", generator=g)
+    inner = RandomErasing(p=1.0, value="random_pixel").sample_params(x, generator=g)
+    assert torch.equal(sel.boxes, params.boxes)
+    for field in ("boxes", "sizes", "values"):
+        assert torch.equal(getattr(params.inner, field), getattr(inner, field))
+    augmented = RandomErasing(p=1.0, value="random_pixel").apply(x, None, inner)
+    mask = box_masks(params.boxes, 32, 32)[:, None].expand_as(x)
+    assert torch.equal(a[mask], x[mask]) and torch.equal(a[~mask], augmented[~mask])
+    # whole_boxes=False: centred candidates, clipped at the border (never larger than asked)
+    hw = params.boxes[:, 2:] - params.boxes[:, :2]
+    assert bool((hw <= torch.tensor([8, 12])).all()) and bool((hw > 0).all())
+    # a plain callable is called with the batch only (no generator)
+    seen = []
+    KeepPaste(lambda t: seen.append(t) or t.flip(-1), size=8)(x, saliency=sal, generator=_gen(9))
+    assert len(seen) == 1 and torch.equal(seen[0], x)
 
 
 @pytest.mark.parametrize("make", [lambda: KeepAutoAugment("cifar10"), lambda: KeepRandAugment(2, 14)])
@@ -205,10 +270,15 @@ def test_keep_policies_on_real_uint8_images(cifar_uint8, make):
     sal = torch.rand(16, 32, 32, generator=_gen(20))
     op = make()
     out = op(x, saliency=sal, generator=_gen(21))
+    params, sel = _sample(op, x, sal, _gen(21))
+    assert op.raw_pixels and op.transform.raw_pixels
+    # same draw order as forward: the kept regions first, then the policy's params
     g = _gen(21)
-    params, sel = op.sample_params(x, sal, g)
-    augmented = op.transform(x, generator=g)  # same draw order as forward
-    assert torch.equal(out, op.apply(x, augmented, params))
+    op.placer.select(sal, op.size, "center", "above", generator=g)
+    inner = op.transform.sample_params(x, generator=g)
+    assert torch.equal(inner.ops, params.inner.ops) and torch.equal(inner.signs, params.inner.signs)
+    augmented = op.transform.apply(x, None, params.inner)
+    assert torch.equal(out, op.apply(x, None, params))
     assert bool((_scores(sal, sel.boxes) > sel.tau).all())
     mask = box_masks(sel.boxes, 32, 32)[:, None].expand_as(x)
     assert torch.equal(out[mask], x[mask]) and torch.equal(out[~mask], augmented[~mask])
@@ -219,7 +289,10 @@ def test_keep_cutmix_lambda_is_exact_area_and_box_below_tau(batch):
     x, y, sal = batch
     op = KeepCutMix(num_classes=10)
     images, targets = op(x, y, saliency=sal, generator=_gen(11))
-    params, sel = op.sample_params(x, sal, _gen(11))
+    params, sel = _sample(op, x, sal, _gen(11), labels=y)
+    assert torch.equal(params.boxes, sel.boxes)
+    imgs2, t2 = op.apply(x, y, params)
+    assert torch.equal(imgs2, images) and torch.equal(t2, targets)
     assert bool((_scores(sal, sel.boxes) < sel.tau).all())
     lam = area_lambda(params.boxes, 32, 32)
     onehot = F.one_hot(y, 10).float()
@@ -233,7 +306,7 @@ def test_keep_cutmix_saliency_label_weight(batch):
     x, y, sal = batch
     op = KeepCutMix(num_classes=10, label_weight="saliency")
     _, targets = op(x, y, saliency=sal, generator=_gen(12))
-    params, sel = op.sample_params(x, sal, _gen(12))
+    params, sel = _sample(op, x, sal, _gen(12), labels=y)
     onehot = F.one_hot(y, 10).float()
     for i in range(16):
         j = int(params.perm[i])
@@ -241,11 +314,19 @@ def test_keep_cutmix_saliency_label_weight(batch):
         wgt = float(sal[j, y1:y2, x1:x2].double().sum() / sal[j].double().sum())
         ref = (1 - wgt) * onehot[i] + wgt * onehot[j]
         torch.testing.assert_close(targets[i], ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(params.patch_weight, saliency_patch_weight(sal, params.boxes, params.perm))
     # An all-zero partner map falls back to the area share.
     zero = torch.zeros_like(sal)
-    w = op.patch_weight(select_boxes(zero, params.sizes, generator=_gen(0)), params.perm, 32, 32)
+    zp = op.sample_params(x, y, saliency=zero, generator=_gen(0))
+    torch.testing.assert_close(zp.patch_weight, 1 - area_lambda(zp.boxes, 32, 32))
     boxes = select_boxes(zero, params.sizes, generator=_gen(0)).boxes
-    torch.testing.assert_close(w, 1 - area_lambda(boxes, 32, 32))
+    torch.testing.assert_close(saliency_patch_weight(zero, boxes, params.perm), 1 - area_lambda(boxes, 32, 32))
+    # label_weight="saliency" needs a map even with a uniform placer, and weighs the same way
+    plain = CutMix(num_classes=10, label_weight="saliency")
+    with pytest.raises(ValueError, match="needs a saliency map"):
+        plain(x, y)
+    pp = plain.sample_params(x, y, saliency=sal, generator=_gen(12))
+    torch.testing.assert_close(pp.patch_weight, saliency_patch_weight(sal, pp.boxes, pp.perm))
 
 
 def test_saliency_fn_path_equals_precomputed_map(batch):
@@ -255,9 +336,13 @@ def test_saliency_fn_path_equals_precomputed_map(batch):
     sal_fn = Saliency(net)
     op = KeepCutout(16, saliency_fn=sal_fn)
     assert not any(True for _ in op.parameters())  # the model is not a submodule
-    a = op(x, y, generator=_gen(13))
+    a, same = op(x, y, generator=_gen(13))
+    assert same is y  # labels come back unchanged (they only feed the saliency)
     b = KeepCutout(16)(x, saliency=sal_fn(x, y), generator=_gen(13))
     assert torch.equal(a, b)
+    # an explicit saliency= wins over saliency_fn
+    other = torch.rand(16, 32, 32, generator=_gen(40))
+    assert torch.equal(op(x, saliency=other, generator=_gen(13)), KeepCutout(16)(x, saliency=other, generator=_gen(13)))
     # label-free mode works too
     assert op(x, generator=_gen(13)).shape == x.shape
 
@@ -268,7 +353,7 @@ def test_uint8_and_non_square_images():
     sal = torch.rand(6, 20, 36, generator=g)
     out = KeepCutout(length=12, fill=0)(x, saliency=sal, generator=g)
     assert out.dtype == torch.uint8 and out.shape == x.shape
-    params, sel = KeepRandomErasing(p=1.0, value=3).sample_params(x, sal, g)
+    params, sel = _sample(KeepRandomErasing(p=1.0, value=3), x, sal, g)
     assert bool((_scores(sal, sel.boxes) < sel.tau).all())
     out = KeepPaste(lambda t: 255 - t, size=(5, 9))(x, saliency=sal, generator=g)
     assert out.dtype == torch.uint8
@@ -277,7 +362,7 @@ def test_uint8_and_non_square_images():
 def test_candidate_stride_restricts_positions_to_the_grid(batch):
     x, _, sal = batch
     op = KeepCutout(length=16, candidate_stride=4)
-    _, sel = op.sample_params(x, sal, _gen(15))
+    _, sel = _sample(op, x, sal, _gen(15))
     centre_y = sel.boxes[:, 2] - 8  # unclipped far edge = centre + 8 when not clipped below
     ok = sel.boxes[:, 2] < 32
     assert bool((centre_y[ok] % 4 == 0).all())
@@ -313,8 +398,14 @@ def test_bad_input(batch):
         KeepCutout()(x)
     with pytest.raises(ValueError, match="labels"):
         KeepCutMix(num_classes=10)(x, saliency=sal)
-    with pytest.raises(TypeError, match="RegionOp"):
-        KeepCut(lambda t: t)
+    with pytest.raises(TypeError, match="placer must be a keepmix Placer"):
+        Cutout(8, placer=lambda t: t)
+    with pytest.raises(TypeError, match="mixes them"):
+        KeepPaste(CutMix(num_classes=10))
+    with pytest.raises(ValueError, match="score"):
+        KeepPlacer(score="max")
+    with pytest.raises(TypeError, match="whole_boxes"):
+        KeepPlacer(whole_boxes=1)
     with pytest.raises(ValueError, match="label_weight"):
         KeepCutMix(num_classes=10, label_weight="mass")
     with pytest.raises(ValueError, match="transform must return"):
@@ -358,7 +449,7 @@ def test_keep_ops_on_cuda(batch):
     g = torch.Generator(device="cuda").manual_seed(0)
     out = KeepCutout(16)(x, saliency=sal, generator=g)
     assert out.device.type == "cuda" and out.dtype == x.dtype
-    params, sel = KeepCutout(16).sample_params(x, sal, torch.Generator(device="cuda").manual_seed(1))
+    params, sel = _sample(KeepCutout(16), x, sal, torch.Generator(device="cuda").manual_seed(1))
     assert bool((_scores(sal, sel.boxes) < sel.tau).all())
     imgs, targets = KeepCutMix(num_classes=10, label_weight="saliency")(x, y, saliency=sal, generator=g)
     assert imgs.device.type == "cuda" and targets.dtype == torch.float32
@@ -408,7 +499,7 @@ def test_fast_selection_matches_per_image_reference(batch, placement, side):
 
 
 def test_chunking_does_not_change_the_selection(batch, monkeypatch):
-    import keepmix.keep as K
+    import keepmix.functional.selection as K
 
     _, _, sal = batch
     sal = sal.repeat(3, 1, 1)
@@ -507,7 +598,7 @@ def test_per_image_fast_paths_equal_the_full_grid(batch, monkeypatch):
     # The cut "inside" grid and the per-row block quantile are pure speed-ups: with both off
     # (every row scored on the full H x W grid, masked quantile) the same generator gives
     # the same boxes, taus and fallbacks.
-    import keepmix.keep as K
+    import keepmix.functional.selection as K
     from keepmix.functional.regions import masked_quantile
 
     _, _, sal = batch
@@ -552,3 +643,161 @@ def test_fast_selection_on_cuda_matches_cpu_thresholds(batch):
         torch.testing.assert_close(gpu.tau.cpu(), cpu.tau, rtol=0, atol=1e-9)
         assert gpu.boxes.device.type == "cuda"
         assert bool((box_sums(gpu.sat, gpu.boxes) < gpu.tau)[~gpu.fallback].all())
+
+
+# ------------------------------------------------------------------ the placers' options
+def test_score_mean_hand_computed_example():
+    # A 4 x 4 map of ones with one hot pixel (0, 0) = 3; Cutout's 2 x 2 squares centred on
+    # every pixel, clipped at the border. Row (and column) extents of the 4 centres:
+    # [0, 1), [0, 2), [1, 3), [2, 4). The 16 candidates:
+    #   centre (0, 0): box (0, 0, 1, 1), area 1, sum 3, mean 3
+    #   (0, 1), (1, 0): area 2, hold the hot pixel: sum 4, mean 2
+    #   (1, 1): area 4, holds it: sum 6, mean 1.5
+    #   (0, 2), (0, 3), (2, 0), (3, 0): area 2: sum 2, mean 1
+    #   the 8 others: area 4: sum 4, mean 1
+    # q = 0.8: the rank 0.8 * 15 = 12 order statistic.
+    #   sum:  2 2 2 2 3 4 4 4 4 4 4 4 [4] 4 4 6 -> tau 4: below it the 4 clipped twos and the
+    #         hot corner (small boxes score low: the paper's sum favours the border)
+    #   mean: 1 x 12, [1.5], 2 2 3            -> tau 1.5: below it the 12 boxes of mean 1,
+    #         none holding the hot pixel
+    b = 3000
+    sal = torch.ones(b, 4, 4)
+    sal[:, 0, 0] = 3.0
+    sum_set = {(0, 0, 1, 1), (0, 1, 1, 3), (0, 2, 1, 4), (1, 0, 3, 1), (2, 0, 4, 1)}
+    mean_set = {
+        (0, 1, 1, 3), (0, 2, 1, 4), (1, 0, 3, 1), (2, 0, 4, 1),  # the clipped ones of mean 1
+        (0, 1, 2, 3), (0, 2, 2, 4), (1, 0, 3, 2), (2, 0, 4, 2),
+        (1, 1, 3, 3), (1, 2, 3, 4), (2, 1, 4, 3), (2, 2, 4, 4),
+    }
+    x = torch.full((b, 1, 4, 4), 5.0)
+    chosen = {}
+    for score, want_tau, want_set in (("sum", 4.0, sum_set), ("mean", 1.5, mean_set)):
+        placer = KeepPlacer(q=0.8, score=score)
+        sel = placer.select(sal, (2, 2), "center", generator=_gen(41))
+        assert bool((sel.tau == want_tau).all()) and not bool(sel.fallback.any())
+        boxes = {tuple(v) for v in sel.boxes.tolist()}
+        assert boxes == want_set  # exactly the passing set, every member drawn
+        counts = torch.unique(sel.boxes, dim=0, return_counts=True)[1].double()
+        assert float(counts.min()) > 0.6 * b / len(want_set)  # about uniform over it
+        # the op with that placer cuts exactly there
+        op = Cutout(2, placer=placer)
+        params = op.sample_params(x, saliency=sal, generator=_gen(41))
+        assert torch.equal(params.boxes, sel.boxes)
+        chosen[score] = sel.boxes
+    # where sum and mean disagree: the sum cuts the hot pixel ~1/5 of the time, the mean never
+    hot_sum = ((chosen["sum"][:, 0] == 0) & (chosen["sum"][:, 1] == 0)).float().mean()
+    hot_mean = ((chosen["mean"][:, 0] == 0) & (chosen["mean"][:, 1] == 0)).float().mean()
+    assert abs(float(hot_sum) - 0.2) < 0.03 and float(hot_mean) == 0.0
+    # the mean never takes the small clipped corner box, the sum never a full interior box
+    assert bool((box_areas(chosen["sum"]) < 4).all()) and bool((box_areas(chosen["mean"]) == 4).any())
+
+
+def test_score_mean_box_is_below_the_quantile_of_candidate_means(batch):
+    # Real-image saliency: the chosen box's mean is below the image's q-quantile of the
+    # candidate means (clipped areas), recomputed here per image with torch.quantile.
+    x, _, sal = batch
+    op = KeepCutout(length=12, q=0.6, score="mean")
+    assert op.placer.score == "mean"
+    params, sel = _sample(op, x, sal, _gen(42))
+    cand = candidate_positions((12, 12), 32, 32, "center", batch_size=16)
+    area = ((cand.y2 - cand.y1)[:, :, None] * (cand.x2 - cand.x1)[:, None, :]).flatten(1).double()
+    means = candidate_scores(summed_area_table(sal), cand) / area
+    ref_tau = torch.quantile(means, 0.6, dim=1)
+    torch.testing.assert_close(sel.tau, ref_tau, rtol=1e-12, atol=0)
+    box_mean = _scores(sal, params.boxes) / box_areas(params.boxes).double()
+    assert not bool(sel.fallback.any()) and bool((box_mean < sel.tau).all())
+    # the sum rule on the same draws picks other boxes on some images
+    sum_boxes = KeepCutout(length=12, q=0.6)(x, saliency=sal, generator=_gen(42))
+    assert not torch.equal(sum_boxes, op(x, saliency=sal, generator=_gen(42)))
+
+
+def test_keep_placer_whole_boxes_on_cutout(batch):
+    # whole_boxes=True: the candidates are the corners that keep the whole square inside, so
+    # every box is unclipped (a full length x length area) and scores below the quantile
+    # over those corners; sum and mean then rank alike (a constant area).
+    x, _, sal = batch
+    length = 8
+    op = Cutout(length, placer=KeepPlacer(q=0.6, whole_boxes=True))
+    params, sel = _sample(op, x, sal, _gen(43))
+    boxes = params.boxes
+    assert bool((boxes[:, :2] >= 0).all()) and bool((boxes[:, 2:] <= 32).all())
+    assert torch.equal(boxes[:, 2:] - boxes[:, :2], torch.full((16, 2), length))
+    assert bool((box_areas(boxes) == length * length).all())
+    out = op.apply(x, None, params)
+    assert bool(((out == 0).all(1).flatten(1).sum(1) == length * length).all())  # no exact zeros in x
+    cand = candidate_positions((length, length), 32, 32, "inside", batch_size=16)
+    assert torch.equal(sel.tau, torch.quantile(candidate_scores(summed_area_table(sal), cand), 0.6, dim=1))
+    assert not bool(sel.fallback.any()) and bool((_scores(sal, boxes) < sel.tau).all())
+    mean = Cutout(length, placer=KeepPlacer(q=0.6, score="mean", whole_boxes=True))
+    assert torch.equal(mean.sample_params(x, saliency=sal, generator=_gen(43)).boxes, boxes)
+    # the default (clipped centres) does cut boxes short at the border on this batch
+    clipped = KeepCutout(length, q=0.6).sample_params(x, saliency=sal, generator=_gen(43)).boxes
+    assert bool((box_areas(clipped) < length * length).any())
+    # the Keep name takes whole_boxes by name too
+    assert torch.equal(KeepCutout(length, q=0.6, whole_boxes=True).sample_params(x, saliency=sal, generator=_gen(43)).boxes, boxes)
+    # and the uniform control with whole_boxes draws from the same candidates
+    uniform = Cutout(length, placer=UniformPlacer(whole_boxes=True)).sample_params(x, generator=_gen(43)).boxes
+    assert torch.equal(uniform[:, 2:] - uniform[:, :2], torch.full((16, 2), length))
+
+
+def test_functional_select_boxes_is_deterministic_given_keys(batch):
+    # KeepPlacer.select = selection_keys(generator) + the functional select_boxes(keys=...).
+    _, _, sal = batch
+    sizes = torch.randint(2, 20, (16, 2), generator=_gen(44))
+    for q, side, placement, score in ((0.6, "below", "center", "sum"), (0.3, "above", "inside", "mean")):
+        keys = selection_keys(16, q, side, generator=_gen(45))
+        assert keys.shape == (16, S.num_draws(q, side) + 1) and keys.dtype == torch.float64
+        a = S.select_boxes(sal, sizes, q, placement, side, 1, keys=keys, score=score)
+        b = S.select_boxes(sal, sizes, q, placement, side, 1, keys=keys.clone(), score=score)
+        c = KeepPlacer(q=q, score=score).select(sal, sizes, placement, side, generator=_gen(45))
+        for u, v in ((a, b), (a, c)):
+            assert torch.equal(u.boxes, v.boxes) and torch.equal(u.tau, v.tau) and torch.equal(u.fallback, v.fallback)
+    with pytest.raises(ValueError, match="keys must have shape"):
+        S.select_boxes(sal, sizes, 0.6, keys=torch.rand(16, 3, dtype=torch.float64))
+
+
+def test_keys_decide_the_draws_and_the_exact_pick():
+    # 1 x 1 regions of a 1 x 4 map scoring 0, 1, 2, 3: q = 0.6 gives tau = 1.8, so candidates
+    # 0 and 1 pass. The first passing try wins: key 0.9 -> candidate 3 fails, 0.3 -> 1 passes.
+    sal = torch.tensor([[[0.0, 1.0, 2.0, 3.0]]])
+    k = S.num_draws(0.6, "below")
+    keys = torch.full((1, k + 1), 0.9, dtype=torch.float64)
+    keys[0, 1] = 0.3
+    sel = S.select_boxes(sal, (1, 1), 0.6, "inside", keys=keys)
+    assert torch.equal(sel.tau, torch.quantile(sal[0, 0].double(), 0.6)[None])
+    assert float(sel.tau) == pytest.approx(1.8)
+    assert sel.boxes.tolist() == [[0, 1, 1, 2]] and not bool(sel.fallback.any())
+    # Every try misses: the last key column picks among all passing candidates (0.6 -> the
+    # second of the two).
+    keys = torch.full((1, k + 1), 0.9, dtype=torch.float64)
+    keys[0, k] = 0.6
+    assert S.select_boxes(sal, (1, 1), 0.6, "inside", keys=keys).boxes.tolist() == [[0, 1, 1, 2]]
+    keys[0, k] = 0.1
+    assert S.select_boxes(sal, (1, 1), 0.6, "inside", keys=keys).boxes.tolist() == [[0, 0, 1, 1]]
+    # The fallback (a constant map: nothing strictly below) also picks with the last column:
+    # 2 x 3 boxes in 6 x 6 have 5 x 4 = 20 corners; key u takes corner floor(20 u).
+    flat = torch.full((3, 6, 6), 0.5)
+    keys = torch.full((3, k + 1), 0.5, dtype=torch.float64)
+    keys[:, k] = torch.tensor([0.0, 0.5, 0.99], dtype=torch.float64)
+    sel = S.select_boxes(flat, (2, 3), 0.6, "inside", keys=keys)
+    assert bool(sel.fallback.all())
+    assert sel.boxes.tolist() == [[0, 0, 2, 3], [2, 2, 4, 5], [4, 3, 6, 6]]  # corners 0, 10, 19
+
+
+def test_keep_paste_around_a_keep_op_hands_it_the_saliency(batch):
+    # KeepPaste(KeepCutout): the inner op places by the same map KeepPaste was given.
+    x, _, sal = batch
+    op = KeepPaste(KeepCutout(6, q=0.5, fill=9.0), size=10)
+    out = op(x, saliency=sal, generator=_gen(46))
+    params = op.sample_params(x, saliency=sal, generator=_gen(46))
+    assert torch.equal(op.apply(x, None, params), out)
+    g = _gen(46)
+    op.placer.select(sal, op.size, "center", "above", generator=g)  # the kept regions first
+    inner = KeepCutout(6, q=0.5, fill=9.0).sample_params(x, saliency=sal, generator=g)
+    assert torch.equal(params.inner.boxes, inner.boxes)
+    cut = KeepCutout(6, q=0.5).placer.select(sal, (6, 6), "center", generator=_gen(0))  # tau of the cut
+    assert bool((_scores(sal, inner.boxes) < cut.tau).all())
+    kept = box_masks(params.boxes, 32, 32)[:, None].expand_as(x)
+    cut_mask = box_masks(inner.boxes, 32, 32)[:, None].expand_as(x)
+    assert torch.equal(out[kept], x[kept])
+    assert bool((out[cut_mask & ~kept] == 9.0).all()) and torch.equal(out[~kept & ~cut_mask], x[~kept & ~cut_mask])

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
+from keepmix.functional import policy_ops
 from keepmix.policies import (
     AUTOAUGMENT_POLICIES,
     OP_NAMES,
@@ -17,7 +18,6 @@ from keepmix.policies import (
     PolicyParams,
     RandAugment,
     TrivialAugmentWide,
-    apply_ops,
     magnitude_table,
 )
 
@@ -55,6 +55,11 @@ def pil_op(im: Image.Image, op: str, m: float, center: tuple[float, float]) -> I
     return Image.fromarray(a)
 
 
+def apply_ops(x: torch.Tensor, p: PolicyParams, fill=0.0, interpolation: str = "nearest") -> torch.Tensor:
+    """The functional kernel on a PolicyParams' fields."""
+    return policy_ops.apply_ops(x, p.ops, p.signed_magnitudes, p.applied, p.centers, fill, interpolation)
+
+
 def pil_reference(x: torch.Tensor, p: PolicyParams) -> torch.Tensor:
     out = []
     mags = p.signed_magnitudes
@@ -71,21 +76,70 @@ def pil_reference(x: torch.Tensor, p: PolicyParams) -> torch.Tensor:
     "policy",
     [AutoAugment("cifar10", fill=FILL), AutoAugment("svhn", fill=FILL), AutoAugment("imagenet", fill=FILL),
      RandAugment(2, 9, fill=FILL), RandAugment(3, 27, fill=FILL, ops=OP_NAMES),
-     TrivialAugmentWide(fill=FILL), TrivialAugmentWide(fill=FILL, ops=OP_NAMES)],
-    ids=["aa-cifar10", "aa-svhn", "aa-imagenet", "ra-2-9", "ra-3-27-all-ops", "ta-wide", "ta-wide-all-ops"],
+     TrivialAugmentWide(fill=FILL), TrivialAugmentWide(fill=FILL, ops=OP_NAMES),
+     AutoAugment("cifar10", fill=FILL, whole_pixel_translate=False),
+     RandAugment(2, 9, fill=FILL, ops=("TranslateX", "TranslateY", "Rotate"), whole_pixel_translate=False),
+     TrivialAugmentWide(fill=FILL, whole_pixel_translate=False)],
+    ids=["aa-cifar10", "aa-svhn", "aa-imagenet", "ra-2-9", "ra-3-27-all-ops", "ta-wide", "ta-wide-all-ops",
+         "aa-cifar10-float-translate", "ra-2-9-float-translate", "ta-wide-float-translate"],
 )
 def test_policy_equals_per_image_pil_loop_on_uint8(cifar_uint8, policy):
     g = torch.Generator().manual_seed(3)
     params = policy.sample_params(cifar_uint8, generator=g)
-    ours = policy.apply(cifar_uint8, params)
+    ours = policy.apply(cifar_uint8, None, params)
     assert torch.equal(ours, pil_reference(cifar_uint8, params))
+    # translations: whole pixels by default (torchvision's int()), the float value otherwise
+    translate = torch.isin(params.ops, torch.tensor([OP_NAMES.index("TranslateX"), OP_NAMES.index("TranslateY")]))
+    mags = params.magnitudes[translate & params.applied]
+    can_translate = not (isinstance(policy, AutoAugment) and policy.policy == "imagenet")  # no translate ops there
+    assert (mags.numel() > 0) == can_translate
+    if policy.whole_pixel_translate:
+        assert torch.equal(mags, mags.floor())
+    elif can_translate:
+        assert (mags != mags.floor()).any()
+
+
+def test_whole_pixel_translate_moves_whole_pixels_and_false_keeps_the_float(cifar_uint8):
+    # TranslateX at bin 9 of 10 on 32 px: 150 / 331 * 32 = 14.50... px; torchvision moves 14.
+    x = cifar_uint8[:4]
+    op_x = OP_NAMES.index("TranslateX")
+    ops = torch.full((4, 1), op_x)
+    on = torch.ones(4, 1, dtype=torch.bool)
+    centers = torch.zeros(4, 1, 2)
+    whole = magnitude_table("standard", 10, 32, 32)[op_x, 9].item()
+    exact = magnitude_table("standard", 10, 32, 32, whole_pixel_translate=False)[op_x, 9].item()
+    assert whole == 14.0 and exact == pytest.approx(150 / 331 * 32) and exact != whole
+    p_whole = PolicyParams(ops, torch.full((4, 1), whole), torch.ones(4, 1), on, centers)
+    p_float = PolicyParams(ops, torch.full((4, 1), exact), torch.ones(4, 1), on, centers)
+    out_whole, out_float = apply_ops(x, p_whole, fill=FILL), apply_ops(x, p_float, fill=FILL)
+    # a whole-pixel shift is exactly a slice: image columns ..18 move to 14.., the rest is fill
+    assert torch.equal(out_whole[..., 14:], x[..., :18])
+    assert torch.equal(out_whole[..., :14], torch.tensor(FILL, dtype=torch.uint8).view(1, 3, 1, 1).expand(4, 3, 32, 14))
+    assert not torch.equal(out_whole, out_float)
+    assert torch.equal(out_float, pil_reference(x, p_float))  # PIL's float translate (nearest)
+    # the policies draw exactly these magnitudes (a translate-only RandAugment at bin 9 of 10)
+    for flag, want in ((True, whole), (False, exact)):
+        op = RandAugment(1, 9, num_magnitude_bins=10, ops=("TranslateX",), fill=FILL, whole_pixel_translate=flag)
+        params = op.sample_params(x, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(params.magnitudes, torch.full((4, 1), want, dtype=torch.float32))
+        out = op.apply(x, None, params)
+        assert torch.equal(out, pil_reference(x, params))
+        for i in range(4):  # each image's own sign: right by +m or left by -m
+            ref_i = (out_whole if flag else out_float)[i] if params.signs[i, 0] > 0 else None
+            if ref_i is not None:
+                assert torch.equal(out[i], ref_i)
+            elif flag:
+                assert torch.equal(out[i, :, :, :18], x[i, :, :, 14:])
+    assert (params.signs < 0).any() and (params.signs > 0).any()  # both directions were checked
+    with pytest.raises(TypeError, match="whole_pixel_translate"):
+        RandAugment(whole_pixel_translate=1)
 
 
 def test_float_images_follow_the_uint8_result(cifar_uint8):
     policy = RandAugment(2, 14, fill=0)
-    params = policy.sample_params(cifar_uint8, torch.Generator().manual_seed(0))
-    out_u = policy.apply(cifar_uint8, params)
-    out_f = policy.apply(cifar_uint8.float() / 255, params)
+    params = policy.sample_params(cifar_uint8, generator=torch.Generator().manual_seed(0))
+    out_u = policy.apply(cifar_uint8, None, params)
+    out_f = policy.apply(cifar_uint8.float() / 255, None, params)
     assert out_f.dtype == torch.float32
     diff = (out_f * 255 - out_u.float()).abs()
     # Enhance ops truncate on uint8 and a second op can amplify that slightly (autocontrast).
@@ -95,11 +149,11 @@ def test_float_images_follow_the_uint8_result(cifar_uint8):
 
 def test_ops_are_drawn_per_image(cifar_uint8):
     for policy in (AutoAugment(), RandAugment(), TrivialAugmentWide()):
-        p = policy.sample_params(cifar_uint8, torch.Generator().manual_seed(1))
+        p = policy.sample_params(cifar_uint8, generator=torch.Generator().manual_seed(1))
         assert p.ops[:, 0].unique().numel() > 5
-    aa = AutoAugment().sample_params(cifar_uint8, torch.Generator().manual_seed(1))
+    aa = AutoAugment().sample_params(cifar_uint8, generator=torch.Generator().manual_seed(1))
     assert aa.sub_policies.unique().numel() > 10
-    ta = TrivialAugmentWide().sample_params(cifar_uint8, torch.Generator().manual_seed(1))
+    ta = TrivialAugmentWide().sample_params(cifar_uint8, generator=torch.Generator().manual_seed(1))
     assert ta.magnitudes.unique().numel() > 10
     # the outputs of one batch differ from applying one image's ops to every image
     out = RandAugment()(cifar_uint8, generator=torch.Generator().manual_seed(2))
@@ -107,7 +161,7 @@ def test_ops_are_drawn_per_image(cifar_uint8):
 
 
 def test_params_have_documented_shapes_and_signs(cifar_uint8):
-    p = RandAugment(num_ops=3).sample_params(cifar_uint8, torch.Generator().manual_seed(0))
+    p = RandAugment(num_ops=3).sample_params(cifar_uint8, generator=torch.Generator().manual_seed(0))
     b = cifar_uint8.shape[0]
     assert p.ops.shape == p.magnitudes.shape == p.signs.shape == p.applied.shape == (b, 3)
     assert p.centers.shape == (b, 3, 2) and p.ops.dtype == torch.int64 and p.applied.all()
@@ -127,11 +181,11 @@ def test_same_generator_seed_gives_same_output(cifar_uint8):
 
 def test_batch_result_equals_single_image_results(cifar_uint8):
     policy = RandAugment(2, 20, ops=OP_NAMES)
-    p = policy.sample_params(cifar_uint8, torch.Generator().manual_seed(4))
-    out = policy.apply(cifar_uint8, p)
+    p = policy.sample_params(cifar_uint8, generator=torch.Generator().manual_seed(4))
+    out = policy.apply(cifar_uint8, None, p)
     for i in range(0, 64, 9):
         single = PolicyParams(*(t[i : i + 1] for t in (p.ops, p.magnitudes, p.signs, p.applied, p.centers)))
-        assert torch.equal(out[i : i + 1], policy.apply(cifar_uint8[i : i + 1], single))
+        assert torch.equal(out[i : i + 1], policy.apply(cifar_uint8[i : i + 1], None, single))
 
 
 def test_published_policies_have_25_two_step_sub_policies():
@@ -152,11 +206,19 @@ def test_magnitude_tables():
     op = {n: i for i, n in enumerate(OP_NAMES)}
     assert t[op["Rotate"], 9] == pytest.approx(9.0)
     assert t[op["ShearX"], 30] == pytest.approx(0.3)
-    assert t[op["TranslateX"], 30] == pytest.approx(150 / 331 * 32)
+    assert t[op["TranslateX"], 30] == 14.0  # whole pixels by default: int(14.50...)
+    tf = magnitude_table("standard", 31, 32, 32, whole_pixel_translate=False)
+    assert tf[op["TranslateX"], 30] == pytest.approx(150 / 331 * 32)
+    assert torch.equal(t[op["TranslateX"]], tf[op["TranslateX"]].floor())
+    assert torch.equal(t[op["TranslateY"]], tf[op["TranslateY"]].floor())
+    keep = [i for i, n in enumerate(OP_NAMES) if n not in ("TranslateX", "TranslateY")]
+    assert torch.equal(t[keep], tf[keep])  # nothing else changes
     assert t[op["Posterize"]].tolist()[:1] == [8.0] and t[op["Posterize"], 30] == 4
     assert t[op["Solarize"], 0] == 255 and t[op["Solarize"], 30] == 0
     w = magnitude_table("wide", 31, 32, 32)
     assert w[op["Rotate"], 30] == pytest.approx(135.0) and w[op["TranslateY"], 30] == pytest.approx(32.0)
+    assert w[op["TranslateY"], 1] == 1.0  # 32 / 30 = 1.07 px -> 1 px
+    assert magnitude_table("wide", 31, 32, 32, whole_pixel_translate=False)[op["TranslateY"], 1] == pytest.approx(32 / 30)
     assert w[op["Posterize"], 30] == 2
     ra = RandAugment(magnitude=30).sample_params(torch.zeros(64, 3, 8, 8, dtype=torch.uint8))
     rot = ra.ops == op["Rotate"]
@@ -198,7 +260,9 @@ def test_bad_arguments_are_rejected(cifar_uint8):
         RandAugment()(cifar_uint8, generator=0)
     p = RandAugment().sample_params(cifar_uint8)
     with pytest.raises(ValueError, match="params.ops"):
-        apply_ops(cifar_uint8[:3], p)
+        RandAugment().apply(cifar_uint8[:3], None, p)
+    with pytest.raises(ValueError, match="outside"):
+        apply_ops(cifar_uint8, p.replace(ops=torch.full_like(p.ops, len(OP_NAMES))))
     with pytest.raises(ValueError, match="fill"):
         RandAugment(fill=300)(cifar_uint8)
 
@@ -206,12 +270,12 @@ def test_bad_arguments_are_rejected(cifar_uint8):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_gives_the_cpu_result(cifar_uint8):
     policy = RandAugment(2, 15, ops=OP_NAMES)
-    p = policy.sample_params(cifar_uint8, torch.Generator().manual_seed(0))
-    cpu = policy.apply(cifar_uint8, p)
-    gpu = policy.apply(cifar_uint8.cuda(), p)
+    p = policy.sample_params(cifar_uint8, generator=torch.Generator().manual_seed(0))
+    cpu = policy.apply(cifar_uint8, None, p)
+    gpu = policy.apply(cifar_uint8.cuda(), None, p)
     assert gpu.device.type == "cuda" and torch.equal(gpu.cpu(), cpu)
     # a CPU generator gives the same params whatever the device of the batch
-    q = policy.sample_params(cifar_uint8.cuda(), torch.Generator().manual_seed(0))
+    q = policy.sample_params(cifar_uint8.cuda(), generator=torch.Generator().manual_seed(0))
     assert torch.equal(q.ops.cpu(), p.ops)
 
 
@@ -238,7 +302,7 @@ def test_merged_warp_families_equal_op_by_op_warps(cifar_uint8, dtype):
 
 def test_geometric_matrices_equal_the_named_matrix_builders():
     from keepmix.functional import geometry as G
-    from keepmix.policies import _geometric_matrices
+    from keepmix.functional.policy_ops import _geometric_matrices
 
     names = ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "Identity", "Equalize")
     ops = torch.tensor([OP_NAMES.index(n) for n in names]).repeat(5)
@@ -305,3 +369,37 @@ def test_steps_that_change_nothing_still_return_a_new_tensor(cifar_uint8):
                      torch.ones(b, 2, dtype=torch.bool), torch.zeros(b, 2, 2))  # Identity twice
     out = apply_ops(cifar_uint8, p)
     assert torch.equal(out, cifar_uint8) and out.data_ptr() != cifar_uint8.data_ptr()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda fill: AutoAugment("cifar10", fill=fill), lambda fill: RandAugment(2, 14, fill=fill, ops=OP_NAMES),
+     lambda fill: TrivialAugmentWide(fill=fill)],
+    ids=["aa", "ra", "ta"],
+)
+def test_pil_and_single_images_equal_the_batched_result(cifar_uint8, make):
+    # A PIL image and a (C, H, W) image go through the op as a batch of one: the same
+    # generator seed gives the same params and so the batch-of-one result, returned as the
+    # input's type (PIL mode kept).
+    policy, grey_policy = make(FILL), make(90)
+    changed = 0
+    for i, seed in ((0, 0), (5, 1), (11, 2), (20, 3), (33, 4), (47, 5)):
+        one = cifar_uint8[i : i + 1]
+        params = policy.sample_params(one, generator=torch.Generator().manual_seed(seed))
+        want = policy.apply(one, None, params)
+        assert torch.equal(want, policy(one, generator=torch.Generator().manual_seed(seed)))
+        single = policy(one[0], generator=torch.Generator().manual_seed(seed))
+        assert single.shape == (3, 32, 32) and single.dtype == torch.uint8 and torch.equal(single, want[0])
+        pil = Image.fromarray(one[0].permute(1, 2, 0).numpy())
+        out = policy(pil, generator=torch.Generator().manual_seed(seed))
+        assert isinstance(out, Image.Image) and out.mode == "RGB" and out.size == pil.size
+        assert torch.equal(torch.from_numpy(np.array(out)).permute(2, 0, 1), want[0])
+        grey = one[:, :1]
+        want_grey = grey_policy(grey, generator=torch.Generator().manual_seed(seed))
+        out_grey = grey_policy(Image.fromarray(grey[0, 0].numpy(), mode="L"), generator=torch.Generator().manual_seed(seed))
+        assert out_grey.mode == "L" and torch.equal(torch.from_numpy(np.array(out_grey))[None], want_grey[0])
+        # labels pass through unchanged for a single image too
+        out_l, label = policy(one[0], 3, generator=torch.Generator().manual_seed(seed))
+        assert label == 3 and torch.equal(out_l, want[0])
+        changed += int(not torch.equal(want, one))
+    assert changed >= 3  # the comparisons are not all of unchanged images

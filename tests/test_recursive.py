@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import tempfile
 
 import pytest
@@ -26,6 +27,13 @@ K = 10
 
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def _mix(rm, x, y, **kwargs):
+    """One step on the op protocol: ``rm(x, y)``, then the step's info (what the consistency
+    loss uses, from ``rm.last_params``)."""
+    out, targets = rm(x, y, **kwargs)
+    return out, targets, rm.info()
 
 
 def _loop_reference(dst, src, boxes, mode, align_corners=False):
@@ -104,18 +112,20 @@ def _float_batch(cifar_uint8, start, n=16):
 @pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
 def test_box_holds_resized_history_and_outside_is_untouched(cifar_uint8, cifar_labels, interpolation):
     rm = RecursiveMix(K, interpolation=interpolation)
+    assert rm.align_corners is (interpolation == "bilinear")  # the official code's True for bilinear
     x0, y0 = _float_batch(cifar_uint8, 0), cifar_labels[:16]
     x1, y1 = _float_batch(cifar_uint8, 16), cifar_labels[16:32]
     g = _gen(0)
-    m0, t0, _ = rm.mix(x0, y0, generator=g)
+    m0, t0, _ = _mix(rm, x0, y0, generator=g)
     rm.update(m0, t0, torch.randn(16, K))
     x1_copy = x1.clone()
-    m1, t1, info = rm.mix(x1, y1, generator=g)
+    m1, t1, info = _mix(rm, x1, y1, generator=g)
     assert torch.equal(x1, x1_copy)  # caller's tensor untouched
     assert m1.dtype == x1.dtype and m1.shape == x1.shape
     for i, (a, b, c, d) in enumerate(info.boxes.tolist()):
         if c > a and d > b:
-            expect = F.interpolate(x0[i : i + 1], size=(c - a, d - b), mode=interpolation)
+            kw = {"align_corners": True} if interpolation == "bilinear" else {}
+            expect = F.interpolate(x0[i : i + 1], size=(c - a, d - b), mode=interpolation, **kw)
             if interpolation == "nearest":
                 assert torch.equal(m1[i, :, a:c, b:d], expect[0])
             else:
@@ -133,9 +143,9 @@ def test_box_holds_resized_history_and_outside_is_untouched(cifar_uint8, cifar_l
 def test_uint8_batches_paste_exactly(cifar_uint8, cifar_labels):
     rm = RecursiveMix(K)
     g = _gen(1)
-    m0, t0, _ = rm.mix(cifar_uint8[:8], cifar_labels[:8], generator=g)
+    m0, t0, _ = _mix(rm, cifar_uint8[:8], cifar_labels[:8], generator=g)
     rm.update(m0, t0, torch.zeros(8, K))
-    m1, _, info = rm.mix(cifar_uint8[8:16], cifar_labels[8:16], generator=g)
+    m1, _, info = _mix(rm, cifar_uint8[8:16], cifar_labels[8:16], generator=g)
     assert m1.dtype == torch.uint8
     assert torch.equal(m1, _loop_reference(cifar_uint8[8:16], cifar_uint8[:8], info.boxes, "nearest"))
 
@@ -144,7 +154,7 @@ def test_box_sizes_follow_the_area_ratio_and_are_per_image():
     rm = RecursiveMix(K, alpha=0.5)
     x = torch.zeros(2000, 1, 40, 24)
     rm.update(x, torch.zeros(2000, dtype=torch.long), torch.zeros(2000, K))
-    p = rm.sample_params(x, _gen(2))
+    p = rm.sample_params(x, generator=_gen(2))
     side = torch.sqrt(p.ratio.double())
     assert torch.equal(p.sizes, torch.stack([(40 * side).floor(), (24 * side).floor()], 1).long())
     assert float(p.ratio.min()) >= 0 and float(p.ratio.max()) < 0.5
@@ -159,20 +169,60 @@ def test_per_batch_mode_shares_one_box():
     x = torch.zeros(8, 3, 32, 32)
     rm.update(x, torch.zeros(8, dtype=torch.long), torch.zeros(8, K))
     for seed in range(5):
-        p = rm.sample_params(x, _gen(seed))
+        p = rm.sample_params(x, generator=_gen(seed))
         assert bool((p.boxes == p.boxes[0]).all()) and bool((p.ratio == p.ratio[0]).all())
+
+
+def test_per_batch_mode_uses_even_sizes_and_the_official_edges():
+    # per_sample=False: one ratio and one centre for the batch (draw order: r, the centre's
+    # row, its column); the box edges are the official [c - s//2, c + s//2), clipped: an even
+    # box of 2 (s // 2) where s = floor(side sqrt(r)).
+    h, w = 23, 31
+    rm = RecursiveMix(K, alpha=1.0, per_sample=False)
+    x = torch.zeros(4, 1, h, w)
+    rm.update(x, torch.zeros(4, dtype=torch.long), torch.zeros(4, K))
+    odd_seen = False
+    for seed in range(30):
+        p = rm.sample_params(x, generator=_gen(seed))
+        g = _gen(seed)
+        r = float(torch.rand(1, generator=g).double())
+        cy, cx = int(torch.randint(0, h, (1,), generator=g)), int(torch.randint(0, w, (1,), generator=g))
+        sh, sw = int(h * math.sqrt(r)), int(w * math.sqrt(r))
+        odd_seen |= sh % 2 == 1 or sw % 2 == 1
+        clip = lambda v, n: min(max(v, 0), n)
+        official = [clip(cy - sh // 2, h), clip(cx - sw // 2, w), clip(cy + sh // 2, h), clip(cx + sw // 2, w)]
+        assert p.boxes.tolist() == [official] * 4, seed
+        assert p.sizes.tolist() == [[sh - sh % 2, sw - sw % 2]] * 4
+    assert odd_seen
+
+
+def test_bilinear_align_corners_default_true_and_false_on_request(cifar_uint8, cifar_labels):
+    x0, x1 = _float_batch(cifar_uint8, 0, 8), _float_batch(cifar_uint8, 8, 8)
+    outs = {}
+    for ac in (None, True, False):
+        rm = RecursiveMix(K, interpolation="bilinear", align_corners=ac)
+        assert rm.align_corners is (ac is not False)
+        rm.update(x0, cifar_labels[:8], torch.zeros(8, K))
+        out, _, info = _mix(rm, x1, cifar_labels[8:16], generator=_gen(3))
+        ref = _loop_reference(x1, x0, info.boxes, "bilinear", align_corners=ac is not False)
+        torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
+        outs[ac] = out
+    assert torch.equal(outs[None], outs[True]) and not torch.allclose(outs[None], outs[False])
+    with pytest.raises(ValueError, match="align_corners"):
+        RecursiveMix(K, interpolation="nearest", align_corners=True)
+    assert RecursiveMix(K).align_corners is False  # nearest has no corners to align
 
 
 def test_first_step_trains_plainly():
     rm = RecursiveMix(K)
     x, y = torch.rand(4, 3, 32, 32), torch.tensor([1, 2, 3, 4])
-    out, t, info = rm.mix(x, y, generator=_gen(0))
+    out, t, info = _mix(rm, x, y, generator=_gen(0))
     assert out is x and not info.has_history and not rm.has_history
     assert torch.equal(t, F.one_hot(y, K).float())
     assert torch.equal(info.lam, torch.ones(4)) and torch.equal(info.weights, torch.zeros(4))
     feats = torch.randn(4, 8, 4, 4, requires_grad=True)
     head = nn.Linear(8, K)
-    loss = rm.consistency_loss(feats, info, head)
+    loss = rm.consistency_loss(feats, head)
     loss.backward()
     assert loss.item() == 0.0
     assert head.weight.grad is not None and torch.equal(head.weight.grad, torch.zeros_like(head.weight))
@@ -183,11 +233,11 @@ def test_same_seed_same_output(cifar_uint8, cifar_labels):
     for _ in range(2):
         rm = RecursiveMix(K)
         rm.update(_float_batch(cifar_uint8, 0), cifar_labels[:16], torch.zeros(16, K))
-        outs.append(rm.mix(_float_batch(cifar_uint8, 16), cifar_labels[16:32], generator=_gen(5)))
+        outs.append(_mix(rm, _float_batch(cifar_uint8, 16), cifar_labels[16:32], generator=_gen(5)))
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
     other = RecursiveMix(K)
     other.update(_float_batch(cifar_uint8, 0), cifar_labels[:16], torch.zeros(16, K))
-    assert not torch.equal(other.mix(_float_batch(cifar_uint8, 16), cifar_labels[16:32], generator=_gen(6))[0], outs[0][0])
+    assert not torch.equal(_mix(other, _float_batch(cifar_uint8, 16), cifar_labels[16:32], generator=_gen(6))[0], outs[0][0])
 
 
 # ------------------------------------------------------------------- the recursion
@@ -200,7 +250,7 @@ def test_labels_decay_as_product_of_one_minus_lambda_and_sum_to_one():
     lams = []
     for t in range(steps):
         x = torch.full((b, 1, 16, 16), float(t))
-        out, y, info = rm.mix(x, torch.full((b,), t), generator=g)
+        out, y, info = _mix(rm, x, torch.full((b,), t), generator=g)
         lams.append(info.lam.double())
         rm.update(out, y, torch.zeros(b, steps))
     lam = torch.stack(lams)  # (T, B); lam_0 = 1 (first step trains plainly)
@@ -218,11 +268,11 @@ def test_smaller_then_larger_batch_never_pastes_stale_rows():
     rm = RecursiveMix(K)
     g = _gen(4)
     big = torch.full((8, 1, 16, 16), 1.0)
-    out, y, _ = rm.mix(big, torch.zeros(8, dtype=torch.long), generator=g)
+    out, y, _ = _mix(rm, big, torch.zeros(8, dtype=torch.long), generator=g)
     rm.update(out, y, torch.zeros(8, K))
     # A last, smaller batch: receives history rows 0..2 of the previous step.
     small = torch.full((3, 1, 16, 16), 2.0)
-    out_s, y_s, info_s = rm.mix(small, torch.ones(3, dtype=torch.long), generator=g)
+    out_s, y_s, info_s = _mix(rm, small, torch.ones(3, dtype=torch.long), generator=g)
     assert bool(info_s.from_history.all())
     assert set(out_s.unique().tolist()) <= {1.0, 2.0}
     rm.update(out_s, y_s, torch.zeros(3, K))
@@ -230,7 +280,7 @@ def test_smaller_then_larger_batch_never_pastes_stale_rows():
     # A larger batch after it: rows 3..7 have no history and train plainly.
     nxt = torch.full((8, 1, 16, 16), 3.0)
     labels = torch.full((8,), 2)
-    out_n, y_n, info_n = rm.mix(nxt, labels, generator=g)
+    out_n, y_n, info_n = _mix(rm, nxt, labels, generator=g)
     assert info_n.from_history.tolist() == [True] * 3 + [False] * 5
     assert torch.equal(out_n[3:], nxt[3:])
     assert torch.equal(info_n.lam[3:], torch.ones(5)) and torch.equal(info_n.weights[3:], torch.zeros(5))
@@ -252,7 +302,7 @@ def test_state_dict_resume_continues_exactly(cifar_uint8, cifar_labels):
         for s in range(start, start + n_steps):
             x = _float_batch(cifar_uint8, (s * 8) % 48, 8)
             y = cifar_labels[(s * 8) % 48 : (s * 8) % 48 + 8]
-            out, t, info = rm.mix(x, y, generator=g)
+            out, t, info = _mix(rm, x, y, generator=g)
             rm.update(out, t, out.mean((2, 3)).repeat(1, 4)[:, :K] * 3)  # any logits
             outs.append((out, t, info.boxes))
         return outs
@@ -297,11 +347,19 @@ def test_consistency_loss_value_on_cell_boxes():
     hist_logits = torch.randn(2, K, generator=_gen(8))
     rm.update(torch.zeros(2, 3, 32, 32), torch.tensor([0, 1]), hist_logits)
     boxes = torch.tensor([[8, 16, 16, 24], [0, 0, 8, 8]])
-    params = RecursiveMixParams(boxes=boxes, sizes=torch.tensor([[8, 8], [8, 8]]), ratio=torch.full((2,), 1 / 16), from_history=torch.ones(2, dtype=torch.bool))
-    _, _, info = rm.apply(torch.ones(2, 3, 32, 32), torch.tensor([3, 4]), params)
+    x, y = torch.ones(2, 3, 32, 32), torch.tensor([3, 4])
+    drawn = rm.sample_params(x, y, generator=_gen(0))
+    assert isinstance(drawn, RecursiveMixParams) and drawn.image_size == (32, 32)
+    assert torch.equal(drawn.history_logits, hist_logits)
+    params = drawn.replace(boxes=boxes, sizes=torch.tensor([[8, 8], [8, 8]]), ratio=torch.full((2,), 1 / 16))
+    out, _ = rm.apply(x, y, params)
+    assert torch.equal(out[:, :, 8:16, 16:24][0], torch.zeros(3, 8, 8)) and torch.equal(out[1, :, 8:, 8:], x[1, :, 8:, 8:])
+    info = rm.info(params)
+    assert torch.equal(info.boxes, boxes) and torch.equal(info.lam, torch.full((2,), 1 - 64 / 1024))
+    assert rm.last_params is None  # apply is pure: only forward records its params
     feats = torch.randn(2, 6, 4, 4, generator=_gen(9))
     head = nn.Linear(6, K)
-    loss = rm.consistency_loss(feats, info, head)
+    loss = rm.consistency_loss(feats, head, params=params)
     cells = torch.stack([feats[0, :, 1, 2], feats[1, :, 0, 0]])
     ce = -(F.softmax(hist_logits, 1) * F.log_softmax(head(cells), 1)).sum(1)
     expect = (0.3 * (64 / 1024) * ce).mean()  # omega * (1 - lam), lam = 1 - 64 / 1024
@@ -316,14 +374,14 @@ def test_consistency_loss_gradient_reaches_head_and_features_not_history(cifar_u
     rm = RecursiveMix(K)
     g = _gen(10)
     x0 = _float_batch(cifar_uint8, 0, 8)
-    m0, t0, _ = rm.mix(x0, cifar_labels[:8], generator=g)
+    m0, t0, _ = _mix(rm, x0, cifar_labels[:8], generator=g)
     logits0 = model(m0)
     rm.update(m0, t0, logits0)
-    m1, t1, info = rm.mix(_float_batch(cifar_uint8, 8, 8), cifar_labels[8:16], generator=g)
+    m1, t1, info = _mix(rm, _float_batch(cifar_uint8, 8, 8), cifar_labels[8:16], generator=g)
     assert info.has_history and float(info.weights.sum()) > 0
     feats = model.forward_features(m1)
     own_head = nn.Linear(model.feature_channels, K)
-    loss = rm.consistency_loss(feats, info, head=own_head)
+    loss = rm.consistency_loss(feats, head=own_head)
     assert loss.item() > 0
     loss.backward()
     assert own_head.weight.grad.abs().sum() > 0 and own_head.bias.grad.abs().sum() > 0
@@ -332,8 +390,9 @@ def test_consistency_loss_gradient_reaches_head_and_features_not_history(cifar_u
         assert not t.requires_grad and t.grad is None and t.grad_fn is None
     # Rows without a box contribute nothing: zero weights give zero loss and zero gradient.
     own_head.zero_grad()
-    zero = info.__class__(info.boxes, info.lam, torch.zeros_like(info.weights), info.from_history, info.history_logits, info.image_size)
-    z = rm.consistency_loss(feats.detach(), zero, head=own_head)
+    zero = rm.last_params.replace(boxes=torch.zeros_like(info.boxes))  # empty boxes: lam 1, weight 0
+    assert torch.equal(rm.info(zero).weights, torch.zeros_like(info.weights))
+    z = rm.consistency_loss(feats.detach(), head=own_head, params=zero)
     z.backward()
     assert z.item() == 0.0 and own_head.weight.grad.abs().sum() == 0
 
@@ -349,11 +408,11 @@ def test_training_step_as_documented_with_shared_fc_and_amp(cifar_uint8, cifar_l
     g = _gen(12)
     for step in range(3):
         x, y = _float_batch(cifar_uint8, step * 8, 8), cifar_labels[step * 8 : step * 8 + 8]
-        x_mixed, y_mixed, info = rm.mix(x, y, generator=g)
+        x_mixed, y_mixed = rm(x, y, generator=g)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             feats = model.forward_features(x_mixed)
             logits = model.classify(feats)
-            cons = rm.consistency_loss(feats, info, head=model.fc)
+            cons = rm.consistency_loss(feats, head=model.fc)
             loss = soft_target_cross_entropy(logits, y_mixed) + cons
         assert torch.isfinite(loss)
         assert (cons.item() > 0) == (step > 0)
@@ -371,19 +430,19 @@ def test_feature_hook_route_matches_forward_features(cifar_uint8, cifar_labels):
     rm = RecursiveMix(K)
     x = _float_batch(cifar_uint8, 0, 4)
     rm.update(x, cifar_labels[:4], torch.zeros(4, K))
-    xm, _, info = rm.mix(_float_batch(cifar_uint8, 4, 4), cifar_labels[4:8], generator=_gen(13))
+    xm, _ = rm(_float_batch(cifar_uint8, 4, 4), cifar_labels[4:8], generator=_gen(13))
     last = [name for name, _ in model.named_children()]
     with FeatureHook(model, "norm" if "norm" in last else "stages") as hook:
         model(xm)
-        hooked = rm.consistency_loss(hook.features, info, head=model.fc)
-    direct = rm.consistency_loss(model.forward_features(xm), info, head=model.fc)
+        hooked = rm.consistency_loss(hook.features, head=model.fc)
+    direct = rm.consistency_loss(model.forward_features(xm), head=model.fc)
     torch.testing.assert_close(hooked, direct)
 
 
 def test_spatial_scale_default_is_side_ratio():
     rm = RecursiveMix(K)
     rm.update(torch.zeros(3, 1, 40, 24), torch.tensor([0, 1, 2]), torch.zeros(3, K))
-    _, _, info = rm.mix(torch.zeros(3, 1, 40, 24), torch.tensor([0, 1, 2]), generator=_gen(14))
+    _, _, info = _mix(rm, torch.zeros(3, 1, 40, 24), torch.tensor([0, 1, 2]), generator=_gen(14))
     feats = torch.randn(3, 5, 5, 3, dtype=torch.float64)
     pooled = rm.roi_features(feats, info)
     ref = roi_align(feats, info.boxes, 1, (5 / 40, 3 / 24))
@@ -418,9 +477,9 @@ def test_ddp_own_head_unused_parameters_check_passes():
             g = _gen(15)
             for _ in range(3):
                 x, y = torch.rand(4, 3, 16, 16, generator=g), torch.randint(0, K, (4,), generator=g)
-                xm, ym, info = rm.mix(x, y, generator=g)
+                xm, ym = rm(x, y, generator=g)
                 feats, logits = ddp(xm)
-                loss = soft_target_cross_entropy(logits, ym) + rm.consistency_loss(feats, info, head=net.roi_head)
+                loss = soft_target_cross_entropy(logits, ym) + rm.consistency_loss(feats, head=net.roi_head)
                 loss.backward()
                 rm.update(xm, ym, logits)
         finally:
@@ -434,13 +493,19 @@ def test_keep_recursive_mix_avoids_the_salient_region():
     x = torch.rand(b, 3, 32, 32, generator=_gen(16))
     y = torch.arange(b) % K
     # First step: no history, no saliency needed.
-    out, t, info = krm.mix(x, y, generator=_gen(17))
+    out, t, info = _mix(krm, x, y, generator=_gen(17))
     assert out is x and not info.has_history
     krm.update(out, t, torch.zeros(b, K))
     sal = torch.zeros(b, 32, 32)
     sal[:, 4:20, 6:22] = 1.0  # the object
-    params, selection = krm.sample_params(x, sal, _gen(18))
+    params = krm.sample_params(x, y, saliency=sal, generator=_gen(18))
     boxes = params.boxes
+    # The selection behind those boxes, from the same draws: the area ratios (B,), then the
+    # placer's keys.
+    g = _gen(18)
+    torch.rand(b, generator=g)
+    selection = krm.placer.select(sal, params.sizes, "center", "below", generator=g)
+    assert torch.equal(selection.boxes, boxes)
     scores = box_sums(summed_area_table(sal), boxes)
     nonempty = box_areas(boxes) > 0
     # Each box scores below its image's threshold, except where no candidate could.
@@ -448,16 +513,18 @@ def test_keep_recursive_mix_avoids_the_salient_region():
     assert int(selection.fallback.sum()) < b // 2
     # Sizes stay RecursiveMix's; the mix is an ordinary RecursiveMix apply on those boxes.
     assert torch.equal(boxes[:, 2:] - boxes[:, :2] <= params.sizes, torch.ones_like(params.sizes, dtype=torch.bool))
-    xm, ym, info = krm.mix(x, y, saliency=sal, generator=_gen(18))
+    xm, ym, info = _mix(krm, x, y, saliency=sal, generator=_gen(18))
     assert torch.equal(info.boxes, boxes)
+    ref_x, ref_y = RecursiveMix(K, alpha=0.3).apply(x, y, params)  # the placer changes only the boxes
+    assert torch.equal(xm, ref_x) and torch.equal(ym, ref_y)
     assert torch.equal(info.lam, (1 - box_areas(boxes).double() / 1024).float())
     # Plain RecursiveMix, same sizes: its boxes hit the object far more.
     plain = RecursiveMix(K, alpha=0.3)
     plain.update(out, t, torch.zeros(b, K))
     hits_keep, hits_plain = 0.0, 0.0
     for s in range(20):
-        p_keep, _ = krm.sample_params(x, sal, _gen(100 + s))
-        p_plain = plain.sample_params(x, _gen(100 + s))
+        p_keep = krm.sample_params(x, saliency=sal, generator=_gen(100 + s))
+        p_plain = plain.sample_params(x, generator=_gen(100 + s))
         hits_keep += float(box_sums(summed_area_table(sal), p_keep.boxes).sum())
         hits_plain += float(box_sums(summed_area_table(sal), p_plain.boxes).sum())
     assert hits_keep < 0.5 * hits_plain
@@ -477,15 +544,21 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="logits"):
         rm.update(torch.zeros(2, 3, 8, 8), torch.tensor([0, 1]), torch.zeros(2, K + 1))
     with pytest.raises(ValueError, match="labels"):
-        rm.mix(torch.zeros(2, 3, 8, 8), torch.tensor([0, K]))
+        _mix(rm, torch.zeros(2, 3, 8, 8), torch.tensor([0, K]))
     rm.update(torch.zeros(2, 3, 8, 8), torch.tensor([0, 1]), torch.zeros(2, K))
     with pytest.raises(ValueError, match="channels"):
-        rm.mix(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]))
-    _, _, info = rm.mix(torch.zeros(2, 3, 8, 8), torch.tensor([0, 1]))
+        _mix(rm, torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]))
+    _, _, info = _mix(rm, torch.zeros(2, 3, 8, 8), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="features"):
-        rm.consistency_loss(torch.zeros(3, 4, 2, 2), info, head=nn.Linear(4, K))
+        rm.consistency_loss(torch.zeros(3, 4, 2, 2), head=nn.Linear(4, K))
     with pytest.raises(ValueError, match="head must return"):
-        rm.consistency_loss(torch.zeros(2, 4, 2, 2), info, head=nn.Linear(4, K + 1))
+        rm.consistency_loss(torch.zeros(2, 4, 2, 2), head=nn.Linear(4, K + 1))
+    with pytest.raises(ValueError, match="has not mixed a batch yet"):
+        RecursiveMix(K).consistency_loss(torch.zeros(2, 4, 2, 2), head=nn.Linear(4, K))
+    with pytest.raises(TypeError, match="RecursiveMixParams"):
+        rm.info(info)
+    with pytest.raises(ValueError, match="mixes labels"):
+        rm(torch.zeros(2, 3, 8, 8))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -495,11 +568,11 @@ def test_cuda_step_matches_cpu_and_stays_on_device(cifar_uint8, cifar_labels):
     for dev in ["cpu", "cuda"]:
         rm = RecursiveMix(K)
         g = _gen(19)  # CPU generator: same parameters on both devices
-        m0, t0, _ = rm.mix(x0.to(dev), cifar_labels[:16].to(dev), generator=g)
+        m0, t0, _ = _mix(rm, x0.to(dev), cifar_labels[:16].to(dev), generator=g)
         rm.update(m0, t0, torch.randn(16, K, generator=_gen(20)).to(dev))
-        m1, t1, info = rm.mix(x1.to(dev), cifar_labels[16:32].to(dev), generator=g)
+        m1, t1, info = _mix(rm, x1.to(dev), cifar_labels[16:32].to(dev), generator=g)
         feats = torch.randn(16, 8, 4, 4, generator=_gen(21)).to(dev)
-        loss = rm.consistency_loss(feats, info, head=nn.Linear(8, K).to(dev).requires_grad_(False).eval())
+        loss = rm.consistency_loss(feats, head=nn.Linear(8, K).to(dev).requires_grad_(False).eval())
         assert m1.device.type == dev and t1.device.type == dev and info.boxes.device.type == dev
         results[dev] = (m1.cpu(), t1.cpu(), loss.cpu())
     assert torch.equal(results["cpu"][0], results["cuda"][0])
@@ -512,5 +585,5 @@ def test_cuda_history_loaded_on_cpu_moves_to_the_batch_device():
     rm.update(torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3]), torch.zeros(4, K))
     rm2 = RecursiveMix(K)
     rm2.load_state_dict(rm.state_dict())
-    out, y, info = rm2.mix(torch.rand(4, 3, 8, 8, device="cuda"), torch.tensor([0, 1, 2, 3], device="cuda"))
+    out, y, info = _mix(rm2, torch.rand(4, 3, 8, 8, device="cuda"), torch.tensor([0, 1, 2, 3], device="cuda"))
     assert out.is_cuda and rm2.history[0].is_cuda

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from keepmix.base import RegionParams
 from keepmix.functional.boxes import box_areas, box_masks
 from keepmix.functional.erasing import erase, fill_tensor
+from keepmix.placers import UniformPlacer
 from keepmix.regional import Cutout, CutoutParams, RandomErasing, RandomErasingParams
 
 DTYPES = [torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64]
@@ -105,9 +106,9 @@ def test_cutout_erases_exactly_its_boxes(dtype):
     x = batch(16, 3, 20, 28, dtype)
     x0 = x.clone()
     op = Cutout(length=8, fill=7)
-    params = op.sample_params(x, gen(1))
+    params = op.sample_params(x, generator=gen(1))
     assert isinstance(params, CutoutParams) and isinstance(params, RegionParams)
-    out = op.apply(x, params)
+    out = op.apply(x, None, params)
     check_erased(x, out, params.boxes, torch.tensor(7, dtype=dtype))
     assert torch.equal(x, x0)  # input untouched
     assert (params.sizes == 8).all()
@@ -119,30 +120,30 @@ def test_cutout_erases_exactly_its_boxes(dtype):
 
 def test_cutout_on_real_images_with_per_channel_fill(cifar_uint8):
     op = Cutout(length=16, fill=(10, 20, 30))
-    params = op.sample_params(cifar_uint8, gen(2))
-    out = op.apply(cifar_uint8, params)
+    params = op.sample_params(cifar_uint8, generator=gen(2))
+    out = op.apply(cifar_uint8, None, params)
     check_erased(cifar_uint8, out, params.boxes, torch.tensor([10, 20, 30], dtype=torch.uint8).view(1, 3, 1, 1))
     # forward with the same seed = sample_params + apply
-    assert torch.equal(op(cifar_uint8, gen(2)), out)
+    assert torch.equal(op(cifar_uint8, generator=gen(2)), out)
 
 
 def test_cutout_p_and_seed():
     x = batch(64, 3, 16, 16, torch.float32)
-    assert torch.equal(Cutout(4, p=0.0)(x, gen(0)), x)
+    assert torch.equal(Cutout(4, p=0.0)(x, generator=gen(0)), x)
     op = Cutout(4, p=0.5)
-    params = op.sample_params(x, gen(3))
+    params = op.sample_params(x, generator=gen(3))
     applied = box_areas(params.boxes) > 0
     assert torch.equal(applied, params.sizes[:, 0] > 0)
     assert 16 < applied.sum() < 48
-    assert torch.equal(op(x, gen(3)), op(x, gen(3)))
-    assert not torch.equal(op(x, gen(3)), op(x, gen(4)))
+    assert torch.equal(op(x, generator=gen(3)), op(x, generator=gen(3)))
+    assert not torch.equal(op(x, generator=gen(3)), op(x, generator=gen(4)))
 
 
 def test_cutout_centre_coverage_is_uniform():
     # Each pixel is the centre with probability 1/(H W): count centres of unclipped boxes
     # (odd length 3 -> centre = y1 + 1) over a large batch; each of the 8x8 cells ~ 1/64.
     x = torch.zeros(12800, 1, 8, 8)
-    params = Cutout(length=3).sample_params(x, gen(5))
+    params = Cutout(length=3).sample_params(x, generator=gen(5))
     b = params.boxes
     cy = torch.where(b[:, 0] > 0, b[:, 0] + 1, b[:, 2] - 2)
     cx = torch.where(b[:, 1] > 0, b[:, 1] + 1, b[:, 3] - 2)
@@ -165,6 +166,54 @@ def test_cutout_uint8_float_fill_rejected_and_bad_args():
         Cutout(4)(x, generator=3)
 
 
+def test_cutout_length_larger_than_image_refused():
+    x = batch(2, 3, 8, 10, torch.float32)
+    for bad in (9, 11):
+        with pytest.raises(ValueError, match="length"):
+            Cutout(bad)(x, generator=gen(0))
+        with pytest.raises(ValueError, match="length"):
+            Cutout(bad).sample_params(x, generator=gen(0))
+    out = Cutout(8)(x, generator=gen(0))  # length = the height is allowed
+    assert out.shape == x.shape
+
+
+def test_cutout_labels_pass_through_unchanged():
+    x = batch(4, 3, 8, 8, torch.float32)
+    labels = torch.tensor([3, 1, 4, 1])
+    op = Cutout(4, fill=0)
+    out, same = op(x, labels, generator=gen(1))
+    assert same is labels
+    assert torch.equal(out, op(x, generator=gen(1)))
+    params = op.sample_params(x, generator=gen(1))
+    out2, same2 = op.apply(x, labels, params)
+    assert same2 is labels and torch.equal(out2, out)
+
+
+def test_cutout_whole_boxes_are_unclipped_and_uniform():
+    # UniformPlacer(whole_boxes=True): every square lies fully inside the image (a full
+    # length x length area), its top-left corner uniform over the (H - L + 1)(W - L + 1)
+    # positions that keep it inside.
+    h, w, length = 7, 9, 4
+    x = batch(9000, 1, h, w, torch.float32)
+    op = Cutout(length, fill=0, placer=UniformPlacer(whole_boxes=True))
+    params = op.sample_params(x, generator=gen(6))
+    b = params.boxes
+    assert (b[:, :2] >= 0).all() and (b[:, 2] <= h).all() and (b[:, 3] <= w).all()
+    assert torch.equal(b[:, 2:] - b[:, :2], torch.full((9000, 2), length))
+    assert (box_areas(b) == length * length).all()
+    out = op.apply(x, None, params)
+    check_erased(x, out, b, torch.tensor(0.0))
+    assert ((out == 0).flatten(1).sum(1) == length * length).all()
+    ny, nx = h - length + 1, w - length + 1
+    counts = torch.bincount(b[:, 0] * nx + b[:, 1], minlength=ny * nx).float()
+    assert counts.shape == (ny * nx,)
+    expected = 9000 / (ny * nx)
+    assert ((counts / expected - 1).abs() < 0.25).all()
+    # the default placer clips: some boxes of the same op are cut by the border
+    clipped = Cutout(length).sample_params(x, generator=gen(6)).boxes
+    assert (box_areas(clipped) < length * length).any()
+
+
 # ----------------------------------------------------------------------------- Random Erasing
 
 
@@ -176,9 +225,9 @@ def test_random_erasing_invariants(value, dtype):
     x = batch(32, 3, 24, 17, dtype)
     x0 = x.clone()
     op = RandomErasing(p=1.0, value=value)
-    params = op.sample_params(x, gen(7))
+    params = op.sample_params(x, generator=gen(7))
     assert isinstance(params, RandomErasingParams)
-    out = op.apply(x, params)
+    out = op.apply(x, None, params)
     assert params.values.dtype == dtype
     check_erased(x, out, params.boxes, params.values)
     assert torch.equal(x, x0)
@@ -190,21 +239,27 @@ def test_random_erasing_invariants(value, dtype):
         assert params.values.shape == (32, 3, 1, 1)
     if value == "random_pixel":
         assert params.values.shape == (32, 3, 24, 17)
+    # one row of values per image, whatever the value: a leading B dim (params.rows works)
+    assert params.values.shape[0] == 32
+    assert params.values.shape in ((32, 3, 1, 1), (32, 3, 24, 17))
+    sub = params.rows(torch.tensor([3, 5]))
+    assert sub.values.shape[0] == 2 and torch.equal(sub.values, params.values[[3, 5]])
+    assert torch.equal(op.apply(x[[3, 5]], None, sub), out[[3, 5]])
 
 
 def test_random_erasing_random_values_distribution():
     x = torch.zeros(64, 3, 32, 32)
-    v = RandomErasing(p=1.0, value="random_pixel").sample_params(x, gen(8)).values
+    v = RandomErasing(p=1.0, value="random_pixel").sample_params(x, generator=gen(8)).values
     assert abs(v.mean().item()) < 0.02 and abs(v.std().item() - 1) < 0.02  # standard normal
     xu = torch.zeros(64, 3, 32, 32, dtype=torch.uint8)
-    vu = RandomErasing(p=1.0, value="random_pixel").sample_params(xu, gen(8)).values
+    vu = RandomErasing(p=1.0, value="random_pixel").sample_params(xu, generator=gen(8)).values
     assert vu.min() == 0 and vu.max() == 255 and abs(vu.float().mean().item() - 127.5) < 1.5
 
 
 def test_random_erasing_area_and_aspect_in_range():
     h, w = 64, 48
     op = RandomErasing(p=1.0, scale=(0.05, 0.3), ratio=(0.5, 2.0))
-    params = op.sample_params(torch.zeros(4000, 1, h, w), gen(9))
+    params = op.sample_params(torch.zeros(4000, 1, h, w), generator=gen(9))
     bh, bw = params.sizes[:, 0].double(), params.sizes[:, 1].double()
     assert (bh > 0).all()
     frac = bh * bw / (h * w)
@@ -244,25 +299,25 @@ def test_random_erasing_fallback_leaves_image_unchanged():
     # Ratios of at least 50 cannot fit an 8x8 image at these areas: every candidate fails.
     x = batch(16, 3, 8, 8, torch.float32)
     op = RandomErasing(p=1.0, scale=(0.3, 0.4), ratio=(50.0, 60.0))
-    params = op.sample_params(x, gen(11))
+    params = op.sample_params(x, generator=gen(11))
     assert (params.sizes == 0).all() and (box_areas(params.boxes) == 0).all()
-    assert torch.equal(op.apply(x, params), x)
+    assert torch.equal(op.apply(x, None, params), x)
 
 
 def test_random_erasing_p():
     x = batch(400, 1, 16, 16, torch.float32)
-    params = RandomErasing(p=0.5).sample_params(x, gen(12))
+    params = RandomErasing(p=0.5).sample_params(x, generator=gen(12))
     frac = (box_areas(params.boxes) > 0).float().mean().item()
     assert 0.4 < frac < 0.6
-    assert torch.equal(RandomErasing(p=0.0)(x, gen(0)), x)
+    assert torch.equal(RandomErasing(p=0.0)(x, generator=gen(0)), x)
 
 
 def test_random_erasing_seed():
     x = batch(8, 3, 16, 16, torch.float32)
     op = RandomErasing(p=1.0, value="random_pixel")
-    assert torch.equal(op(x, gen(13)), op(x, gen(13)))
-    assert torch.equal(op(x, gen(13)), op.apply(x, op.sample_params(x, gen(13))))
-    assert not torch.equal(op(x, gen(13)), op(x, gen(14)))
+    assert torch.equal(op(x, generator=gen(13)), op(x, generator=gen(13)))
+    assert torch.equal(op(x, generator=gen(13)), op.apply(x, None, op.sample_params(x, generator=gen(13))))
+    assert not torch.equal(op(x, generator=gen(13)), op(x, generator=gen(14)))
 
 
 @pytest.mark.parametrize(
@@ -302,8 +357,8 @@ def test_random_erasing_uint8_constant_must_be_byte():
 def test_property_regional_ops(b, c, h, w, dtype, value, p, seed):
     x = batch(b, c, h, w, dtype, seed)
     for op in (Cutout(length=max(1, min(h, w) // 2), fill=3, p=p), RandomErasing(p=p, value=value)):
-        params = op.sample_params(x, gen(seed))
-        out = op.apply(x, params)
+        params = op.sample_params(x, generator=gen(seed))
+        out = op.apply(x, None, params)
         values = params.values if isinstance(params, RandomErasingParams) else torch.tensor(3, dtype=dtype)
         check_erased(x, out, params.boxes, values)
         assert torch.equal(box_areas(params.boxes) == 0, (params.sizes == 0).all(1))
@@ -313,6 +368,6 @@ def test_property_regional_ops(b, c, h, w, dtype, value, p, seed):
 def test_regional_on_cuda_matches_cpu_with_cpu_generator():
     x = batch(16, 3, 20, 24, torch.float32)
     for op in (Cutout(8), RandomErasing(p=1.0, value="random_pixel")):
-        out_gpu = op(x.cuda(), gen(15))
+        out_gpu = op(x.cuda(), generator=gen(15))
         assert out_gpu.device.type == "cuda"
-        assert torch.equal(out_gpu.cpu(), op(x, gen(15)))
+        assert torch.equal(out_gpu.cpu(), op(x, generator=gen(15)))

@@ -15,9 +15,10 @@ from keepmix.functional.regions import (
     candidate_scores,
     leading_block_quantile,
     masked_quantile,
-    sample_where,
+    pick_where,
     summed_area_table,
 )
+from keepmix.sampling import sample_where
 
 
 def _rand_boxes(b: int, h: int, w: int, n: int, g: torch.Generator) -> torch.Tensor:
@@ -179,6 +180,24 @@ def test_sample_where_is_uniform_over_true_entries():
     expected = 20000 / 6
     chi2 = float(((counts[true_at] - expected) ** 2 / expected).sum())
     assert chi2 < 30.0
+
+
+def test_pick_where_takes_the_rth_true_entry_for_key_u():
+    # Row with True at 2, 5, 6, 9 (4 entries): u picks entry floor(4 u); a row without True
+    # entries gives index 0 and found False, whatever u.
+    mask = torch.zeros(6, 12, dtype=torch.bool)
+    mask[:5, [2, 5, 6, 9]] = True
+    u = torch.tensor([0.0, 0.24, 0.25, 0.6, 0.999999, 0.7], dtype=torch.float64)
+    idx, found = pick_where(mask, u)
+    assert idx.tolist() == [2, 2, 5, 6, 9, 0] and found.tolist() == [True] * 5 + [False]
+    # sample_where is pick_where with one float64 uniform per row from the generator
+    g = torch.Generator().manual_seed(3)
+    keys = torch.rand(6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    a, fa = sample_where(mask, g)
+    b, fb = pick_where(mask, keys)
+    assert torch.equal(a, b) and torch.equal(fa, fb)
+    with pytest.raises(ValueError, match="bool"):
+        pick_where(mask.long(), u)
 
 
 def test_sample_where_reproducible_with_seed():

@@ -234,13 +234,13 @@ def test_saliency_on_cuda_matches_cpu():
 def test_uniform_map_is_ones_and_makes_keepcut_choose_by_clipped_area(cifar_uint8):
     """The ablation control: a constant map, so a region's importance is its (clipped) area and
     selective-cut only ever cuts boxes the border clips below the q-quantile of those areas."""
-    from keepmix.keep import select_boxes
+    from keepmix.placers import KeepPlacer
     from keepmix.saliency import uniform_saliency
 
     x = cifar_uint8[:16].float()
     sal = uniform_saliency(x, torch.zeros(16, dtype=torch.long))
     assert sal.shape == (16, 32, 32) and sal.dtype == torch.float32 and torch.equal(sal, torch.ones_like(sal))
-    sel = select_boxes(sal, (16, 16), q=0.6, placement="center", generator=torch.Generator().manual_seed(0))
+    sel = KeepPlacer(q=0.6).select(sal, (16, 16), "center", generator=torch.Generator().manual_seed(0))
     area = (sel.boxes[:, 2] - sel.boxes[:, 0]) * (sel.boxes[:, 3] - sel.boxes[:, 1])
     # Areas of the clipped 16 x 16 boxes centred on each of the 32 x 32 pixels, and their 0.6-quantile.
     side = torch.tensor([min(c + 8, 32) - max(c - 8, 0) for c in range(32)])
@@ -248,5 +248,10 @@ def test_uniform_map_is_ones_and_makes_keepcut_choose_by_clipped_area(cifar_uint
     tau = torch.quantile(areas, 0.6)
     assert not sel.fallback.any() and torch.equal(sel.tau, torch.full((16,), float(tau), dtype=torch.float64))
     assert (area < tau).all() and (area < 256).all()
+    # score="mean" (or whole boxes) on a constant map: every candidate scores the same, nothing
+    # is strictly below tau, and the documented fallback draws among all of them.
+    for placer in (KeepPlacer(q=0.6, score="mean"), KeepPlacer(q=0.6, whole_boxes=True)):
+        sel = placer.select(sal, (16, 16), "center", generator=torch.Generator().manual_seed(0))
+        assert sel.fallback.all()
     with pytest.raises(ValueError, match="images"):
         uniform_saliency(torch.zeros(3, 32, 32))

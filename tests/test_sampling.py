@@ -100,12 +100,42 @@ def test_permutation_is_a_permutation():
         lambda g: sampling.bernoulli(0.5, 50, generator=g),
         lambda g: sampling.beta(0.4, 0.4, 50, generator=g),
         lambda g: sampling.permutation(50, generator=g),
+        lambda g: sampling.sample_where(torch.ones(50, 40, dtype=torch.bool), generator=g)[0],
+        lambda g: sampling.selection_keys(50, 0.6, "below", generator=g),
     ],
 )
 def test_same_seed_same_draws(draw):
     a, b, c = draw(gen(11)), draw(gen(11)), draw(gen(12))
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+
+
+def test_selection_keys_shape_and_range():
+    from keepmix.functional.selection import num_draws
+
+    for q, side in ((0.6, "below"), (0.6, "above"), (0.05, "below"), (0.999, "below")):
+        k = num_draws(q, side)
+        passing = q if side == "below" else 1 - q
+        # enough tries that all of them miss the passing share with probability <= 1e-9 (8..1024)
+        assert 8 <= k <= 1024 and (k == 1024 or k == 8 or (1 - passing) ** k <= 1e-9 < (1 - passing) ** (k - 1))
+        keys = sampling.selection_keys(7, q, side, generator=gen(13))
+        assert keys.shape == (7, k + 1) and keys.dtype == torch.float64
+        assert bool(((keys >= 0) & (keys < 1)).all())
+        # one uniform float64 draw of that shape from the generator
+        assert torch.equal(keys, torch.rand((7, k + 1), generator=gen(13), dtype=torch.float64))
+    assert num_draws(0.6, "below") == 23  # ceil(log 1e-9 / log 0.4)
+
+
+def test_sample_where_draws_one_key_per_row():
+    mask = torch.rand(30, 9, generator=gen(14)) < 0.4
+    idx, found = sampling.sample_where(mask, gen(15))
+    u = torch.rand(30, generator=gen(15), dtype=torch.float64)
+    count = mask.sum(1)
+    for i in range(30):
+        true_at = mask[i].nonzero()[:, 0].tolist()
+        assert bool(found[i]) == bool(true_at)
+        expected = true_at[min(int(float(u[i]) * len(true_at)), len(true_at) - 1)] if true_at else 0
+        assert int(idx[i]) == expected, (i, int(count[i]))
 
 
 def test_generator_type_checked():
