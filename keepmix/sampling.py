@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from keepmix._checks import check_generator, check_positive, check_probability
+from keepmix.engine import check_values
 
 __all__ = [
     "uniform",
@@ -113,8 +114,8 @@ def randint(
     high_t = torch.as_tensor(high, device=u.device, dtype=torch.float64)
     # One check per call (not per image): an empty range is a caller bug, e.g. a box larger
     # than the image it must fit in.
-    if check and bool((high_t <= low_t).any()):
-        raise ValueError("randint needs high > low for every element (an empty range of positions)")
+    if check:
+        check_values(high_t > low_t, "randint needs high > low for every element (an empty range of positions)")
     r = (low_t + u * (high_t - low_t)).floor().long()
     # u < 1 strictly, but float rounding can land exactly on high: keep the result in range.
     return torch.minimum(r, (high_t.long() - 1).clamp_min(low_t.long()))

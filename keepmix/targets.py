@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from keepmix.engine import check_values
+
 __all__ = ["to_soft_targets", "mix_targets", "soft_target_cross_entropy", "SoftTargetCrossEntropy"]
 
 
@@ -26,9 +28,11 @@ def to_soft_targets(
             raise TypeError(f"{name} of shape (B,) must hold integer class ids, got dtype {labels.dtype}")
         if num_classes is None:
             raise ValueError(f"num_classes is needed to turn integer {name} into soft targets")
-        if labels.numel() and (bool((labels < 0).any()) or bool((labels >= num_classes).any())):
-            bad = labels[(labels < 0) | (labels >= num_classes)][0].item()
-            raise ValueError(f"{name} must lie in [0, {num_classes}) (num_classes={num_classes}), found {bad}")
+        check_values(
+            (labels >= 0) & (labels < num_classes),
+            f"{name} must lie in [0, {num_classes}) (num_classes={num_classes})",
+            lambda: f"found {labels[(labels < 0) | (labels >= num_classes)][0].item()}",
+        )
         out = F.one_hot(labels.long(), num_classes).float()
     elif labels.ndim == 2:
         if not labels.dtype.is_floating_point:

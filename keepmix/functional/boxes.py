@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from keepmix.engine import check_values
 from keepmix.functional.select import select
 
 __all__ = [
@@ -37,12 +38,12 @@ def check_boxes(boxes: object, batch_size: int, height: int, width: int, name: s
         raise TypeError(f"{name} must be an integer tensor, got {boxes.dtype}")
     y1, x1, y2, x2 = boxes.unbind(1)
     bad = (y1 < 0) | (x1 < 0) | (y2 > height) | (x2 > width) | (y2 < y1) | (x2 < x1)
-    if bool(bad.any()):
+
+    def which() -> str:
         i = int(bad.nonzero()[0, 0])
-        raise ValueError(
-            f"{name}[{i}] = {boxes[i].tolist()} is not a box inside a {height}x{width} image "
-            "(need 0 <= y1 <= y2 <= H and 0 <= x1 <= x2 <= W)"
-        )
+        return f"{name}[{i}] = {boxes[i].tolist()}"
+
+    check_values(~bad, f"{name} must hold boxes inside a {height}x{width} image (0 <= y1 <= y2 <= H and 0 <= x1 <= x2 <= W)", which)
     return boxes.long()
 
 
@@ -101,8 +102,7 @@ def _cast_like(src: Tensor, dtype: torch.dtype, name: str) -> Tensor:
     instead of wrapping around (300.0 would otherwise become 44)."""
     if dtype == torch.uint8 and src.dtype.is_floating_point:
         r = src.round()
-        if bool(((r < 0) | (r > 255)).any()):
-            raise ValueError(f"{name} has values outside [0, 255] and cannot go into a uint8 image")
+        check_values((r >= 0) & (r <= 255), f"{name} has values outside [0, 255] and cannot go into a uint8 image")
         return r.to(torch.uint8)
     return src.to(dtype)
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from keepmix.engine import check_values
+
 from keepmix.functional.select import select as _select
 
 from keepmix._checks import check_images
@@ -75,10 +77,13 @@ def _check_range(v: Tensor, name: str, low: float, high: float = float("inf"), i
     bad = ~torch.isfinite(v) | (v < low) | (v > high)
     if integer:
         bad |= v != v.round()
-    if bool(bad.any()):  # one sync per call, never per image
+    kind = "an integer" if integer else "a number"
+
+    def which() -> str:
         i = int(bad.nonzero()[0, 0])
-        kind = "an integer" if integer else "a number"
-        raise ValueError(f"{name} must be {kind} in [{low}, {high}], got {v[i].item()} (image {i})")
+        return f"got {v[i].item()} (image {i})"
+
+    check_values(~bad, f"{name} must be {kind} in [{low}, {high}]", which)
 
 
 # Integer types of the same width, to select float values bit for bit.

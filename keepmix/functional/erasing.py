@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from keepmix._checks import check_images, check_same_device
+from keepmix.engine import check_values
 from keepmix.functional.boxes import check_boxes, paste
 
 __all__ = ["Fill", "check_fill", "fill_tensor", "erase"]
@@ -50,18 +51,25 @@ def check_fill(fill: object, name: str = "fill") -> float | tuple[float, ...] | 
 
 def _check_representable(values: Tensor, dtype: torch.dtype, name: str) -> None:
     """Raise unless every value is exactly representable in ``dtype``'s range (no clipping)."""
+    shown = lambda: f"got {values.flatten()[:8].tolist()}"  # noqa: E731
     if dtype == torch.uint8:
-        if values.is_floating_point() and bool((values != values.round()).any()):
-            raise ValueError(f"{name} must hold integers for uint8 images, got {values.flatten()[:8].tolist()}")
-        if bool(((values < 0) | (values > 255)).any()):
-            raise ValueError(f"{name} must lie in [0, 255] for uint8 images, got {values.flatten()[:8].tolist()}")
+        ok = (values >= 0) & (values <= 255)
+        if values.is_floating_point():
+            ok &= values == values.round()
+        check_values(ok, f"{name} must hold integers in [0, 255] for uint8 images", shown)
     else:
-        values = values.double()
-        if not bool(torch.isfinite(values).all()):
-            raise ValueError(f"{name} must be finite")
-        big = torch.finfo(dtype).max
-        if bool((values.abs() > big).any()):
-            raise ValueError(f"{name} does not fit in {dtype} (|value| <= {big:g}), got {values.flatten()[:8].tolist()}")
+        v = values.double()
+        check_values(torch.isfinite(v), f"{name} must be finite", shown)
+        check_values(v.abs() <= torch.finfo(dtype).max, f"{name} does not fit in {dtype} (|value| <= {torch.finfo(dtype).max:g})", shown)
+
+
+def _check_number(v: float, dtype: torch.dtype, name: str) -> None:
+    """The same check for a Python number (no tensor, no host read)."""
+    if dtype == torch.uint8:
+        if not (0 <= v <= 255 and v == round(v)):
+            raise ValueError(f"{name} must hold integers in [0, 255] for uint8 images, got {v}")
+    elif abs(v) > torch.finfo(dtype).max:
+        raise ValueError(f"{name} does not fit in {dtype} (|value| <= {torch.finfo(dtype).max:g}), got {v}")
 
 
 def fill_tensor(fill: Fill, images: Tensor, name: str = "fill") -> Tensor:
@@ -79,10 +87,12 @@ def fill_tensor(fill: Fill, images: Tensor, name: str = "fill") -> Tensor:
     b, c, h, w = images.shape
     fill = check_fill(fill, name)
     if not isinstance(fill, Tensor):
-        t = torch.tensor(fill, dtype=torch.float64)
-        if t.ndim == 1 and t.numel() not in (1, c):
-            raise ValueError(f"{name} has {t.numel()} values but the images have {c} channels")
-        t = t.reshape(1, -1, 1, 1)
+        values = (fill,) if isinstance(fill, float) else fill
+        if len(values) not in (1, c):
+            raise ValueError(f"{name} has {len(values)} values but the images have {c} channels")
+        for v in values:
+            _check_number(v, images.dtype, name)
+        return torch.tensor(values, dtype=images.dtype, device=images.device).reshape(1, -1, 1, 1)
     else:
         check_same_device(images=images, **{name: fill})
         t = fill

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from keepmix.engine import capture_safe, check_values
+
 from keepmix._checks import check_images
 from keepmix.functional.select import select as _select
 
@@ -65,23 +67,34 @@ def _per_image(value: float | Tensor, batch: int, device: torch.device, name: st
         raise TypeError(f"{name} must be a number or a (B,) tensor, got {type(value).__name__}")
     else:
         value = torch.full((batch,), float(value), device=device, dtype=torch.float64)
-    if not bool(torch.isfinite(value).all()):
-        raise ValueError(f"{name} must be finite, got {value.tolist()}")
+    check_values(torch.isfinite(value), f"{name} must be finite", lambda: f"got {value.tolist()}")
     return value
 
 
 def _fill_tensor(fill: Fill, images: Tensor) -> Tensor:
-    """``fill`` as a (1, C, 1, 1) tensor of the images' dtype (range-checked for uint8)."""
+    """``fill`` as a (1, C, 1, 1) tensor of the images' dtype (range-checked for uint8).
+
+    Numbers are checked as numbers (no tensor is read); a tensor fill through check_values.
+    """
     c = images.shape[1]
-    t = torch.as_tensor(fill, dtype=torch.float64).flatten()
-    if t.numel() not in (1, c):
-        raise ValueError(f"fill must be a number or one value per channel ({c}), got {t.numel()} values")
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"fill must be finite, got {t.tolist()}")
-    if images.dtype == torch.uint8:
-        if bool(((t < 0) | (t > 255) | (t != t.round())).any()):
-            raise ValueError(f"fill for uint8 images must be integers in [0, 255], got {t.tolist()}")
-    return t.expand(c).to(device=images.device, dtype=images.dtype).view(1, c, 1, 1)
+    if isinstance(fill, Tensor):
+        t = fill.detach().to(dtype=torch.float64).flatten()
+        if t.numel() not in (1, c):
+            raise ValueError(f"fill must be a number or one value per channel ({c}), got {t.numel()} values")
+        ok = torch.isfinite(t)
+        if images.dtype == torch.uint8:
+            ok &= (t >= 0) & (t <= 255) & (t == t.round())
+        check_values(ok, "fill must be finite (for uint8 images: integers in [0, 255])", lambda: f"got {t.tolist()}")
+        return t.expand(c).to(device=images.device, dtype=images.dtype).view(1, c, 1, 1)
+    values = [float(v) for v in (fill if isinstance(fill, (list, tuple)) else [fill])]
+    if len(values) not in (1, c):
+        raise ValueError(f"fill must be a number or one value per channel ({c}), got {len(values)} values")
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"fill must be finite, got {values}")
+    if images.dtype == torch.uint8 and not all(0 <= v <= 255 and v == round(v) for v in values):
+        raise ValueError(f"fill for uint8 images must be integers in [0, 255], got {values}")
+    values = values * c if len(values) == 1 else values
+    return torch.tensor(values, dtype=images.dtype, device=images.device).view(1, c, 1, 1)
 
 
 def _check_matrix(matrix: Tensor, batch: int) -> Tensor:
@@ -93,8 +106,7 @@ def _check_matrix(matrix: Tensor, batch: int) -> Tensor:
         raise ValueError(f"matrix must have shape ({batch}, 6) or ({batch}, 2, 3), got {tuple(matrix.shape)}")
     if not matrix.dtype.is_floating_point:
         matrix = matrix.double()
-    if not bool(torch.isfinite(matrix).all()):
-        raise ValueError("matrix must be finite")
+    check_values(torch.isfinite(matrix), "matrix must be finite")
     return matrix.double()
 
 
@@ -180,8 +192,8 @@ def _nearest(images: Tensor, m: Tensor, fill: Tensor) -> Tensor:
     fx = _fixed(torch.stack([(a2 + a0 * 0.5) + a1 * 0.5, (a5 + a3 * 0.5) + a4 * 0.5, a0, a1, a3, a4], dim=-1))
     # Which engines are needed, and whether the fixed-point sums fit in int32 (half the memory
     # traffic of int64 on the (B, H, W) index maps, ~1.5x faster on 32 px batches): one host
-    # sync, only on the CPU, where it is free; elsewhere both engines run, in int64.
-    if dev.type == "cpu":
+    # sync, only on the CPU fast path, where it is free; elsewhere both engines run, in int64.
+    if not capture_safe(dev):
         ax = fx.abs()
         bound = torch.maximum(ax[:, 0] + (h * ax[:, 3] + w * ax[:, 2]), ax[:, 1] + (h * ax[:, 5] + w * ax[:, 4]))
         n_scale, big = torch.stack([scale.sum(), bound.max()]).tolist()

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from keepmix._checks import check_images, check_same_device
+from keepmix.engine import check_values
 from keepmix.functional.boxes import box_areas, check_boxes, paste
 from keepmix.targets import mix_targets
 
@@ -29,8 +30,7 @@ def check_perm(perm: object, batch_size: int, name: str = "perm") -> Tensor:
         raise ValueError(f"{name} must have shape (B,) = ({batch_size},), got {tuple(perm.shape)}")
     if perm.dtype.is_floating_point or perm.dtype == torch.bool or perm.is_complex():
         raise TypeError(f"{name} must hold integer indices, got {perm.dtype}")
-    if bool(((perm < 0) | (perm >= batch_size)).any()):
-        raise ValueError(f"{name} must hold indices in [0, {batch_size}), got {perm.tolist()[:16]}")
+    check_values((perm >= 0) & (perm < batch_size), f"{name} must hold indices in [0, {batch_size})", lambda: f"got {perm.tolist()[:16]}")
     return perm.long()
 
 
@@ -51,8 +51,7 @@ def _check_weight(weight: object, batch_size: int, name: str) -> Tensor:
         raise ValueError(f"{name} must have shape (B,) = ({batch_size},), got {tuple(weight.shape)}")
     if not weight.dtype.is_floating_point:
         raise TypeError(f"{name} must be floating point, got {weight.dtype}")
-    if not bool(((weight >= 0) & (weight <= 1)).all()):  # also rejects NaN
-        raise ValueError(f"{name} must lie in [0, 1], got {weight.tolist()[:16]}")
+    check_values((weight >= 0) & (weight <= 1), f"{name} must lie in [0, 1]", lambda: f"got {weight.tolist()[:16]}")  # also rejects NaN
     return weight
 
 

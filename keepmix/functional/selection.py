@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from keepmix._checks import check_open_unit
+from keepmix.engine import check_values
 from keepmix.functional.regions import (
     Candidates,
     _leading_block_quantile,
@@ -234,9 +235,8 @@ def select_boxes(
     cand = candidate_positions(sizes if common is None else common, h, w, placement, stride, batch_size=b, device=saliency.device)
     sat = summed_area_table(saliency)
     # float64 totals of float16/32 maps cannot overflow, so a non-finite total means a NaN or
-    # an infinity somewhere in the map: one host sync per batch.
-    if not bool(torch.isfinite(sat[:, -1, -1]).all()):
-        raise ValueError("saliency contains NaN or infinite values (a diverged model?); KeepAugment needs a finite map")
+    # an infinity somewhere in the map: one check of B values.
+    check_values(torch.isfinite(sat[:, -1, -1]), "saliency contains NaN or infinite values (a diverged model?); KeepAugment needs a finite map")
     below, mean = side == "below", score == "mean"
     k = num_draws(q, side)
     if keys.shape != (b, k + 1):
