@@ -21,7 +21,11 @@ from keepmix.data import (
     load_image_folder,
     normalize,
 )
+from keepmix.attentive_cutmix import AttentiveCutMix, AttentiveCutMixParams
+from keepmix.augmix import AugMix, AugMixJSDLoss, AugMixParams, jensen_shannon_consistency
 from keepmix.base import Op, Params, RegionOp, RegionParams
+from keepmix.fmix import FMix, FMixParams
+from keepmix.gridmask import GridMask, GridMaskParams
 from keepmix.functional.selection import KeepSelection
 from keepmix.keep import (
     KeepAutoAugment,
@@ -39,6 +43,8 @@ from keepmix.models import FeatureHook, KeepmixModel, build_model, list_models
 from keepmix.policies import AutoAugment, PolicyParams, RandAugment, TrivialAugmentWide
 from keepmix.recursive import KeepRecursiveMix, RecursiveMix, RecursiveMixInfo, RecursiveMixParams
 from keepmix.regional import Cutout, CutoutParams, RandomErasing, RandomErasingParams
+from keepmix.resizemix import ResizeMix, ResizeMixParams
+from keepmix.saliencymix import SaliencyMix, SaliencyMixParams, spectral_residual_saliency
 from keepmix.saliency import Saliency, saliency_map, uniform_saliency
 from keepmix.targets import SoftTargetCrossEntropy, mix_targets, soft_target_cross_entropy, to_soft_targets
 from keepmix.workers import worker_generator
@@ -53,6 +59,10 @@ __all__ = [
     # region-level and mixing ops
     "Cutout", "CutoutParams", "RandomErasing", "RandomErasingParams",
     "Mixup", "MixupParams", "CutMix", "CutMixParams", "MixupCutMix", "MixupCutMixParams",
+    # the comparison baselines (KeepAugment's Table 5) and what other libraries offer
+    "GridMask", "GridMaskParams", "AugMix", "AugMixParams", "AugMixJSDLoss", "jensen_shannon_consistency",
+    "AttentiveCutMix", "AttentiveCutMixParams", "ResizeMix", "ResizeMixParams", "SaliencyMix", "SaliencyMixParams",
+    "spectral_residual_saliency", "FMix", "FMixParams",
     # image-level policies
     "AutoAugment", "RandAugment", "TrivialAugmentWide", "PolicyParams",
     # KeepAugment

@@ -6,6 +6,7 @@ import inspect
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import keepmix
 from keepmix.base import Op
@@ -30,6 +31,12 @@ FACTORIES = {
     "KeepRandAugment": lambda: keepmix.KeepRandAugment(num_ops=2, magnitude=9, size=(4, 6), whole_boxes=False),
     "RecursiveMix": lambda: keepmix.RecursiveMix(num_classes=K),
     "KeepRecursiveMix": lambda: keepmix.KeepRecursiveMix(num_classes=K, whole_boxes=True),
+    "GridMask": lambda: keepmix.GridMask(d_range=(4, 9), p=0.9),
+    "AugMix": lambda: keepmix.AugMix(),
+    "AttentiveCutMix": lambda: keepmix.AttentiveCutMix(lambda x: F.adaptive_avg_pool2d(x.float(), 4), num_classes=K),
+    "ResizeMix": lambda: keepmix.ResizeMix(num_classes=K),
+    "SaliencyMix": lambda: keepmix.SaliencyMix(num_classes=K),
+    "FMix": lambda: keepmix.FMix(num_classes=K),
 }
 
 # Further configurations whose code paths differ (official per-batch modes, pair mode, ...).
@@ -41,6 +48,9 @@ VARIANTS = {
     "RecursiveMix-bilinear": lambda: keepmix.RecursiveMix(num_classes=K, interpolation="bilinear", per_sample=False),
     "Cutout-whole": lambda: keepmix.Cutout(6, p=0.5, placer=keepmix.UniformPlacer(whole_boxes=True)),
     "KeepAutoAugment-svhn-bilinear": lambda: keepmix.KeepAutoAugment("svhn", interpolation="bilinear", size=6),
+    "GridMask-rotated": lambda: keepmix.GridMask(d_range=(3, 12), ratio=0.4, rotate=360, mode=0, fill=(1, 2, 3), p=1.0),
+    "ResizeMix-keep": lambda: keepmix.ResizeMix(scale=(0.3, 0.9), p=0.8, num_classes=K, interpolation="bilinear", placer=keepmix.KeepPlacer()),
+    "AugMix-all-ops": lambda: keepmix.AugMix(all_ops=True, width=2, depth=2, interpolation="nearest"),
 }
 
 
