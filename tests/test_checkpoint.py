@@ -11,7 +11,8 @@ from keepmix.train.checkpoint import FORMAT_VERSION, CheckpointError, check_mode
 def _state(seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
     return {"model": {"w": torch.randn(3, 4, generator=g)}, "epoch": seed, "rng": g.get_state(), "hist": None,
-            "ranks": [{"a": torch.arange(3)}], "name": "x", "lr": 0.1, "finished": False}
+            "ranks": [{"a": torch.arange(3)}], "name": "x", "lr": 0.1, "finished": False,
+            "config": {"epochs": 3}, "global_step": 7}
 
 
 def _same(a, b) -> bool:
@@ -104,3 +105,57 @@ def test_load_trained_model_rebuilds_the_run_architecture(tmp_path):
         assert torch.equal(loaded.state_dict()[k], v), k
     with pytest.raises(CheckpointError, match="another model"):
         load_trained_model(tmp_path, num_classes=100)  # the fc of another dataset
+
+
+def test_empty_truncated_garbage_and_incomplete_checkpoints_say_why(tmp_path):
+    good = tmp_path / "good.pt"
+    save_checkpoint(_state(1), good)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty \(0 bytes\)"):
+        load_checkpoint(tmp_path / "empty.pt")
+    (tmp_path / "half.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="cannot read checkpoint .*half.pt.*truncated"):
+        load_checkpoint(tmp_path / "half.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"hello garbage" * 10)
+    with pytest.raises(CheckpointError, match="cannot read checkpoint .*garbage.pt.*not a complete file written by torch.save"):
+        load_checkpoint(tmp_path / "garbage.pt")
+    torch.save({"format_version": FORMAT_VERSION, "model": {}}, tmp_path / "part.pt")
+    with pytest.raises(CheckpointError, match="not a complete keepmix checkpoint: it lacks config"):
+        load_checkpoint(tmp_path / "part.pt")
+    with pytest.raises(CheckpointError, match="lacks optimizer"):
+        load_checkpoint(good, require=("config", "optimizer"))
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match="holds a list, not a keepmix checkpoint"):
+        load_checkpoint(tmp_path / "list.pt")
+    torch.save({"format_version": 99, **_state(1)}, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="format 99; this keepmix reads format 1"):
+        load_checkpoint(tmp_path / "future.pt")
+
+
+def test_a_folder_that_is_not_a_run_is_named_as_such(tmp_path):
+    with pytest.raises(CheckpointError, match="not a keepmix run directory"):
+        load_checkpoint(tmp_path)
+    (tmp_path / "config.yaml").write_text("epochs: 1\n")
+    with pytest.raises(CheckpointError, match="run directory without a checkpoint"):
+        load_checkpoint(tmp_path)
+
+
+def test_full_disk_is_a_checkpoint_error_and_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from keepmix.train.checkpoint import CheckpointWriteError
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(_state(1), path)
+
+    def full_disk(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointWriteError, match="No space left on device; the previous checkpoint is unchanged"):
+        save_checkpoint(_state(2), path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from keepmix.train.config import ConfigError
 from keepmix.train.distributed import DistInfo, all_reduce_sum, any_rank, gather_objects, init_distributed
 
 
@@ -95,7 +96,7 @@ def test_single_process_is_a_no_op(monkeypatch):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_cuda_requested_without_a_gpu_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    with pytest.raises(RuntimeError, match="no GPU"):
+    with pytest.raises(ConfigError, match="no GPU"):
         init_distributed("cuda")
 
 

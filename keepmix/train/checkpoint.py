@@ -16,14 +16,34 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "check_model_state", "load_trained_model", "to_cpu"]
+__all__ = [
+    "CheckpointError",
+    "CheckpointWriteError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "check_model_state",
+    "load_trained_model",
+    "to_cpu",
+    "REQUIRED_KEYS",
+    "RESUME_KEYS",
+]
 
 #: Bumped when the checkpoint layout changes incompatibly.
 FORMAT_VERSION = 1
 
 
+#: What every keepmix checkpoint holds (checked on load, so a damaged one is named as such).
+REQUIRED_KEYS = ("config", "model")
+#: What a checkpoint to resume holds besides.
+RESUME_KEYS = ("optimizer", "scheduler", "scaler", "epoch", "step_in_epoch", "global_step", "world_size", "ranks", "elapsed_s")
+
+
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used: missing, unreadable, from another model or finished."""
+    """A checkpoint that cannot be used: missing, unreadable, from another model or run, or finished."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """Writing a checkpoint failed (a full disk, no permission); the previous checkpoint is unchanged."""
 
 
 def to_cpu(obj: Any) -> Any:
@@ -38,41 +58,72 @@ def to_cpu(obj: Any) -> Any:
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Atomically write ``state`` to ``path`` (temporary file + fsync + rename)."""
+    """Atomically write ``state`` to ``path`` (temporary file + fsync + rename).
+
+    An ``OSError`` (a full disk, a read-only folder) becomes a :class:`CheckpointWriteError`
+    naming the file and the reason; the previous checkpoint at ``path`` is then unchanged
+    and no temporary file is left behind (also on KeyboardInterrupt).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format_version": FORMAT_VERSION, **to_cpu(state)}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        # Never leave a half-written temporary file behind (also on KeyboardInterrupt).
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            kept = "the previous checkpoint is unchanged" if path.is_file() else "no checkpoint was written"
+            raise CheckpointWriteError(f"cannot write checkpoint {str(path)!r}: {e.strerror or e}; {kept}") from None
         raise
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True`` onto the CPU; clear errors when it cannot."""
+def load_checkpoint(path: str | Path, require: tuple[str, ...] = REQUIRED_KEYS) -> dict[str, Any]:
+    """Read a checkpoint (a file, or the one of a run directory) with ``weights_only=True``
+    onto the CPU. Every way it can fail is a :class:`CheckpointError` that says why: no such
+    file, a folder that is not a run directory, an empty file, a file torch cannot read
+    (truncated, garbage, not written by ``torch.save``), or a dict that is not a keepmix
+    checkpoint (one without every key of ``require``)."""
+    from keepmix.train.run_dir import RunDir
+
     path = Path(path)
     if path.is_dir():
-        path = path / "checkpoint.pt"
+        rd = RunDir(path)
+        if not rd.checkpoint.is_file():
+            what = "a run directory without a checkpoint (it never finished an epoch?)" if rd.is_run() else \
+                "not a keepmix run directory (no checkpoint.pt, no config.yaml)"
+            raise CheckpointError(f"{str(path)!r} is {what}")
+        path = rd.checkpoint
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {str(path)!r}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {str(path)!r} is empty (0 bytes): not written by keepmix, whose writes are atomic")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {e}") from None
-    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+        reason = f"{type(e).__name__}: {e}".split("\n")[0]
         raise CheckpointError(
-            f"{str(path)!r} is not a keepmix checkpoint of format {FORMAT_VERSION} "
-            f"(found format {state.get('format_version') if isinstance(state, dict) else None})"
+            f"cannot read checkpoint {str(path)!r}: not a complete file written by torch.save "
+            f"(truncated, or another kind of file): {reason}"
+        ) from None
+    if not isinstance(state, dict) or "format_version" not in state:
+        raise CheckpointError(f"{str(path)!r} holds a {type(state).__name__}, not a keepmix checkpoint (no format_version)")
+    if state["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{str(path)!r} is a keepmix checkpoint of format {state['format_version']!r}; this keepmix reads format {FORMAT_VERSION}"
         )
+    missing = [k for k in require if k not in state]
+    if missing:
+        raise CheckpointError(f"{str(path)!r} is not a complete keepmix checkpoint: it lacks {', '.join(missing)}")
+    if not isinstance(state["config"], dict):
+        raise CheckpointError(f"{str(path)!r}: its config is a {type(state['config']).__name__}, not a mapping")
     return state
 
 
@@ -102,10 +153,15 @@ def load_trained_model(run: str | Path, num_classes: int) -> tuple[torch.nn.Modu
     config; ``num_classes`` is the dataset's (checked against the saved weights).
     """
     from keepmix.models import build_model
-    from keepmix.train.config import TrainConfig, early_head_kwargs
+    from keepmix.train.config import early_head_kwargs
+
+    from keepmix.train.config import ConfigError, config_from_dict
 
     state = load_checkpoint(run)
-    config = TrainConfig(**state["config"])
+    try:
+        config = config_from_dict(state["config"], where=f"checkpoint {run}")
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
     model = build_model(config.model, num_classes=num_classes, early_head=config.early_head, **early_head_kwargs(config))
     check_model_state(model, state["model"])
     model.load_state_dict(state["model"])

@@ -54,6 +54,14 @@ def prepare_data(train: object, test: object, config: TrainConfig) -> TrainData:
     """Subsets, consistency checks and normalisation constants for two loaded splits."""
     if len(train.labels) == 0 or len(test.labels) == 0:
         raise ConfigError(f"dataset {config.dataset!r} has an empty {'train' if len(train.labels) == 0 else 'test'} split")
+    if list(train.classes) != list(test.classes):
+        raise ConfigError(f"dataset {config.dataset!r}: the train and test splits have different class lists "
+                          f"({len(train.classes)} and {len(test.classes)} classes)")
+    absent = sorted(set(test.labels.unique().tolist()) - set(train.labels.unique().tolist()))
+    if absent:
+        names = ", ".join(repr(train.classes[i]) for i in absent[:5]) + (" ..." if len(absent) > 5 else "")
+        raise ConfigError(f"dataset {config.dataset!r}: class {names} has test images but no training images "
+                          f"({len(absent)} of {len(train.classes)} classes); the model could never predict it")
     if tuple(train.images.shape[1:]) != tuple(test.images.shape[1:]):
         raise ConfigError(f"train images are {tuple(train.images.shape[1:])} but test images are {tuple(test.images.shape[1:])}")
     for split, n, name in ((train, config.train_subset, "train_subset"), (test, config.test_subset, "test_subset")):

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "shutdown_distributed", "all_reduce_sum", "any_rank", "gather_objects"]
+__all__ = ["DistInfo", "init_distributed", "shutdown_distributed", "all_reduce_sum", "any_rank", "gather_objects",
+           "broadcast_object"]
 
 
 @dataclass
@@ -40,12 +41,23 @@ class DistInfo:
 
 
 def _resolve_device(device: str, local_rank: int, distributed: bool) -> torch.device:
+    """The torch device for ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``); a
+    :class:`~keepmix.train.config.ConfigError` naming ``device`` when it cannot be used."""
+    from keepmix.train.config import ConfigError
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device={device!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={device!r}: keepmix trains on cpu or cuda (auto picks cuda when there is a GPU)")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device={device!r} asked for CUDA but torch sees no GPU; use --device cpu")
+            raise ConfigError(f"device={device!r} asks for CUDA but torch sees no GPU; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device={device!r}: there are only {torch.cuda.device_count()} GPUs (cuda:0 ..)")
         if distributed or dev.index is None:
             # One GPU per process under torchrun: LOCAL_RANK picks it.
             dev = torch.device("cuda", local_rank if distributed else torch.cuda.current_device())
@@ -103,3 +115,12 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     out: list[Any] = [None] * info.world_size
     dist.all_gather_object(out, obj, group=info.control_group)
     return out
+
+
+def broadcast_object(obj: Any, info: DistInfo) -> Any:
+    """Rank 0's ``obj`` on every rank (``obj`` itself for one process)."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=info.control_group)
+    return box[0]

@@ -1,4 +1,4 @@
-"""The training run: set-up, the epoch/step loop, evaluation, metrics, checkpoints, signals.
+"""The training run: set-up, the step loop, evaluation, metrics, checkpoints, signals.
 
 One step, on the batch's device::
 
@@ -6,11 +6,25 @@ One step, on the batch's device::
     saliency for Keep* variants) -> model (+ early head, + RecursiveMix consistency)
     -> soft-target cross-entropy (label smoothing) -> SGD step -> per-step lr schedule
 
+The loop (:meth:`Trainer.run`) reads top to bottom: one step, the end of an epoch when the
+step finished one, then the single place where a stop request (SIGINT, SIGTERM,
+:meth:`Trainer.request_stop`) is honoured: a checkpoint, then :class:`RunInterrupted`.
+
 Everything random in a step draws from one ``torch.Generator`` per rank (the augmentation
 stream), seeded from the run seed and the rank, and saved in every checkpoint together with
-the loader position, the global RNG, the optimiser, scheduler, scaler and the method's state
-(RecursiveMix history): a resumed run continues exactly where the interrupted one stopped,
-so its final weights equal an uninterrupted run's (bitwise on the CPU).
+the position (epoch, step), the global RNG, the optimiser, scheduler, scaler and the method's
+state (RecursiveMix history). Batches are a pure function of (seed, epoch, index)
+(:meth:`keepmix.data.DeviceLoader.batch`), so the position is the whole loader state: a
+resumed run continues exactly where the interrupted one stopped, and its final weights equal
+an uninterrupted run's (bitwise on the CPU).
+
+Extending a finished run (``train(None, resume=RUN, epochs=N)``, ``keepmix train --resume RUN
+--epochs N``): the cosine schedule is re-planned over the new total of N epochs and taken up
+at the step the run had reached, so the learning rate jumps from the old schedule's end value
+(``min_lr``) to the new schedule's value at that step, and decays from there to ``min_lr`` at
+the new end. This is not the run that would have been planned for N epochs from the start
+(its first epochs decayed faster); each extension is recorded in ``final.json``
+(``schedule_changes``) and every metrics record carries the ``planned_epochs`` it ran under.
 
 Host syncs happen only every ``log_every`` steps (progress bar, NaN check) and at epoch end.
 """
@@ -18,7 +32,6 @@ Host syncs happen only every ``log_every`` steps (progress bar, NaN check) and a
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 import sys
@@ -32,19 +45,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from keepmix.targets import SoftTargetCrossEntropy
-from keepmix.train.checkpoint import CheckpointError, check_model_state, load_checkpoint, save_checkpoint
-from keepmix.train.config import TrainConfig, config_from_dict, save_config, early_head_kwargs
+from keepmix.train.checkpoint import REQUIRED_KEYS, RESUME_KEYS, CheckpointError, check_model_state, load_checkpoint, save_checkpoint
+from keepmix.train.config import ConfigError, TrainConfig, config_from_dict, early_head_kwargs, save_config
 from keepmix.train.data import TrainData, load_data, steps_per_epoch, train_loader
-from keepmix.train.distributed import DistInfo, all_reduce_sum, any_rank, gather_objects, init_distributed
+from keepmix.train.distributed import DistInfo, all_reduce_sum, any_rank, broadcast_object, gather_objects, init_distributed
 from keepmix.train.methods import Method, StepBatch, build_method
 from keepmix.train.optim import build_optimizer, build_scheduler
+from keepmix.train.run_dir import RunDir, new_run_id
 
 __all__ = ["Trainer", "train", "NonFiniteLossError", "RunInterrupted", "FinishedRunError", "TrainForward"]
 
-CHECKPOINT_NAME = "checkpoint.pt"
-METRICS_NAME = "metrics.jsonl"
-FINAL_NAME = "final.json"
-CONFIG_NAME = "config.yaml"
+# The file names, for callers that imported them from here (RunDir is the one place that spells them).
+CHECKPOINT_NAME = RunDir.CHECKPOINT
+METRICS_NAME = RunDir.METRICS
+FINAL_NAME = RunDir.FINAL
+CONFIG_NAME = RunDir.CONFIG
 
 
 class NonFiniteLossError(RuntimeError):
@@ -52,7 +67,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 class FinishedRunError(CheckpointError):
-    """``--resume`` of a run that already finished."""
+    """``--resume`` of a run that already finished (without more ``epochs``)."""
 
 
 class RunInterrupted(Exception):
@@ -101,41 +116,95 @@ class _Position:
     global_step: int = 0
 
 
+def _check_model_config(config: TrainConfig) -> None:
+    """Build the model on the meta device (no memory, no time) so that a bad ``model`` or
+    early-head option fails before the data are loaded."""
+    from keepmix.models import build_model
+
+    try:
+        with torch.device("meta"):
+            build_model(config.model, num_classes=10, early_head=config.early_head, **early_head_kwargs(config))
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model={config.model!r}: {e}") from None
+
+
+def _resume_state(resume: str | Path, epochs: int | None) -> tuple[dict[str, Any], TrainConfig, RunDir, dict | None]:
+    """Read the checkpoint to resume; check that it belongs to this run directory and can go on.
+
+    Returns the state, the config to run (with ``epochs`` changed when extending) and the
+    schedule change this makes (None when the plan stays).
+    """
+    state = load_checkpoint(resume, require=REQUIRED_KEYS + RESUME_KEYS)
+    rd = RunDir.of(resume)
+    ck_id, dir_id = state.get("run_id"), rd.read_run_id()
+    if ck_id is not None and dir_id is not None and ck_id != dir_id:
+        raise CheckpointError(
+            f"the checkpoint in {str(rd)!r} belongs to run {ck_id}, but this folder is run {dir_id}: it was copied "
+            "from another run. Resume that run in its own folder, or copy the whole run folder, not only checkpoint.pt"
+        )
+    if ck_id is not None and dir_id is None and (rd.metrics.is_file() or rd.config.is_file()):
+        raise CheckpointError(
+            f"{str(rd)!r} holds the records of another run (metrics.jsonl / config.yaml without a run_id) next to a "
+            f"checkpoint of run {ck_id}: resuming would splice the two. Resume run {ck_id} in its own folder"
+        )
+    try:
+        config = config_from_dict(state["config"], where=f"checkpoint {resume}")
+    except ConfigError as e:
+        raise CheckpointError(f"the checkpoint's config cannot run here: {e}") from None
+    done = int(state["epoch"])
+    change = None
+    if epochs is not None and epochs != config.epochs:
+        if epochs < done + (1 if state.get("step_in_epoch") else 0):
+            raise ConfigError(f"epochs={epochs}: the run in {str(rd)!r} has already trained {done} epochs; give more")
+        change = {"at_step": int(state["global_step"]), "at_epoch": done, "epochs_before": config.epochs, "epochs_after": epochs}
+        config = config.replace(epochs=epochs)
+    elif state.get("finished"):
+        raise FinishedRunError(
+            f"the run in {str(rd)!r} already finished all {config.epochs} epochs; to train it longer give a larger "
+            f"--epochs with --resume (the schedule is re-planned), or start a new run"
+        )
+    return state, config, rd, change
+
+
 class Trainer:
     """One training run (see :func:`train`)."""
 
     def __init__(
         self,
-        config: TrainConfig,
+        config: TrainConfig | None,
         *,
         resume: str | Path | None = None,
+        epochs: int | None = None,
         data: TrainData | None = None,
         run_dir: str | Path | None = None,
         on_step: Callable[["Trainer", int], None] | None = None,
         log: Callable[[str], None] | None = None,
+        tensorboard: bool = False,
     ) -> None:
-        self.resume_state: dict[str, Any] | None = None
+        state: dict[str, Any] | None = None
+        schedule_change = None
         if resume is not None:
-            resume = Path(resume)
-            self.resume_state = load_checkpoint(resume)
-            if self.resume_state.get("finished"):
-                raise FinishedRunError(
-                    f"the run in {str(resume)!r} already finished all {self.resume_state['config']['epochs']} epochs; "
-                    "start a new run instead of resuming it"
-                )
-            config = config_from_dict(self.resume_state["config"], where=f"checkpoint {resume}")
-            run_dir = resume if resume.is_dir() else resume.parent
-        self.config = config.validate()
+            state, config, rd, schedule_change = _resume_state(resume, epochs)
+            run_dir = rd.path
+        elif config is None:
+            raise ConfigError("give a config, or resume= a run directory")
+        elif epochs is not None:
+            config = config.replace(epochs=epochs)
+        self.config = config = config.validate()
         self.on_step = on_step
         self._log = log
         self._stop_signal: int | None = None
         self._stop_requested = False
+        self._writing = False  # inside a checkpoint write: a second signal waits for it
+        self._t_start: float | None = None
+        self._saved_step: int | None = None  # the global step of the last checkpoint written
+        _check_model_config(config)
         self.dist: DistInfo = init_distributed(config.device)
         self.device = self.dist.device
         if config.threads:
             torch.set_num_threads(config.threads)
 
-        # Data first: a bad path fails before anything is written.
+        # Data before anything is written: a bad path fails first.
         self.data = data if data is not None else load_data(config, self.dist)
         self.num_classes = len(self.data.classes)
         self.loader = train_loader(self.data, config, self.dist, self.device)
@@ -147,12 +216,17 @@ class Trainer:
 
         model = build_model(config.model, num_classes=self.num_classes, early_head=config.early_head, **early_head_kwargs(config))
         self.use_amp = config.amp == "on" or (config.amp == "auto" and self.device.type == "cuda")
-        self.amp_dtype = torch.bfloat16 if config.amp_dtype == "bfloat16" else torch.float16
+        # float16 autocast on the CPU is many times slower than float32 and needs loss
+        # scaling; bfloat16 is the CPU's mixed-precision type.
+        on_cpu = self.device.type == "cpu"
+        self.amp_dtype = torch.bfloat16 if config.amp_dtype == "bfloat16" or on_cpu else torch.float16
+        self.amp_note = ("amp on the CPU runs in bfloat16 (float16 autocast is slow on the CPU)"
+                         if self.use_amp and on_cpu and config.amp_dtype == "float16" else None)
         self.channels_last = config.channels_last == "on" or (config.channels_last == "auto" and self.device.type == "cuda")
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)
-        if self.resume_state is not None:
-            check_model_state(self.model, self.resume_state["model"])
+        if state is not None:
+            check_model_state(self.model, state["model"])
 
         self.method: Method = build_method(config, self.model, self.num_classes, self.data.mean, self.data.std, self.autocast)
         forward: nn.Module = TrainForward(self.model, early=config.early_head and config.early_loss_weight > 0)
@@ -174,10 +248,28 @@ class Trainer:
         self.accum = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, count
         self.epoch_time = 0.0
         self.best_test_acc: float | None = None
+        self.last_record: dict[str, Any] = {}
         self.elapsed_before = 0.0
-        if self.resume_state is not None:
-            self._load_state(self.resume_state)
-        self.run_dir = Path(run_dir) if run_dir is not None else self._new_run_dir()
+        self.schedule_changes: list[dict[str, Any]] = []
+        if state is not None:
+            self._load_state(state)
+            self.run_id = str(state.get("run_id") or new_run_id())
+        else:
+            self.run_id = new_run_id()
+        if schedule_change is not None:
+            self.schedule_changes.append(schedule_change)
+            # The step about to run takes its lr from the new plan (LambdaLR sets it only on step()).
+            for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+                group["lr"] = base * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        # One run directory and id for every rank: rank 0's.
+        rd = RunDir(run_dir) if run_dir is not None else RunDir.new(config.out_dir, config.name)
+        self.run_dir, self.run_id = broadcast_object((rd.path, self.run_id), self.dist)
+        self.files = RunDir(self.run_dir)
+        self.tensorboard = None
+        if tensorboard and self.dist.is_main:
+            from keepmix.train.tensorboard import TensorBoardLog
+
+            self.tensorboard = TensorBoardLog(self.files.tensorboard)
 
     # ------------------------------------------------------------------ helpers
     def autocast(self):
@@ -194,13 +286,8 @@ class Trainer:
         """Stop after the current step, writing a checkpoint (what SIGINT/SIGTERM do)."""
         self._stop_requested = True
 
-    def _new_run_dir(self) -> Path:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        base = Path(self.config.out_dir) / f"{self.config.name}-{stamp}"
-        path, i = base, 1
-        while path.exists():  # two runs started within one second
-            path, i = base.with_name(f"{base.name}-{i}"), i + 1
-        return path
+    def _elapsed(self) -> float:
+        return self.elapsed_before + (time.perf_counter() - self._t_start if self._t_start is not None else 0.0)
 
     # ------------------------------------------------------------------ state
     def _rank_state(self) -> dict[str, Any]:
@@ -219,6 +306,7 @@ class Trainer:
         """Everything a resume needs (collective under DDP: every rank must call it)."""
         ranks = gather_objects(self._rank_state(), self.dist)
         return {
+            "run_id": self.run_id,
             "config": self.config.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -228,7 +316,9 @@ class Trainer:
             "step_in_epoch": self.pos.step_in_epoch,
             "global_step": self.pos.global_step,
             "best_test_acc": self.best_test_acc,
-            "elapsed_s": self.elapsed_before + (time.perf_counter() - self._t_start if hasattr(self, "_t_start") else 0.0),
+            "last_record": self.last_record,
+            "schedule_changes": self.schedule_changes,
+            "elapsed_s": self._elapsed(),
             "world_size": self.dist.world_size,
             "finished": finished,
             "ranks": ranks,
@@ -246,6 +336,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.pos = _Position(state["epoch"], state["step_in_epoch"], state["global_step"])
         self.best_test_acc = state["best_test_acc"]
+        self.last_record = dict(state.get("last_record") or {})
+        self.schedule_changes = list(state.get("schedule_changes") or [])
         self.elapsed_before = float(state["elapsed_s"])
         mine = state["ranks"][self.dist.rank]
         self.generator.set_state(mine["aug_rng"])
@@ -257,19 +349,27 @@ class Trainer:
         self.epoch_time = float(mine["epoch_time"])
 
     def save(self, finished: bool = False) -> Path:
+        """Write the checkpoint (rank 0; collective under DDP). Signals wait for the write."""
         state = self.state_dict(finished=finished)
-        path = self.run_dir / CHECKPOINT_NAME
+        self._saved_step = self.pos.global_step
         if self.dist.is_main:
-            save_checkpoint(state, path)
-        return path
+            self._writing = True
+            try:
+                save_checkpoint(state, self.files.checkpoint)
+            finally:
+                self._writing = False
+        return self.files.checkpoint
 
     # ------------------------------------------------------------------ signals
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if self._stop_signal is not None:  # a second signal: stop now
+        if self._stop_signal is not None and not self._writing:  # a second signal: stop now
             raise KeyboardInterrupt
-        self._stop_signal = signum
-        self.log(f"\n{signal.Signals(signum).name} received: finishing this step and writing a checkpoint "
-                 "(send it again to stop at once)")
+        if self._stop_signal is None:
+            self._stop_signal = signum
+            self.log(f"\n{signal.Signals(signum).name} received: finishing this step and writing a checkpoint "
+                     "(send it again to stop at once)")
+        else:
+            self.log(f"\n{signal.Signals(signum).name} received again: stopping once the checkpoint is written")
 
     @contextlib.contextmanager
     def _signals(self):
@@ -285,79 +385,81 @@ class Trainer:
             for s, h in old.items():
                 signal.signal(s, h)
 
-    def _should_stop(self) -> bool:
-        return any_rank(self._stop_signal is not None or self._stop_requested, self.dist)
-
     # ------------------------------------------------------------------ run
     def run(self) -> dict[str, Any]:
         """Train to the end; returns the final record (also written to final.json)."""
         cfg = self.config
-        if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / CONFIG_NAME)
-            self._trim_metrics()
+        self._start_run_dir()
         self._t_start = time.perf_counter()
-        if self.pos.epoch == 0 and self.pos.step_in_epoch == 0:
+        if self.pos.global_step == 0:
             self.log(f"run directory: {self.run_dir}")
         else:
             self.log(f"resuming {self.run_dir} at epoch {self.pos.epoch + 1}, step {self.pos.step_in_epoch}")
-        with self._signals():
-            while self.pos.epoch < cfg.epochs:
-                self._train_epoch()
-                self._end_epoch()
-        return self._finish()
-
-    def _trim_metrics(self) -> None:
-        """On resume, drop metric lines of epochs the checkpoint does not include."""
-        path = self.run_dir / METRICS_NAME
-        if not path.exists():
-            return
-        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("epoch", 0) <= self.pos.epoch]
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(ln + "\n" for ln in keep))
-        tmp.replace(path)
-
-    def _train_epoch(self) -> None:
-        cfg = self.config
-        self.model.train()
-        epoch = self.pos.epoch
+        for change in self.schedule_changes[-1:]:
+            if change["at_step"] == self.pos.global_step:
+                self.log(f"extending the run from {change['epochs_before']} to {change['epochs_after']} epochs: the cosine "
+                         f"schedule is re-planned over {change['epochs_after']} epochs from step {change['at_step']}")
+        if self.amp_note:
+            self.log(self.amp_note)
         bar = None
-        if self.dist.is_main and cfg.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=self.steps_per_epoch, initial=self.pos.step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                       unit="step", dynamic_ncols=True, leave=True, file=sys.stderr)
-        if self.pos.step_in_epoch == 0:
-            self.method.on_epoch_start()
-        t0 = time.perf_counter()
         try:
-            for index in range(self.pos.step_in_epoch, self.steps_per_epoch):
-                images, labels = self.loader.batch(epoch, index)  # cropped + flipped uint8
-                self._step(images, labels)
-                self.pos.step_in_epoch += 1
-                self.pos.global_step += 1
-                if self.on_step is not None:
-                    self.on_step(self, self.pos.global_step)
-                last = self.pos.step_in_epoch == self.steps_per_epoch
-                if self.pos.step_in_epoch % cfg.log_every == 0 or last:
-                    loss_sum, correct, n = self._reduced_accum()
-                    self._check_finite(loss_sum)
-                    now = time.perf_counter()
-                    if bar is not None:
-                        bar.update(self.pos.step_in_epoch - bar.n)
-                        rate = n / max(1e-9, self.epoch_time + now - t0)
-                        bar.set_postfix(loss=f"{loss_sum / max(n, 1):.4f}", acc=f"{100 * correct / max(n, 1):.2f}",
-                                        img_s=f"{rate:.0f}", lr=f"{self.scheduler.get_last_lr()[0]:.4g}")
-                if not last and self._should_stop():
+            with self._signals():
+                while self.pos.epoch < cfg.epochs:
+                    if self.pos.step_in_epoch == 0:
+                        self.method.on_epoch_start()
+                    if bar is None:
+                        bar = self._progress_bar()
+                    t0 = time.perf_counter()
+                    images, labels = self.loader.batch(self.pos.epoch, self.pos.step_in_epoch)  # cropped + flipped uint8
+                    self._step(images, labels)
+                    self.pos.step_in_epoch += 1
+                    self.pos.global_step += 1
                     self.epoch_time += time.perf_counter() - t0
-                    raise RunInterrupted(self._stop_signal, self._save_interrupted())
+                    if self.on_step is not None:
+                        self.on_step(self, self.pos.global_step)
+                    epoch_done = self.pos.step_in_epoch == self.steps_per_epoch
+                    if self.pos.step_in_epoch % cfg.log_every == 0 or epoch_done:
+                        self._check_and_show(bar)
+                    if epoch_done:
+                        if bar is not None:
+                            bar.close()
+                            bar = None
+                        self._end_epoch()
+                    # The one place a stop request is honoured.
+                    if self.pos.epoch < cfg.epochs and any_rank(self._stop_signal is not None or self._stop_requested, self.dist):
+                        raise RunInterrupted(self._stop_signal, self._save_for_resume())
         finally:
             if bar is not None:
                 bar.close()
-        self.epoch_time += time.perf_counter() - t0
+        return self._finish()
 
-    def _save_interrupted(self) -> Path:
-        path = self.save()
+    def _start_run_dir(self) -> None:
+        if not self.dist.is_main:
+            return
+        self.files.path.mkdir(parents=True, exist_ok=True)
+        self.files.write_run_id(self.run_id)
+        save_config(self.config, self.files.config)
+        self.files.trim_metrics(self.pos.epoch)  # a resume drops what its checkpoint does not include
+
+    def _progress_bar(self):
+        if not (self.dist.is_main and self.config.progress):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.steps_per_epoch, initial=self.pos.step_in_epoch, desc=f"epoch {self.pos.epoch + 1}/{self.config.epochs}",
+                    unit="step", dynamic_ncols=True, leave=True, file=sys.stderr)
+
+    def _check_and_show(self, bar: Any) -> None:
+        loss_sum, correct, n = self._reduced_accum()
+        self._check_finite(loss_sum)
+        if bar is not None:
+            bar.update(self.pos.step_in_epoch - bar.n)
+            bar.set_postfix(loss=f"{loss_sum / max(n, 1):.4f}", acc=f"{100 * correct / max(n, 1):.2f}",
+                            img_s=f"{n / max(1e-9, self.epoch_time):.0f}", lr=f"{self.scheduler.get_last_lr()[0]:.4g}")
+
+    def _save_for_resume(self) -> Path:
+        # The periodic checkpoint of an epoch that just ended is already this position.
+        path = self.files.checkpoint if self._saved_step == self.pos.global_step else self.save()
         self.log(f"checkpoint written to {path}; continue with: keepmix train --resume {self.run_dir}")
         return path
 
@@ -423,9 +525,10 @@ class Trainer:
         return loss_sum / max(n, 1), 100.0 * correct / max(n, 1)
 
     def _end_epoch(self) -> None:
+        """The epoch's record (reduced over ranks: the same on every rank), its evaluation,
+        metrics.jsonl, TensorBoard, and the periodic checkpoint."""
         cfg = self.config
         loss_sum, correct, n = self._reduced_accum()
-        self._check_finite(loss_sum)
         epoch = self.pos.epoch + 1
         record: dict[str, Any] = {
             "epoch": epoch,
@@ -435,38 +538,35 @@ class Trainer:
             "train_acc": 100.0 * correct / max(n, 1),
             "images_per_s": n / max(self.epoch_time, 1e-9),
             "epoch_time_s": self.epoch_time,
+            "planned_epochs": cfg.epochs,
         }
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             t0 = time.perf_counter()
             record["test_loss"], record["test_acc"] = self.evaluate()
             record["eval_time_s"] = time.perf_counter() - t0
             self.best_test_acc = max(self.best_test_acc or 0.0, record["test_acc"])
-        record["elapsed_s"] = self.elapsed_before + time.perf_counter() - self._t_start
+        record["elapsed_s"] = self._elapsed()
+        self.last_record = record
         self.pos = _Position(epoch, 0, self.pos.global_step)
         self.accum.zero_()
         self.epoch_time = 0.0
         if self.dist.is_main:
-            with open(self.run_dir / METRICS_NAME, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            self.files.append_metrics(record)
+            if self.tensorboard is not None:
+                self.tensorboard.epoch(record)
             acc = f", test acc {record['test_acc']:.2f}%" if "test_acc" in record else ""
             self.log(f"epoch {epoch}/{cfg.epochs}: train loss {record['train_loss']:.4f}, "
                      f"train acc {record['train_acc']:.2f}%{acc}, {record['images_per_s']:.0f} img/s")
-        stop = self._should_stop()
-        if epoch < cfg.epochs and (epoch % cfg.checkpoint_every == 0 or stop):
+        if epoch < cfg.epochs and epoch % cfg.checkpoint_every == 0:
             self.save()
-        if stop and epoch < cfg.epochs:
-            path = self.run_dir / CHECKPOINT_NAME
-            self.log(f"checkpoint written to {path}; continue with: keepmix train --resume {self.run_dir}")
-            raise RunInterrupted(self._stop_signal, path)
 
     def _finish(self) -> dict[str, Any]:
+        """The final record (the same on every rank), the finished checkpoint, final.json, pictures."""
         cfg = self.config
-        # The last epoch always evaluates, so its record holds the final test accuracy.
-        records = [json.loads(ln) for ln in (self.run_dir / METRICS_NAME).read_text().splitlines() if ln.strip()] \
-            if self.dist.is_main else []
-        last = records[-1] if records else {}
+        last = self.last_record  # the last epoch always evaluates
         final = {
             "name": cfg.name,
+            "run_id": self.run_id,
             "run_dir": str(self.run_dir),
             "test_acc": last.get("test_acc"),
             "test_loss": last.get("test_loss"),
@@ -478,54 +578,69 @@ class Trainer:
             "world_size": self.dist.world_size,
             "device": str(self.device),
             "amp": self.use_amp,
-            "wall_time_s": self.elapsed_before + time.perf_counter() - self._t_start,
+            "amp_dtype": str(self.amp_dtype).replace("torch.", "") if self.use_amp else None,
+            "schedule_changes": self.schedule_changes,
+            "lr_schedule": (
+                f"cosine over {cfg.epochs} epochs" if not self.schedule_changes else
+                "cosine, re-planned when the run was extended: at each change's step the lr takes the value of a "
+                "cosine over the new total and decays from there to min_lr"
+            ),
+            "wall_time_s": self._elapsed(),
             "torch_version": str(torch.__version__),
             "config": cfg.to_dict(),
         }
         self.save(finished=True)
         if self.dist.is_main:
-            tmp = self.run_dir / (FINAL_NAME + ".tmp")
-            tmp.write_text(json.dumps(final, indent=2) + "\n")
-            tmp.replace(self.run_dir / FINAL_NAME)
-            if cfg.pictures:
+            self.files.write_final(final)
+            if cfg.pictures or self.tensorboard is not None:
                 final["pictures"] = self._pictures()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
             self.log(f"final test accuracy {final['test_acc']:.2f}% after {cfg.epochs} epochs; results in {self.run_dir}")
         return final
 
     def _pictures(self) -> list[str]:
         """The accuracy curve and a method grid (best effort: a picture never fails a run)."""
         out = []
-        try:
-            from keepmix.viz import plot_runs
+        if self.config.pictures:
+            try:
+                from keepmix.viz import plot_runs
 
-            out.append(str(plot_runs([self.run_dir], self.run_dir / "accuracy.png", labels=[self.config.name])))
-        except Exception as e:  # pragma: no cover - plotting problems must not lose a finished run
-            self.log(f"could not draw the accuracy curve: {e}")
+                out.append(str(plot_runs([self.run_dir], self.files.accuracy_png, labels=[self.config.name])))
+            except Exception as e:  # pragma: no cover - plotting problems must not lose a finished run
+                self.log(f"could not draw the accuracy curve: {e}")
         try:
             from keepmix.train.show import save_run_grid
 
-            out.append(str(save_run_grid(self, self.run_dir / "methods.png")))
+            grid = save_run_grid(self, self.files.methods_png)
+            out.append(str(grid))
+            if self.tensorboard is not None:
+                self.tensorboard.image("methods", grid, self.pos.global_step)
         except Exception as e:  # pragma: no cover
             self.log(f"could not draw the method grid: {e}")
         return out
 
 
 def train(
-    config: TrainConfig,
+    config: TrainConfig | None,
     *,
     resume: str | Path | None = None,
+    epochs: int | None = None,
     data: TrainData | None = None,
     run_dir: str | Path | None = None,
     on_step: Callable[[Trainer, int], None] | None = None,
     log: Callable[[str], None] | None = None,
+    tensorboard: bool = False,
 ) -> dict[str, Any]:
     """Train ``config`` (or resume the run directory / checkpoint ``resume``) to the end.
 
+    ``epochs`` with ``resume`` extends a run (see the module docstring for the schedule).
     ``data`` injects the dataset (a :class:`~keepmix.train.data.TrainData`) instead of loading
     ``config.dataset``; ``on_step(trainer, global_step)`` runs after every step (tests use it
-    to request a stop). Returns the final record written to ``final.json``. Raises
-    :class:`RunInterrupted` after SIGINT/SIGTERM (a checkpoint was written),
-    :class:`NonFiniteLossError` on a NaN loss, :class:`FinishedRunError` when resuming a
-    finished run.
+    to request a stop); ``tensorboard`` also writes event files into ``<run>/tensorboard``.
+    Returns the final record written to ``final.json``. Raises :class:`RunInterrupted` after
+    SIGINT/SIGTERM (a checkpoint was written), :class:`NonFiniteLossError` on a NaN loss,
+    :class:`FinishedRunError` when resuming a finished run without more epochs.
     """
-    return Trainer(config, resume=resume, data=data, run_dir=run_dir, on_step=on_step, log=log).run()
+    return Trainer(config, resume=resume, epochs=epochs, data=data, run_dir=run_dir, on_step=on_step, log=log,
+                   tensorboard=tensorboard).run()
