@@ -3,19 +3,24 @@
 * ``keepmix train PRESET [--FIELD VALUE ...]`` trains a preset; every field of
   :class:`keepmix.train.TrainConfig` is a flag (``--epochs 5``, ``--no-flip``), applied on
   top of the preset and of ``--config FILE``. ``--resume RUN_DIR`` continues an interrupted
-  run with its saved configuration.
+  run with its saved configuration; ``--resume RUN_DIR --epochs N`` extends a run (also a
+  finished one) to N epochs. ``--log tensorboard`` also writes TensorBoard event files.
 * ``keepmix show`` draws a batch before and after each method, with the saliency map and the
   regions (cut / kept / pasted), into one PNG.
 * ``keepmix plot RUN_DIR ...`` draws the accuracy curves of several runs into one PNG.
 
-Exit status: 0 on success, 2 for bad input (unknown preset or option, bad value, missing data
-or checkpoint), 1 when training fails (NaN loss), 130 / 143 after SIGINT / SIGTERM (a
-checkpoint was written).
+Exit status: 0 on success, 2 for bad input and for what the user can fix (unknown preset or
+option, bad value, missing data or checkpoint, a full disk), always with one line on stderr
+and no traceback; 1 when training fails (NaN loss); 130 / 143 after SIGINT / SIGTERM (a
+checkpoint was written, or after a second signal the last one is kept).
+
+Under ``torchrun`` every process trains; only rank 0 prints.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -58,10 +63,25 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         help_text, choices = field_help()[name]
         help_text = f"{help_text} [TrainConfig default: {defaults[name]}]"
         kwargs: dict = dict(dest=name, default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))
-        if tp is bool:
+        if tp is bool and name.startswith("no_"):
+            # A negative field gets --no-bn-decay and --bn-decay, not --no-no-bn-decay.
+            groups[section].add_argument(_flag(name), dest=name, action="store_true", default=argparse.SUPPRESS,
+                                         help=kwargs["help"])
+            groups[section].add_argument(_flag(name[3:]), dest=name, action="store_false", default=argparse.SUPPRESS,
+                                         help=f"the opposite of {_flag(name)}")
+        elif tp is bool:
             groups[section].add_argument(_flag(name), action=argparse.BooleanOptionalAction, **kwargs)
         else:
             groups[section].add_argument(_flag(name), type=tp, metavar=tp.__name__.upper(), choices=choices, **kwargs)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("keepmix")
+    except PackageNotFoundError:  # a source tree that was not installed
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `keepmix COMMAND --help` for the options of each command.",
         formatter_class=_Formatter,
     )
+    parser.add_argument("--version", action="version", version=f"keepmix {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     t = sub.add_parser(
@@ -95,7 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="YAML (.yaml/.yml) or TOML (.toml) file of option: value pairs, applied over the preset")
     t.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue the interrupted run in RUN_DIR (or a checkpoint file) with its saved config; "
-                        "no preset, --config or option may be given with it")
+                        "only --epochs N may be given with it, to extend the run (also a finished one) to N epochs: "
+                        "the cosine schedule is then re-planned over N epochs from the step reached")
+    t.add_argument("--log", choices=("jsonl", "tensorboard"), default="jsonl",
+                   help="metrics.jsonl is always written; tensorboard also writes event files into RUN_DIR/tensorboard "
+                        "(needs the [tensorboard] extra)")
     t.add_argument("--list-presets", action="store_true", help="print every preset and what it sets, then exit")
     _add_config_flags(t)
 
@@ -115,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run", metavar="RUN_DIR", default=None,
                    help="take the model (for the saliency), dataset and options from this run's checkpoint")
     s.add_argument("--dataset", default="cifar10", help="dataset name or path (ignored with --run)")
-    s.add_argument("--data-dir", default="data", help="where named datasets are cached (ignored with --run)")
+    s.add_argument("--data-dir", default="",
+                   help="where named datasets are looked for / downloaded (ignored with --run); "
+                        "empty = $KEEPMIX_DATA_DIR or ~/.cache/keepmix/data, as for keepmix train")
     s.add_argument("--model", default="small", help="model for the saliency when no --run is given")
     s.add_argument("--num-images", type=int, default=8, help="number of images (rows) to show")
     s.add_argument("--seed", type=int, default=0, help="seed of the image choice and of the augmentation draws")
@@ -178,7 +205,20 @@ def _keys_in_file(path: str) -> set[str]:
     return set(yaml.safe_load(p.read_text()) or {})
 
 
+def _is_main_process() -> bool:
+    """Rank 0 under torchrun (RANK is set there), or the only process."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _shutdown_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
+    from keepmix.data import DataError
     from keepmix.train.checkpoint import CheckpointError
     from keepmix.train.config import ConfigError, field_types
     from keepmix.train.loop import NonFiniteLossError, RunInterrupted, train
@@ -188,31 +228,55 @@ def _cmd_train(args: argparse.Namespace) -> int:
         for name in preset_names():
             print(f"{name}\n    {describe_preset(name)}")
         return 0
+    main_process = _is_main_process()
     try:
-        from keepmix.data import DataError
-    except ImportError:  # pragma: no cover - keepmix.data always defines it
-        DataError = ValueError  # type: ignore[misc,assignment]
-    try:
+        tensorboard = args.log == "tensorboard"
+        if tensorboard:
+            import importlib.util
+
+            if importlib.util.find_spec("tensorboard") is None:
+                raise ConfigError("--log tensorboard needs the tensorboard package: pip install 'keepmix[tensorboard]'")
         if args.resume is not None:
-            given = [k for k in field_types() if hasattr(args, k)]
+            given = [k for k in field_types() if hasattr(args, k) and k != "epochs"]
             if args.preset or args.config or given:
+                got = [x for x in (args.preset, args.config and f"--config {args.config}") if x] + [_flag(k) for k in given]
                 raise ConfigError("--resume continues a run with its saved config: do not give a preset, --config "
-                                  f"or options with it (got {', '.join([args.preset or '', args.config or ''] + given).strip(', ')})")
-            final = train(None, resume=args.resume)  # type: ignore[arg-type]
+                                  f"or options other than --epochs with it (got {', '.join(got)})")
+            final = train(None, resume=args.resume, epochs=getattr(args, "epochs", None), tensorboard=tensorboard)
         else:
-            final = train(_config_from_args(args))
-    except (ConfigError, CheckpointError, DataError, FileNotFoundError) as e:
+            final = train(_config_from_args(args), tensorboard=tensorboard)
+    except (ConfigError, CheckpointError, DataError) as e:
         return _error("train", str(e), EXIT_BAD_INPUT)
+    except UnicodeDecodeError as e:
+        return _error("train", f"cannot read {args.config or 'the config file'}: it is not UTF-8 text ({e.reason})", EXIT_BAD_INPUT)
+    except OSError as e:  # a full disk, a read-only folder, a file that vanished
+        where = f" ({e.filename})" if e.filename else ""
+        return _error("train", f"{e.strerror or e}{where}", EXIT_BAD_INPUT)
     except NonFiniteLossError as e:
         return _error("train", str(e), EXIT_FAILED)
     except RunInterrupted as e:
-        print(f"keepmix train: {e}", file=sys.stderr)
+        if main_process:
+            print(f"keepmix train: {e}", file=sys.stderr)
         return 128 + (e.signum or signal.SIGINT)
-    run_dir = Path(final["run_dir"])
-    print(f"run directory: {run_dir}")
+    except KeyboardInterrupt:  # a second Ctrl-C: stop now; the last checkpoint written stays
+        if main_process:
+            print("keepmix train: stopped at once by a second interrupt; the last checkpoint written (if any) is intact",
+                  file=sys.stderr)
+        return 128 + signal.SIGINT
+    finally:
+        _shutdown_distributed()
+    if not main_process:
+        return 0
+    from keepmix.train.run_dir import RunDir
+
+    run = RunDir(final["run_dir"]).path.resolve()
+    files = RunDir(run)
+    print(f"run directory: {run}")
     print(f"final test accuracy: {final['test_acc']:.2f}% (best {final['best_test_acc']:.2f}%) "
           f"after {final['epochs']} epochs, {final['wall_time_s']:.0f} s")
-    print(f"metrics: {run_dir / 'metrics.jsonl'}  summary: {run_dir / 'final.json'}  config: {run_dir / 'config.yaml'}")
+    print(f"metrics: {files.metrics}  summary: {files.final}  config: {files.config}")
+    if tensorboard:
+        print(f"tensorboard: tensorboard --logdir {files.tensorboard}")
     for pic in final.get("pictures", []):
         print(f"picture: {pic}")
     return 0
@@ -223,7 +287,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
     try:
         out = plot_runs(args.runs, args.out, metric=args.metric, labels=args.labels, title=args.title)
-    except (FileNotFoundError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError) as e:
         return _error("plot", str(e).strip('"'), EXIT_BAD_INPUT)
     print(f"wrote {out}")
     return 0
@@ -237,7 +301,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
             methods=args.methods, run=args.run, dataset=args.dataset, data_dir=args.data_dir, model=args.model,
             num_images=args.num_images, seed=args.seed, out=args.out, device=args.device,
         )
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, KeyError, OSError, RuntimeError) as e:
         return _error("show", str(e).strip('"'), EXIT_BAD_INPUT)
     print(f"wrote {out}")
     return 0

@@ -160,33 +160,22 @@ def test_determinism_per_seed_and_epoch():
     assert torch.equal(a.batch(2, 1)[0], b.batch(2, 1)[0])
 
 
-def test_resume_mid_epoch_gives_the_same_batches():
+def test_batch_at_a_position_is_what_iteration_yields_there():
+    """The resume mechanism: batch (epoch, i) of a fresh loader equals the i-th batch an
+    uninterrupted iteration of that epoch yields, so a trainer needs only its position."""
     x, y = _data()
     full = DeviceLoader(x, y, 8, seed=5)
     full.set_epoch(2)
     expected = [b for b in full]
-
-    first = DeviceLoader(x, y, 8, seed=5)
-    first.set_epoch(2)
-    it = iter(first)
-    head = [next(it) for _ in range(4)]
-    state = first.state_dict()
-    assert state["epoch"] == 2 and state["position"] == 4
-
-    resumed = DeviceLoader(x, y, 8, seed=5)
-    resumed.load_state_dict(state)
-    resumed.set_epoch(2)  # the per-epoch call of a training loop keeps the restored position
-    tail = list(resumed)
-    assert len(head) + len(tail) == len(expected)
-    for (xa, ya), (xb, yb) in zip(head + tail, expected):
-        assert torch.equal(xa, xb) and torch.equal(ya, yb)
-    # The next iteration goes on to epoch 3, as an uninterrupted loader would.
-    nxt = next(iter(resumed))
-    full.set_epoch(3)
-    assert resumed.epoch == 3 and torch.equal(nxt[0], next(iter(full))[0])
-
-    with pytest.raises(ValueError, match="batch_size"):
-        DeviceLoader(x, y, 9, seed=5).load_state_dict(state)
+    fresh = DeviceLoader(x, y, 8, seed=5)
+    for i, (xe, ye) in enumerate(expected):
+        xb, yb = fresh.batch(2, i)
+        assert torch.equal(xb, xe) and torch.equal(yb, ye)
+    assert fresh.epoch == 0 and fresh.position == 0  # batch() does not move the loader
+    assert not torch.equal(fresh.batch(3, 0)[0], expected[0][0])
+    with pytest.raises(IndexError, match="out of range"):
+        fresh.batch(2, len(expected))
+    assert not hasattr(fresh, "load_state_dict")  # one resume mechanism: the position
 
 
 def test_set_epoch_restarts_a_finished_or_other_epoch():

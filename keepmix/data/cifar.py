@@ -98,7 +98,7 @@ def _names(values: list) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
 
 
-def _ensure_folder(root: Path, src: CifarSource, download: bool, url: str | None, md5: str | None) -> Path:
+def _ensure_folder(root: Path, src: CifarSource, download: bool, url: str | None, md5: str | None, name: str) -> Path:
     folder = root / src.folder
     if folder.is_dir():
         return folder
@@ -109,7 +109,16 @@ def _ensure_folder(root: Path, src: CifarSource, download: bool, url: str | None
             raise DataError(
                 f"neither {folder} nor {archive} exists; pass download=True or point root at a folder that holds one"
             )
-        download_url(url or src.url, archive, md5=expected)
+        try:
+            download_url(url or src.url, archive, md5=expected)
+        except ChecksumError:
+            raise
+        except DataError as e:
+            env = f"KEEPMIX_{name.upper()}_JPEG"
+            raise DataError(
+                f"{e}. Without a network: set {env} to a local ImageFolder tarball with train/ and test/ "
+                f"(e.g. cifar10-jpeg.tar.gz), or put {src.archive} into {root}"
+            ) from None
     elif (actual := file_md5(archive)) != expected:
         raise ChecksumError(f"{archive}: md5 {actual} does not match the expected {expected}; delete it to download again")
     safe_extract(archive, root)
@@ -144,7 +153,7 @@ def load_cifar(
     if name not in CIFAR_SOURCES:
         raise ValueError(f"name must be one of {sorted(CIFAR_SOURCES)}, got {name!r}")
     src = CIFAR_SOURCES[name]
-    folder = _ensure_folder(Path(root).expanduser(), src, download, url, md5)
+    folder = _ensure_folder(Path(root).expanduser(), src, download, url, md5, name)
 
     meta_path = folder / src.meta_file
     if not meta_path.is_file():

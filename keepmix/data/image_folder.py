@@ -223,7 +223,8 @@ def _decode_all(
         i = int(bad[0])
         raise DataError(
             f"image {names[i]} is {shapes[i][0]}x{shapes[i][1]} (HxW) but {names[0]} is {expected[0]}x{expected[1]}; "
-            f"every image of a fixed-size set must have one size (pass size=(H, W) to resize)"
+            f"every image of the set must have one size: resize them first (from Python, "
+            f"keepmix.data.load_image_folder(path, size=(H, W)) resizes while decoding)"
         )
     h, w = int(expected[0]), int(expected[1])
     pixels = np.empty((len(names), h, w, 3), dtype=np.uint8)

@@ -7,13 +7,13 @@ processes, no host-to-device copy per batch and no host sync.
 Randomness: each epoch's permutation, crop offsets and flips are drawn at once on the CPU
 from a generator seeded by ``(seed, epoch)``. An epoch is therefore a pure function of the
 seed and its number: identical on every device and on every rank, restartable anywhere,
-and a checkpoint needs only ``(epoch, position)``.
+and a checkpoint needs only the trainer's ``(epoch, index)``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -62,8 +62,9 @@ class DeviceLoader:
 
     Epochs: iterating runs the rest of the current epoch; iterating a finished epoch moves to
     the next one, so ``for epoch ...: for batch in loader`` works without :meth:`set_epoch`.
-    :meth:`state_dict` / :meth:`load_state_dict` save and restore ``(epoch, position)`` for an
-    exact mid-epoch resume.
+    Resuming needs no loader state: :meth:`batch` ``(epoch, index)`` is a pure function of the
+    seed, so a loop that keeps its own position (as :mod:`keepmix.train` does) continues
+    with ``loader.batch(epoch, index)``.
 
     The caller's tensors are never modified; ``images``/``labels`` are moved to ``device``
     once (no copy if they are already there).
@@ -135,7 +136,6 @@ class DeviceLoader:
             )
         self.epoch = 0
         self.position = 0
-        self._resumed = False
         self._plan: tuple[int, EpochPlan] | None = None
 
     # ------------------------------------------------------------------ epochs and state
@@ -147,40 +147,10 @@ class DeviceLoader:
         return -(-self.num_samples // self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` from its first batch.
-
-        Exception: right after :meth:`load_state_dict` restored a position inside this same
-        epoch, the position is kept, so a training loop that calls ``set_epoch(epoch)`` at the
-        top of every epoch resumes exactly where the checkpoint left off.
-        """
+        """Start epoch ``epoch`` from its first batch (iteration then runs that epoch)."""
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
-        if not (self._resumed and epoch == self.epoch):
-            self.epoch, self.position = int(epoch), 0
-        self._resumed = False
-
-    def state_dict(self) -> dict[str, Any]:
-        """Where the loader is: ``epoch`` and ``position`` (batches already handed out), plus
-        the settings a resume must share (checked by :meth:`load_state_dict`)."""
-        return {
-            "epoch": self.epoch,
-            "position": self.position,
-            "seed": self.seed,
-            "batch_size": self.batch_size,
-            "num_images": int(self.images.shape[0]),
-            "world_size": self.world_size,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a :meth:`state_dict`; the next batch is the one after the last handed out."""
-        for key in ("seed", "batch_size", "num_images", "world_size"):
-            mine = self.state_dict()[key]
-            if key in state and state[key] != mine:
-                raise ValueError(f"cannot resume: the saved loader has {key}={state[key]}, this one {mine}")
-        epoch, position = int(state["epoch"]), int(state["position"])
-        if epoch < 0 or not 0 <= position <= len(self):
-            raise ValueError(f"cannot resume at epoch {epoch}, position {position} (an epoch has {len(self)} batches)")
-        self.epoch, self.position, self._resumed = epoch, position, True
+        self.epoch, self.position = int(epoch), 0
 
     def plan(self, epoch: int) -> EpochPlan:
         """This rank's order, crop offsets and flips for ``epoch`` (deterministic in seed and epoch)."""
@@ -227,11 +197,8 @@ class DeviceLoader:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         if self.position >= len(self):  # the current epoch is done: go on to the next
             self.epoch, self.position = self.epoch + 1, 0
-        self._resumed = False
         epoch = self.epoch
         while self.position < len(self) and self.epoch == epoch:
             index = self.position
-            # Counted before the yield: a checkpoint taken while the consumer works on this
-            # batch resumes with the next one.
             self.position += 1
             yield self.batch(epoch, index)

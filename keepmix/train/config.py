@@ -206,17 +206,39 @@ def field_help() -> dict[str, tuple[str, tuple | None]]:
     return {f.name: (f.metadata["help"], f.metadata.get("choices")) for f in dataclasses.fields(TrainConfig)}
 
 
+#: Names other trainers use for a field (the spelling a user is likely to try).
+_ALIASES = {
+    "learning_rate": "lr", "base_lr": "lr", "wd": "weight_decay", "bs": "batch_size", "batchsize": "batch_size",
+    "num_epochs": "epochs", "n_epochs": "epochs", "max_epochs": "epochs", "arch": "model", "network": "model",
+    "warmup": "warmup_epochs", "lr_min": "min_lr", "workers": "threads", "output_dir": "out_dir",
+}
+
+
+def suggest_field(key: str, known: list[str]) -> str | None:
+    """The field a mistyped ``key`` most likely means, or None: a known alias
+    (``learning_rate`` -> ``lr``), the key's initials (``l_r``), the key without its
+    separators (``batchsize``), else the closest spelling (difflib, cutoff 0.75)."""
+    import difflib
+
+    norm = key.strip().lower().replace("-", "_")
+    squash = {k.replace("_", ""): k for k in known}
+    initials = "".join(t[0] for t in norm.split("_") if t)
+    for cand in (norm, _ALIASES.get(norm), squash.get(norm.replace("_", "")), initials if "_" in norm else None):
+        if cand in known:
+            return cand
+    close = difflib.get_close_matches(norm, known, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
 def config_from_dict(values: Mapping[str, Any], where: str = "config") -> TrainConfig:
     """Build a validated config; unknown keys are an error that lists the close matches."""
     known = field_types()
     unknown = [k for k in values if k not in known]
     if unknown:
-        import difflib
-
         hints = []
         for k in unknown:
-            close = difflib.get_close_matches(k, list(known), n=1)
-            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            close = suggest_field(k, list(known))
+            hints.append(f"{k!r}" + (f" (did you mean {close!r}?)" if close else ""))
         raise ConfigError(f"unknown option(s) in {where}: {', '.join(hints)}")
     return TrainConfig(**dict(values))
 

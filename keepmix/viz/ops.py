@@ -1,0 +1,415 @@
+"""Pictures of what ops do (``keepmix show`` and the grid at the end of a run).
+
+The only part of keepmix.viz that knows about augmentation: it runs ops through the op
+protocol of :mod:`keepmix.base` and asks it, never the op's type, what to draw:
+``sample_params`` + ``apply`` for the output, ``op.region`` / ``op.regions(params)`` for the
+boxes and their colour, ``op.mixes_labels`` for whether labels go in, ``op.raw_pixels`` for
+whether the op runs on the uint8 batch (before normalisation, as in training). The drawing
+itself is :mod:`keepmix.viz.draw`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from keepmix._checks import check_generator, check_images
+from keepmix.base import Op
+from keepmix.viz.draw import REGION_COLORS, draw_boxes, make_grid, overlay, saliency_to_rgb, save_png, to_uint8_image, upscale_nearest
+
+__all__ = ["MethodOutput", "MethodGrid", "run_method", "InnerTransform", "save_method_grid"]
+
+_FONT_SIZE = 12
+_LINE_H = 15  # line height of the default font at _FONT_SIZE
+_TITLE_H = 3 * _LINE_H + 8
+_HEADER_H = 2 * _LINE_H + 6
+_LEGEND_H = _LINE_H + 8
+_BG = (255, 255, 255)
+_TEXT = (20, 20, 20)
+
+
+def _font(size: int = _FONT_SIZE):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: a fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def _wrap(text: str, font, max_width: int, max_lines: int) -> list[str]:
+    """Greedy word wrap to ``max_width`` pixels; a word too long for a line is cut, and text
+    beyond ``max_lines`` is dropped with an ellipsis (the picture's layout is fixed)."""
+    lines: list[str] = []
+    for word in text.split():
+        cand = f"{lines[-1]} {word}" if lines else word
+        if lines and font.getlength(cand) <= max_width:
+            lines[-1] = cand
+        else:
+            lines.append(word)
+    lines = lines or [""]
+    for i, line in enumerate(lines):
+        while len(line) > 1 and font.getlength(line) > max_width:
+            line = line[:-1]
+        lines[i] = line
+    if len(lines) > max_lines:
+        last = lines[max_lines - 1]
+        while len(last) > 1 and font.getlength(last + "…") > max_width:
+            last = last[:-1]
+        lines = lines[: max_lines - 1] + [last + "…"]
+    return lines
+
+
+@dataclass
+class MethodOutput:
+    """What one method did to the batch: its output (in the working form, see
+    :func:`save_method_grid`), its regions (B, 4) or ``None``, and what the regions are
+    (the op's ``region``, a key of :data:`REGION_COLORS`; ``None`` without regions)."""
+
+    images: Tensor
+    boxes: Tensor | None
+    region: str | None
+
+
+@dataclass
+class MethodGrid:
+    """The picture :func:`save_method_grid` wrote and where things are in it.
+
+    ``image`` is the uint8 (3, H, W) picture saved at ``path``. Cell (row i, column j) shows
+    image i under ``columns[j]`` and its top-left pixel is at
+    ``(origin[0] + pad + i * (cell[0] + pad), origin[1] + pad + j * (cell[1] + pad))``.
+    """
+
+    path: Path
+    image: Tensor
+    columns: list[str]
+    outputs: dict[str, MethodOutput]
+    saliency: Tensor | None
+    origin: tuple[int, int]
+    cell: tuple[int, int]
+    pad: int
+
+
+def run_method(
+    op: Callable[..., Any],
+    images: Tensor,
+    labels: Tensor | None = None,
+    saliency: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    name: str = "method",
+) -> MethodOutput:
+    """Apply one method to a batch and report its regions.
+
+    * A keepmix op (:class:`keepmix.base.Op`) is run through its protocol, in two steps so
+      that its regions are at hand::
+
+          params = op.sample_params(images, labels, saliency=saliency, generator=generator)
+          out = op.apply(images, labels if op.mixes_labels else None, params)
+          boxes = op.regions(params)          # (B, 4) or None; what they are: op.region
+
+      ``forward`` is exactly these two steps, so the output equals
+      ``op(images, labels, saliency=saliency, generator=g)`` for the same seed. ``labels``
+      and ``saliency`` may be None where the op needs none (an op that needs a saliency and
+      gets none computes it with its own ``saliency_fn``, or raises).
+    * Any other callable is called as ``op(images)``; it has no regions.
+    """
+    if isinstance(op, Op):
+        params = op.sample_params(images, labels, saliency=saliency, generator=generator)
+        out = op.apply(images, labels if op.mixes_labels else None, params)
+        if op.mixes_labels:
+            out = out[0]
+        boxes = op.regions(params) if op.region is not None else None
+        return MethodOutput(out, boxes, op.region if boxes is not None else None)
+    if not callable(op):
+        raise TypeError(f"method {name!r} must be a keepmix op or a callable on a batch, got {type(op).__name__}")
+    out = op(images)
+    if not isinstance(out, Tensor):
+        raise TypeError(f"method {name!r} must return an image tensor, got {type(out).__name__}")
+    return MethodOutput(out, None, None)
+
+
+class InnerTransform(Op):
+    """A :class:`keepmix.keep.KeepPaste`'s transform alone, drawn exactly as the KeepPaste draws it.
+
+    ``sample_params`` is the KeepPaste's (the kept boxes, then the transform's own params,
+    from the same generator); ``apply`` runs only the transform with those inner params,
+    ``paste.transform.apply(images, None, params.inner)``. Given the same generator state,
+    a column of ``InnerTransform(keep)`` and one of ``keep`` then show the same policy draw:
+    the two pictures are identical outside the kept box (where ``keep`` restores the
+    original). For a plain-callable transform (its randomness is its own) the transform is
+    simply called. It has no regions of its own.
+    """
+
+    region = None
+
+    def __init__(self, paste: Any) -> None:
+        from keepmix.keep import KeepPaste, KeepPasteParams
+
+        super().__init__()
+        if not isinstance(paste, KeepPaste):
+            raise TypeError(f"paste must be a keepmix.keep.KeepPaste, got {type(paste).__name__}")
+        self.paste = paste
+        self.params_type = KeepPasteParams
+
+    @property
+    def raw_pixels(self) -> bool:  # type: ignore[override]
+        return self.paste.raw_pixels
+
+    def needs_saliency(self, images: Tensor) -> bool:
+        return self.paste.needs_saliency(images)
+
+    def saliency_source(self):
+        return self.paste.saliency_source()
+
+    def _check_images(self, images: object) -> Tensor:
+        return self.paste._check_images(images)
+
+    def _check_params(self, params: object, images: Tensor) -> None:
+        self.paste._check_params(params, images)
+
+    def _sample(self, images, labels, saliency, generator):
+        return self.paste._sample(images, labels, saliency, generator)
+
+    def _apply_params(self, images, labels, params):
+        t = self.paste.transform
+        out = t.apply(images, None, params.inner) if isinstance(t, Op) else t(images)
+        return out, labels
+
+
+def _runs_on_raw_pixels(op: object) -> bool:
+    """Whether an op runs on the uint8 batch before normalisation in training
+    (``op.raw_pixels``: keepmix's policies, and KeepPaste around one). Plain callables and
+    every other op run on the normalised float batch."""
+    return isinstance(op, Op) and bool(op.raw_pixels)
+
+
+def _prime_history(
+    rm: Any, images: Tensor, labels: Tensor | None, saliency: Tensor | None, steps: int, generator: torch.Generator | None
+) -> None:
+    """Give a RecursiveMix the history of ``steps`` earlier steps, so the picture shows what it
+    does in training (at the first step it does nothing). Step k's batch is the shown batch
+    rolled by k images (with its saliency rolled alike, for a KeepRecursiveMix), so each image
+    receives other images, pasted recursively; the history logits (only used by the
+    consistency loss, never drawn) are zeros. ``sample_params`` + ``apply`` rather than the
+    op's ``forward``, so that its ``last_params`` are left as they were."""
+    if labels is None:
+        raise ValueError("RecursiveMix needs labels to be shown")
+    b = images.shape[0]
+    for k in range(steps, 0, -1):
+        xb, yb = images.roll(k, 0), labels.roll(k, 0)
+        sb = None if saliency is None else saliency.roll(k, 0)
+        mixed, targets = rm.apply(xb, yb, rm.sample_params(xb, yb, saliency=sb, generator=generator))
+        rm.update(mixed, targets, torch.zeros(b, rm.num_classes, device=images.device))
+
+
+def save_method_grid(
+    images: Tensor,
+    labels: Tensor | None,
+    methods: Mapping[str, Callable[..., Any]],
+    out_path: str | Path,
+    *,
+    model: Callable[[Tensor], Tensor] | None = None,
+    saliency: Tensor | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    scale: int = 4,
+    max_images: int = 8,
+    generator: torch.Generator | None = None,
+    class_names: Sequence[str] | None = None,
+    untrained: bool = False,
+    title: str | None = None,
+    pad: int = 2,
+    history_steps: int = 3,
+) -> MethodGrid:
+    """Draw a batch before and after each method into one PNG, like Figure 1 of KeepAugment.
+
+    Columns: the original, its saliency map (when ``model`` or ``saliency`` is given, shown
+    over a dimmed copy of the image), then one per method with its regions outlined: red
+    where the op cut (Cutout, Random Erasing, selective-cut), green where the original was
+    kept (selective-paste), blue where a partner was pasted (CutMix, RecursiveMix). Rows: the
+    first ``max_images`` images, labelled with their class on the left.
+
+    Args:
+        images: (B, C, H, W) batch as the data pipeline gives it. uint8 is converted to float
+            in [0, 1] and normalised with ``mean``/``std`` when given; float input is used as
+            is (already normalised when ``mean``/``std`` are given). The model and every
+            method see that float tensor, except the ops with ``raw_pixels`` (keepmix's
+            policies, and KeepPaste around one), which get the uint8 batch when it is uint8,
+            as in training (policies before normalisation, region and mixing ops after). The
+            display undoes the normalisation.
+        labels: (B,) class ids (or (B, K) soft targets) for the mixing ops, the saliency of
+            the label logit and the row labels; ``None`` is allowed for methods that need none.
+        methods: display name -> op (a keepmix op, run as :func:`run_method` does, or any
+            callable ``op(images)``), in column order. Ops that mix need labels (and
+            ``num_classes`` in their constructor for (B,) labels).
+        model: a callable images -> logits; its vanilla-gradient saliency
+            (:class:`keepmix.saliency.Saliency`, model state left untouched) is shown and
+            passed to every keepmix op as ``saliency=``.
+        saliency: a precomputed (B, H, W) saliency map instead of ``model``.
+        scale: integer enlargement (nearest) so 32 px images are visible.
+        generator: drives every method's random draws, so the same seed gives the same picture.
+            Every column starts from the generator's state at the call, so columns that
+            draw alike show the same draw (see :class:`InnerTransform`); without a generator
+            the columns draw from torch's global generator in turn.
+        class_names: names for the row labels (default: the class ids).
+        untrained: say in the title that the saliency comes from an untrained model.
+        title: the first title line (default: a description of the batch).
+        pad: pixels between cells.
+        history_steps: a RecursiveMix (or KeepRecursiveMix) is first run this many times on
+            the batch rolled by 1, 2, ... images, so that it has a recursive history to paste
+            (its own history is saved and restored: the op is left as it was).
+
+    Returns a :class:`MethodGrid` with the picture, its layout and every method's output.
+    """
+    x = check_images(images, "images")
+    check_generator(generator)
+    if not isinstance(methods, Mapping):
+        raise TypeError(f"methods must be a mapping name -> op, got {type(methods).__name__}")
+    if isinstance(max_images, bool) or int(max_images) != max_images or max_images < 1:
+        raise ValueError(f"max_images must be a positive integer, got {max_images}")
+    if saliency is not None and model is not None:
+        raise ValueError("give either model (to compute the saliency) or saliency (precomputed), not both")
+    n = min(int(max_images), x.shape[0])
+    x = x[:n]
+    if labels is not None:
+        if not isinstance(labels, Tensor) or labels.ndim not in (1, 2) or labels.shape[0] < n:
+            raise ValueError(f"labels must be (B,) class ids or (B, K) soft targets for the {x.shape[0]} images")
+        labels = labels[:n].to(x.device)
+        if labels.ndim == 2:
+            if not labels.dtype.is_floating_point:
+                raise TypeError(f"labels of shape (B, K) are soft targets and must be floating point, got {labels.dtype}; "
+                                "give class ids as shape (B,)")
+            sums = labels.double().sum(1)
+            if bool((labels < 0).any()) or not torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
+                bad = int(((sums - 1).abs() > 1e-3).nonzero()[0]) if not torch.allclose(sums, torch.ones_like(sums), atol=1e-3) else 0
+                raise ValueError(f"labels of shape (B, K) are soft targets: each row must be >= 0 and sum to 1, "
+                                 f"but row {bad} sums to {float(sums[bad]):.4g}")
+    if class_names is not None and labels is not None:
+        ids = labels.argmax(1) if labels.ndim == 2 else labels
+        if bool((ids < 0).any()) or bool((ids >= len(class_names)).any()):
+            raise ValueError(f"labels must lie in [0, {len(class_names)}) to index class_names")
+
+    # The working form every method and the model see.
+    normalised = mean is not None or std is not None
+    if x.dtype == torch.uint8:
+        work = x.float() / 255.0
+        if normalised:
+            if mean is None or std is None:
+                raise ValueError("mean and std must be given together or both left out")
+            m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).reshape(1, -1, 1, 1)
+            s = torch.as_tensor(std, dtype=torch.float32, device=x.device).reshape(1, -1, 1, 1)
+            work = (work - m) / s
+    else:
+        work = x
+
+    def display(t: Tensor) -> Tensor:
+        if t.dtype == torch.uint8 or not normalised:
+            u8 = to_uint8_image(t.detach())
+        else:
+            u8 = to_uint8_image(t.detach(), mean, std)
+        u8 = u8.expand(-1, 3, -1, -1) if u8.shape[1] == 1 else u8
+        return upscale_nearest(u8, scale).cpu()
+
+    sal = None
+    if model is not None:
+        from keepmix.saliency import Saliency
+
+        sal = Saliency(model)(work, labels).detach()
+    elif saliency is not None:
+        if not isinstance(saliency, Tensor) or saliency.ndim != 3 or saliency.shape[0] < n or saliency.shape[1:] != x.shape[2:]:
+            raise ValueError(f"saliency must be a (B, H, W) map of the images' size {tuple(x.shape[2:])}")
+        sal = saliency[:n].detach().to(x.device)
+
+    columns = ["original"]
+    cells = [display(work)]
+    if sal is not None:
+        columns.append("saliency" + (" (untrained model)" if untrained else ""))
+        # The map over a dimmed grey copy of the image: the object stays recognisable while
+        # the colours remain those of the map.
+        base = display(work).float().mean(1, keepdim=True).mul(0.5).round().to(torch.uint8).expand(-1, 3, -1, -1)
+        heat = upscale_nearest(saliency_to_rgb(sal).cpu(), scale)
+        cells.append(overlay(base.contiguous(), heat, 0.75))
+    outputs: dict[str, MethodOutput] = {}
+    line = max(1, int(scale) // 2)
+    if isinstance(history_steps, bool) or int(history_steps) != history_steps or history_steps < 0:
+        raise ValueError(f"history_steps must be an integer >= 0, got {history_steps}")
+    from keepmix.recursive import RecursiveMix
+
+    # Every column starts from the same generator state, so two columns that draw alike
+    # (an op and its Keep version, a policy and its KeepPaste through InnerTransform) show
+    # the same draw.
+    start = generator.get_state() if generator is not None else None
+    for name, op in methods.items():
+        if generator is not None:
+            generator.set_state(start)
+        inp = x if x.dtype == torch.uint8 and _runs_on_raw_pixels(op) else work
+        if not isinstance(op, RecursiveMix):  # KeepRecursiveMix is one too
+            res = run_method(op, inp, labels, sal, generator, name=str(name))
+        else:
+            saved = op.get_extra_state()
+            try:
+                op.reset()
+                _prime_history(op, inp, labels, sal, int(history_steps), generator)
+                res = run_method(op, inp, labels, sal, generator, name=str(name))
+            finally:
+                op.set_extra_state(saved)
+        if res.images.shape != work.shape:
+            raise ValueError(f"method {name!r} returned shape {tuple(res.images.shape)}, expected {tuple(work.shape)}")
+        outputs[str(name)] = res
+        cell = display(res.images)
+        if res.boxes is not None:
+            cell = draw_boxes(cell, res.boxes.cpu() * int(scale), REGION_COLORS[res.region], width=line)
+        columns.append(str(name))
+        cells.append(cell)
+
+    # Cells row-major (image i, column j) into one grid, then the text around it with PIL.
+    ncol = len(cells)
+    stacked = torch.stack(cells, dim=1).reshape(n * ncol, 3, *cells[0].shape[-2:])
+    grid = make_grid(stacked, nrow=ncol, padding=pad, pad_value=_BG)
+    cell_h, cell_w = cells[0].shape[-2:]
+
+    from PIL import Image, ImageDraw
+
+    font = _font()
+    row_names = []
+    if labels is not None:
+        ids = (labels.argmax(1) if labels.ndim == 2 else labels).tolist()
+        row_names = [class_names[i] if class_names is not None else f"class {i}" for i in ids]
+    left = (max(int(font.getlength(s)) for s in row_names) + 10) if row_names else 0
+    top = _TITLE_H + _HEADER_H
+    canvas = Image.new("RGB", (left + grid.shape[2], top + grid.shape[1] + _LEGEND_H), _BG)
+    canvas.paste(Image.fromarray(grid.permute(1, 2, 0).numpy()), (left, top))
+    draw = ImageDraw.Draw(canvas)
+    h, w = x.shape[-2:]
+    head = title or f"keepmix show: {n} images of {h}x{w}, each method applied to the same batch"
+    if sal is not None:
+        sub = "saliency: max over channels of |d label logit / d input|" + (
+            ", from an UNTRAINED model (random weights): it shows the mechanism, not a trained map" if untrained else ""
+        )
+    else:
+        sub = "no saliency (no model given)"
+    lines = _wrap(head, font, canvas.width - 8, 1) + _wrap(sub, font, canvas.width - 8, 2)
+    for k, text in enumerate(lines):
+        draw.text((4, 4 + k * _LINE_H), text, fill=_TEXT, font=font)
+    for j, name in enumerate(columns):
+        x0 = left + pad + j * (cell_w + pad)
+        for k, text in enumerate(_wrap(name, font, cell_w, 2)):
+            draw.text((x0 + (cell_w - font.getlength(text)) / 2, _TITLE_H + 2 + k * _LINE_H), text, fill=_TEXT, font=font)
+    for i, text in enumerate(row_names):
+        y0 = top + pad + i * (cell_h + pad) + (cell_h - _LINE_H) // 2
+        draw.text((4, y0), text, fill=_TEXT, font=font)
+    # Legend: one coloured swatch per region kind present in the picture.
+    xl, yl = 4, top + grid.shape[1] + 4
+    for kind, desc in (("cut", "region cut / changed"), ("kept", "region kept from the original"), ("pasted", "patch from another image")):
+        if any(o.boxes is not None and o.region == kind for o in outputs.values()):
+            draw.rectangle((xl, yl + 2, xl + 10, yl + 12), outline=REGION_COLORS[kind], width=2)
+            draw.text((xl + 14, yl), desc, fill=_TEXT, font=font)
+            xl += 14 + int(font.getlength(desc)) + 16
+    picture = torch.from_numpy(np.array(canvas)).permute(2, 0, 1).contiguous()
+    path = save_png(picture, out_path)
+    return MethodGrid(path, picture, columns, outputs, sal, (top, left), (cell_h, cell_w), pad)
