@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["TrainConfig", "ConfigError", "METHODS", "SALIENCY_MODES", "load_config", "save_config", "config_from_dict"]
+__all__ = ["TrainConfig", "ConfigError", "METHODS", "SALIENCY_METHODS", "SALIENCY_MODES", "load_config", "save_config", "config_from_dict"]
 
 
 class ConfigError(ValueError):
@@ -39,7 +39,20 @@ METHODS = (
     "trivialaugment",
     "recursivemix",
     "keeprecursivemix",
+    "gridmask",
+    "augmix",
+    "augmix_jsd",
+    "attentive_cutmix",
+    "resizemix",
+    "keepresizemix",
+    "saliencymix",
+    "saliencymix_gradient",
+    "fmix",
 )
+
+#: Methods that compute a saliency map of the training model (the Keep variants and
+#: SaliencyMix with the gradient map): they read ``saliency`` / ``saliency_downscale``.
+SALIENCY_METHODS = tuple(m for m in METHODS if m.startswith("keep")) + ("saliencymix_gradient",)
 
 #: How Keep* methods compute the saliency map (SPEC 3); "uniform" is the ablation control (a
 #: constant map: the quantile rule's choice of positions without any image content).
@@ -103,6 +116,27 @@ class TrainConfig:
     randaugment_m: int = _f(9, "RandAugment: magnitude (0..30 scale)")
     recursivemix_alpha: float = _f(0.5, "RecursiveMix: paste area ratio r ~ U(0, alpha)")
     recursivemix_omega: float = _f(0.5, "RecursiveMix: consistency loss weight omega")
+    gridmask_d_min: int = _f(14, "GridMask: smallest unit size d in pixels (d is drawn from d_min .. d_max - 1 per image)")
+    gridmask_d_max: int = _f(32, "GridMask: unit sizes are below this (pixels; ImageNet's official (96, 224) scaled to 32 px)")
+    gridmask_ratio: float = _f(0.6, "GridMask: stripe width over unit size r in (0, 1); a unit keeps 1 - (1 - r)^2")
+    gridmask_rotate: float = _f(0.0, "GridMask: the grid's angle is drawn in [0, rotate) degrees per image (0 = no rotation)")
+    gridmask_mode: int = _f(1, "GridMask: 1 drops the squares (GridMask), 0 drops the stripes (revised GridMask)")
+    gridmask_p: float = _f(0.8, "GridMask: probability P that an image is masked (the schedule's upper bound)")
+    gridmask_ramp: float = _f(0.8, "GridMask: p rises linearly from 0 to P over this fraction of the epochs "
+                                   "(official: 240 of 300 epochs = 0.8; 0 = P from the start)")
+    augmix_severity: int = _f(3, "AugMix: op severity in [1, 10]")
+    augmix_width: int = _f(3, "AugMix: number of chains k")
+    augmix_depth: int = _f(-1, "AugMix: ops per chain (>= 1), or -1 for a random depth in 1..3 per chain and image")
+    augmix_alpha: float = _f(1.0, "AugMix: Dirichlet (chain weights) and Beta (skip weight) concentration")
+    augmix_all_ops: bool = _f(False, "AugMix: add color, contrast, brightness, sharpness (torchvision's default; off in the paper)")
+    augmix_jsd_weight: float = _f(12.0, "augmix_jsd: weight of the Jensen-Shannon consistency term (paper: 12)")
+    teacher_run: str = _f("", "attentive_cutmix: run directory (or checkpoint) of a finished keepmix run on the same "
+                              "dataset whose trained model is the teacher")
+    attentive_top_k: int = _f(6, "attentive_cutmix: number of teacher grid cells N pasted per image (paper: 6)")
+    resizemix_scale_min: float = _f(0.1, "ResizeMix: smallest scale tau of the pasted partner's side")
+    resizemix_scale_max: float = _f(0.8, "ResizeMix: largest scale tau of the pasted partner's side")
+    fmix_alpha: float = _f(1.0, "FMix: Beta(a, a) parameter of the mask share lambda")
+    fmix_decay_power: float = _f(3.0, "FMix: decay power of the Fourier spectrum (larger = smoother masks)")
     # --- optimisation ----------------------------------------------------------------------
     epochs: int = _f(300, "number of training epochs")
     batch_size: int = _f(128, "batch size per process (per GPU under torchrun)")
@@ -170,9 +204,26 @@ class TrainConfig:
         need(self.cutmix_alpha > 0, "cutmix_alpha", "> 0")
         need(self.randaugment_m <= 30, "randaugment_m", "in [0, 30]")
         need(self.warmup_epochs <= self.epochs, "warmup_epochs", f"<= epochs ({self.epochs})")
+        need(1 <= self.gridmask_d_min < self.gridmask_d_max, "gridmask_d_min", f">= 1 and < gridmask_d_max ({self.gridmask_d_max})")
+        need(0 < self.gridmask_ratio < 1, "gridmask_ratio", "strictly between 0 and 1")
+        need(self.gridmask_mode in (0, 1), "gridmask_mode", "1 (drop the squares) or 0 (drop the stripes)")
+        need(0 <= self.gridmask_rotate <= 360, "gridmask_rotate", "in [0, 360] degrees")
+        need(0 <= self.gridmask_p <= 1, "gridmask_p", "a probability in [0, 1]")
+        need(0 <= self.gridmask_ramp <= 1, "gridmask_ramp", "a fraction of the epochs in [0, 1]")
+        need(1 <= self.augmix_severity <= 10, "augmix_severity", "in [1, 10]")
+        need(self.augmix_width >= 1, "augmix_width", ">= 1")
+        need(self.augmix_depth == -1 or self.augmix_depth >= 1, "augmix_depth", ">= 1, or -1 (random 1..3)")
+        need(self.augmix_alpha > 0, "augmix_alpha", "> 0")
+        need(self.augmix_jsd_weight >= 0, "augmix_jsd_weight", ">= 0")
+        need(self.attentive_top_k >= 1, "attentive_top_k", ">= 1")
+        need(0 < self.resizemix_scale_min <= self.resizemix_scale_max, "resizemix_scale_min",
+             f"in (0, resizemix_scale_max = {self.resizemix_scale_max}]")
+        need(self.resizemix_scale_max <= 1, "resizemix_scale_max", "<= 1")
+        need(self.fmix_alpha > 0, "fmix_alpha", "> 0")
+        need(self.fmix_decay_power > 0, "fmix_decay_power", "> 0")
         if self.nesterov and self.momentum == 0:
             raise ConfigError("nesterov needs momentum > 0")
-        if self.method.startswith("keep") and "early" in self.saliency and not self.early_head:
+        if self.method in SALIENCY_METHODS and "early" in self.saliency and not self.early_head:
             raise ConfigError(f"saliency={self.saliency!r} takes the saliency through the early head: set early_head=true")
         return self
 

@@ -12,8 +12,10 @@ runs, in this order (SPEC 3 and the harness brief):
       -> model
 
 ``feature_loss`` (RecursiveMix's consistency loss) is a function of the last feature map that
-the training forward evaluates; ``after_step`` hands the step's logits back (RecursiveMix's
-history); ``state_dict`` is what a checkpoint must hold to resume exactly.
+the training forward evaluates; ``loss`` (AugMix's JSD loss) replaces the criterion on the
+step's logits; ``after_step`` hands the step's logits back (RecursiveMix's history);
+``on_epoch_start`` moves schedules (GridMask's ``p``); ``state_dict`` is what a checkpoint must
+hold to resume exactly.
 """
 
 from __future__ import annotations
@@ -28,19 +30,30 @@ from keepmix.base import Op
 from keepmix.recursive import RecursiveMix
 from keepmix.train.config import ConfigError, TrainConfig
 
-__all__ = ["StepBatch", "Method", "OpMethod", "RecursiveMixMethod", "build_method", "build_saliency"]
+__all__ = ["StepBatch", "Method", "OpMethod", "RecursiveMixMethod", "GridMaskMethod", "AugMixJSDMethod", "build_method",
+           "build_saliency", "load_teacher"]
 
 
 @dataclass
 class StepBatch:
     """What one training step consumes: normalised float ``inputs``, ``targets`` ((B,) ids or
-    (B, K) soft), an optional ``feature_loss(features) -> scalar``, and the method's ``info``
-    (RecursiveMix: the step's :class:`~keepmix.recursive.RecursiveMixParams`)."""
+    (B, K) soft; one row per row of ``inputs``), an optional ``feature_loss(features) ->
+    scalar`` added to the loss, the method's ``info`` (RecursiveMix: the step's
+    :class:`~keepmix.recursive.RecursiveMixParams`), and an optional ``loss(logits, targets) ->
+    scalar``.
+
+    ``loss``, when set, is the whole main loss of the step and replaces the loop's criterion
+    ``criterion(logits, targets)`` (AugMix's JSD method: cross-entropy on the clean third of
+    the rows plus the Jensen-Shannon term over the three thirds). A loop that calls it says so
+    with :attr:`Method.loop_calls_loss`; for a loop that does not, the method also puts
+    ``loss - criterion`` into ``feature_loss`` so that such a loop trains with the same loss.
+    """
 
     inputs: Tensor
     targets: Tensor
     feature_loss: Callable[[Tensor], Tensor] | None = None
     info: Any = None
+    loss: Callable[[Tensor, Tensor], Tensor] | None = None
 
 
 class Method:
@@ -55,6 +68,9 @@ class Method:
     op: Op | None = None
     #: ``(normalised images, labels) -> (B, H, W)`` for the Keep variants, else None.
     saliency: Callable | None = None
+    #: Set True by a training loop that calls :attr:`StepBatch.loss` itself (in place of its
+    #: criterion); False (default): the method folds its loss into ``feature_loss``.
+    loop_calls_loss: bool = False
 
     def __init__(self, config: TrainConfig, mean: Sequence[float], std: Sequence[float]) -> None:
         self.config = config
@@ -159,6 +175,116 @@ class RecursiveMixMethod(OpMethod):
         self.op.load_state_dict(state)
 
 
+class GridMaskMethod(OpMethod):
+    """GridMask with the paper's linear schedule of ``p`` over training (the official
+    ``set_prob(epoch, max_epoch)``): before epoch ``e`` (counting from 0) the op's probability
+    is ``P * min(1, e / ramp_epochs)``; ``ramp_epochs = 0`` keeps ``P`` throughout.
+
+    The number of epochs started is the method's state (saved in checkpoints), so a run resumed
+    inside an epoch masks with that epoch's ``p``, exactly as the uninterrupted run.
+    """
+
+    def __init__(self, config, mean, std, op, ramp_epochs: int) -> None:
+        from keepmix.gridmask import GridMask
+
+        if not isinstance(op, GridMask):
+            raise TypeError(f"op must be a keepmix GridMask, got {type(op).__name__}")
+        super().__init__(config, mean, std, op)
+        if isinstance(ramp_epochs, bool) or not isinstance(ramp_epochs, int) or ramp_epochs < 0:
+            raise ValueError(f"ramp_epochs must be an int >= 0, got {ramp_epochs!r}")
+        self.ramp_epochs = ramp_epochs
+        self.epochs_started = 0
+        self._set_p()
+
+    def _set_p(self) -> None:
+        epoch = max(self.epochs_started - 1, 0)  # the epoch under way (0 before the first)
+        if self.ramp_epochs == 0:
+            self.op.p = self.op.p_max
+        else:
+            self.op.set_epoch(epoch, self.ramp_epochs)
+
+    def on_epoch_start(self):
+        self.epochs_started += 1
+        self._set_p()
+
+    def state_dict(self):
+        return {"epochs_started": self.epochs_started}
+
+    def load_state_dict(self, state):
+        if set(state) != {"epochs_started"}:
+            raise ValueError(f"GridMaskMethod state must hold exactly 'epochs_started', got keys {sorted(state)}")
+        self.epochs_started = int(state["epochs_started"])
+        self._set_p()
+
+
+class AugMixJSDMethod(OpMethod):
+    """AugMix trained with its Jensen-Shannon consistency loss (Hendrycks et al. 2020, the
+    official ``train``): every step feeds ``[clean, aug1, aug2]`` (3B rows, one forward, so
+    BatchNorm sees all three) and the loss is ``CE(clean logits, targets) + weight * JS(clean,
+    aug1, aug2)`` (weight 12 in the paper); the two AugMix views are independent draws of the
+    op (:meth:`keepmix.augmix.AugMix.splits`), on uint8 before normalisation.
+
+    ``targets`` are the labels repeated for the three thirds (the loop's accuracy counts every
+    row). :attr:`StepBatch.loss` holds the loss; until the loop calls it
+    (:attr:`Method.loop_calls_loss`), ``feature_loss`` adds ``loss - criterion`` on the logits
+    of the step's features (``model.classify``), so that the loop's
+    ``criterion(logits, targets) + feature_loss(features)`` is exactly the JSD loss.
+    """
+
+    def __init__(self, config, mean, std, op, classify: Callable[[Tensor], Tensor], weight: float = 12.0) -> None:
+        from keepmix.augmix import AugMix
+
+        if not isinstance(op, AugMix):
+            raise TypeError(f"op must be a keepmix AugMix, got {type(op).__name__}")
+        super().__init__(config, mean, std, op)
+        self.classify = classify
+        self.weight = float(weight)
+
+    def jsd_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """``CE(clean third, its targets) + weight * JS`` of the (3B, K) logits."""
+        from keepmix.augmix import jensen_shannon_consistency
+        from keepmix.targets import soft_target_cross_entropy
+
+        clean, aug1, aug2 = logits.chunk(3)
+        ce = soft_target_cross_entropy(clean, targets[: clean.shape[0]], self.config.label_smoothing)
+        return ce + jensen_shannon_consistency(clean, aug1, aug2, weight=self.weight)
+
+    def prepare(self, images, labels, generator):
+        from keepmix.targets import soft_target_cross_entropy
+
+        aug1, aug2 = self.op.splits(images, generator=generator)
+        inputs = self.normalize(torch.cat([images, aug1, aug2]))
+        targets = torch.cat([labels, labels, labels])
+        loss = self.jsd_loss
+        if self.loop_calls_loss:
+            return StepBatch(inputs, targets, loss=loss)
+        smoothing = self.config.label_smoothing
+
+        def rest_of_loss(features: Tensor) -> Tensor:
+            logits = self.classify(features)
+            return loss(logits, targets) - soft_target_cross_entropy(logits, targets, smoothing)
+
+        return StepBatch(inputs, targets, rest_of_loss, loss=loss)
+
+
+def load_teacher(run: str, num_classes: int, device: torch.device) -> nn.Module:
+    """The trained model of the keepmix run ``run`` (a run directory or checkpoint), in eval
+    mode on ``device``, with its parameters frozen: Attentive CutMix's teacher."""
+    from keepmix.train.checkpoint import CheckpointError, load_trained_model
+
+    if not run:
+        raise ConfigError(
+            "method attentive_cutmix needs a teacher: set teacher_run to the run directory of a finished keepmix run "
+            "on the same dataset (e.g. --teacher-run runs/cifar10-resnet18-none-...)"
+        )
+    try:
+        teacher, _ = load_trained_model(run, num_classes)
+    except CheckpointError as e:
+        raise ConfigError(f"teacher_run {run!r} cannot serve as the teacher: {e}") from None
+    teacher.requires_grad_(False)
+    return teacher.to(device).eval()
+
+
 def build_saliency(config: TrainConfig, model: nn.Module, autocast: Callable[[], ContextManager] | None = None):
     """The Saliency of ``config.saliency`` (full / lowres / early / lowres+early) on ``model``,
     or the constant map of ``uniform`` (the ablation control: no pass at all).
@@ -193,14 +319,44 @@ def build_method(
     mean: Sequence[float],
     std: Sequence[float],
     autocast: Callable[[], ContextManager] | None = None,
+    teacher: nn.Module | Callable[[Tensor], Tensor] | None = None,
 ) -> Method:
-    """The :class:`Method` for ``config.method`` (its ops built from the config's fields)."""
+    """The :class:`Method` for ``config.method`` (its ops built from the config's fields).
+
+    ``teacher`` (attentive_cutmix only): the feature-map teacher to use instead of loading
+    ``config.teacher_run`` (a module with ``forward_features``, or ``images -> (B, C, h, w)``).
+    """
+    from keepmix.train.config import SALIENCY_METHODS
+
     m = config.method
     keep = m.startswith("keep")
-    sal = build_saliency(config, model, autocast) if keep else None
+    sal = build_saliency(config, model, autocast) if m in SALIENCY_METHODS else None
     q = config.keep_quantile
     if m == "none":
         return Method(config, mean, std)
+    if m == "gridmask":
+        from keepmix.gridmask import GridMask
+
+        op = GridMask((config.gridmask_d_min, config.gridmask_d_max), config.gridmask_ratio, config.gridmask_rotate,
+                      config.gridmask_mode, p=config.gridmask_p)
+        return GridMaskMethod(config, mean, std, op, round(config.gridmask_ramp * config.epochs))
+    if m in ("augmix", "augmix_jsd"):
+        from keepmix.augmix import AugMix
+
+        op = AugMix(config.augmix_severity, config.augmix_width, config.augmix_depth, config.augmix_alpha,
+                    config.augmix_all_ops)
+        if m == "augmix_jsd":
+            return AugMixJSDMethod(config, mean, std, op, model.classify, config.augmix_jsd_weight)
+        return OpMethod(config, mean, std, op)
+    if m == "attentive_cutmix":
+        from keepmix.attentive_cutmix import AttentiveCutMix, FeatureTeacher
+
+        if teacher is None:
+            device = next(model.parameters()).device
+            teacher = load_teacher(config.teacher_run, num_classes, device)
+        fn = FeatureTeacher(teacher) if isinstance(teacher, nn.Module) else teacher
+        op = AttentiveCutMix(fn, top_k=config.attentive_top_k, num_classes=num_classes)
+        return OpMethod(config, mean, std, op)
     if m in ("cutout", "keepcutout"):
         from keepmix.keep import KeepCutout
         from keepmix.regional import Cutout
@@ -247,6 +403,21 @@ def build_method(
         kwargs = dict(alpha=config.recursivemix_alpha, omega=config.recursivemix_omega, num_classes=num_classes)
         rm = KeepRecursiveMix(q=q, **kwargs) if keep else RecursiveMix(**kwargs)
         return RecursiveMixMethod(config, mean, std, rm, model.fc, sal)
+    elif m in ("resizemix", "keepresizemix"):
+        from keepmix.placers import KeepPlacer
+        from keepmix.resizemix import ResizeMix
+
+        op = ResizeMix((config.resizemix_scale_min, config.resizemix_scale_max), num_classes=num_classes,
+                       placer=KeepPlacer(q=q) if keep else None)
+    elif m in ("saliencymix", "saliencymix_gradient"):
+        from keepmix.saliencymix import SaliencyMix
+
+        mode = "gradient" if m == "saliencymix_gradient" else "spectral"
+        op = SaliencyMix(alpha=config.cutmix_alpha, p=config.cutmix_p, num_classes=num_classes, saliency=mode)
+    elif m == "fmix":
+        from keepmix.fmix import FMix
+
+        op = FMix(alpha=config.fmix_alpha, decay_power=config.fmix_decay_power, num_classes=num_classes)
     else:
         raise ConfigError(f"unknown method {m!r}")  # config validation lists the known ones
     return OpMethod(config, mean, std, op, sal)
