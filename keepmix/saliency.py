@@ -90,6 +90,24 @@ def _frozen(model: nn.Module | None, batchnorm: BatchNormMode) -> Iterator[None]
                 b.copy_(saved)
 
 
+def _label_index(labels: Tensor, num_classes: int) -> Tensor:
+    """The class index per image of (B,) ids or (B, K) soft targets, checked against the K
+    logits: soft targets must be K wide, ids must lie in [0, K)."""
+    if labels.ndim == 2:
+        if labels.shape[1] != num_classes:
+            raise ValueError(
+                f"labels of shape (B, K) are soft targets and must be K = {num_classes} wide (the model's logits), "
+                f"got {tuple(labels.shape)}"
+            )
+        return labels.argmax(dim=1)
+    idx = labels.long()
+    lo, hi = int(idx.min()), int(idx.max())  # a host sync, only to name bad labels
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"labels must be class ids in [0, {num_classes}) (the model's {num_classes} logits), "
+                         f"got values in [{lo}, {hi}]")
+    return idx
+
+
 def saliency_map(logits_fn: LogitsFn, images: Tensor, labels: Tensor | None = None) -> Tensor:
     """(B, H, W) float32 ``max_c |d logit / d x|`` of ``logits_fn`` at ``images`` (no state care).
 
@@ -107,8 +125,8 @@ def saliency_map(logits_fn: LogitsFn, images: Tensor, labels: Tensor | None = No
         if labels is None:
             picked = logits.amax(dim=1)
         else:
-            idx = labels.argmax(dim=1) if labels.ndim == 2 else labels
-            picked = logits.gather(1, idx.long().to(logits.device)[:, None])[:, 0]
+            idx = _label_index(labels, logits.shape[1])
+            picked = logits.gather(1, idx.to(logits.device)[:, None])[:, 0]
         grad = None
         if picked.requires_grad:
             (grad,) = torch.autograd.grad(picked.float().sum(), x, allow_unused=True)
@@ -189,6 +207,11 @@ class Saliency:
                 raise ValueError(f"labels must be (B,) class ids or (B, K) soft targets with B = {images.shape[0]}, got {got}")
             if labels.ndim == 1 and (labels.dtype.is_floating_point or labels.dtype == torch.bool):
                 raise TypeError(f"labels of shape (B,) must hold integer class ids, got {labels.dtype}")
+            if labels.ndim == 2 and labels.shape[1] == 1 and not labels.dtype.is_floating_point:
+                raise TypeError(
+                    f"labels of shape {tuple(labels.shape)} hold integers: class ids must have shape (B,) "
+                    "(labels.squeeze(1)); a (B, K) tensor is read as soft targets"
+                )
             if labels.ndim == 2 and not labels.dtype.is_floating_point:
                 raise TypeError(
                     f"labels of shape (B, K) are soft targets and must be floating point, got {labels.dtype}; "
