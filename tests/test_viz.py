@@ -580,3 +580,39 @@ def test_no_module_inspects_signatures():
     root = Path(__file__).resolve().parent.parent / "keepmix"
     offenders = [str(p.relative_to(root)) for p in sorted(root.rglob("*.py")) if "inspect.signature" in p.read_text()]
     assert offenders == []
+
+
+# ------------------------------------------------------------------------------------------
+# keepmix show: columns for GridMask, AugMix, Attentive CutMix, ResizeMix, SaliencyMix, FMix
+# ------------------------------------------------------------------------------------------
+def test_show_columns_for_the_baselines_of_keepaugments_table_5(cifar, tmp_path):
+    from keepmix.models import build_model
+    from keepmix.saliencymix import SaliencyMix
+    from keepmix.train.config import TrainConfig
+    from keepmix.train.show import BASELINE_SHOW_METHODS, grid_ops, method_ops
+
+    images, labels = cifar[0][:4], cifar[1][:4]
+    torch.manual_seed(0)
+    model = build_model("small", num_classes=10).eval()
+    config = TrainConfig(model="small", saliency="lowres")
+    ops = grid_ops(method_ops(config, BASELINE_SHOW_METHODS, model, 10, CIFAR_MEAN, CIFAR_STD))
+    assert list(ops) == list(BASELINE_SHOW_METHODS)
+    # Every image is mixed / masked in the picture, and the teacher is the shown model.
+    assert ops["gridmask"].p == 1.0 and ops["saliencymix"].p == 1.0 and ops["saliencymix_gradient"].p == 1.0
+    assert ops["attentive_cutmix"].teacher.model is model
+    grid = viz.save_method_grid(images, labels, ops, tmp_path / "baselines.png", model=model, mean=CIFAR_MEAN,
+                                std=CIFAR_STD, generator=torch.Generator().manual_seed(0), untrained=True)
+    assert Path(grid.path).is_file() and grid.columns[2:] == list(BASELINE_SHOW_METHODS)
+    out = grid.outputs
+    # Pixel masks and grid cells: no boxes; pasted partners: blue boxes.
+    for name in ("gridmask", "fmix", "attentive_cutmix", "augmix"):
+        assert out[name].boxes is None and out[name].region is None
+    for name in ("resizemix", "keepresizemix", "saliencymix", "saliencymix_gradient"):
+        assert out[name].region == "pasted" and out[name].boxes.shape == (4, 4)
+    work = (images.float() / 255 - torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+    assert all(not torch.equal(out["gridmask"].images[i], work[i]) for i in range(4))  # every image masked
+    # The spectral SaliencyMix column uses its own spectral map, not the model's gradient map
+    # the grid hands every op: it equals a plain SaliencyMix called without a map.
+    plain = SaliencyMix(p=1.0, num_classes=10)
+    want, _ = plain(work, labels, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out["saliencymix"].images, want)

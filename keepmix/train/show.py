@@ -15,17 +15,41 @@ from torch import nn
 from keepmix.base import Op
 from keepmix.train.config import METHODS, ConfigError, TrainConfig, early_head_kwargs
 
-__all__ = ["DEFAULT_SHOW_METHODS", "method_ops", "grid_ops", "show", "save_run_grid"]
+__all__ = ["DEFAULT_SHOW_METHODS", "BASELINE_SHOW_METHODS", "method_ops", "grid_ops", "show", "save_run_grid"]
 
 DEFAULT_SHOW_METHODS = ("cutout", "keepcutout", "cutmix", "keepcutmix", "autoaugment", "keepautoaugment", "recursivemix")
+#: The methods KeepAugment's Table 5 and the mixing libraries compare against, one column each
+#: (``keepmix show --methods gridmask augmix attentive_cutmix resizemix keepresizemix saliencymix
+#: saliencymix_gradient fmix``). GridMask and FMix change pixel masks, not boxes, and Attentive
+#: CutMix pastes grid cells: their columns draw no boxes.
+BASELINE_SHOW_METHODS = ("gridmask", "augmix", "attentive_cutmix", "resizemix", "keepresizemix", "saliencymix",
+                         "saliencymix_gradient", "fmix")
+
+
+def _spectral_saliencymix(op: Op) -> Op:
+    """A SaliencyMix with the spectral map that keeps it in the picture: the method grid passes
+    every op the shown model's gradient saliency, which a SaliencyMix would use (a map passed
+    to a call wins); this one computes its own spectral map, as it does in training."""
+    from keepmix.saliencymix import SaliencyMix
+
+    class SpectralSaliencyMix(SaliencyMix):
+        def _resolve_saliency(self, images, labels, saliency):
+            return super()._resolve_saliency(images, labels, None)
+
+    return SpectralSaliencyMix(alpha=op.alpha, p=op.p, num_classes=op.num_classes, per_sample=op.per_sample)
 
 
 def method_ops(config: TrainConfig, methods: Sequence[str], model: nn.Module, num_classes: int,
                mean: Sequence[float], std: Sequence[float]) -> dict[str, Op]:
     """Method name -> the op the trainer would run for it (:attr:`Method.op`), with
-    ``config``'s settings; ``none`` (no op) is left out. CutMix and KeepCutMix mix every
-    image here (``p = 1``): CIFAR's p = 0.5 would leave half the pictures unmixed."""
+    ``config``'s settings; ``none`` (no op) is left out. CutMix, KeepCutMix and SaliencyMix mix
+    every image here (``p = 1``): CIFAR's p = 0.5 would leave half the pictures unmixed; GridMask
+    masks every image (its ``p`` starts at 0 under the schedule). Attentive CutMix's teacher is
+    ``config.teacher_run`` when set, else ``model`` itself. ``augmix_jsd`` shows its AugMix op
+    (one of the two views it trains on)."""
+    from keepmix.gridmask import GridMask
     from keepmix.mixing import CutMix
+    from keepmix.saliencymix import SaliencyMix
     from keepmix.train.methods import build_method
 
     ops: dict[str, Op] = {}
@@ -35,11 +59,14 @@ def method_ops(config: TrainConfig, methods: Sequence[str], model: nn.Module, nu
         fields = dict(config.to_dict(), method=name)
         if "early" in config.saliency and not config.early_head:
             fields["saliency"] = "full"
-        op = build_method(TrainConfig(**fields), model, num_classes, mean, std).op
+        teacher = model if name == "attentive_cutmix" and not config.teacher_run else None
+        op = build_method(TrainConfig(**fields), model, num_classes, mean, std, teacher=teacher).op
         if op is None:
             continue
-        if isinstance(op, CutMix):  # KeepCutMix is one too
+        if isinstance(op, (CutMix, SaliencyMix, GridMask)):  # KeepCutMix is a CutMix too
             op.p = 1.0
+        if isinstance(op, SaliencyMix) and op.saliency == "spectral":
+            op = _spectral_saliencymix(op)
         ops[name] = op
     return ops
 
