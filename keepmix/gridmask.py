@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from keepmix._checks import check_int, check_probability
+from keepmix.engine import capture_safe, check_values
 from keepmix.base import Op, Params
 from keepmix.functional.erasing import check_fill, fill_tensor
 from keepmix.functional.select import select
@@ -81,8 +82,8 @@ def grid_masks(params: GridMaskParams, height: int, width: int, mode: int = 1, r
     dy, dx = params.offsets[:, 0], params.offsets[:, 1]
     dev = unit.device
     if rotated is None:
-        # Asking whether any angle is nonzero costs no host sync on the CPU only.
-        rotated = params.angle.device.type != "cpu" or bool(params.angle.ne(0).any())
+        # Asking whether any angle is nonzero is a host read: the CPU fast path only.
+        rotated = capture_safe(params.angle.device) or bool(params.angle.ne(0).any())
     if not rotated:
         rows = _stripe_hits(torch.arange(height, device=dev)[None, :], dy[:, None], unit[:, None], stripe[:, None])
         cols = _stripe_hits(torch.arange(width, device=dev)[None, :], dx[:, None], unit[:, None], stripe[:, None])
@@ -275,8 +276,7 @@ class GridMask(Op):
                 raise ValueError(f"params.{name} must be a tensor of shape {shape}, got {got}")
             if v.device != images.device:
                 raise ValueError(f"params.{name} is on {v.device} but images are on {images.device}")
-        if bool((params.unit < 1).any()):
-            raise ValueError("params.unit must hold unit sizes >= 1")
+        check_values(params.unit >= 1, "params.unit must hold unit sizes >= 1")
 
     def masks(self, params: GridMaskParams, height: int, width: int) -> Tensor:
         """(B, H, W) bool: True where each image is set to ``fill`` (see :func:`grid_masks`)."""

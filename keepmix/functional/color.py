@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from keepmix.engine import check_values
+from keepmix.engine import capture_safe, check_values
 
 from keepmix.functional.select import select as _select
 
@@ -203,8 +203,14 @@ def _equalize_lut(x: Tensor, levels: Tensor | None = None) -> Tensor:
     (``levels``: :func:`_offset_levels` of ``x`` if already computed)."""
     b, c, h, w = x.shape
     levels = _offset_levels(x) if levels is None else levels
-    # One bincount for all (image, channel) histograms.
-    hist = torch.bincount(levels.view(-1), minlength=b * c * 256).view(b, c, 256)
+    # One histogram for all (image, channel) pairs: bincount on the CPU fast path; an
+    # index_add into a fixed-size table where the output size must not depend on the data.
+    flat = levels.view(-1)
+    if capture_safe(x.device):
+        hist = torch.zeros(b * c * 256, dtype=torch.long, device=x.device).index_add_(0, flat, torch.ones_like(flat))
+    else:
+        hist = torch.bincount(flat, minlength=b * c * 256)
+    hist = hist.view(b, c, 256)
     # ImageOps.equalize: step = (N - count of the highest level present) // 255,
     # lut[i] = (step // 2 + #pixels below i) // step; identity when step == 0.
     top = x.reshape(b, c, -1).amax(dim=-1, keepdim=True).long()

@@ -45,6 +45,7 @@ from keepmix.functional.geometry import (
     shear_matrix,
     translation_matrix,
 )
+from keepmix.engine import capture_safe, check_values
 from keepmix.functional.boxes import box_masks, centered_boxes
 
 __all__ = [
@@ -293,6 +294,45 @@ def _geometric_matrices(ops: Tensor, mag: Tensor, h: int, w: int, with_rotate: b
     return m
 
 
+# A magnitude that leaves an image as it is (or at least is valid) for each op: the
+# branch-free path runs every op on every image, so rows of other ops get this instead of a
+# value in another op's units (e.g. 30 bits for Posterize).
+_NEUTRAL = torch.zeros(len(OP_NAMES), dtype=torch.float64)
+_NEUTRAL[_OP_ID["Posterize"]] = 8.0
+_NEUTRAL[_OP_ID["Solarize"]] = 256.0
+
+
+def _apply_ops_selecting(
+    images: Tensor, ops: Tensor, mags: Tensor, applied: Tensor, centers: Tensor, fill: Tensor, interpolation: str,
+    candidates: Sequence[int],
+) -> Tensor:
+    """The branch-free strategy of :func:`apply_ops` (see there)."""
+    b, steps = ops.shape
+    h, w = images.shape[-2:]
+    check_values(~applied | ((ops >= 0) & (ops < len(OP_NAMES))), f"params.ops holds ids outside [0, {len(OP_NAMES)})")
+    active = applied & (ops != _OP_ID["Identity"])
+    geometric = [k for k in candidates if OP_NAMES[k] in _GEOMETRIC]
+    others = [k for k in candidates if OP_NAMES[k] not in _GEOMETRIC and OP_NAMES[k] != "Identity"]
+    neutral = _NEUTRAL.to(device=mags.device, dtype=mags.dtype)
+    if geometric:
+        warps = _geometric_matrices(ops.flatten(), mags.flatten(), h, w, _OP_ID["Rotate"] in geometric).view(b, steps, 6)
+        geo_ids = torch.tensor(geometric, device=ops.device)
+    cur = images.contiguous()  # the kernels index flat (B, C, H * W) views
+    for n in range(steps):
+        op_n, act_n = ops[:, n], active[:, n]
+        out = cur
+        if geometric:
+            is_geo = act_n & torch.isin(op_n, geo_ids)
+            out = _select(is_geo.view(b, 1, 1, 1), _affine(cur, warps[:, n], interpolation, fill), out)
+        for k in others:
+            is_k = act_n & (op_n == k)
+            mag_k = torch.where(is_k, mags[:, n], neutral[k])
+            res = _apply_one(OP_NAMES[k], cur, mag_k, centers[:, n], fill, interpolation)
+            out = _select(is_k.view(b, 1, 1, 1), res.to(cur.dtype), out)
+        cur = out
+    return cur if cur is not images else images.clone()
+
+
 def _take_rows(x: Tensor, index: Tensor, out: Tensor | None = None) -> Tensor:
     """``x.index_select(0, index)`` on a (B, -1) view: on the CPU a 2-D index_select copies
     whole rows (3x faster than on the 4-D float32 tensor, 256x3x32x32, 1 thread). ``out``, a
@@ -323,8 +363,18 @@ def apply_ops(
     centers: Tensor,
     fill: float | Sequence[float] = 0.0,
     interpolation: str = "nearest",
+    candidates: Sequence[int] | None = None,
 ) -> Tensor:
     """Apply each image's own op sequence; the input is not modified.
+
+    Two strategies, chosen by :mod:`keepmix.engine` (the results are identical):
+
+    * **grouping** (the CPU fast path): per step, the images are grouped by op after one host
+      read of the per-step op counts, and each group is transformed once;
+    * **branch-free** (capture-safe: no host read, one graph): per step, every op in
+      ``candidates`` (the op ids the policy can draw; default all of :data:`OP_NAMES`) runs on
+      the whole batch and each image keeps its own op's result. The work grows with the
+      number of candidate ops, but there is no synchronisation and no data-dependent shape.
 
     ``ops`` (B, N) int64 indexes :data:`OP_NAMES`; ``magnitudes`` (B, N) are signed values in
     the op's units (:func:`magnitude_table`); ``applied`` (B, N) bool; ``centers`` (B, N, 2)
@@ -335,6 +385,9 @@ def apply_ops(
     """
     _check_interpolation(interpolation)
     fill_t = _fill_tensor(fill, images)
+    if capture_safe(images.device):
+        ids = range(len(OP_NAMES)) if candidates is None else sorted(set(int(k) for k in candidates))
+        return _apply_ops_selecting(images, ops, magnitudes, applied, centers, fill_t, interpolation, ids)
     device = images.device
     b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
     mags = magnitudes

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from keepmix.engine import capture_safe, check_values
+
 __all__ = [
     "summed_area_table",
     "box_sums",
@@ -179,11 +181,14 @@ def candidate_positions(
         xs = tuple(range(0, width - static[1] + 1, stride))
         edges = (ys, tuple(y + static[0] for y in ys), xs, tuple(x + static[1] for x in xs))
         return _static_candidates(edges, b, dev)
-    # One host sync per batch: a region with no inside position is a caller's bug.
+    # A region with no inside position is a caller's bug.
     too_big = (h > height) | (w > width)
-    if bool(too_big.any()):
+
+    def which() -> str:
         i = int(too_big.nonzero()[0, 0])
-        raise ValueError(f"region {i} of size {tuple(sizes[i].tolist())} does not fit inside a {height}x{width} image")
+        return f"region {i} has size {tuple(sizes[i].tolist())}"
+
+    check_values(~too_big, f"every region must fit inside a {height}x{width} image", which)
     ys = torch.arange(0, height, stride, device=dev)[None, :]
     xs = torch.arange(0, width, stride, device=dev)[None, :]
     valid_y = ys <= height - h
@@ -302,8 +307,8 @@ def candidate_boxes(cand: Candidates, index: Tensor) -> Tensor:
 
 
 def _numpy_selects(scores: Tensor) -> bool:
-    """Whether :func:`_order_stats_np` takes these scores (CPU, a dtype numpy has)."""
-    return scores.device.type == "cpu" and scores.dtype in (torch.float64, torch.float32, torch.float16)
+    """Whether :func:`_order_stats_np` takes these scores (the CPU fast path, a dtype numpy has)."""
+    return not capture_safe(scores.device) and scores.dtype in (torch.float64, torch.float32, torch.float16)
 
 
 def _order_stats_np(scores: Tensor, k: int, need_next: bool, overwrite: bool = False) -> tuple[Tensor, Tensor]:
@@ -371,6 +376,14 @@ def _masked_quantile(scores: Tensor, valid: Tensor | None, q: float, overwrite: 
     rank = q * (count - 1).clamp_min(0).to(scores.dtype)
     lo = rank.floor().long()
     hi = torch.minimum(lo + 1, (count - 1).clamp_min(0))
+    if capture_safe(scores.device):
+        # No host read: a sort, then the two order statistics of each row (the same values
+        # as the selection below, so the same quantile).
+        ordered = scores.masked_fill(~valid, float("inf")).sort(dim=1).values
+        below = ordered.gather(1, lo[:, None])[:, 0]
+        above = ordered.gather(1, hi[:, None])[:, 0]
+        out = torch.lerp(below, above, rank - lo.to(scores.dtype))
+        return torch.where(count > 0, out, torch.full_like(out, float("nan")))
     # One selection instead of a sort: pad each row so that its lo-th valid value becomes the
     # K-th of the whole row for one K shared by all rows. Row b turns pad_b = K - lo_b of its
     # invalid entries into -inf (they sort first) and the rest into +inf (they sort last).

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from keepmix._checks import check_open_unit
-from keepmix.engine import check_values
+from keepmix.engine import capture_safe, check_values
 from keepmix.functional.regions import (
     Candidates,
     _leading_block_quantile,
@@ -162,7 +162,7 @@ def _thresholds_and_draws(sat: Tensor, cand: Candidates, draws: Tensor, q: float
     """Per-image ``tau`` (B,) and the scores (B, K) of the drawn candidates ``draws``."""
     b = sat.shape[0]
     hc, wc = cand.shape
-    step = b if sat.device.type != "cpu" else max(_MIN_CHUNK_ROWS, _CHUNK_BYTES // (8 * hc * wc))
+    step = b if capture_safe(sat.device) else max(_MIN_CHUNK_ROWS, _CHUNK_BYTES // (8 * hc * wc))
     taus, drawn = [], []
     for r0 in range(0, b, step):
         part = _candidate_rows(cand, slice(r0, r0 + step))
@@ -222,16 +222,19 @@ def select_boxes(
     if saliency.ndim != 3 or not saliency.dtype.is_floating_point:
         raise ValueError(f"saliency must be a floating-point (B, H, W) tensor, got {tuple(saliency.shape)} {saliency.dtype}")
     b, h, w = saliency.shape
+    # The capture-safe path reads nothing back: per-image sizes are scored as such (the CPU
+    # path first reads whether they share one size, and skips the rows the op left empty).
+    capture = capture_safe(saliency.device)
     stats = None
     if isinstance(sizes, Tensor):
         if sizes.ndim != 2 or sizes.shape[1] != 2:
             candidate_positions(sizes, h, w, placement, stride)  # raises its error about ``sizes``
         empty = (sizes[:, 0] <= 0) | (sizes[:, 1] <= 0)
-        stats = _size_stats(sizes, empty, h, w, placement)
+        stats = None if capture else _size_stats(sizes, empty, h, w, placement)
     else:
         empty = torch.full((b,), int(sizes[0]) <= 0 or int(sizes[1]) <= 0, device=saliency.device)
     common = None if stats is None else stats.common
-    per_image = stats is not None and common is None
+    per_image = isinstance(sizes, Tensor) and common is None
     cand = candidate_positions(sizes if common is None else common, h, w, placement, stride, batch_size=b, device=saliency.device)
     sat = summed_area_table(saliency)
     # float64 totals of float16/32 maps cannot overflow, so a non-finite total means a NaN or
@@ -255,6 +258,10 @@ def select_boxes(
     # Per-image sizes. An empty row scores 0 everywhere (tau = 0, nothing passes, its first
     # draw stands), so only the other rows are scored: Random Erasing's p = 0.5 halves the
     # work. The result is the same as scoring them all, draw for draw.
+    if stats is None:  # capture-safe: every row scored, empty ones give empty boxes anyway
+        index, tau, found = _choose(sat, cand, draws, q, below, empty, exact_keys, mean)
+        tau = torch.where(empty, torch.zeros_like(tau), tau)
+        return KeepSelection(boxes=candidate_boxes(cand, index), tau=tau, fallback=~found & ~empty, sat=sat)
     boxes = candidate_boxes(cand, draws[:, 0])
     tau = torch.zeros(b, dtype=torch.float64, device=sat.device)
     found = torch.zeros(b, dtype=torch.bool, device=sat.device)
@@ -310,8 +317,12 @@ def _choose(
     found = passing.any(1)
     index = draws.gather(1, passing.to(torch.uint8).argmax(1, keepdim=True))[:, 0]  # first passing draw
     # An empty region scores 0 everywhere (tau = 0, nothing passes): any position gives the
-    # same empty box, so its first draw stands. Other misses: the exact path, one sync per batch.
+    # same empty box, so its first draw stands. Other misses: the exact path, for the missed
+    # rows only after one host read (CPU), or for every row, with no read (capture-safe).
     missed = ~found if empty is None else ~found & ~empty
+    if capture_safe(sat.device):
+        index_all, found_all = _exact_choice(sat, cand, tau, below, exact_keys, mean)
+        return torch.where(missed, index_all, index), tau, torch.where(missed, found_all, found)
     if bool(missed.any()):
         rows = missed.nonzero()[:, 0]
         index_rows, found_rows = _exact_choice(sat[rows], _candidate_rows(cand, rows), tau[rows], below, exact_keys[rows], mean)
