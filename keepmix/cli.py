@@ -166,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _error(command: str, msg: str, code: int) -> int:
-    print(f"keepmix {command}: error: {msg}", file=sys.stderr)
+    """One line on stderr, whatever the message (a YAML parser's is several, with a caret)."""
+    parts = [ln.strip() for ln in str(msg).splitlines() if ln.strip().strip("^")]
+    print(f"keepmix {command}: error: {' / '.join(parts)}", file=sys.stderr)
     return code
 
 
