@@ -12,8 +12,8 @@ disk, nothing left half-extracted. Member names are still validated (no absolute
 ``..``); link members are rejected, since an image set has no use for them.
 
 Decoding uses PIL (RGB) in a process pool: decoding 32x32 JPEGs is dominated by Python
-overhead under the GIL, so threads gave no speed-up (measured: 1.9 s vs 1.4 s serial for
-20,000 images on 2 cores) while two processes gave 1.5x.
+overhead under the GIL, so threads do not help while processes do (the measurements are in
+benchmarks/results/image_folder_decode.md).
 """
 
 from __future__ import annotations
