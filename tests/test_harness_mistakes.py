@@ -102,6 +102,7 @@ MISTAKES = {
     "device-tpu": lambda tmp: (["--device", "tpu"], ["device='tpu'"]),
     "device-garbage": lambda tmp: (["--device", "gpu0"], ["device='gpu0' is not a device"]),
     "early-block": lambda tmp: (["--model", "resnet20", "--early-head", "--early-block", "99"], ["early_block"]),
+    "early-block-without-head": lambda tmp: (["--early-block", "99"], ["early_block=99", "early_head is off"]),
     "missing-config": lambda tmp: (["--config", str(tmp / "nope.yaml")], ["config file", "nope.yaml", "does not exist"]),
     "bad-yaml": _bad_yaml,
     "list-yaml": _list_yaml,

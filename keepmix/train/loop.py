@@ -121,6 +121,9 @@ def _check_model_config(config: TrainConfig) -> None:
     early-head option fails before the data are loaded."""
     from keepmix.models import build_model
 
+    if config.early_block and not config.early_head:
+        raise ConfigError(f"early_block={config.early_block} places the early head, but early_head is off: "
+                          "add --early-head (or leave early_block at 0)")
     try:
         with torch.device("meta"):
             build_model(config.model, num_classes=10, early_head=config.early_head, **early_head_kwargs(config))
