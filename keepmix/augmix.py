@@ -184,6 +184,7 @@ class AugMix(Op):
     pil_image = True
     channels = (1, 3)
     raw_pixels = True
+    differentiable = False  # PIL-exact integer arithmetic: refuse requires_grad images
     params_type = AugMixParams
 
     def __init__(

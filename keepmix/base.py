@@ -134,6 +134,10 @@ class Op(nn.Module, metaclass=abc.ABCMeta):
     #: The op's meaning depends on raw pixel values (uint8, or floats in [0, 1]): it runs
     #: before normalisation, like the policies.
     raw_pixels: ClassVar[bool] = False
+    #: The output is differentiable with respect to the images (False: ``requires_grad``
+    #: images are refused, e.g. the PIL-exact policies, whose integer arithmetic has no
+    #: useful gradient).
+    differentiable: ClassVar[bool] = True
     #: What :meth:`regions` marks, for pictures (None: the op has no regions).
     region: ClassVar[Region | None] = None
     #: The type ``sample_params`` returns (``apply`` refuses anything else).
@@ -174,7 +178,13 @@ class Op(nn.Module, metaclass=abc.ABCMeta):
 
     # ----------------------------------------------------------------- boundary checks
     def _check_images(self, images: object) -> Tensor:
-        return check_images(images, channels=self.channels)
+        x = check_images(images, channels=self.channels)
+        if x.requires_grad and not self.differentiable:
+            raise TypeError(
+                f"{type(self).__name__} is not differentiable with respect to the images, which have requires_grad=True: "
+                "pass images.detach() (augment before the model, as usual)"
+            )
+        return x
 
     def _check_labels(self, images: Tensor, labels: object) -> Tensor | None:
         """The labels as ``_sample`` / ``_apply_params`` take them."""

@@ -123,6 +123,10 @@ class KeepPaste(Op):
     def raw_pixels(self) -> bool:  # type: ignore[override]
         return isinstance(self.transform, Op) and self.transform.raw_pixels
 
+    @property
+    def differentiable(self) -> bool:  # type: ignore[override]
+        return not isinstance(self.transform, Op) or self.transform.differentiable
+
     def needs_saliency(self, images: Tensor) -> bool:
         return True
 
@@ -134,7 +138,7 @@ class KeepPaste(Op):
         return params.boxes
 
     def _check_images(self, images: object) -> Tensor:
-        x = self.transform._check_images(images) if isinstance(self.transform, Op) else check_images(images)
+        x = self.transform._check_images(images) if isinstance(self.transform, Op) else super()._check_images(images)
         h, w = x.shape[-2:]
         if self.size[0] > h or self.size[1] > w:
             raise ValueError(f"size {self.size} is larger than the {h}x{w} images")

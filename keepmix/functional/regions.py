@@ -186,9 +186,9 @@ def candidate_positions(
 
     def which() -> str:
         i = int(too_big.nonzero()[0, 0])
-        return f"region {i} has size {tuple(sizes[i].tolist())}"
+        return f"region {i} of size {tuple(sizes[i].tolist())} does not fit"
 
-    check_values(~too_big, f"every region must fit inside a {height}x{width} image", which)
+    check_values(~too_big, f"a region does not fit inside a {height}x{width} image", which)
     ys = torch.arange(0, height, stride, device=dev)[None, :]
     xs = torch.arange(0, width, stride, device=dev)[None, :]
     valid_y = ys <= height - h
