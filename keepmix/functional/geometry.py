@@ -179,8 +179,8 @@ def _nearest(images: Tensor, m: Tensor, fill: Tensor) -> Tensor:
     dev = images.device
     # Index maps are built shifted by one pixel (x_in + 1, y_in + 1) and clamped to the frame
     # of a fill-padded source: an out-of-image position lands on the fill border, so the
-    # in-image test is one clamp per axis and the fill is read by the same gather (measured,
-    # 1 thread, 55x3x32x32: 0.55 ms vs 1.06 ms for compare-and-where on unpadded indices).
+    # in-image test is one clamp per axis and the fill is read by the same gather (faster than
+    # compare-and-where on unpadded indices: benchmarks/results/kernel_choices.md, K3).
     a0, a1, a2, a3, a4, a5 = m.unbind(-1)
     # Maps without cross terms (translate, zero shear, 180 degrees) take PIL's separable
     # "scale" engine: running float64 sums per column and row, truncated (COORD). Sequential
@@ -191,7 +191,7 @@ def _nearest(images: Tensor, m: Tensor, fill: Tensor) -> Tensor:
     # values in one (B, 6) tensor: one op each instead of six on these tiny tensors.
     fx = _fixed(torch.stack([(a2 + a0 * 0.5) + a1 * 0.5, (a5 + a3 * 0.5) + a4 * 0.5, a0, a1, a3, a4], dim=-1))
     # Which engines are needed, and whether the fixed-point sums fit in int32 (half the memory
-    # traffic of int64 on the (B, H, W) index maps, ~1.5x faster on 32 px batches): one host
+    # traffic of int64 on the (B, H, W) index maps; kernel_choices.md, K4): one host
     # sync, only on the CPU fast path, where it is free; elsewhere both engines run, in int64.
     if not capture_safe(dev):
         ax = fx.abs()

@@ -243,10 +243,10 @@ def _apply_one(op: str, x: Tensor, mag: Tensor, centers: Tensor, fill: Tensor, i
 # Ops are grouped into families that one batched call applies with per-image parameters, so
 # a step costs one call per family present instead of one per op. Only the warps are merged,
 # split by the PIL engine they take (cross terms or not) so no image pays for both engines.
-# Measured (1 thread, 256x3x32x32, shared machine, interleaved medians): merging all point ops
-# of a uint8 step into one lookup-table gather, or the four enhance ops into one blend, was
-# 1.2-1.6x SLOWER than one call per op: the merged call computes every candidate (histograms,
-# SMOOTH, grey) on every image of the family, and memory traffic, not call overhead, dominates.
+# Merging all point ops of a uint8 step into one lookup-table gather, or the four enhance ops
+# into one blend, was slower than one call per op (benchmarks/results/kernel_choices.md, K5):
+# the merged call computes every candidate (histograms, SMOOTH, grey) on every image of the
+# family, and memory traffic, not call overhead, dominates.
 # Results are identical to the op-by-op path: each image gets the same coefficients and the
 # same per-element arithmetic (tests/test_policies.py checks both against PIL).
 _FAMILIES: tuple[tuple[str, ...], ...] = (("Rotate", "ShearX", "ShearY"), ("TranslateX", "TranslateY"))
@@ -285,7 +285,7 @@ _WARP_SLOPE[_OP_ID["TranslateY"], 5] = -1.0
 def _geometric_matrices(ops: Tensor, mag: Tensor, h: int, w: int, with_rotate: bool = True) -> Tensor:
     """(n, 6) warp coefficients of each image's geometric op, the values :func:`rotation_matrix`,
     :func:`shear_matrix` and :func:`translation_matrix` give (a table lookup and one multiply-add
-    instead of five candidate matrices: ~0.1 ms less per call on 32 px batches). Rows of
+    instead of five candidate matrices; kernel_choices.md, K6). Rows of
     non-geometric ops hold the identity."""
     dev = ops.device
     m = _WARP_SLOPE.to(dev)[ops.clamp(0, len(OP_NAMES) - 1)].mul_(mag.double()[:, None]).add_(_WARP_BASE.to(dev))
@@ -416,11 +416,9 @@ def apply_ops(
     # reorders the whole batch once with one index_select (a row copy), every family works on
     # a contiguous slice and writes its result back into that slice, and one index_select
     # with the inverse permutation restores the input order at the end. ``cur[i]`` holds
-    # image ``perm[i]`` (``perm`` None: the identity). Measured (1 thread, 256x3x32x32 fp32,
-    # RandAugment n=2): index_copy_ alone was ~15% of the call before.
+    # image ``perm[i]`` (``perm`` None: the identity; kernel_choices.md, K7).
     # ``spare``: a buffer allocated in this call and no longer read, reused as the target of
-    # the next reorder (fresh multi-MB allocations page-fault on every call; the row copies
-    # of a RandAugment n=2 call on 256x3x32x32 float32 went from ~1.2 ms to ~0.5 ms).
+    # the next reorder (fresh multi-MB allocations page-fault on every call; K8).
     cur, owned, perm, spare = images, False, None, None
     for n in range(steps):
         op_counts = counts_per_step[n]

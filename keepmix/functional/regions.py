@@ -58,7 +58,7 @@ def summed_area_table(saliency: Tensor) -> Tensor:
     b, h, w = saliency.shape
     # Written in place into the padded table: the same sums in the same order as
     # ``pad(s.double().cumsum(1).cumsum(2))`` (bit for bit) without three more full-size
-    # temporaries; 64 x 224 x 224 on one thread: 10 ms instead of 14 ms.
+    # temporaries (benchmarks/results/kernel_choices.md, K9).
     sat = torch.zeros(b, h + 1, w + 1, dtype=torch.float64, device=saliency.device)
     inner = sat[:, 1:, 1:]
     inner.copy_(saliency)
@@ -259,8 +259,8 @@ def _static_scores(sat: Tensor, edges) -> Tensor:
 
     Same arithmetic as :func:`candidate_scores`, ``(S[y2, x2] - S[y1, x2]) - (S[y2, x1] -
     S[y1, x1])``, so the values are bit for bit the same; but every operand is a slice of the
-    table (runs of the clamped edge ranges), so there is no index tensor and no gather: 256 x
-    32 x 32 centres, 1 thread, 0.25 ms instead of 0.7 ms; 64 x 224 x 224, 16 ms instead of 35.
+    table (runs of the clamped edge ranges), so there is no index tensor and no gather
+    (benchmarks/results/kernel_choices.md, K10).
     """
     y1, y2, x1, x2 = edges
     b, _, wp = sat.shape
@@ -316,8 +316,8 @@ def _order_stats_np(scores: Tensor, k: int, need_next: bool, overwrite: bool = F
 
     numpy's introselect (``np.partition``) with one kth, then the minimum of the part after
     it (every entry there is >= the k-th, so its minimum is the next order statistic; ties
-    included). Measured on one thread: (64, 50176) float64 rows 9 ms against 58 ms for
-    ``torch.kthvalue`` (plus its next-statistic pass), (256, 1024) 0.4 ms against 3.5 ms.
+    included); several times faster than ``torch.kthvalue`` plus its next-statistic pass
+    (benchmarks/results/kernel_choices.md, K11).
     (``np.partition`` with two kth values partitions twice and is no faster than kthvalue.)
     The values are the rows' own entries, so the result equals the torch path exactly.
     ``overwrite`` partitions ``scores`` itself (a temporary of the caller's) instead of a copy.
@@ -434,9 +434,9 @@ def _leading_block_quantile(
     """:func:`leading_block_quantile`; ``overwrite``: the selection may reorder ``scores``.
 
     The blocks become a validity mask and go through the masked path (one vectorised
-    selection for all rows). A per-row numpy partition of only the valid block measured about
-    3x faster on the CPU (128 x 32 x 32: 1.4 ms -> 0.5 ms) but is a Python loop over the
-    batch, which keepmix does not do in an op: the batch size would set the op's cost.
+    selection for all rows). A per-row numpy partition of only the valid block is faster on
+    the CPU (kernel_choices.md, K12) but is a Python loop over the batch, which keepmix does
+    not do in an op: the batch size would set the op's cost.
     """
     if scores.ndim != 2 or (scores.shape[1] % max(grid_width, 1)) != 0:
         raise ValueError(f"scores must have shape (R, Hc * {grid_width}), got {tuple(scores.shape)}")

@@ -1,8 +1,8 @@
 """A bit-exact, fast ``torch.where`` for same-dtype tensors.
 
 The CPU ``where`` kernel is scalar; selecting on the values' bits (``b ^ ((a ^ b) & mask)``)
-is vectorised and 4x (float32) to 8x (uint8) faster on small images (1 thread), and exact
-for every value, NaN and -0.0 included. Every op that keeps pixels outside a region and
+is vectorised and several times faster on small images (benchmarks/results/kernel_choices.md,
+K1), and exact for every value, NaN and -0.0 included. Every op that keeps pixels outside a region and
 replaces those inside (paste, fill, warps' fill, point ops with thresholds) uses it.
 """
 
@@ -20,11 +20,11 @@ def select(cond: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """``torch.where(cond, a, b)`` for integer or float ``a`` and ``b`` of one dtype, bit for bit.
 
     Computed as ``b ^ ((a ^ b) & mask)`` on the values' bits (``mask`` all ones where ``cond``):
-    the CPU ``where`` kernel is scalar, and this is 4x (float32) to 8x (uint8) faster on
-    18x3x32x32 (1 thread); the result is exact for every value, NaN and -0.0 included.
+    the CPU ``where`` kernel is scalar, and this is several times faster on small batches
+    (kernel_choices.md, K1); the result is exact for every value, NaN and -0.0 included.
+    Inputs that need a gradient take ``torch.where`` (the bit trick has none).
     """
     if a.dtype != b.dtype or a.dtype == torch.bool or a.is_complex() or a.requires_grad or b.requires_grad:
-        # The bit trick has no gradient: an input that needs one takes the plain kernel.
         return torch.where(cond, a, b)
     it = _SAME_WIDTH_INT.get(a.dtype, a.dtype)
     ai, bi = a.view(it), b.view(it)

@@ -70,13 +70,11 @@ class KeepSelection:
 # passing share q (below) or 1 - q (above); a miss, or a tie-heavy map where few candidates
 # pass, goes to the exact (cumulative count + searchsorted) path for those rows only, so the
 # distribution stays exact. Replaces five (B, N) passes (where, compare, amin, where, cumsum)
-# by one (B, K) gather: 256 x 32 x 32, 1 thread, ~6 ms -> ~0.1 ms.
+# by one (B, K) gather (benchmarks/results/kernel_choices.md, K13).
 _MISS_PROBABILITY = 1e-9
 # CPU: scores are made, sampled and partitioned a few images at a time, so the (rows, N)
 # float64 temporaries stay small and the allocator recycles them instead of page-faulting
-# fresh memory in on every call. Measured (1 thread, select_boxes, centres): 256 x 32 x 32
-# with the whole batch at once 4.8 ms and ~1550 page faults per call, in 256 KiB chunks
-# 1.8 ms and none; 64 x 224 x 224: 70-80 ms (~19k faults) at once, 25-30 ms in chunks.
+# fresh memory in on every call (benchmarks/results/kernel_choices.md, K14).
 # At least 4 images per chunk: at 224 px one image is already 400 KiB of scores, and
 # per-chunk overhead (a dozen small ops) must not dominate.
 _CHUNK_BYTES = 1 << 18
