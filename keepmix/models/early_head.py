@@ -1,4 +1,4 @@
-"""KeepAugment's early head: a small classifier on an early feature map (KeepAugment, Gong et al. 2021, section 3.2: the early-loss approximation).
+"""KeepAugment's early head: a small classifier on an early feature map (the paper's early-loss approximation).
 
 The saliency of the early-loss approximation is taken through this head, so the backward
 pass crosses only the stem and the layers before the head. It is trained jointly with the
