@@ -595,7 +595,7 @@ def pil_gaussian_blur(images: Tensor, radius: Tensor) -> Tensor:
     out = out.transpose(-1, -2)
     for _ in range(3):
         out = torch.where(on, _box_blur_lines(out, box), out)
-    out = out.transpose(-1, -2).to(torch.uint8)
+    out = out.transpose(-1, -2).to(torch.uint8).contiguous()
     if images.dtype == torch.uint8:
         return out
     return (out.float() / 255.0).to(images.dtype)
@@ -685,11 +685,13 @@ class _TimmPolicy(_Policy):
             std = act_k & ~special[:, k:k + 1]
             x = apply_ops(x, torch.where(std, op_k, 0), mags[:, k:k + 1], std, params.centers[:, k:k + 1].to(dev),
                           fill, self.interpolation)
-            add_on = (act_k[:, 0] & (op_k[:, 0] == _SOLARIZE_ADD)).view(-1, 1, 1, 1)
-            x = torch.where(add_on, _solarize_add(x, torch.where(add_on.view(-1), mags[:, k], 0.0)), x)
-            blur_on = (act_k[:, 0] & (op_k[:, 0] == _GAUSSIAN_BLUR))
-            radius = torch.where(blur_on, mags[:, k], 0.0)
-            x = torch.where(blur_on.view(-1, 1, 1, 1), pil_gaussian_blur(x, radius), x)
+            if "SolarizeAdd" in self.op_names:  # the op set decides, not the data: no host read
+                add_on = (act_k[:, 0] & (op_k[:, 0] == _SOLARIZE_ADD)).view(-1, 1, 1, 1)
+                x = torch.where(add_on, _solarize_add(x, torch.where(add_on.view(-1), mags[:, k], 0.0)), x)
+            if self.op_names & {"GaussianBlur", "GaussianBlurRand"}:
+                blur_on = act_k[:, 0] & (op_k[:, 0] == _GAUSSIAN_BLUR)
+                radius = torch.where(blur_on, mags[:, k], 0.0)
+                x = torch.where(blur_on.view(-1, 1, 1, 1), pil_gaussian_blur(x, radius), x)
         return x, labels
 
 
@@ -721,6 +723,7 @@ class TimmRandAugment(_TimmPolicy):
         if not ops or unknown:
             raise ValueError(f"ops must name timm ops of {TIMM_OPS}, got unknown {unknown or 'none'}")
         self.ops = ops
+        self.op_names = frozenset(ops)
         self.num_ops = check_int(num_ops, "num_ops", low=0)
         if isinstance(magnitude, bool) or not isinstance(magnitude, (int, float)) or not 0 <= magnitude < math.inf:
             raise ValueError(f"magnitude must be a finite number >= 0 (timm's level, 10 = the maximum), got {magnitude!r}")
@@ -782,6 +785,7 @@ class TimmAutoAugment(_TimmPolicy):
             raise ValueError(f"policy must be one of {sorted(TIMM_AUTOAUGMENT_POLICIES)}, got {policy!r}")
         self.policy = policy
         subs = TIMM_AUTOAUGMENT_POLICIES[policy]
+        self.op_names = frozenset(st[0] for sub in subs for st in sub)
         steps = max(len(s) for s in subs)
         pad = lambda sub, v: [v(st) for st in sub] + [v(None)] * (steps - len(sub))  # noqa: E731
         self.register_buffer("_aa_ops", torch.tensor([pad(s, lambda st: _TIMM_ID[st[0]] if st else 0) for s in subs]),
