@@ -16,7 +16,13 @@ name                    model                                 params(10)  C     
 ``resnet110``           ResNet-110, option A shortcuts        1.73M       64     4
 ``wrn28_10``            WideResNet-28-10                      36.48M      640    4
 ``small``               airbench-like 7-conv net (CPU runs)   0.66M       192    8
+``airbench94``          airbench94 widths (64, 256, 256)      1.97M       256    8 (*)
+``airbench95``          airbench95 widths (128, 384, 384)     4.61M       384    8 (*)
+``airbench96``          airbench96 (3 convs/group, residual)  12.72M      512    8 (*)
 ======================  ===================================  ==========  =====  ======
+
+(*) the airbench nets' valid 2 x 2 stem and floor pooling give features of side ``(s - 1) // 8``
+(3 x 3 for 32 px; see :mod:`keepmix.models.airbench`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Callable
 
 from torch import nn
 
+from keepmix.models.airbench import AirbenchNet, airbench94, airbench95, airbench96
 from keepmix.models.base import KeepmixModel, count_parameters, init_weights
 from keepmix.models.early_head import EarlyHead
 from keepmix.models.hooks import FeatureHook
@@ -45,6 +52,10 @@ __all__ = [
     "CifarResNet",
     "WideResNet",
     "SmallConvNet",
+    "AirbenchNet",
+    "airbench94",
+    "airbench95",
+    "airbench96",
     "resnet20",
     "resnet56",
     "resnet110",
@@ -62,6 +73,9 @@ MODELS: dict[str, Callable[..., KeepmixModel]] = {
     "resnet110": resnet110,
     "wrn28_10": wrn28_10,
     "small": SmallConvNet,
+    "airbench94": airbench94,
+    "airbench95": airbench95,
+    "airbench96": airbench96,
 }
 
 
