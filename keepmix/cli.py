@@ -52,6 +52,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         "model": ("model", "early_head", "early_loss_weight"),
         "optimisation": ("epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "no_bn_decay",
                          "warmup_epochs", "min_lr", "label_smoothing"),
+        "semi-supervised (UDA)": ("semi_labels", "semi_balanced", "semi_mu", "uda_augment", "uda_tsa", "uda_temperature",
+                                  "uda_threshold", "uda_weight"),
         "speed": ("amp", "amp_dtype", "channels_last", "compile"),
         "bookkeeping": ("eval_every", "checkpoint_every", "log_every", "max_steps_per_epoch", "progress", "pictures"),
     }

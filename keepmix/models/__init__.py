@@ -15,6 +15,7 @@ name                    model                                 params(10)  C     
 ``resnet56``            ResNet-56, option A shortcuts         0.85M       64     4
 ``resnet110``           ResNet-110, option A shortcuts        1.73M       64     4
 ``wrn28_10``            WideResNet-28-10                      36.48M      640    4
+``wrn28_2``             WideResNet-28-2 (semi-supervised)     1.47M       128    4
 ``small``               airbench-like 7-conv net (CPU runs)   0.66M       192    8
 ``airbench94``          airbench94 widths (64, 256, 256)      1.97M       256    8 (*)
 ``airbench95``          airbench95 widths (128, 384, 384)     4.61M       384    8 (*)
@@ -38,7 +39,7 @@ from keepmix.models.hooks import FeatureHook
 from keepmix.models.resnet import PreActResNet18, ResNet18
 from keepmix.models.resnet_cifar import CifarResNet, resnet20, resnet56, resnet110
 from keepmix.models.small import SmallConvNet
-from keepmix.models.wrn import WideResNet, wrn28_10
+from keepmix.models.wrn import WideResNet, wrn28_2, wrn28_10
 
 __all__ = [
     "MODELS",
@@ -60,6 +61,7 @@ __all__ = [
     "resnet56",
     "resnet110",
     "wrn28_10",
+    "wrn28_2",
     "count_parameters",
     "init_weights",
 ]
@@ -72,6 +74,7 @@ MODELS: dict[str, Callable[..., KeepmixModel]] = {
     "resnet56": resnet56,
     "resnet110": resnet110,
     "wrn28_10": wrn28_10,
+    "wrn28_2": wrn28_2,
     "small": SmallConvNet,
     "airbench94": airbench94,
     "airbench95": airbench95,

@@ -1,4 +1,5 @@
-"""Wide ResNet (Zagoruyko & Komodakis 2016), CIFAR form; WRN-28-10 is 36,479,194 parameters.
+"""Wide ResNet (Zagoruyko & Komodakis 2016), CIFAR form; WRN-28-10 is 36,479,194 parameters,
+WRN-28-2 (the semi-supervised benchmarks' network: UDA, KeepAugment section 4.3) 1,467,610.
 
 Pre-activation wide basic blocks (BN-ReLU-conv3x3, [dropout], BN-ReLU-conv3x3), three stages
 of (depth - 4) / 6 blocks with 16k, 32k, 64k channels at strides 1, 2, 2, 1x1 conv
@@ -15,7 +16,7 @@ from keepmix._checks import check_int
 from keepmix.models.base import KeepmixModel
 from keepmix.models.resnet import conv3x3
 
-__all__ = ["WideResNet", "wrn28_10"]
+__all__ = ["WideResNet", "wrn28_10", "wrn28_2"]
 
 
 class WideBlock(nn.Module):
@@ -98,3 +99,9 @@ class WideResNet(KeepmixModel):
 def wrn28_10(num_classes: int = 10, early_head: bool = False, **kwargs) -> WideResNet:
     """WRN-28-10: 36.5M parameters."""
     return WideResNet(28, 10, num_classes, early_head, **kwargs)
+
+
+def wrn28_2(num_classes: int = 10, early_head: bool = False, **kwargs) -> WideResNet:
+    """WRN-28-2: 1.47M parameters (the network of UDA's and KeepAugment's CIFAR-10 semi-supervised
+    results); the early head sits after stage 1 (32 channels at full resolution), as for WRN-28-10."""
+    return WideResNet(28, 2, num_classes, early_head, **kwargs)

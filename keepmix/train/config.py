@@ -91,7 +91,7 @@ class TrainConfig:
     crop_padding: int = _f(4, "random-crop padding in pixels before the method (0 = no crop)")
     flip: bool = _f(True, "random horizontal flip before the method")
     # --- model -----------------------------------------------------------------------------
-    model: str = _f("resnet18", "network: resnet18, preact_resnet18, resnet20, resnet56, resnet110, wrn28_10, small")
+    model: str = _f("resnet18", "network: resnet18, preact_resnet18, resnet20, resnet56, resnet110, wrn28_10, wrn28_2, small")
     early_head: bool = _f(False, "add the early-exit head (needed by saliency=early; trained jointly)")
     early_loss_weight: float = _f(0.3, "weight of the early head's loss in the training loss")
     early_block: int = _f(0, "put the early head after this many blocks of the first stage (0 = after the whole stage, the paper's placement; ResNets and WRN only)")
@@ -137,6 +137,17 @@ class TrainConfig:
     resizemix_scale_max: float = _f(0.8, "ResizeMix: largest scale tau of the pasted partner's side")
     fmix_alpha: float = _f(1.0, "FMix: Beta(a, a) parameter of the mask share lambda")
     fmix_decay_power: float = _f(3.0, "FMix: decay power of the Fourier spectrum (larger = smoother masks)")
+    # --- semi-supervised: UDA (SPEC 7; defaults: google-research/uda's CIFAR-10 GPU recipe, see keepmix.train.uda)
+    semi_labels: int = _f(0, "semi-supervised UDA: keep the labels of this many training images, the rest unlabelled (0 = supervised)")
+    semi_balanced: bool = _f(True, "semi_labels: the same number of labels per class (semi_labels a multiple of the classes)")
+    semi_mu: int = _f(5, "semi-supervised: the unlabelled batch is semi_mu x batch_size (UDA's unsup_ratio; CIFAR-10: 5)")
+    uda_augment: str = _f("randaugment", "UDA's augmentation A of the unlabelled batch (keeprandaugment: saliency from the max logit)",
+                          ("randaugment", "keeprandaugment"))
+    uda_tsa: str = _f("none", "training-signal annealing of the supervised loss (UDA's CIFAR-10 GPU recipe: none)",
+                      ("none", "linear", "log", "exp"))
+    uda_temperature: float = _f(0.4, "UDA: softmax temperature that sharpens the target p(y | x) (1 = no sharpening)")
+    uda_threshold: float = _f(0.8, "UDA: confidence threshold in [0, 1]: the consistency term counts where max p(y | x) > it (0 = all)")
+    uda_weight: float = _f(1.0, "UDA: weight of the consistency term")
     # --- optimisation ----------------------------------------------------------------------
     epochs: int = _f(300, "number of training epochs")
     batch_size: int = _f(128, "batch size per process (per GPU under torchrun)")
@@ -221,6 +232,14 @@ class TrainConfig:
         need(self.resizemix_scale_max <= 1, "resizemix_scale_max", "<= 1")
         need(self.fmix_alpha > 0, "fmix_alpha", "> 0")
         need(self.fmix_decay_power > 0, "fmix_decay_power", "> 0")
+        need(self.semi_labels >= 0, "semi_labels", ">= 0 (0 = supervised)")
+        need(self.semi_mu >= 1, "semi_mu", ">= 1 (the unlabelled batch is semi_mu x batch_size)")
+        need(0 <= self.uda_threshold <= 1, "uda_threshold", "in [0, 1]")
+        need(self.uda_temperature > 0, "uda_temperature", "> 0")
+        need(self.uda_weight >= 0, "uda_weight", ">= 0")
+        if self.semi_labels and self.uda_augment == "keeprandaugment" and "early" in self.saliency and not self.early_head:
+            raise ConfigError(f"saliency={self.saliency!r} takes uda_augment=keeprandaugment's saliency through the early "
+                              "head: set early_head=true")
         if self.nesterov and self.momentum == 0:
             raise ConfigError("nesterov needs momentum > 0")
         if self.method in SALIENCY_METHODS and "early" in self.saliency and not self.early_head:

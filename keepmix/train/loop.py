@@ -209,6 +209,11 @@ class Trainer:
 
         # Data before anything is written: a bad path fails first.
         self.data = data if data is not None else load_data(config, self.dist)
+        unlabelled = None
+        if config.semi_labels:  # semi-supervised: the loader trains on the labelled subset only
+            from keepmix.train.uda import split_semi_data
+
+            self.data, unlabelled = split_semi_data(self.data, config)
         self.num_classes = len(self.data.classes)
         self.loader = train_loader(self.data, config, self.dist, self.device)
         self.steps_per_epoch = steps_per_epoch(self.loader, config)
@@ -240,6 +245,11 @@ class Trainer:
         if config.compile:
             forward = torch.compile(forward)
         self.forward = forward
+        self.semi = None  # the semi-supervised (UDA) step of keepmix.train.uda, None when supervised
+        if unlabelled is not None:
+            from keepmix.train.uda import SemiSupervised
+
+            self.semi = SemiSupervised(self, unlabelled)
         self.criterion = SoftTargetCrossEntropy(label_smoothing=config.label_smoothing)
         self.optimizer = build_optimizer(self.model, config)
         self.scheduler = build_scheduler(self.optimizer, config, self.steps_per_epoch)
@@ -301,6 +311,8 @@ class Trainer:
             "accum": self.accum,
             "epoch_time": self.epoch_time,
         }
+        if self.semi is not None:
+            state["semi"] = self.semi.state_dict()
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
@@ -348,6 +360,8 @@ class Trainer:
         if self.device.type == "cuda" and "cuda_rng" in mine:
             torch.cuda.set_rng_state(mine["cuda_rng"], self.device)
         self.method.load_state_dict(mine["method"])
+        if self.semi is not None:
+            self.semi.load_state_dict(mine.get("semi"))
         self.accum = mine["accum"].to(self.device)
         self.epoch_time = float(mine["epoch_time"])
 
@@ -467,16 +481,10 @@ class Trainer:
         return path
 
     def _step(self, images: Tensor, labels: Tensor) -> None:
-        cfg = self.config
-        batch: StepBatch = self.method.prepare(images, labels, self.generator)
-        inputs = batch.inputs.contiguous(memory_format=self.memory_format)
-        with self.autocast():
-            logits, early, extra = self.forward(inputs, batch.feature_loss)
-            loss = self.criterion(logits, batch.targets)
-            if early is not None:
-                loss = loss + cfg.early_loss_weight * self.criterion(early, batch.targets)
-            if extra is not None:
-                loss = loss + extra
+        if self.semi is not None:  # a labelled and an unlabelled batch, the UDA loss
+            batch, logits, loss = self.semi.forward_loss(images, labels)
+        else:
+            batch, logits, loss = self._forward_loss(images, labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -490,6 +498,20 @@ class Trainer:
             n = cls.shape[0]
             self.accum += torch.stack([loss.detach().double() * n, (logits.argmax(1) == cls).sum().double(),
                                        torch.tensor(float(n), dtype=torch.float64, device=self.device)])
+
+    def _forward_loss(self, images: Tensor, labels: Tensor) -> tuple[StepBatch, Tensor, Tensor]:
+        """The supervised step's forward: ``(batch, logits, loss)``."""
+        cfg = self.config
+        batch: StepBatch = self.method.prepare(images, labels, self.generator)
+        inputs = batch.inputs.contiguous(memory_format=self.memory_format)
+        with self.autocast():
+            logits, early, extra = self.forward(inputs, batch.feature_loss)
+            loss = self.criterion(logits, batch.targets)
+            if early is not None:
+                loss = loss + cfg.early_loss_weight * self.criterion(early, batch.targets)
+            if extra is not None:
+                loss = loss + extra
+        return batch, logits, loss
 
     def _reduced_accum(self) -> tuple[float, float, float]:
         loss_sum, correct, n = all_reduce_sum(self.accum, self.dist).tolist()
@@ -543,6 +565,8 @@ class Trainer:
             "epoch_time_s": self.epoch_time,
             "planned_epochs": cfg.epochs,
         }
+        if self.semi is not None:
+            record.update(self.semi.epoch_record())
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             t0 = time.perf_counter()
             record["test_loss"], record["test_acc"] = self.evaluate()

@@ -38,6 +38,17 @@ parameters at its paper's setting:
   residual map; ``saliencymix_gradient`` uses keepmix's gradient saliency instead (not in the
   paper; it takes the ``saliency`` suffixes like the Keep variants).
 * FMix (Harris et al. 2020): alpha 1, decay power 3 (the paper's CIFAR-10 setting).
+
+Semi-supervised (KeepAugment section 4.3, SPEC 7): ``cifar10-wrn28-2-uda-<A>-<labels>`` for
+the paper's two rows (4,000 and 2,500 labels; A = randaugment or keeprandaugment), in UDA's
+CIFAR-10 GPU recipe (google-research/uda ``image/scripts/run_cifar10_gpu.sh`` at 602483d and
+``image/main.py``; see :mod:`keepmix.train.uda`): WRN-28-2, labelled batch 64, unlabelled
+batch 5 x 64, softmax temperature 0.4, confidence threshold 0.8, weight 1, no TSA, SGD
+Nesterov momentum 0.9, lr 0.03, weight decay 5e-4, cosine to 0.004 x lr, no warm-up, 500k
+steps (given as the epochs of the labelled subset that make at least 500k steps; epochs here
+are passes over the labelled images). The supervised batch gets crop + flip only
+(``method=none``). KeepRandAugment: q = 0.6, paste 16, the full-resolution saliency of the
+maximum logit. ``cifar10-small-uda-<A>-quick`` is a CPU-sized run of the same.
 """
 
 from __future__ import annotations
@@ -84,6 +95,34 @@ _QUICK_SETUP: dict[str, Any] = dict(
 )
 
 
+# UDA's CIFAR-10 GPU recipe (see the module docstring and keepmix.train.uda).
+_UDA_SETUP: dict[str, Any] = dict(
+    dataset="cifar10", model="wrn28_2", method="none", batch_size=64, semi_mu=5, lr=0.03, momentum=0.9, nesterov=True,
+    weight_decay=5e-4, warmup_epochs=0.0, min_lr=0.03 * 0.004, crop_padding=4, flip=True, uda_tsa="none",
+    uda_temperature=0.4, uda_threshold=0.8, uda_weight=1.0, keep_quantile=0.6, keep_paste_size=16, saliency="full",
+)
+_UDA_STEPS = 500_000
+_UDA_LABELS = (4000, 2500)
+_UDA_AUGMENTS = ("randaugment", "keeprandaugment")
+
+
+def _uda_presets() -> dict[str, dict[str, Any]]:
+    presets: dict[str, dict[str, Any]] = {}
+    for labels in _UDA_LABELS:
+        steps_per_epoch = labels // _UDA_SETUP["batch_size"]
+        epochs = -(-_UDA_STEPS // steps_per_epoch)
+        every = max(1, epochs // 160)  # about 160 evaluations and checkpoints per run
+        for aug in _UDA_AUGMENTS:
+            name = f"cifar10-wrn28-2-uda-{aug}-{labels}"
+            presets[name] = dict(_UDA_SETUP, semi_labels=labels, uda_augment=aug, epochs=epochs, eval_every=every,
+                                 checkpoint_every=every, name=name)
+    for aug in _UDA_AUGMENTS:
+        name = f"cifar10-small-uda-{aug}-quick"
+        presets[name] = dict(_UDA_SETUP, model="small", semi_labels=1000, batch_size=32, semi_mu=2, epochs=8, lr=0.05,
+                             min_lr=0.0, test_subset=1000, log_every=5, saliency="lowres", uda_augment=aug, name=name)
+    return presets
+
+
 def _build() -> dict[str, dict[str, Any]]:
     presets: dict[str, dict[str, Any]] = {}
     for ds, ds_fields in _DATASETS.items():
@@ -101,6 +140,7 @@ def _build() -> dict[str, dict[str, Any]]:
     for method in METHODS:
         name = f"cifar10-small-{method}-quick"
         presets[name] = dict(_QUICK_SETUP, **_METHOD_SETUP.get(method, {}), method=method, name=name)
+    presets.update(_uda_presets())
     return presets
 
 
