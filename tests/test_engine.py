@@ -101,7 +101,7 @@ class _CountOps(TorchDispatchMode):
 # counts rounded up to the next 10; benchmarks/results/engine.md lists the measured ones).
 SAMPLE_BOUNDS = {
     "Cutout": 30, "RandomErasing": 80, "Mixup": 90, "CutMix": 50, "MixupCutMix": 140, "AutoAugment": 80,
-    "RandAugment": 70, "TrivialAugmentWide": 70, "KeepPaste": 220, "KeepCutout": 180, "KeepRandomErasing": 280,
+    "RandAugment": 80, "TrivialAugmentWide": 80, "KeepPaste": 220, "KeepCutout": 180, "KeepRandomErasing": 280,
     "KeepCutMix": 250, "KeepAutoAugment": 220, "KeepRandAugment": 260, "RecursiveMix": 60, "KeepRecursiveMix": 250,
     "GridMask": 30, "AugMix": 110, "AttentiveCutMix": 30, "ResizeMix": 50, "SaliencyMix": 60, "FMix": 60,
 }
