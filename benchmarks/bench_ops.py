@@ -38,6 +38,12 @@ from keepmix.keep import KeepAutoAugment, KeepCutMix, KeepCutout, KeepPaste, Kee
 from keepmix.mixing import CutMix, Mixup  # noqa: E402
 from keepmix.policies import AutoAugment, RandAugment, TrivialAugmentWide  # noqa: E402
 from keepmix.regional import Cutout, RandomErasing  # noqa: E402
+from keepmix.attentive_cutmix import AttentiveCutMix  # noqa: E402
+from keepmix.augmix import AugMix  # noqa: E402
+from keepmix.fmix import FMix  # noqa: E402
+from keepmix.gridmask import GridMask  # noqa: E402
+from keepmix.resizemix import ResizeMix  # noqa: E402
+from keepmix.saliencymix import SaliencyMix  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NUM_CLASSES = 10
@@ -91,6 +97,26 @@ def _kornia(ctor: Callable[[], torch.nn.Module], with_labels: bool = False) -> C
         return lambda: aug(inp.x)
 
     return build
+
+
+def _grid_range(inp: Inputs) -> tuple[int, int]:
+    """GridMask's unit range at this size: the official ImageNet (96, 224) relative to the side
+    ((14, 32) at 32 px)."""
+    size = inp.x.shape[-1]
+    return max(1, round(size * 7 / 16)), size
+
+
+_TEACHERS: dict[tuple, torch.nn.Module] = {}
+
+
+def _teacher(inp: Inputs) -> torch.nn.Module:
+    """Attentive CutMix's teacher for the benchmark: one fixed random 8 x 8 / stride-8
+    convolution (a 4 x 4 grid at 32 px, 28 x 28 at 224), shared by the op and the loop."""
+    key = (str(inp.x.device),)
+    if key not in _TEACHERS:
+        torch.manual_seed(0)
+        _TEACHERS[key] = torch.nn.Conv2d(3, 8, 8, stride=8).to(inp.x.device).eval()
+    return _TEACHERS[key]
 
 
 def _specs() -> dict[str, OpSpec]:
@@ -160,6 +186,30 @@ def _specs() -> dict[str, OpSpec]:
             lambda i: lambda: L.trivialaugment_loop(i.x, i.rng),
             _kornia(lambda: auto.TrivialAugment()), "auto.TrivialAugment", True,
         ),
+        # The methods KeepAugment's Table 5 and the mixing libraries compare against; kornia has
+        # none of them (kornia.augmentation offers RandomMixUpV2, RandomCutMixV2, RandomMosaic,
+        # RandomJigsaw, RandomTransplantation, PatchMix).
+        OpSpec(
+            "GridMask", "plain", op_images(lambda i: GridMask(_grid_range(i))),
+            lambda i: lambda: L.gridmask_loop(i.x, i.rng, _grid_range(i)),
+        ),
+        OpSpec("AugMix", "plain", op_images(lambda i: AugMix()), lambda i: lambda: L.augmix_loop(i.x, i.rng)),
+        OpSpec(
+            "AttentiveCutMix", "plain", op_labels(lambda i: AttentiveCutMix(_teacher(i), num_classes=NUM_CLASSES)),
+            lambda i: lambda: L.attentive_cutmix_loop(i.x, i.y, i.rng, _teacher(i), NUM_CLASSES),
+        ),
+        OpSpec(
+            "ResizeMix", "plain", op_labels(lambda i: ResizeMix(num_classes=NUM_CLASSES)),
+            lambda i: lambda: L.resizemix_loop(i.x, i.y, i.rng, NUM_CLASSES),
+        ),
+        OpSpec(
+            "SaliencyMix", "plain", op_labels(lambda i: SaliencyMix(num_classes=NUM_CLASSES)),
+            lambda i: lambda: L.saliencymix_loop(i.x, i.y, i.rng, NUM_CLASSES),
+        ),
+        OpSpec(
+            "FMix", "plain", op_labels(lambda i: FMix(num_classes=NUM_CLASSES)),
+            lambda i: lambda: L.fmix_loop(i.x, i.y, i.rng, NUM_CLASSES),
+        ),
         OpSpec(
             "KeepCutout", "keep_cut", keep_images(lambda i: KeepCutout(i.side, q=Q)),
             lambda i: lambda: L.keep_cutout_loop(i.x, i.sal, i.rng, i.side, q=Q),
@@ -196,6 +246,12 @@ LOOP_DESCRIPTIONS = {
     "AutoAugment": "autoaugment_loop",
     "RandAugment": "randaugment_loop",
     "TrivialAugmentWide": "trivialaugment_loop",
+    "GridMask": "gridmask_loop",
+    "AugMix": "augmix_loop",
+    "AttentiveCutMix": "attentive_cutmix_loop",
+    "ResizeMix": "resizemix_loop",
+    "SaliencyMix": "saliencymix_loop",
+    "FMix": "fmix_loop",
     "KeepCutout": "keep_cutout_loop",
     "KeepRandomErasing": "keep_random_erasing_loop",
     "KeepCutMix": "keep_cutmix_loop",
@@ -384,6 +440,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 _OP_NAMES = (
     "copy", "Cutout", "RandomErasing", "Mixup", "CutMix", "AutoAugment", "RandAugment", "TrivialAugmentWide",
+    "GridMask", "AugMix", "AttentiveCutMix", "ResizeMix", "SaliencyMix", "FMix",
     "KeepCutout", "KeepRandomErasing", "KeepCutMix", "KeepPaste(identity)", "KeepAutoAugment", "KeepRandAugment",
 )
 

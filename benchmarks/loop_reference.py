@@ -46,6 +46,17 @@ __all__ = [
     "paste_apply_loop",
     "candidate_scores_np",
     "keep_threshold",
+    "gridmask_loop",
+    "gridmask_apply_loop",
+    "augmix_loop",
+    "augmix_apply_loop",
+    "attentive_cutmix_loop",
+    "attentive_apply_loop",
+    "resizemix_loop",
+    "resizemix_apply_loop",
+    "saliencymix_loop",
+    "fmix_loop",
+    "fmix_apply_loop",
 ]
 
 # By module path: keepmix.functional re-exports a *function* named ``color``, which shadows the
@@ -501,6 +512,262 @@ def keep_paste_loop(
         y1, x1, y2, x2 = _keep_box(sal_np[i], size, size, q, "inside", "above", rng)
         out[i, :, y1:y2, x1:x2] = images[i, :, y1:y2, x1:x2]
     return out
+
+
+# ------------------------------------------- GridMask, AugMix, Attentive CutMix, ResizeMix, SaliencyMix, FMix
+
+
+def _grid_drop(h: int, w: int, d: int, l: int, dy: int, dx: int, mode: int) -> np.ndarray:
+    """(H, W) bool: GridMask's dropped pixels of one image (unrotated)."""
+    rows = ((np.arange(h) - dy) % d) < l
+    cols = ((np.arange(w) - dx) % d) < l
+    return (~rows[:, None] & ~cols[None, :]) if mode == 1 else (rows[:, None] | cols[None, :])
+
+
+def gridmask_loop(images: Tensor, rng: np.random.RandomState, d_range=(14, 32), ratio: float = 0.6, p: float = 0.8,
+                  mode: int = 1, fill: float = 0.0) -> Tensor:
+    """Per image: masked with probability p; ``d = rng.randint(d_min, d_max)``, stripe
+    ``ceil(d r)``, offsets ``rng.randint(d)``; the (H, W) grid built with numpy, the squares filled."""
+    b, _, h, w = images.shape
+    out = images.clone()
+    for i in range(b):
+        if rng.rand() >= p:
+            continue
+        d = rng.randint(*d_range)
+        drop = _grid_drop(h, w, d, math.ceil(d * ratio), rng.randint(d), rng.randint(d), mode)
+        out[i][:, torch.from_numpy(drop)] = fill
+    return out
+
+
+def gridmask_apply_loop(images: Tensor, params, mode: int = 1, fill: float = 0.0) -> Tensor:
+    """keepmix :class:`~keepmix.gridmask.GridMaskParams` (unrotated), one image at a time."""
+    out = images.clone()
+    h, w = images.shape[-2:]
+    for i in range(images.shape[0]):
+        if not bool(params.applied[i]):
+            continue
+        dy, dx = params.offsets[i].tolist()
+        drop = _grid_drop(h, w, int(params.unit[i]), int(params.stripe[i]), dy, dx, mode)
+        out[i][:, torch.from_numpy(drop)] = fill
+    return out
+
+
+_AUGMIX_OPS = ("AutoContrast", "Equalize", "Posterize", "Rotate", "Solarize", "ShearX", "ShearY", "TranslateX", "TranslateY")
+
+
+def _augmix_mag(op: str, level: float, h: int, w: int) -> float:
+    """The official augmentations.py level -> value (unsigned), in apply_ops units."""
+    return {"Posterize": 4 - int(level * 4 / 10), "Rotate": int(level * 30 / 10), "Solarize": 256 - int(level * 256 / 10),
+            "ShearX": level * 0.3 / 10, "ShearY": level * 0.3 / 10, "TranslateX": int(level * (w / 3) / 10),
+            "TranslateY": int(level * (h / 3) / 10)}.get(op, 0.0)
+
+
+def _augmix_mix(img: Tensor, chains: list[Tensor], weights: Sequence[float], m: float) -> Tensor:
+    """``(1 - m) x + sum_k m w_k chain_k`` with keepmix.augmix's rounding, for one image."""
+    wd = torch.float64 if img.dtype == torch.float64 else torch.float32
+    acc = img.to(wd) * (1.0 - torch.tensor(m, dtype=wd))
+    for chain, wk in zip(chains, weights):
+        acc = acc + chain.to(wd) * (torch.tensor(m, dtype=wd) * torch.tensor(wk, dtype=wd))
+    if img.dtype == torch.uint8:
+        return acc.round().clamp(0, 255).to(torch.uint8)
+    return acc.to(img.dtype)
+
+
+def _chain(img: Tensor, ops: Sequence[str], mags: Sequence[float]) -> Tensor:
+    """One AugMix chain on one (1, C, H, W) image, op after op (keepmix's PIL-exact kernels)."""
+    from keepmix.functional.policy_ops import _OP_ID, apply_ops
+
+    n = len(ops)
+    if n == 0:
+        return img
+    ids = torch.tensor([[_OP_ID[o] for o in ops]])
+    return apply_ops(img, ids, torch.tensor([list(mags)], dtype=torch.float64), torch.ones(1, n, dtype=torch.bool),
+                     torch.zeros(1, n, 2), 0.0, "bilinear")
+
+
+def augmix_loop(images: Tensor, rng: np.random.RandomState, severity: int = 3, width: int = 3, alpha: float = 1.0) -> Tensor:
+    """The official AugMix ``augment_and_mix``, per image: ``ws = rng.dirichlet``, ``m = rng.beta``;
+    ``width`` chains of depth ``rng.randint(1, 4)``, ops ``rng.choice``, levels ``rng.uniform(0.1,
+    severity)`` and signs per op; the chains mixed and blended with the image."""
+    b, _, h, w = images.shape
+    out = images.clone()
+    for i in range(b):
+        ws, m = rng.dirichlet([alpha] * width), rng.beta(alpha, alpha)
+        chains = []
+        for _ in range(width):
+            ops = [_AUGMIX_OPS[k] for k in rng.randint(0, len(_AUGMIX_OPS), rng.randint(1, 4))]
+            mags = [_augmix_mag(o, rng.uniform(0.1, severity), h, w) * (-1 if o in SIGNED_OPS and rng.rand() < 0.5 else 1)
+                    for o in ops]
+            chains.append(_chain(images[i : i + 1], ops, mags))
+        out[i] = _augmix_mix(images[i : i + 1], chains, ws.tolist(), float(m))[0]
+    return out
+
+
+def augmix_apply_loop(images: Tensor, params) -> Tensor:
+    """keepmix :class:`~keepmix.augmix.AugMixParams`, one image and one chain at a time."""
+    out = images.clone()
+    for i in range(images.shape[0]):
+        chains = []
+        for k in range(params.ops.shape[1]):
+            steps = [d for d in range(params.ops.shape[2]) if bool(params.applied[i, k, d])]
+            chains.append(_chain(images[i : i + 1], [OP_NAMES[int(params.ops[i, k, d])] for d in steps],
+                                 [float(params.magnitudes[i, k, d]) for d in steps]))
+        out[i] = _augmix_mix(images[i : i + 1], chains, params.weights[i].tolist(), float(params.mix[i]))[0]
+    return out
+
+
+def _paste_cells(images: Tensor, out: Tensor, i: int, j: int, cells: np.ndarray) -> int:
+    """Paste image j's grid cells (flat indices of a gh x gw grid) into image i, cell by cell."""
+    gh, gw = cells.shape
+    h, w = images.shape[-2:]
+    ch, cw = h // gh, w // gw
+    for c in np.flatnonzero(cells):
+        r, q = divmod(int(c), gw)
+        out[i, :, r * ch:(r + 1) * ch, q * cw:(q + 1) * cw] = images[j, :, r * ch:(r + 1) * ch, q * cw:(q + 1) * cw]
+    return int(cells.sum()) * ch * cw
+
+
+def attentive_cutmix_loop(images: Tensor, labels: Tensor, rng: np.random.RandomState, teacher, num_classes: int,
+                          top_k: int = 6) -> tuple[Tensor, Tensor]:
+    """The teacher's last map on the batch (one forward), then per image: the partner's top-k
+    cells (``np.argsort`` of the channel sum), pasted cell by cell; lam the unpasted share."""
+    b, _, h, w = images.shape
+    with torch.no_grad():
+        feats = teacher(images.float()).double().sum(1).cpu().numpy()
+    t = _one_hot(labels, num_classes)
+    out, out_t = images.clone(), t.clone()
+    perm = rng.permutation(b)
+    for i in range(b):
+        j = int(perm[i])
+        score = feats[j].ravel()
+        cells = np.zeros(score.shape, dtype=bool)
+        cells[np.argsort(-score, kind="stable")[:top_k]] = True
+        area = _paste_cells(images, out, i, j, cells.reshape(feats.shape[1:]))
+        _mix_target(t, out_t, i, j, float(np.float32(1.0 - area / float(h * w))))
+    return out, out_t
+
+
+def attentive_apply_loop(images: Tensor, targets: Tensor, cells: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
+    """keepmix :class:`~keepmix.attentive_cutmix.AttentiveCutMixParams`, one image at a time."""
+    h, w = images.shape[-2:]
+    out, out_t = images.clone(), targets.float().clone()
+    t = targets.float()
+    for i, j in enumerate(perm.tolist()):
+        area = _paste_cells(images, out, i, j, cells[i].cpu().numpy())
+        _mix_target(t, out_t, i, j, float(np.float32(1.0 - area / float(h * w))))
+    return out, out_t
+
+
+def _resize_paste_one(images: Tensor, out: Tensor, i: int, j: int, box: Box) -> None:
+    import torch.nn.functional as F
+
+    y1, x1, y2, x2 = box
+    if y2 > y1 and x2 > x1:
+        out[i, :, y1:y2, x1:x2] = F.interpolate(images[j : j + 1].float(), size=(y2 - y1, x2 - x1), mode="nearest")[0].to(images.dtype)
+
+
+def resizemix_loop(images: Tensor, labels: Tensor, rng: np.random.RandomState, num_classes: int,
+                   scale=(0.1, 0.8)) -> tuple[Tensor, Tensor]:
+    """One permutation; per image ``tau = rng.uniform(*scale)``, a ``floor(tau H) x floor(tau W)``
+    box centred uniformly (clipped); the whole partner resized into it (nearest, F.interpolate
+    per image); lam the unpasted share."""
+    b, _, h, w = images.shape
+    t = _one_hot(labels, num_classes)
+    out, out_t = images.clone(), t.clone()
+    perm = rng.permutation(b)
+    for i in range(b):
+        tau = rng.uniform(*scale)
+        box = _centered(rng.randint(h), rng.randint(w), int(h * tau), int(w * tau), h, w)
+        _resize_paste_one(images, out, i, int(perm[i]), box)
+        _mix_target(t, out_t, i, int(perm[i]), _area_lam(box, h, w))
+    return out, out_t
+
+
+def resizemix_apply_loop(images: Tensor, targets: Tensor, boxes: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
+    """keepmix :class:`~keepmix.resizemix.ResizeMixParams` (nearest), one image at a time."""
+    h, w = images.shape[-2:]
+    out, out_t = images.clone(), targets.float().clone()
+    t = targets.float()
+    for i, (j, box) in enumerate(zip(perm.tolist(), boxes.tolist())):
+        _resize_paste_one(images, out, i, j, tuple(box))
+        _mix_target(t, out_t, i, j, _area_lam(tuple(box), h, w))
+    return out, out_t
+
+
+def _spectral_peak(img: Tensor) -> tuple[int, int]:
+    """The most salient pixel of one image's spectral-residual map (numpy FFT, 64 x 64)."""
+    import torch.nn.functional as F
+
+    x = img.double()
+    grey = (x[0] * 0.299 + x[1] * 0.587 + x[2] * 0.114)[None, None]
+    g = F.interpolate(grey, size=(64, 64), mode="bilinear", align_corners=False)[0, 0].numpy()
+    spec = np.fft.fft2(g)
+    log_amp = np.log(np.maximum(np.abs(spec), 1e-12 * np.abs(spec).max()))
+    pad = np.pad(log_amp, 1, mode="reflect")
+    box = sum(pad[a:a + 64, c:c + 64] for a in range(3) for c in range(3)) / 9.0
+    back = np.abs(np.fft.ifft2(np.exp(log_amp - box + 1j * np.angle(spec))))
+    k = np.exp(-(np.arange(5) - 2.0) ** 2 / 128.0)
+    k /= k.sum()
+    pad = np.pad(back, 2, mode="reflect")
+    blur = sum(k[a] * k[c] * pad[a:a + 64, c:c + 64] for a in range(5) for c in range(5))
+    sal = torch.from_numpy(blur ** 2)[None, None].float()
+    sal = F.interpolate(sal, size=img.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    flat = int(sal.argmax())
+    return divmod(flat, img.shape[-1])
+
+
+def saliencymix_loop(images: Tensor, labels: Tensor, rng: np.random.RandomState, num_classes: int,
+                     alpha: float = 1.0) -> tuple[Tensor, Tensor]:
+    """The official SaliencyMix per image: ``lam = rng.beta``, a ``sqrt(1 - lam)`` box centred
+    on the partner's spectral-residual peak (numpy FFT per image), pasted at the same place."""
+    b, _, h, w = images.shape
+    t = _one_hot(labels, num_classes)
+    out, out_t = images.clone(), t.clone()
+    perm = rng.permutation(b)
+    for i in range(b):
+        j = int(perm[i])
+        cut = math.sqrt(1.0 - rng.beta(alpha, alpha))
+        cy, cx = _spectral_peak(images[j])
+        box = _centered(cy, cx, int(h * cut), int(w * cut), h, w)
+        _paste_one(images, out, i, j, box)
+        _mix_target(t, out_t, i, j, _area_lam(box, h, w))
+    return out, out_t
+
+
+def fmix_loop(images: Tensor, labels: Tensor, rng: np.random.RandomState, num_classes: int, alpha: float = 1.0,
+              decay_power: float = 3.0) -> tuple[Tensor, Tensor]:
+    """The official FMix per image: a complex Gaussian spectrum scaled by ``1 / f^decay``
+    (numpy), ``irfft2``, the ``round(lam H W)`` highest pixels keep the image (numpy argsort)."""
+    b, _, h, w = images.shape
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.rfftfreq(w)[None, :]
+    scale = 1.0 / np.maximum(np.sqrt(fx * fx + fy * fy), 1.0 / max(h, w)) ** decay_power
+    t = _one_hot(labels, num_classes)
+    out, out_t = images.clone(), t.clone()
+    perm = rng.permutation(b)
+    for i in range(b):
+        lam = rng.beta(alpha, alpha)
+        draws = rng.randn(h, w // 2 + 1, 2)
+        noise = np.fft.irfft2((draws[..., 0] + 1j * draws[..., 1]) * scale, s=(h, w))
+        n = math.ceil(lam * h * w) if rng.rand() > 0.5 else math.floor(lam * h * w)
+        keep = np.zeros(h * w, dtype=bool)
+        keep[np.argsort(-noise.ravel(), kind="stable")[:n]] = True
+        mask = torch.from_numpy(keep.reshape(h, w))
+        j = int(perm[i])
+        out[i] = torch.where(mask, images[i], images[j])
+        _mix_target(t, out_t, i, j, float(np.float32(n / float(h * w))))
+    return out, out_t
+
+
+def fmix_apply_loop(images: Tensor, targets: Tensor, masks: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
+    """keepmix :class:`~keepmix.fmix.FMixParams`, one image at a time."""
+    h, w = images.shape[-2:]
+    out, out_t = images.clone(), targets.float().clone()
+    t = targets.float()
+    for i, j in enumerate(perm.tolist()):
+        out[i] = torch.where(masks[i], images[i], images[j])
+        _mix_target(t, out_t, i, j, float(np.float32(float(masks[i].sum()) / float(h * w))))
+    return out, out_t
 
 
 def describe(names: Sequence[str]) -> dict[str, str]:

@@ -269,3 +269,65 @@ def test_bench_ops_quick_on_cuda(tmp_path):
     rows = bench_ops.main(["--quick", "--device", "cuda", "--out", str(tmp_path), "--shapes", "4x32",
                            "--ops", "copy,CutMix,KeepCutout"])
     assert {r["device"] for r in rows} == {"cuda"} and len(rows) == 6
+
+
+# --------------------------------------------- GridMask, AugMix, Attentive CutMix, ResizeMix, SaliencyMix, FMix
+def test_new_op_loops_match_keepmix_given_its_params(images, cifar_labels):
+    from keepmix.attentive_cutmix import AttentiveCutMix
+    from keepmix.augmix import AugMix
+    from keepmix.fmix import FMix
+    from keepmix.gridmask import GridMask
+    from keepmix.resizemix import ResizeMix
+    from keepmix.saliencymix import SaliencyMix
+
+    y = cifar_labels[: images.shape[0]]
+    t = torch.nn.functional.one_hot(y, K).float()
+    g = GridMask(p=1.0)
+    params = g.sample_params(images, generator=_gen(1))
+    assert torch.equal(L.gridmask_apply_loop(images, params), g.apply(images, None, params))
+    a = AugMix()
+    params = a.sample_params(images, generator=_gen(2))
+    assert torch.equal(L.augmix_apply_loop(images, params), a.apply(images, None, params))
+    torch.manual_seed(0)
+    teacher = torch.nn.Conv2d(3, 4, 8, stride=8).eval()
+    ac = AttentiveCutMix(teacher, num_classes=K)
+    params = ac.sample_params(images, y, generator=_gen(3))
+    got = L.attentive_apply_loop(images, t, params.cells, params.perm)
+    want = ac.apply(images, y, params)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    r = ResizeMix(num_classes=K)
+    params = r.sample_params(images, y, generator=_gen(4))
+    got, want = L.resizemix_apply_loop(images, t, params.boxes, params.perm), r.apply(images, y, params)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    sm = SaliencyMix(num_classes=K)
+    params = sm.sample_params(images, y, generator=_gen(5))
+    got, want = L.cutmix_apply_loop(images, t, params.boxes, params.perm), sm.apply(images, y, params)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    f = FMix(num_classes=K)
+    params = f.sample_params(images, y, generator=_gen(6))
+    got, want = L.fmix_apply_loop(images, t, params.masks, params.perm), f.apply(images, y, params)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_new_op_loops_follow_the_paper_definitions(cifar_uint8, cifar_labels):
+    from keepmix.saliencymix import spectral_residual_saliency
+
+    x, y = cifar_uint8[:12], cifar_labels[:12]
+    rng = np.random.RandomState(0)
+    g = L.gridmask_loop(x, rng, p=1.0)
+    dropped = (g != x).any(1).float().mean()
+    assert 0.05 < dropped < 0.4  # the squares of units 14..31 with r = 0.6 (a unit drops (1 - r)^2 ~ 16%)
+    # SaliencyMix's loop peak is the spectral map's peak (numpy FFT vs keepmix's torch.fft).
+    for i in range(4):
+        sal = spectral_residual_saliency(x[i : i + 1])[0]
+        assert L._spectral_peak(x[i]) == divmod(int(sal.argmax()), 32)
+    for fn in (L.resizemix_loop, L.saliencymix_loop, L.fmix_loop):
+        mixed, t = fn(x, y, rng, K)
+        assert mixed.shape == x.shape and torch.allclose(t.sum(1), torch.ones(12))
+    mixed, t = L.fmix_loop(x, y, rng, K)
+    own = t.gather(1, y.view(-1, 1)).squeeze(1)
+    kept = (mixed == x).all(1).float().mean(dim=(1, 2))  # pixels still the image's own (or equal by chance)
+    assert (kept >= own - 1e-6).all()
+    assert L.augmix_loop(x[:4], rng).dtype == torch.uint8
+    out, t = L.attentive_cutmix_loop(x.float() / 255, y, rng, torch.nn.Conv2d(3, 2, 8, stride=8).eval(), K)
+    assert torch.allclose(t.sum(1), torch.ones(12))
