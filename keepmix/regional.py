@@ -83,7 +83,7 @@ class Cutout(RegionOp):
         """Draw order: who is cut (``p``), then the position (the placer's draws)."""
         b = images.shape[0]
         applied = bernoulli(self.p, b, device=images.device, generator=generator)
-        sizes = torch.where(applied, self.length, 0).long()[:, None].expand(b, 2).contiguous()
+        sizes = (applied.long() * self.length)[:, None].expand(b, 2)
         return CutoutParams(boxes=self.place(sizes, images, saliency, generator), sizes=sizes)
 
     def _apply_params(self, images, labels, params):

@@ -54,12 +54,12 @@ def centered_boxes(cy: Tensor, cx: Tensor, h: Tensor, w: Tensor, height: int, wi
     exactly the requested size (the official Cutout/CutMix code uses ``c + s // 2`` for the far
     edge, which loses a pixel for odd sizes; for even sizes the two agree).
     """
-    cy, cx, h, w = (torch.as_tensor(t).long() for t in (cy, cx, h, w))
-    y1 = cy - torch.div(h, 2, rounding_mode="floor")
-    x1 = cx - torch.div(w, 2, rounding_mode="floor")
-    return torch.stack(
-        [y1.clamp(0, height), x1.clamp(0, width), (y1 + h).clamp(0, height), (x1 + w).clamp(0, width)], dim=-1
-    )
+    centre = torch.stack([torch.as_tensor(cy), torch.as_tensor(cx)], dim=-1).long()
+    size = torch.stack([torch.as_tensor(h), torch.as_tensor(w)], dim=-1).long()
+    lo = centre - torch.div(size, 2, rounding_mode="floor")
+    # One clamp of all four edges against (H, W, H, W): a handful of ops whatever B is.
+    limit = torch.tensor([height, width, height, width], device=lo.device)
+    return torch.cat([lo, lo + size], dim=-1).clamp_min_(0).minimum(limit)
 
 
 def corner_boxes(top: Tensor, left: Tensor, h: Tensor, w: Tensor) -> Tensor:
