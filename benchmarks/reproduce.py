@@ -19,7 +19,16 @@ final.json exists and resumes cells that left a checkpoint (bitwise, as the harn
 guarantees), so an interrupted grid continues where it stopped. Results go to
 ``<out>/reproduce_<scale>.md`` / ``.json`` / ``.csv`` (also after a partial grid: cells
 without a finished run are listed as missing). Cells run seed-major (every method for seed
-0, then seed 1, ...), so a grid stopped half-way already compares every method.
+0, then seed 1, ...), so a grid stopped half-way already compares every method. ``--methods``
+picks the cells to train; the table always covers the scale's whole grid, so training a few
+new rows keeps the others (copy committed run summaries from ``benchmarks/results/
+reproduce_<scale>_runs/`` into the runs directory first). Attentive CutMix's teacher is the
+crop+flip cell of the same seed (its ``checkpoint.pt``): the runner trains that cell first and
+starts the Attentive CutMix cell once it has finished.
+
+The code: :mod:`repro_grid` (methods, scales, one cell's config), :mod:`repro_runner`
+(training the cells), :mod:`repro_stats` (aggregation, pooled spread, scipy's t quantiles,
+verdicts), :mod:`repro_report` (markdown / JSON / CSV); this file is the command line.
 
 Exit status: 0 all cells done; 1 some cell failed (e.g. a NaN loss; the others still ran);
 2 bad options or a run directory made with other settings; 3 stopped before the end by
