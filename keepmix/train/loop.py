@@ -6,6 +6,10 @@ One step, on the batch's device::
     saliency for Keep* variants) -> model (+ early head, + RecursiveMix consistency)
     -> soft-target cross-entropy (label smoothing) -> SGD step -> per-step lr schedule
 
+A semi-supervised run (``semi_labels > 0``) trains the loader on the labelled subset, and its
+forward and loss come from :class:`keepmix.train.uda.SemiSupervised` (a labelled batch plus an
+unlabelled one, the UDA loss); the backward, the update and the bookkeeping stay here.
+
 The loop (:meth:`Trainer.run`) reads top to bottom: one step, the end of an epoch when the
 step finished one, then the single place where a stop request (SIGINT, SIGTERM,
 :meth:`Trainer.request_stop`) is honoured: a checkpoint, then :class:`RunInterrupted`.
