@@ -339,7 +339,7 @@ class Engine:
                     f = _net.forward_features(x)
                     return _net.classify(f), f
             if self.recipe.compile and self.cuda:
-                fn = torch.compile(fn)
+                fn = torch.compile(fn, dynamic=False)
             self._fwd[key] = fn
         return self._fwd[key]
 
