@@ -136,16 +136,11 @@ def _cell_main(cell_dir: str) -> int:
 
 
 def order_with_teachers(cells: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
-    """``cells`` with every teacher cell (:func:`repro_grid.teacher_cell`) added just before
-    the first cell that needs it (if it is not already earlier), no duplicates."""
-    out: list[tuple[str, int]] = []
-    for cell in cells:
-        teacher = teacher_cell(*cell)
-        if teacher is not None and teacher not in out:
-            out.append(teacher)
-        if cell not in out:
-            out.append(cell)
-    return out
+    """``cells`` with every teacher cell (:func:`repro_grid.teacher_cell`) first, then the rest
+    in their order, no duplicates: the teachers are plain runs every dependent cell waits on
+    (and the crop+flip row of the table), so they train before anything else."""
+    teachers = [t for t in dict.fromkeys(teacher_cell(*c) for c in cells) if t is not None]
+    return teachers + [c for c in dict.fromkeys(cells) if c not in teachers]
 
 
 def teacher_problem(runs_dir: Path, cell: tuple[str, int]) -> str | None:

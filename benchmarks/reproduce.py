@@ -24,7 +24,7 @@ picks the cells to train; the table always covers the scale's whole grid, so tra
 new rows keeps the others (copy committed run summaries from ``benchmarks/results/
 reproduce_<scale>_runs/`` into the runs directory first). Attentive CutMix's teacher is the
 crop+flip cell of the same seed (its ``checkpoint.pt``): the runner trains that cell first and
-starts the Attentive CutMix cell once it has finished.
+starts the Attentive CutMix cell once it has finished (teacher cells train first).
 
 The code: :mod:`repro_grid` (methods, scales, one cell's config), :mod:`repro_runner`
 (training the cells), :mod:`repro_stats` (aggregation, pooled spread, scipy's t quantiles,
@@ -128,8 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = args.data or default_data()
     from keepmix.train.config import ConfigError
 
-    # Seed-major: a grid stopped half-way has every method for the first seed(s); a teacher
-    # cell (Attentive CutMix's crop+flip run) comes before the first cell that needs it.
+    # Seed-major: a grid stopped half-way has every method for the first seed(s). Teacher cells
+    # (Attentive CutMix's crop+flip runs) train first.
     cells = order_with_teachers([(m, s) for s in seeds for m in methods])
     # The table covers the scale's whole grid (and any other method asked for): training a
     # subset of its cells must not drop the other rows of the scale's results page.
