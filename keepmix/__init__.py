@@ -8,6 +8,9 @@ random parameters per image from an optional ``torch.Generator``, and never modi
 input. The pure functions behind the ops are in :mod:`keepmix.functional`.
 """
 
+from keepmix.attentive_cutmix import AttentiveCutMix, AttentiveCutMixParams
+from keepmix.augmix import AugMix, AugMixJSDLoss, AugMixParams, jensen_shannon_consistency
+from keepmix.base import Op, Params, RegionOp, RegionParams
 from keepmix.data import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -21,12 +24,9 @@ from keepmix.data import (
     load_image_folder,
     normalize,
 )
-from keepmix.attentive_cutmix import AttentiveCutMix, AttentiveCutMixParams
-from keepmix.augmix import AugMix, AugMixJSDLoss, AugMixParams, jensen_shannon_consistency
-from keepmix.base import Op, Params, RegionOp, RegionParams
 from keepmix.fmix import FMix, FMixParams
-from keepmix.gridmask import GridMask, GridMaskParams
 from keepmix.functional.selection import KeepSelection
+from keepmix.gridmask import GridMask, GridMaskParams
 from keepmix.keep import (
     KeepAutoAugment,
     KeepCutMix,
@@ -38,18 +38,19 @@ from keepmix.keep import (
 )
 from keepmix.mixing import CutMix, CutMixParams, Mixup, MixupParams
 from keepmix.mixup_cutmix import MixupCutMix, MixupCutMixParams
-from keepmix.placers import KeepPlacer, Placer, UniformPlacer
 from keepmix.models import FeatureHook, KeepmixModel, build_model, list_models
+from keepmix.placers import KeepPlacer, Placer, UniformPlacer
 from keepmix.policies import AutoAugment, PolicyParams, RandAugment, TrivialAugmentWide
 from keepmix.recursive import KeepRecursiveMix, RecursiveMix, RecursiveMixInfo, RecursiveMixParams
 from keepmix.regional import Cutout, CutoutParams, RandomErasing, RandomErasingParams
 from keepmix.resizemix import ResizeMix, ResizeMixParams
-from keepmix.saliencymix import SaliencyMix, SaliencyMixParams, spectral_residual_saliency
 from keepmix.saliency import Saliency, saliency_map, uniform_saliency
+from keepmix.saliencymix import SaliencyMix, SaliencyMixParams, spectral_residual_saliency
 from keepmix.targets import SoftTargetCrossEntropy, mix_targets, soft_target_cross_entropy, to_soft_targets
-from keepmix.workers import worker_generator
+
 # `train` (the function) stays in keepmix.train: re-exported here it would hide the subpackage.
 from keepmix.train import TrainConfig, get_preset
+from keepmix.workers import worker_generator
 
 __version__ = "0.1.0"
 

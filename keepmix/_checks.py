@@ -7,7 +7,7 @@ message that names the argument and says what was expected; nothing is silently 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Literal, TypeVar, Union
+from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -41,8 +42,8 @@ Placement = Literal["center", "inside"]
 #: What an op's regions are, for pictures: the op acted inside them ("cut"), kept the
 #: original there ("kept"), or pasted another image there ("pasted").
 Region = Literal["cut", "kept", "pasted"]
-SaliencyFn = Callable[[Tensor, Union[Tensor, None]], Tensor]
-OpOutput = Union[Tensor, tuple[Tensor, Tensor]]
+SaliencyFn = Callable[[Tensor, Tensor | None], Tensor]
+OpOutput = Tensor | tuple[Tensor, Tensor]
 
 P = TypeVar("P", bound="Params")
 
@@ -99,7 +100,9 @@ def check_saliency(saliency: object, images: Tensor, name: str = "saliency") -> 
         raise TypeError(f"{name} must be a torch.Tensor of shape (B, H, W), got {type(saliency).__name__}")
     b, _, h, w = images.shape
     if saliency.ndim != 3 or tuple(saliency.shape) != (b, h, w):
-        raise ValueError(f"{name} must have shape (B, H, W) = {(b, h, w)} to match images {tuple(images.shape)}, got {tuple(saliency.shape)}")
+        raise ValueError(
+            f"{name} must have shape (B, H, W) = {(b, h, w)} to match images {tuple(images.shape)}, got {tuple(saliency.shape)}"
+        )
     if saliency.device != images.device:
         raise ValueError(f"{name} is on {saliency.device} but images are on {images.device}; move them to one device")
     if not saliency.dtype.is_floating_point:

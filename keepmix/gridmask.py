@@ -25,8 +25,8 @@ import torch
 from torch import Tensor
 
 from keepmix._checks import check_int, check_probability
-from keepmix.engine import capture_safe, check_values
 from keepmix.base import Op, Params
+from keepmix.engine import capture_safe, check_values
 from keepmix.functional.erasing import check_fill, fill_tensor
 from keepmix.functional.select import select
 from keepmix.sampling import bernoulli, randint, uniform
@@ -115,7 +115,9 @@ def _check_d_range(d_range: Any) -> tuple[int, int]:
     try:
         lo, hi = d_range
     except (TypeError, ValueError):
-        raise ValueError(f"d_range must be a positive int or a pair (d_min, d_max) of ints with 1 <= d_min < d_max, got {d_range!r}") from None
+        raise ValueError(
+            f"d_range must be a positive int or a pair (d_min, d_max) of ints with 1 <= d_min < d_max, got {d_range!r}"
+        ) from None
     for v in (lo, hi):
         if isinstance(v, bool) or not isinstance(v, int):
             raise ValueError(f"d_range must hold ints (pixels), got {d_range!r}")

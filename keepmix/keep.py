@@ -22,13 +22,13 @@ or give the placer ``saliency_fn`` (a :class:`keepmix.saliency.Saliency` or any 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from keepmix._checks import check_images
 from keepmix.base import Op, Params, RegionParams, SaliencyFn
 from keepmix.functional.boxes import paste
 from keepmix.functional.selection import Score

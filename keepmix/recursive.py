@@ -64,8 +64,9 @@ Choices, and why:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -363,7 +364,8 @@ class RecursiveMix(RegionOp):
         ``1 / model.feature_stride`` to use the network's stride instead).
         """
         if not isinstance(features, Tensor) or features.ndim != 4 or not features.is_floating_point():
-            raise ValueError(f"features must be a float (B, C, h, w) feature map before pooling, got {getattr(features, 'shape', type(features))}")
+            got = getattr(features, "shape", type(features))
+            raise ValueError(f"features must be a float (B, C, h, w) feature map before pooling, got {got}")
         b = info.boxes.shape[0]
         if features.shape[0] != b:
             raise ValueError(f"features have batch {features.shape[0]} but info is for {b} images")

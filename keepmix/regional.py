@@ -9,8 +9,8 @@ versions (:class:`keepmix.keep.KeepCutout`, :class:`keepmix.keep.KeepRandomErasi
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor

@@ -12,8 +12,9 @@ running statistics, every submodule's train/eval flag and every ``requires_grad`
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -81,7 +82,7 @@ def _frozen(model: nn.Module | None, batchnorm: BatchNormMode) -> Iterator[None]
             model.eval()
         yield
     finally:
-        for p, f in zip(params, flags):
+        for p, f in zip(params, flags, strict=True):
             p.requires_grad_(f)
         for m, t in modes:
             m.training = t
@@ -230,5 +231,8 @@ class Saliency:
         return sal
 
     def __repr__(self) -> str:
-        fn = type(self.logits_fn).__name__ if isinstance(self.logits_fn, nn.Module) else getattr(self.logits_fn, "__qualname__", repr(self.logits_fn))
+        if isinstance(self.logits_fn, nn.Module):
+            fn = type(self.logits_fn).__name__
+        else:
+            fn = getattr(self.logits_fn, "__qualname__", repr(self.logits_fn))
         return f"Saliency(logits_fn={fn}, downscale={self.downscale:g}, batchnorm={self.batchnorm!r})"

@@ -13,7 +13,7 @@ Conventions shared by every op in keepmix:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

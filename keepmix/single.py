@@ -7,7 +7,8 @@ inside a ``Dataset``, as torchvision's transforms do: a (C, H, W) tensor comes b
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ def tensor_to_pil(image: Tensor, mode: str) -> Any:
     return Image.fromarray(arr.contiguous().numpy(), mode=mode)
 
 
-def as_batch(op: "Op", images: Any, labels: Any, saliency: Any) -> tuple[Tensor, Any, Any, Callable[[Tensor], Any] | None]:
+def as_batch(op: Op, images: Any, labels: Any, saliency: Any) -> tuple[Tensor, Any, Any, Callable[[Tensor], Any] | None]:
     """``(batch, labels, saliency, unbatch)``: a (B, C, H, W) batch as is (``unbatch`` None),
     or a single / PIL image as a batch of one with the function that turns the result back."""
     name = type(op).__name__

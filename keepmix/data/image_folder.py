@@ -23,9 +23,9 @@ import multiprocessing
 import os
 import tarfile
 import zlib
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -85,7 +85,7 @@ def _decode_chunk(names: list[str], blobs: list[bytes | str], size: tuple[int, i
     """(n, 2) image sizes and their pixels concatenated; sizes are checked by the caller."""
     shapes = np.empty((len(names), 2), dtype=np.int64)
     parts = []
-    for i, (name, blob) in enumerate(zip(names, blobs)):
+    for i, (name, blob) in enumerate(zip(names, blobs, strict=True)):
         arr = decode_image(blob, name, size)
         shapes[i] = arr.shape[:2]
         parts.append(arr.tobytes())
@@ -127,7 +127,7 @@ def _layout(rels: list[str], source: str) -> tuple[list[str], dict[str, list[tup
     parts = [r[len(prefix):].split("/") for r in rels]
     is_split = all(p[0] in _SPLIT_DIRS for p in parts)
     splits: dict[str, list[tuple[str, str]]] = {}
-    for rel, p in zip(rels, parts):
+    for rel, p in zip(rels, parts, strict=True):
         depth = 3 if is_split else 2
         if len(p) < depth:
             where = "split/<class>/<image>" if is_split else "<class>/<image>"
@@ -165,7 +165,8 @@ def _list_archive(path: Path) -> Iterator[tuple[str, bytes]]:
             stream = tf.fileobj
             while block := stream.read(1 << 20):
                 if block.count(0) != len(block):
-                    raise DataError(f"archive {path} is damaged: unreadable data after member {tf.members[-1].name if tf.members else '(none)'}")
+                    last = tf.members[-1].name if tf.members else "(none)"
+                    raise DataError(f"archive {path} is damaged: unreadable data after member {last}")
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         raise DataError(f"cannot read archive {path}: {e}") from e
 
@@ -372,7 +373,7 @@ class ImageFolderDataset(Dataset):
     @classmethod
     def from_archive(
         cls, archive: str | os.PathLike, extract_dir: str | os.PathLike, **kwargs
-    ) -> "ImageFolderDataset":
+    ) -> ImageFolderDataset:
         """Safely extract ``archive`` into ``extract_dir`` once (a marker file records it), then open it."""
         extract_dir = Path(extract_dir).expanduser()
         marker = extract_dir / ".keepmix-extracted"

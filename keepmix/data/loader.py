@@ -12,8 +12,8 @@ and a checkpoint needs only the trainer's ``(epoch, index)``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch

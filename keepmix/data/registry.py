@@ -10,8 +10,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from keepmix.data.cifar import CIFAR_SOURCES, load_cifar
 from keepmix.data.image_folder import load_image_folder

@@ -57,7 +57,7 @@ class Split:
         """(H, W) of every image."""
         return int(self.images.shape[2]), int(self.images.shape[3])
 
-    def subset(self, indices: Tensor) -> "Split":
+    def subset(self, indices: Tensor) -> Split:
         """The images at ``indices`` (e.g. from :func:`class_balanced_subset`), same classes."""
         idx = torch.as_tensor(indices, dtype=torch.int64)
         return Split(

@@ -9,7 +9,8 @@ the whole batch with no Python loop over images.
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor

@@ -50,8 +50,8 @@ from keepmix.functional.regions import (
     summed_area_table,
 )
 from keepmix.functional.resize_paste import resize_into_boxes
-from keepmix.functional.selection import KeepSelection, num_draws, select_boxes
 from keepmix.functional.roi_align import max_sampling_grid, roi_align
+from keepmix.functional.selection import KeepSelection, num_draws, select_boxes
 
 __all__ = [
     "box_areas", "box_masks", "centered_boxes", "check_boxes", "corner_boxes", "fill_boxes", "paste",
@@ -60,7 +60,8 @@ __all__ = [
     "erase",
     "affine", "rotate", "rotation_matrix", "shear_matrix", "translation_matrix", "shear_x", "shear_y", "translate_x", "translate_y",
     "area_lambda", "cutmix", "mixup",
-    "Candidates", "box_sums", "candidate_boxes", "candidate_positions", "candidate_scores", "masked_quantile", "pick_where", "summed_area_table",
+    "Candidates", "box_sums", "candidate_boxes", "candidate_positions", "candidate_scores", "masked_quantile", "pick_where",
+    "summed_area_table",
     "resize_into_boxes",
     "KeepSelection", "num_draws", "select_boxes",
     "max_sampling_grid", "roi_align",

@@ -22,11 +22,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from keepmix.engine import capture_safe, check_values
-
-from keepmix.functional.select import select as _select
-
 from keepmix._checks import check_images
+from keepmix.engine import capture_safe, check_values
+from keepmix.functional.select import select as _select
 
 __all__ = [
     "grayscale",

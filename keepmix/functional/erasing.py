@@ -6,8 +6,8 @@ The pure layer under :class:`keepmix.regional.Cutout` and :class:`keepmix.region
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from numbers import Real
-from typing import Sequence, Union
 
 import torch
 from torch import Tensor
@@ -19,7 +19,7 @@ from keepmix.functional.boxes import check_boxes, paste
 __all__ = ["Fill", "check_fill", "fill_tensor", "erase"]
 
 #: A fill value: a number, one number per channel, or a tensor broadcastable to (B, C, H, W).
-Fill = Union[float, int, Sequence[float], Tensor]
+Fill = float | int | Sequence[float] | Tensor
 
 
 def check_fill(fill: object, name: str = "fill") -> float | tuple[float, ...] | Tensor:
@@ -109,10 +109,12 @@ def fill_tensor(fill: Fill, images: Tensor, name: str = "fill") -> Tensor:
                 torch.broadcast_shapes(t.shape, images.shape)
             except RuntimeError:
                 raise ValueError(f"{name} of shape {tuple(t.shape)} does not broadcast to the images' {tuple(images.shape)}") from None
-            if any(s != 1 and s != i for s, i in zip(t.shape, images.shape)):
+            if any(s != 1 and s != i for s, i in zip(t.shape, images.shape, strict=True)):
                 raise ValueError(f"{name} of shape {tuple(t.shape)} would enlarge the images' {tuple(images.shape)}")
         elif t.ndim != 0:
-            raise ValueError(f"{name} must be a tensor of shape (), (C,), (B, C) or 4-D broadcastable to (B, C, H, W), got {tuple(t.shape)}")
+            raise ValueError(
+                f"{name} must be a tensor of shape (), (C,), (B, C) or 4-D broadcastable to (B, C, H, W), got {tuple(t.shape)}"
+            )
         if t.dtype == images.dtype:
             return t
         if t.dtype == torch.bool or t.is_complex():

@@ -22,15 +22,15 @@ Python numbers or (B,) tensors.
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from keepmix.engine import capture_safe, check_values
-
 from keepmix._checks import check_images
+from keepmix.engine import capture_safe, check_values
 from keepmix.functional.select import select as _select
 
 __all__ = [

@@ -18,10 +18,14 @@ gives them (CIFAR-10 AutoAugment's translate bins 9 / 8 / 3 move 14 / 13 / 4 px,
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
+
+from keepmix.engine import capture_safe, check_values
+from keepmix.functional.boxes import box_masks, centered_boxes
 
 # Kernels imported by name: ``keepmix.functional.color`` the attribute is the re-exported
 # function ``color``, which shadows the module of the same name.
@@ -45,8 +49,6 @@ from keepmix.functional.geometry import (
     shear_matrix,
     translation_matrix,
 )
-from keepmix.engine import capture_safe, check_values
-from keepmix.functional.boxes import box_masks, centered_boxes
 
 __all__ = [
     "OP_NAMES",

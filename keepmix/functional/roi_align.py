@@ -19,7 +19,8 @@ product to the features (boxes get no gradient, as in torchvision).
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor

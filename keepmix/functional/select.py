@@ -40,6 +40,6 @@ def _fits(small: tuple[int, ...], big: tuple[int, ...]) -> bool:
     symbolic-shape machinery of ``torch.broadcast_shapes`` costs more than the op here)."""
     if len(small) > len(big):
         return False
-    return all(s == 1 or s == g for s, g in zip(reversed(small), reversed(big)))
+    return all(s == 1 or s == g for s, g in zip(reversed(small), reversed(big), strict=False))  # right-aligned: big may have more dims
 
 

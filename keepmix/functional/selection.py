@@ -237,7 +237,9 @@ def select_boxes(
     sat = summed_area_table(saliency)
     # float64 totals of float16/32 maps cannot overflow, so a non-finite total means a NaN or
     # an infinity somewhere in the map: one check of B values.
-    check_values(torch.isfinite(sat[:, -1, -1]), "saliency contains NaN or infinite values (a diverged model?); KeepAugment needs a finite map")
+    check_values(
+        torch.isfinite(sat[:, -1, -1]), "saliency contains NaN or infinite values (a diverged model?); KeepAugment needs a finite map"
+    )
     below, mean = side == "below", score == "mean"
     k = num_draws(q, side)
     if keys.shape != (b, k + 1):

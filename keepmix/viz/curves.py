@@ -6,8 +6,9 @@ matplotlib is needed only by :func:`plot_runs` and is imported there.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -125,7 +126,7 @@ def plot_runs(
     ax = fig.add_subplot(1, 1, 1)
     order = list(dict.fromkeys(labels))  # first-appearance order
     colors = [f"C{i % 10}" for i in range(len(order))]
-    for name, color in zip(order, colors):
+    for name, color in zip(order, colors, strict=True):
         idx = [i for i, lab in enumerate(labels) if lab == name]
         finals = torch.tensor([curves[i][1][-1] for i in idx], dtype=torch.float64)
         if len(idx) == 1:

@@ -9,8 +9,8 @@ curves in :mod:`keepmix.viz.curves`.)
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import Tensor
