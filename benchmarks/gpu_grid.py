@@ -24,7 +24,7 @@ has whole seeds).
     python benchmarks/gpu_grid.py --shard 1/2 ...                    # or split it explicitly
     python benchmarks/gpu_grid.py --device cpu --tiny --out /tmp/g   # every cell kind in seconds
 
-Each finished run writes ``<out>/runs/<cell>__s<seed>.json`` (atomically); a run whose
+Each finished run writes ``<out>/records/<cell>__s<seed>.json`` (atomically); a run whose
 record exists with the same recipe is skipped, so the same command resumes. After every run
 ``<out>/gpu_grid.md`` (mean, sd, the comparisons, the pooled spread over seeds and the
 smallest difference it can detect) and ``gpu_grid.json`` are rewritten.
@@ -42,9 +42,10 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -256,7 +257,10 @@ def flip_translate(images: Tensor, epoch: int, base_flip: Tensor, r: int, g: tor
     out = torch.empty_like(images)
     ar_h = torch.arange(h, device=images.device)
     ar_w = torch.arange(w, device=images.device)
-    shifts = torch.randint(-r, r + 1, (n, 2), device=images.device, generator=g) if r > 0 else torch.zeros(n, 2, dtype=torch.long, device=images.device)
+    if r > 0:
+        shifts = torch.randint(-r, r + 1, (n, 2), device=images.device, generator=g)
+    else:
+        shifts = torch.zeros(n, 2, dtype=torch.long, device=images.device)
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
         rows = _reflect(ar_h[None] + shifts[s:e, :1], h)  # (b, h)
@@ -701,9 +705,10 @@ def step_cost(engine: Engine, steps: int, rounds: int, warmup: int, log=print) -
     base = times["cutout16"]
     rows = {}
     for name, ts in times.items():
-        ratios = [a / c for a, c in zip(ts, base)]
+        ratios = [a / c for a, c in zip(ts, base, strict=True)]
+        kind = CELL_BY_NAME[name].cost_kind if name in CELL_BY_NAME else None
         rows[name] = dict(seconds_per_step=statistics.median(ts), ratio_to_cutout=statistics.median(ratios),
-                          ratio_min=min(ratios), ratio_max=max(ratios), cost_kind=CELL_BY_NAME[name].cost_kind if name in CELL_BY_NAME else None)
+                          ratio_min=min(ratios), ratio_max=max(ratios), cost_kind=kind)
     return dict(rows=rows, batch=b, steps=steps, rounds=rounds, device=str(dev), recipe=r.fingerprint(),
                 gpu=torch.cuda.get_device_name(dev) if engine.cuda else None, torch=torch.__version__)
 
@@ -718,7 +723,8 @@ def format_step_cost(sc: dict[str, Any], recipe: Recipe) -> str:
              "| method | ms / step | ratio to Cutout | range over rounds |", "|---|---:|---:|---:|"]
     for key, label in table3.items():
         v = rows[key]
-        lines.append(f"| {label} | {1e3 * v['seconds_per_step']:.2f} | {v['ratio_to_cutout']:.3f} | {v['ratio_min']:.3f}-{v['ratio_max']:.3f} |")
+        spread = f"{v['ratio_min']:.3f}-{v['ratio_max']:.3f}"
+        lines.append(f"| {label} | {1e3 * v['seconds_per_step']:.2f} | {v['ratio_to_cutout']:.3f} | {spread} |")
     lines += ["", "Other cell kinds (for the time model):", "", "| cell | ms / step | ratio to Cutout |", "|---|---:|---:|"]
     for key, v in rows.items():
         if key not in table3:
@@ -801,7 +807,7 @@ def format_report(summary: dict[str, Any], recipe: Recipe, records: list[dict[st
 
 def read_records(out: Path, recipe: Recipe) -> list[dict[str, Any]]:
     recs = []
-    for p in sorted((out / "runs").glob("*.json")):
+    for p in sorted((out / "records").glob("*.json")):
         try:
             r = json.loads(p.read_text())
         except (OSError, json.JSONDecodeError):
@@ -821,7 +827,7 @@ def write_report(out: Path, recipe: Recipe) -> str:
 
 
 def record_path(out: Path, cell: Cell, seed: int) -> Path:
-    return out / "runs" / f"{cell.name}__s{seed}.json"
+    return out / "records" / f"{cell.name}__s{seed}.json"
 
 
 def is_done(out: Path, cell: Cell, seed: int, recipe: Recipe) -> bool:
@@ -952,7 +958,7 @@ def main(argv: list[str] | None = None) -> int:
         write_report(out, recipe)
     report = write_report(out, recipe)
     print(report)
-    print(f"finished {done} runs in {time.monotonic() - t_start:.0f}s; records in {out / 'runs'}")
+    print(f"finished {done} runs in {time.monotonic() - t_start:.0f}s; records in {out / 'records'}")
     return 0
 
 

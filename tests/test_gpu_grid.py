@@ -27,12 +27,12 @@ def grid(tmp_path_factory):
 
 def test_every_cell_kind_trains_and_writes_its_record(grid):
     recipe = G.tiny_recipe()
-    names = sorted(p.name for p in (grid / "runs").glob("*.json"))
+    names = sorted(p.name for p in (grid / "records").glob("*.json"))
     assert names == sorted(f"{c.name}__s0.json" for c in G.CELLS)
     assert {c.kind for c in G.CELLS} == {"none", "cutout", "keepcutout", "cutmix", "keepcutmix", "autoaugment",
                                         "keepautoaugment", "recursivemix"}
     for c in G.CELLS:
-        rec = json.loads((grid / "runs" / f"{c.name}__s0.json").read_text())
+        rec = json.loads((grid / "records" / f"{c.name}__s0.json").read_text())
         assert rec["cell"] == c.name and rec["seed"] == 0 and rec["recipe"] == recipe.fingerprint()
         assert 0.0 <= rec["accuracy"] <= 1.0 and 0.0 <= rec["accuracy_no_tta"] <= 1.0
         assert rec["steps"] == recipe.epochs * (recipe.n_train // recipe.batch_size)
@@ -44,12 +44,12 @@ def test_every_cell_kind_trains_and_writes_its_record(grid):
 
 
 def test_resume_skips_finished_runs(grid, capsys):
-    before = {p.name: p.stat().st_mtime_ns for p in (grid / "runs").glob("*.json")}
+    before = {p.name: p.stat().st_mtime_ns for p in (grid / "records").glob("*.json")}
     assert G.main(["--device", "cpu", "--tiny", "--out", str(grid), "--seeds", "0"]) == 0
     printed = capsys.readouterr().out
     assert "18 already done, 0 to run" in printed
     assert "Time model (ESTIMATE" in printed  # the time model prints before every grid
-    assert {p.name: p.stat().st_mtime_ns for p in (grid / "runs").glob("*.json")} == before
+    assert {p.name: p.stat().st_mtime_ns for p in (grid / "records").glob("*.json")} == before
 
 
 def test_a_changed_recipe_does_not_count_as_done(grid):
@@ -70,7 +70,7 @@ def test_shard_and_time_limit(tmp_path, capsys):
     assert rc == 0
     printed = capsys.readouterr().out
     assert "18 runs in shard 2/3" in printed and "rerun the same command to resume" in printed
-    assert not list(tmp_path.glob("runs/*.json"))
+    assert not list(tmp_path.glob("records/*.json"))
 
 
 def test_time_model_estimate_fits_and_orders_the_saliency_variants(tmp_path, capsys):

@@ -44,7 +44,8 @@ the saliency backward of the early-loss approximation then crosses the stem and 
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -108,7 +109,7 @@ class AirbenchGroup(nn.Module):
         x = self.act(self.norm1(self.pool(self.conv1(x))))
         skip = x
         last = len(self.convs) - 1
-        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
             x = norm(conv(x))
             if i == last and self.residual:
                 x = x + skip
