@@ -542,6 +542,7 @@ class Engine:
 #: airbench scripts reach 94-161 TFLOP/s, 30-50% of peak, on an A100).
 ASSUMED_TFLOPS = 200.0
 ASSUMED_STARTUP_S = 60.0  # data decode + upload + first compiles (estimate)
+ASSUMED_COMPILE_S = 30.0  # first run of each forward layout in a process, for --time-limit (estimate)
 ASSUMED_RUN_OVERHEAD_S = 0.5  # per run: re-init, whitening, optimiser, syncs (estimate)
 BUDGET_S = 540.0
 
@@ -942,16 +943,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"grid: {len(mine)} runs in shard {i}/{n}, {len(mine) - len(todo)} already done, {len(todo)} to run", flush=True)
     limit = args.time_limit * 60 if args.time_limit else None
     seen: dict[str, list[float]] = {}
+    compiled: set[str] = set()
     done = 0
     for cell, seed in todo:
         if limit is not None:
             past = seen.get(cell.cost_kind)
             guess = statistics.fmean(past) if past else tm["run_seconds"][cell.name]
+            mode = "early" if cell.early else ("features" if cell.kind == "recursivemix" else "logits")
+            if recipe.compile and device.type == "cuda" and mode not in compiled:
+                guess += ASSUMED_COMPILE_S  # this run compiles its forward (and the eval forward)
             if time.monotonic() - t_start + guess > limit:
                 print(f"time limit: stopping before {cell.name} seed {seed} (needs ~{guess:.0f}s); "
                       f"{len(todo) - done} runs left: rerun the same command to resume", flush=True)
                 break
         rec = engine.train_run(cell, seed)
+        compiled.add("early" if cell.early else ("features" if cell.kind == "recursivemix" else "logits"))
         write_record(out, rec)
         seen.setdefault(cell.cost_kind, []).append(rec["run_seconds"])
         done += 1
