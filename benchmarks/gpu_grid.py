@@ -104,7 +104,10 @@ class Recipe:
     compile: bool = True  # the training forward (CUDA only)
 
     def fingerprint(self) -> str:
-        return hashlib.sha1(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        """A hash of every field but ``compile`` (compiling does not change what a run trains:
+        a grid started compiled can be resumed with ``--no-compile``)."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "compile"}
+        return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def tiny_recipe() -> Recipe:
@@ -916,7 +919,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        for name in ("cache_size_limit", "recompile_limit"):  # the name moved between torch versions
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
     data = synthetic_data(recipe) if args.tiny else load_data(args.data, recipe)
     print(f"data: {len(data[1])} train / {len(data[3])} test images on {device} "
           f"({time.monotonic() - t_start:.1f}s)", flush=True)

@@ -56,6 +56,8 @@ def test_a_changed_recipe_does_not_count_as_done(grid):
     other = G.tiny_recipe().__class__(**{**G.tiny_recipe().__dict__, "epochs": 3})
     assert not G.is_done(grid, G.CELLS[0], 0, other)
     assert G.is_done(grid, G.CELLS[0], 0, G.tiny_recipe())
+    # compiling does not change the recipe: a grid can be resumed with --no-compile
+    assert G.Recipe().fingerprint() == G.Recipe(compile=False).fingerprint() != G.Recipe(epochs=15).fingerprint()
 
 
 def test_shard_and_time_limit(tmp_path, capsys):
