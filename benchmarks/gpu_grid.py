@@ -894,6 +894,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs is not None:
         recipe = dataclasses.replace(recipe, epochs=args.epochs)
     if args.model:
+        if not args.model.startswith("airbench"):
+            raise SystemExit(f"--model must be an airbench variant (airbench94 / airbench95 / airbench96), got {args.model!r}")
         recipe = dataclasses.replace(recipe, model=args.model, model_kwargs=())
     if args.no_compile:
         recipe = dataclasses.replace(recipe, compile=False)
