@@ -38,7 +38,11 @@ EXACT_PARAMS = {
     "resnet56": 853_018,
     "resnet110": 1_727_962,
     "wrn28_10": 36_479_194,
+    "wrn28_2": 1_467_610,
     "small": 660_842,
+    "airbench94": 1_972_792,
+    "airbench95": 4_606_520,
+    "airbench96": 12_721_208,
 }
 
 # Published sizes and the precision they are given to: (value, half a unit of the last
