@@ -71,7 +71,7 @@ class Params:
 
     def rows(self: P, index: Tensor | slice) -> P:
         """The parameters of some images (an index tensor or a slice of the batch)."""
-        changes = {}
+        changes: dict[str, Tensor | Params] = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             if isinstance(v, Tensor):
@@ -233,7 +233,9 @@ class Op(nn.Module, metaclass=abc.ABCMeta):
         sal = self._resolve_saliency(images, labels, saliency)
         return self._sample(images, checked, sal, generator)
 
-    def apply(self, images: Tensor, labels: Tensor | None, params: Params) -> OpOutput:
+    # The protocol's apply(images, labels, params) replaces nn.Module.apply(fn) on purpose
+    # (an op has no submodules for nn.Module.apply to walk).
+    def apply(self, images: Tensor, labels: Tensor | None, params: Params) -> OpOutput:  # type: ignore[override]
         """Apply ``params`` (deterministic; the inputs are never modified).
 
         Returns ``images`` when ``labels`` is None, else ``(images, targets)``.
@@ -287,7 +289,7 @@ def _like(out: Tensor, images: Tensor) -> Tensor:
     return out
 
 
-def _pack(out: Any, targets: Tensor | None, labels: Any) -> OpOutput:
+def _pack(out: Tensor, targets: Tensor | None, labels: Any) -> OpOutput:
     if labels is None:
         return out
     return out, targets if targets is not None else labels

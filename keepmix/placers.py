@@ -80,7 +80,16 @@ class UniformPlacer(Placer):
     positions that keep the whole box inside the image. Draw order: rows (B,), then columns (B,).
     """
 
-    def place(self, sizes, height, width, placement, *, saliency=None, generator=None):
+    def place(
+        self,
+        sizes: Tensor,
+        height: int,
+        width: int,
+        placement: Placement,
+        *,
+        saliency: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         b, dev = sizes.shape[0], sizes.device
         h, w = sizes[:, 0], sizes[:, 1]
         if self.candidates(placement) == "center":
@@ -151,7 +160,16 @@ class KeepPlacer(Placer):
             saliency, sizes, self.q, self.candidates(placement), side, self.candidate_stride, keys=keys, score=self.score
         )
 
-    def place(self, sizes, height, width, placement, *, saliency=None, generator=None):
+    def place(
+        self,
+        sizes: Tensor,
+        height: int,
+        width: int,
+        placement: Placement,
+        *,
+        saliency: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         if saliency is None:
             raise ValueError("KeepPlacer needs a saliency map (B, H, W): pass saliency= or give it saliency_fn")
         return self.select(saliency, sizes, placement, "below", generator).boxes

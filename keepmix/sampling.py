@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from keepmix._checks import check_generator, check_positive, check_probability
 from keepmix.engine import check_values
+
+if TYPE_CHECKING:  # for annotations only: the functions below import keepmix.functional lazily
+    from keepmix.functional.selection import Side
 
 __all__ = [
     "uniform",
@@ -214,7 +218,7 @@ def sample_where(mask: Tensor, generator: torch.Generator | None = None) -> tupl
 
 
 def selection_keys(
-    batch: int, q: float, side: str, *, device: torch.device | str | None = None, generator: torch.Generator | None = None
+    batch: int, q: float, side: Side, *, device: torch.device | str | None = None, generator: torch.Generator | None = None
 ) -> Tensor:
     """The (B, K + 1) float64 uniform keys :func:`keepmix.functional.selection.select_boxes`
     takes for threshold level ``q`` on ``side`` (K rejection tries and one exact pick)."""

@@ -19,6 +19,8 @@ call those with magnitudes they built themselves, which avoids a device sync per
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 from torch import Tensor
 
@@ -357,7 +359,9 @@ def solarize(images: Tensor, threshold: float | Tensor) -> Tensor:
     return _solarize(images, t)
 
 
-def _enhance(images: Tensor, factor: float | Tensor, kernel, channels=None) -> Tensor:
+def _enhance(
+    images: Tensor, factor: float | Tensor, kernel: Callable[[Tensor, Tensor], Tensor], channels: Sequence[int] | None = None
+) -> Tensor:
     check_images(images, channels=channels)
     f = _per_image(factor, images, "factor")
     _check_range(f, "factor", 0.0)

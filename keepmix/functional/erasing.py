@@ -106,7 +106,8 @@ def fill_tensor(fill: Fill, images: Tensor, name: str = "fill") -> Tensor:
             t = t[:, :, None, None]
         elif t.ndim == 4:
             try:
-                torch.broadcast_shapes(t.shape, images.shape)
+                # torch.broadcast_shapes carries no annotations.
+                torch.broadcast_shapes(t.shape, images.shape)  # type: ignore[no-untyped-call]
             except RuntimeError:
                 raise ValueError(f"{name} of shape {tuple(t.shape)} does not broadcast to the images' {tuple(images.shape)}") from None
             if any(s != 1 and s != i for s, i in zip(t.shape, images.shape, strict=True)):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -86,7 +86,8 @@ def _fill_tensor(fill: Fill, images: Tensor) -> Tensor:
             ok &= (t >= 0) & (t <= 255) & (t == t.round())
         check_values(ok, "fill must be finite (for uint8 images: integers in [0, 255])", lambda: f"got {t.tolist()}")
         return t.expand(c).to(device=images.device, dtype=images.dtype).view(1, c, 1, 1)
-    values = [float(v) for v in (fill if isinstance(fill, (list, tuple)) else [fill])]
+    # A lone value: a number (float() refuses anything else with its own TypeError).
+    values = [float(v) for v in (fill if isinstance(fill, (list, tuple)) else [cast(float, fill)])]
     if len(values) not in (1, c):
         raise ValueError(f"fill must be a number or one value per channel ({c}), got {len(values)} values")
     if not all(math.isfinite(v) for v in values):

@@ -37,7 +37,6 @@ from keepmix.functional.color import (
     _equalize,
     _invert,
     _posterize,
-    _select,
     _sharpness,
     _solarize,
 )
@@ -49,6 +48,7 @@ from keepmix.functional.geometry import (
     shear_matrix,
     translation_matrix,
 )
+from keepmix.functional.select import select as _select
 
 __all__ = [
     "OP_NAMES",
@@ -190,7 +190,10 @@ def magnitude_table(space: Space, num_bins: int, height: int, width: int, whole_
     if num_bins < 2:
         raise ValueError(f"num_magnitude_bins must be >= 2, got {num_bins}")
     wide = space == "wide"
-    lin = lambda hi: torch.linspace(0.0, hi, num_bins, dtype=torch.float64)  # noqa: E731
+
+    def lin(hi: float) -> Tensor:
+        return torch.linspace(0.0, hi, num_bins, dtype=torch.float64)
+
     table = torch.zeros(len(OP_NAMES), num_bins, dtype=torch.float64)
     for name in ("ShearX", "ShearY"):
         table[_OP_ID[name]] = lin(0.99 if wide else 0.3)

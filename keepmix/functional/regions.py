@@ -40,6 +40,8 @@ __all__ = [
 ]
 
 Placement = Literal["center", "inside"]
+#: Host copies (y1, y2, x1, x2) of candidate edges shared by the whole batch.
+Edges = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 
 
 def summed_area_table(saliency: Tensor) -> Tensor:
@@ -111,7 +113,7 @@ class Candidates:
     valid_x: Tensor | None  # (B, Wc) bool
     # Host copies (y1, y2, x1, x2) of the edges when every image shares them (a static size):
     # the scores then come from strided slices of the table instead of gathers.
-    edges: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None = None
+    edges: Edges | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -122,6 +124,7 @@ class Candidates:
         """(B, Hc * Wc) bool mask of real candidates, or None when all are."""
         if self.valid_y is None:
             return None
+        assert self.valid_x is not None  # valid_y and valid_x are None together
         return (self.valid_y[:, :, None] & self.valid_x[:, None, :]).flatten(1)
 
 
@@ -177,12 +180,13 @@ def candidate_positions(
     if static is not None:
         if static[0] > height or static[1] > width:
             raise ValueError(f"a region of size {static} does not fit inside a {height}x{width} image")
-        ys = tuple(range(0, height - static[0] + 1, stride))
-        xs = tuple(range(0, width - static[1] + 1, stride))
-        edges = (ys, tuple(y + static[0] for y in ys), xs, tuple(x + static[1] for x in xs))
-        return _static_candidates(edges, b, dev)
+        ys0 = tuple(range(0, height - static[0] + 1, stride))
+        xs0 = tuple(range(0, width - static[1] + 1, stride))
+        inside = (ys0, tuple(y + static[0] for y in ys0), xs0, tuple(x + static[1] for x in xs0))
+        return _static_candidates(inside, b, dev)
     # A region with no inside position is a caller's bug.
     too_big = (h > height) | (w > width)
+    assert isinstance(sizes, Tensor)  # a static size returned above
 
     def which() -> str:
         i = int(too_big.nonzero()[0, 0])
@@ -198,9 +202,7 @@ def candidate_positions(
     )
 
 
-def _center_edges(
-    size: tuple[int, int], height: int, width: int, stride: int
-) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+def _center_edges(size: tuple[int, int], height: int, width: int, stride: int) -> Edges:
     """Edges (y1, y2, x1, x2) of the clipped boxes of one size centred on every stride-th pixel."""
 
     def axis(s: int, n: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -212,7 +214,7 @@ def _center_edges(
     return y1, y2, x1, x2
 
 
-def _static_candidates(edges, batch_size: int, device: torch.device) -> Candidates:
+def _static_candidates(edges: Edges, batch_size: int, device: torch.device) -> Candidates:
     """Candidates that every image shares: (1, n) edge tensors expanded over the batch."""
 
     def t(v: tuple[int, ...]) -> Tensor:
@@ -254,7 +256,7 @@ def _take(t: Tensor, dim: int, start: int, step: int, count: int) -> Tensor:
     return t[tuple(index)]
 
 
-def _static_scores(sat: Tensor, edges) -> Tensor:
+def _static_scores(sat: Tensor, edges: Edges) -> Tensor:
     """Scores of candidates shared by the whole batch, from strided views of the table.
 
     Same arithmetic as :func:`candidate_scores`, ``(S[y2, x2] - S[y1, x2]) - (S[y2, x1] -
@@ -354,21 +356,21 @@ def _masked_quantile(scores: Tensor, valid: Tensor | None, q: float, overwrite: 
         raise ValueError(f"q must lie in [0, 1], got {q}")
     b, n = scores.shape
     if valid is None:
-        rank = q * (n - 1)
-        lo = int(rank // 1)
-        hi = min(lo + 1, n - 1)
+        rank_f = q * (n - 1)
+        lo_i = int(rank_f // 1)
+        hi_i = min(lo_i + 1, n - 1)
         if _numpy_selects(scores):
-            below, above = _order_stats_np(scores, lo, hi > lo, overwrite)
+            below, above = _order_stats_np(scores, lo_i, hi_i > lo_i, overwrite)
         else:
-            below = scores.kthvalue(lo + 1, dim=1).values
+            below = scores.kthvalue(lo_i + 1, dim=1).values
             above = below
-            if hi != lo:
+            if hi_i != lo_i:
                 # The next order statistic without a second selection: it equals ``below`` when
                 # at least hi + 1 entries are <= below (ties), else it is the smallest entry above.
                 le = scores <= below[:, None]
                 nxt = torch.where(le, torch.full_like(scores, float("inf")), scores).amin(1)
-                above = torch.where(le.sum(1) >= hi + 1, below, nxt)
-        w = torch.full_like(below, rank - lo)
+                above = torch.where(le.sum(1) >= hi_i + 1, below, nxt)
+        w = torch.full_like(below, rank_f - lo_i)
         return torch.lerp(below, above, w)
     if valid.shape != scores.shape:
         raise ValueError(f"valid must have the shape of scores {tuple(scores.shape)}, got {tuple(valid.shape)}")

@@ -19,8 +19,8 @@ product to the features (boxes get no gradient, as in torchvision).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import Tensor
@@ -28,9 +28,10 @@ from torch import Tensor
 __all__ = ["roi_align", "max_sampling_grid"]
 
 BoxOrder = Literal["yxyx", "xyxy"]
+_T = TypeVar("_T")
 
 
-def _pair(v: int | float | Sequence, name: str, kind: type) -> tuple:
+def _pair(v: int | float | Sequence[Any], name: str, kind: Callable[[Any], _T]) -> tuple[_T, _T]:
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         return (kind(v), kind(v))
     try:

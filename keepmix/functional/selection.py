@@ -121,9 +121,12 @@ def _size_stats(sizes: Tensor, empty: Tensor, height: int, width: int, placement
 
 def _candidate_rows(cand: Candidates, rows: slice | Tensor) -> Candidates:
     """The candidates of some images (a slice or an index tensor of rows)."""
-    pick = (lambda t: None if t is None else t[rows])  # noqa: E731
+
+    def pick(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t[rows]
+
     return Candidates(
-        pick(cand.y1), pick(cand.y2), pick(cand.x1), pick(cand.x2), pick(cand.valid_y), pick(cand.valid_x), cand.edges
+        cand.y1[rows], cand.y2[rows], cand.x1[rows], cand.x2[rows], pick(cand.valid_y), pick(cand.valid_x), cand.edges
     )
 
 
@@ -140,6 +143,7 @@ def _draw_candidates(cand: Candidates, u: Tensor) -> Tensor:
     if cand.valid_y is None:
         rows_valid, cols_valid = torch.full((b, 1), hc, device=device), torch.full((b, 1), wc, device=device)
     else:
+        assert cand.valid_x is not None  # valid_y and valid_x are None together
         rows_valid, cols_valid = cand.valid_y.sum(1, keepdim=True), cand.valid_x.sum(1, keepdim=True)
     n = (rows_valid * cols_valid).clamp_min(1)
     k = torch.minimum((u * n).floor().long(), n - 1)  # u < 1, but guard float rounding
@@ -169,6 +173,7 @@ def _thresholds_and_draws(sat: Tensor, cand: Candidates, draws: Tensor, q: float
         if part.valid_y is None:
             taus.append(_masked_quantile(scores, None, q, overwrite=True))  # after the gather
         else:  # "inside" corners of per-image sizes: a leading block of each image's grid
+            assert part.valid_x is not None  # valid_y and valid_x are None together
             rows_valid, cols_valid = part.valid_y.sum(1), part.valid_x.sum(1)
             taus.append(_leading_block_quantile(scores, wc, rows_valid, cols_valid, q, overwrite=True))
     return torch.cat(taus), torch.cat(drawn)
@@ -296,6 +301,8 @@ def _leading_grid(
     wc = len(range(0, width - min_size[1] + 1, stride))
     if (hc, wc) == (hc_full, wc_full):
         return cand, draws
+    # Per-image "inside" candidates always carry their validity masks.
+    assert cand.valid_y is not None and cand.valid_x is not None
     cut = Candidates(
         cand.y1[:, :hc], cand.y2[:, :hc], cand.x1[:, :wc], cand.x2[:, :wc], cand.valid_y[:, :hc], cand.valid_x[:, :wc]
     )
