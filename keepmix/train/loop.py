@@ -241,6 +241,7 @@ class Trainer:
             check_model_state(self.model, state["model"])
 
         self.method: Method = build_method(config, self.model, self.num_classes, self.data.mean, self.data.std, self.autocast)
+        self.method.loop_calls_loss = True  # a method's own loss (AugMix's JSD) is used as such
         forward: nn.Module = TrainForward(self.model, early=config.early_head and config.early_loss_weight > 0)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -510,7 +511,7 @@ class Trainer:
         inputs = batch.inputs.contiguous(memory_format=self.memory_format)
         with self.autocast():
             logits, early, extra = self.forward(inputs, batch.feature_loss)
-            loss = self.criterion(logits, batch.targets)
+            loss = self.criterion(logits, batch.targets) if batch.loss is None else batch.loss(logits, batch.targets)
             if early is not None:
                 loss = loss + cfg.early_loss_weight * self.criterion(early, batch.targets)
             if extra is not None:
