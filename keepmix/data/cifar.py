@@ -144,7 +144,8 @@ def load_cifar(
         name: ``"cifar10"`` or ``"cifar100"``.
         train: the 50,000 training images, else the 10,000 test images.
         download: fetch the archive when neither the folder nor the archive is in ``root``.
-        url, md5: override the official URL and checksum (a mirror; tests use ``file://``).
+        url: override the official URL (a mirror; tests use ``file://``).
+        md5: override the official checksum (with ``url``).
 
     Returns:
         A :class:`Split` with uint8 images (N, 3, 32, 32). CIFAR-100 labels are the 100 fine
