@@ -130,6 +130,24 @@ def _plain(name: str, x, y) -> Thunk | None:
     return None
 
 
+def _aten_ops(fn: Thunk) -> int:
+    """aten ops one call dispatches: the profile behind a per-call cost (each op costs a few
+    microseconds of dispatch on the CPU, whatever the batch size)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    fn()
+    with Count():
+        fn()
+    return Count.n
+
+
 def overhead(args) -> list[dict]:
     rows = []
     for b in (8, 1):
@@ -146,7 +164,8 @@ def overhead(args) -> list[dict]:
             samples = interleaved(contenders, args.rounds, args.device, min_sample_s=args.sample_s)
             us = {k: Stats.of(v).median * 1e6 for k, v in samples.items()}
             met = us["fast"] <= target if b == 8 else None
-            rows.append({"op": name, "batch": b, "us": us, "target_us": target if b == 8 else None, "met": met})
+            ops = {k: _aten_ops(contenders[k]) for k in ("fast", "capture", "plain") if k in contenders}
+            rows.append({"op": name, "batch": b, "us": us, "aten_ops": ops, "target_us": target if b == 8 else None, "met": met})
             print(f"overhead B={b} {name}: " + ", ".join(f"{k} {v:.0f} us" for k, v in us.items()), flush=True)
     return rows
 
@@ -222,8 +241,8 @@ def render(meta: dict, over: list[dict], pol: list[dict], thr: list[dict]) -> st
     lines = ["# The engine: cost per call, strategies, compiled apply", "", f"- command: `{meta['command']}`",
              f"- machine: {meta['machine']}", "- cells: medians over interleaved rounds; one torch thread", "",
              "## Overhead per call (3 x 32 x 32)", "",
-             "| op | B | fast (CPU default) us | capture-safe us | compiled apply us | kornia us | plain per-batch us | target (fast, B = 8) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| op | B | fast (CPU default) us | capture-safe us | compiled apply us | kornia us | plain per-batch us | target (fast, B = 8) | aten ops per call (fast / capture / plain) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in over:
         u = r["us"]
         cell = lambda k: f"{u[k]:.0f}" if k in u else "—"  # noqa: E731
@@ -231,7 +250,9 @@ def render(meta: dict, over: list[dict], pol: list[dict], thr: list[dict]) -> st
             tgt = "—"
         else:
             tgt = f"met (<= {r['target_us']:.0f})" if r["met"] else f"missed by {u['fast'] - r['target_us']:.0f} us ({u['fast'] / r['target_us']:.1f}x)"
-        lines.append(f"| {r['op']} | {r['batch']} | {cell('fast')} | {cell('capture')} | {cell('compiled')} | {cell('kornia')} | {cell('plain')} | {tgt} |")
+        n = r.get("aten_ops", {})
+        counts = " / ".join(str(n[k]) if k in n else "—" for k in ("fast", "capture", "plain"))
+        lines.append(f"| {r['op']} | {r['batch']} | {cell('fast')} | {cell('capture')} | {cell('compiled')} | {cell('kornia')} | {cell('plain')} | {tgt} | {counts} |")
     lines += ["", "## Policies: branch-free (capture-safe) over grouping (CPU fast path)", "",
               "| op | shape | grouping ms | branch-free ms | branch-free / grouping |", "|---|---|---|---|---|"]
     for r in pol:
