@@ -1,7 +1,7 @@
 """mkdocs hook: the benchmark write-ups as pages, read from benchmarks/ where they live.
 
 ``benchmarks/RESULTS.md`` links its tables with relative paths (``results/ops.md``,
-``README.md``). Adding it, ``benchmarks/README.md`` and every ``benchmarks/results/**/*.md``
+``README.md``, ``GPU_GRID.md``). Adding every ``benchmarks/*.md`` and ``benchmarks/results/**/*.md``
 under the same relative paths in the site keeps those links working without a copy that could
 drift. Links to folders (``results/reproduce_cpu_runs/``) have no page: mkdocs reports them at
 INFO level and they stay plain links.
@@ -26,7 +26,7 @@ def _add(files: Files, config: Any, src: Path, uri: str) -> None:
 
 def on_files(files: Files, config: Any) -> Files:
     bench = ROOT / "benchmarks"
-    pages = [bench / "RESULTS.md", bench / "README.md", *sorted((bench / "results").rglob("*.md"))]
+    pages = [*sorted(bench.glob("*.md")), *sorted((bench / "results").rglob("*.md"))]
     for src in pages:
         _add(files, config, src, src.relative_to(ROOT).as_posix())
     _add(files, config, ROOT / "CONTRIBUTING.md", "contributing.md")
