@@ -66,6 +66,16 @@ GRID: tuple[GridMethod, ...] = (
     GridMethod("keepcutout_early1", "KeepCutout (early, block 1)",
                {"method": "keepcutout", "saliency": "early", "early_head": True, "early_block": 1}, "cutout", 0.4,
                "the paper's early head (95.6 -> 96.0) sits after the whole first stage; ours after its first block"),
+    # Whole (unclipped) boxes only: Cutout and KeepCutout then cut the same area, so the only
+    # difference left is where the box goes, which only the saliency decides (with a constant
+    # map, KeepCutout-inside *is* Cutout-inside). The difference is the saliency's own effect.
+    GridMethod("cutout_inside", "Cutout, whole boxes", {"method": "cutout", "whole_boxes": True}, "cutout", None,
+               "control, not in the paper: Cutout without border-clipped boxes"),
+    GridMethod("keepcutout_inside", "KeepCutout (full), whole boxes", {"method": "keepcutout", "saliency": "full", "whole_boxes": True},
+               "cutout_inside", None, "not in the paper: the saliency's own effect at a constant area cut"),
+    GridMethod("keepcutout_lowres_inside", "KeepCutout (low-res), whole boxes",
+               {"method": "keepcutout", "saliency": "lowres", "whole_boxes": True}, "cutout_inside", None,
+               "not in the paper: the low-res saliency's own effect at a constant area cut"),
     GridMethod("cutmix", "CutMix", {"method": "cutmix"}, "none", 2.22,
                "CIFAR-100 PyramidNet-200, error 16.45 -> 14.23"),
     GridMethod("keepcutmix", "KeepCutMix", {"method": "keepcutmix", "saliency": "full"}, "cutmix", 0.4,
@@ -146,9 +156,21 @@ SCALES: dict[str, Scale] = {
         "cpu",
         dict(_COMMON, model="small", train_subset=5000, test_subset=0, epochs=20, batch_size=64, lr=0.05,
              warmup_epochs=1.0, eval_every=None, log_every=20, device="cpu", amp="off", channels_last="off"),
-        seeds=(0, 1), methods=tuple(m.key for m in GRID if m.key != "keepcutout_early1"),
+        seeds=(0, 1), methods=tuple(m.key for m in GRID if m.key != "keepcutout_early1" and not m.key.endswith("_inside")),
         description="small CPU net (0.66M params), 5,000-image class-balanced CIFAR-10 subset, full 10k test set, 20 epochs",
         expected_time="about 2 h with --jobs 2 on 2 cores",
+    ),
+    # Does the saliency matter beyond cutting less? The cpu scale's settings with whole boxes
+    # only (see cutout_inside above), 3 seeds. Budget, stated before it ran: about two hours of
+    # CPU (a plain cell ~10-15 CPU-min, a full-saliency cell about twice that).
+    "inside": Scale(
+        "inside",
+        dict(_COMMON, model="small", train_subset=5000, test_subset=0, epochs=20, batch_size=64, lr=0.05,
+             warmup_epochs=1.0, eval_every=None, log_every=20, device="cpu", amp="off", channels_last="off"),
+        seeds=(0, 1, 2), methods=("cutout_inside", "keepcutout_inside", "keepcutout_lowres_inside"),
+        description="saliency isolated: Cutout and KeepCutout with whole boxes only (the same area cut); the cpu scale's "
+                    "small net, 5,000-image subset, full 10k test set, 20 epochs",
+        expected_time="about 1 h with --jobs 2 on 2 quiet cores (two hours of CPU)",
     ),
     # Where the early head sits, at the cpu scale's settings on a network whose first stage has
     # several blocks: CIFAR ResNet-20 (3 stages of 3 basic blocks, 0.27M parameters; its step
@@ -177,7 +199,7 @@ SCALES: dict[str, Scale] = {
         dict(_COMMON, model="resnet18", train_subset=0, test_subset=0, epochs=13, batch_size=512, lr=0.4,
              warmup_epochs=2.0, eval_every=5, log_every=50, device="cuda", amp="on", amp_dtype="bfloat16",
              channels_last="on"),
-        seeds=(0, 1), methods=tuple(m.key for m in GRID),  # keepcutout_early1 included: ResNet-18 has blocks
+        seeds=(0, 1), methods=tuple(m.key for m in GRID if not m.key.endswith("_inside")),  # keepcutout_early1 included
         description="CIFAR ResNet-18, full CIFAR-10 (50k / 10k), bf16, channels_last, data on the GPU, 13 epochs",
         expected_time="about 25 min on one H100 (estimate; check with --estimate)",
     ),

@@ -101,6 +101,9 @@ class TrainConfig:
                     "or uniform (a constant map, no saliency pass: an ablation control)", SALIENCY_MODES)
     saliency_downscale: int = _f(2, "downscale factor of the low-resolution saliency")
     keep_quantile: float = _f(0.6, "KeepAugment threshold: quantile q of the region scores")
+    keep_score: str = _f("sum", "KeepAugment's region score: sum (the paper's box sum) or mean (box sum over box area)", ("sum", "mean"))
+    whole_boxes: bool = _f(False, "Cutout / KeepCutout boxes only where they fit whole (no clipping): the same area cut, so "
+                           "Cutout-inside is KeepCutout-inside's exact control")
     keep_paste_size: int = _f(16, "side of the region KeepAutoAugment/KeepRandAugment paste back from the clean image")
     cutout_length: int = _f(16, "Cutout square side in pixels (CIFAR-10: 16, CIFAR-100: 8)")
     erasing_p: float = _f(0.5, "Random Erasing probability per image")

@@ -361,7 +361,12 @@ def build_method(
         from keepmix.keep import KeepCutout
         from keepmix.regional import Cutout
 
-        op = KeepCutout(config.cutout_length, q=q) if keep else Cutout(config.cutout_length)
+        from keepmix.placers import UniformPlacer
+
+        if keep:
+            op = KeepCutout(config.cutout_length, q=q, score=config.keep_score, whole_boxes=config.whole_boxes)
+        else:
+            op = Cutout(config.cutout_length, placer=UniformPlacer(whole_boxes=config.whole_boxes))
     elif m in ("random_erasing", "keeprandomerasing"):
         from keepmix.keep import KeepRandomErasing
         from keepmix.regional import RandomErasing
