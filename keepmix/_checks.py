@@ -73,18 +73,16 @@ def check_int(value: object, name: str, low: int | None = None, high: int | None
     The error says ``{name} must be {what}, got {value!r}``; ``what`` defaults to "a positive
     int" for ``low=1`` and to "an int in [low, high]" / "an int >= low" otherwise.
     """
-    ok = isinstance(value, int) and not isinstance(value, bool)
-    ok = ok and (low is None or value >= low) and (high is None or value <= high)
-    if not ok:
-        if what is None:
-            if high is not None:
-                what = f"an int in [{low}, {high}]"
-            elif low == 1:
-                what = "a positive int"
-            else:
-                what = "an int" if low is None else f"an int >= {low}"
-        raise ValueError(f"{name} must be {what}, got {value!r}")
-    return value  # type: ignore[return-value]
+    if isinstance(value, int) and not isinstance(value, bool) and (low is None or value >= low) and (high is None or value <= high):
+        return value
+    if what is None:
+        if high is not None:
+            what = f"an int in [{low}, {high}]"
+        elif low == 1:
+            what = "a positive int"
+        else:
+            what = "an int" if low is None else f"an int >= {low}"
+    raise ValueError(f"{name} must be {what}, got {value!r}")
 
 
 def check_positive(value: float, name: str, allow_zero: bool = False) -> float:

@@ -77,7 +77,8 @@ class FeatureTeacher:
 
     def __call__(self, images: Tensor) -> Tensor:
         if self._hook is None:
-            return self.model.forward_features(images)
+            # nn.Module.__getattr__ is typed Tensor | Module; forward_features is a method (checked in __init__).
+            return self.model.forward_features(images)  # type: ignore[operator]
         self._hook.clear()
         with self._hook:
             self.model(images)
@@ -135,6 +136,8 @@ class AttentiveCutMix(Op):
 
     mixes_labels = True
     params_type = AttentiveCutMixParams
+    #: Set in __init__ outside nn.Module's registry (annotation only, for the type checker).
+    teacher: Teacher
 
     def __init__(
         self,
@@ -169,7 +172,7 @@ class AttentiveCutMix(Op):
         x = images.to(_input_dtype(module, images)) if module is not None else images
         modes = [(m, m.training) for m in module.modules()] if module is not None and self.eval_teacher else []
         try:
-            if modes:
+            if module is not None and modes:  # modes is empty without a module
                 module.eval()
             with torch.no_grad():
                 feats = self.teacher(x)

@@ -186,6 +186,9 @@ class AugMix(Op):
     raw_pixels = True
     differentiable = False  # PIL-exact integer arithmetic: refuse requires_grad images
     params_type = AugMixParams
+    # Buffers registered in __init__ (annotations only, for the type checker).
+    _op_ids: Tensor
+    _signed: Tensor
 
     def __init__(
         self,
@@ -345,7 +348,8 @@ def jensen_shannon_consistency(
     weight = check_positive(weight, "weight", allow_zero=True)
     probs = [F.softmax(t.float(), dim=1) for t in (logits_clean, logits_aug1, logits_aug2)]
     log_m = torch.clamp((probs[0] + probs[1] + probs[2]) / 3.0, 1e-7, 1.0).log()
-    js = sum(F.kl_div(log_m, p, reduction="batchmean") for p in probs) / 3.0
+    kl = [F.kl_div(log_m, p, reduction="batchmean") for p in probs]
+    js = (kl[0] + kl[1] + kl[2]) / 3.0
     return weight * js
 
 

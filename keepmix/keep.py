@@ -119,11 +119,12 @@ class KeepPaste(Op):
         self.size = _check_size(size)
         self.placer = KeepPlacer(q, score, whole_boxes, saliency_fn, candidate_stride)
 
+    # Properties over Op's plain class attributes: the answer depends on the transform.
     @property
     def raw_pixels(self) -> bool:  # type: ignore[override]
         return isinstance(self.transform, Op) and self.transform.raw_pixels
 
-    @property
+    @property  # as raw_pixels: a property over Op's class attribute
     def differentiable(self) -> bool:  # type: ignore[override]
         return not isinstance(self.transform, Op) or self.transform.differentiable
 
@@ -193,7 +194,8 @@ class KeepCutout(Cutout):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         placer = keep_placer(kwargs)
-        super().__init__(*args, placer=placer, **kwargs)
+        # placer also passed by the caller: Python's own "multiple values" TypeError, as intended.
+        super().__init__(*args, placer=placer, **kwargs)  # type: ignore[misc]
 
 
 class KeepRandomErasing(RandomErasing):
@@ -202,7 +204,8 @@ class KeepRandomErasing(RandomErasing):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         placer = keep_placer(kwargs)
-        super().__init__(*args, placer=placer, **kwargs)
+        # placer also passed by the caller: Python's own "multiple values" TypeError, as intended.
+        super().__init__(*args, placer=placer, **kwargs)  # type: ignore[misc]
 
 
 class KeepCutMix(CutMix):
@@ -216,7 +219,8 @@ class KeepCutMix(CutMix):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         placer = keep_placer(kwargs)
-        super().__init__(*args, placer=placer, **kwargs)
+        # placer also passed by the caller: Python's own "multiple values" TypeError, as intended.
+        super().__init__(*args, placer=placer, **kwargs)  # type: ignore[misc]
 
 
 def _paste_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:

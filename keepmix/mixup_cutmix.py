@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from keepmix._checks import check_probability, check_range_pair
-from keepmix.base import RegionOp, RegionParams
+from keepmix.base import Placement, RegionOp, RegionParams
 from keepmix.functional.boxes import centered_boxes, corner_boxes, paste
 from keepmix.functional.mixing import area_lambda, mixup
 from keepmix.mixing import check_num_classes
@@ -174,6 +174,7 @@ class MixupCutMix(RegionOp):
     def _boxes(self, lam: Tensor, images: Tensor, saliency: Tensor | None, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         """(n, 4) boxes and (n, 2) sizes for the n draws (timm's two box rules)."""
         n, (h, w), dev = lam.shape[0], images.shape[-2:], lam.device
+        placement: Placement
         if self.cutmix_minmax is None:
             cut = torch.sqrt(1.0 - lam.double())
             sizes = torch.stack([(h * cut).floor().long(), (w * cut).floor().long()], dim=1)

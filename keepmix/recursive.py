@@ -64,9 +64,9 @@ Choices, and why:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -130,10 +130,11 @@ class RecursiveMixInfo:
 
 
 def _check_pair_of_ints(value: object, name: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)  # type: ignore[arg-type]
+    # Not iterable: tuple() raises TypeError, the caller's error.
+    pair = (value, value) if isinstance(value, int) else tuple(cast(Iterable[Any], value))
     if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pair):
         raise ValueError(f"{name} must be a positive int or a pair of them, got {value!r}")
-    return pair  # type: ignore[return-value]
+    return pair
 
 
 class RecursiveMix(RegionOp):
@@ -225,6 +226,7 @@ class RecursiveMix(RegionOp):
         """``(images, targets, logits)`` of the previous step, or None."""
         if self._images is None:
             return None
+        # The three are set together (update) and cleared together (reset).
         return self._images, self._targets, self._logits  # type: ignore[return-value]
 
     def reset(self) -> None:
@@ -427,4 +429,5 @@ class KeepRecursiveMix(RecursiveMix):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         placer = keep_placer(kwargs)
-        super().__init__(*args, placer=placer, **kwargs)
+        # placer also passed by the caller: Python's own "multiple values" TypeError, as intended.
+        super().__init__(*args, placer=placer, **kwargs)  # type: ignore[misc]

@@ -167,7 +167,7 @@ class RandomErasing(RegionOp):
         if isinstance(value, str):
             if value not in _RANDOM_VALUES:
                 raise ValueError(f"value must be a number, a sequence of numbers, 'random_box' or 'random_pixel', got {value!r}")
-            self.value: float | tuple[float, ...] | str = value
+            self.value: float | tuple[float, ...] | Tensor | str = value
         elif isinstance(value, Tensor):
             raise TypeError("value must be a number, a sequence of numbers, 'random_box' or 'random_pixel', not a tensor")
         else:
@@ -196,12 +196,13 @@ class RandomErasing(RegionOp):
     def sample_values(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """The fill values in the images' dtype (see :class:`RandomErasingParams`)."""
         b, c, h, w = images.shape
-        if self.value == "random_box" or self.value == "random_pixel":
-            shape = (b, c, 1, 1) if self.value == "random_box" else (b, c, h, w)
+        value = self.value
+        if isinstance(value, str):  # "random_box" or "random_pixel" (the only strings __init__ admits)
+            shape = (b, c, 1, 1) if value == "random_box" else (b, c, h, w)
             if images.dtype == torch.uint8:
                 return _random_bytes(shape, images.device, generator)
             return normal(shape, device=images.device, generator=generator).to(images.dtype)
-        return fill_tensor(self.value, images, "value").expand(b, c, 1, 1)
+        return fill_tensor(value, images, "value").expand(b, c, 1, 1)
 
     def _sample(self, images, labels, saliency, generator) -> RandomErasingParams:
         """Draw order: sizes (applied, areas, ratios), positions (the placer), fill values."""

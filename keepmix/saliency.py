@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,10 @@ def _owning_module(fn: object) -> nn.Module | None:
     return owner if isinstance(owner, nn.Module) else None
 
 
+@overload
+def _unwrap_ddp(fn: nn.Module) -> nn.Module: ...
+@overload
+def _unwrap_ddp(fn: LogitsFn) -> LogitsFn: ...
 def _unwrap_ddp(fn: LogitsFn) -> LogitsFn:
     """The module inside a DistributedDataParallel wrapper (``fn`` itself otherwise).
 

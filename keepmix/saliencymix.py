@@ -165,6 +165,8 @@ class SaliencyMix(Op):
     mixes_labels = True
     region = "pasted"
     params_type = SaliencyMixParams
+    #: Set in __init__ outside nn.Module's registry (annotation only, for the type checker).
+    saliency_fn: SaliencyFn | None
 
     def __init__(
         self,

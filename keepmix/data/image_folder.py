@@ -61,7 +61,7 @@ def _parse_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
     hw = (size, size) if isinstance(size, int) else tuple(size)
     if len(hw) != 2 or not all(isinstance(v, int) and v > 0 for v in hw):
         raise ValueError(f"size must be a positive int or a pair (H, W) of positive ints, got {size!r}")
-    return hw  # type: ignore[return-value]
+    return hw
 
 
 def decode_image(data: bytes | str | os.PathLike, name: str, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -72,11 +72,12 @@ def decode_image(data: bytes | str | os.PathLike, name: str, size: tuple[int, in
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
             im.load()  # force the full decode here, so truncated files fail here
-            if im.mode != "RGB":
-                im = im.convert("RGB")
-            if size is not None and im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
+            out: Image.Image = im
+            if out.mode != "RGB":
+                out = out.convert("RGB")
+            if size is not None and out.size != (size[1], size[0]):
+                out = out.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            return np.asarray(out, dtype=np.uint8)
     except Exception as e:
         raise DataError(f"cannot decode image {name}: {type(e).__name__}: {e}") from None
 
@@ -165,7 +166,8 @@ def _list_archive(path: Path) -> Iterator[tuple[str, bytes]]:
             stream = tf.fileobj
             while block := stream.read(1 << 20):
                 if block.count(0) != len(block):
-                    last = tf.members[-1].name if tf.members else "(none)"
+                    # TarFile.members: the members read so far (getmembers() would read on).
+                    last = tf.members[-1].name if tf.members else "(none)"  # type: ignore[attr-defined]
                     raise DataError(f"archive {path} is damaged: unreadable data after member {last}")
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         raise DataError(f"cannot read archive {path}: {e}") from e
@@ -233,7 +235,7 @@ def _decode_all(
     for i in range(len(results)):  # copy chunk by chunk, releasing each: one full copy at a time
         n = results[i][0].shape[0]
         pixels[start : start + n] = np.frombuffer(results[i][1], dtype=np.uint8).reshape(n, h, w, 3)
-        results[i] = None  # type: ignore[call-overload]
+        results[i] = None
         start += n
     return names, pixels
 

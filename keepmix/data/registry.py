@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal, cast
 
 from keepmix.data.cifar import CIFAR_SOURCES, load_cifar
 from keepmix.data.image_folder import load_image_folder
@@ -67,7 +68,7 @@ def get_dataset(
     """
     key = str(name_or_path)
     if key.lower() in CIFAR_SOURCES:
-        name = key.lower()
+        name = cast(Literal["cifar10", "cifar100"], key.lower())  # a key of CIFAR_SOURCES
         override = jpeg_override(name)
         if override is not None:
             train, test = load_image_folder(override, cache_dir=cache_dir, size=size)

@@ -35,6 +35,7 @@ def _pair(v: int | float | Sequence[Any], name: str, kind: Callable[[Any], _T]) 
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         return (kind(v), kind(v))
     try:
+        # A bool (an int to the type checker) reaches here: unpacking it raises TypeError, caught.
         a, b = v  # type: ignore[misc]
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number or a pair of numbers, got {v!r}") from None

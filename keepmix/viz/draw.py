@@ -9,8 +9,9 @@ curves in :mod:`keepmix.viz.curves`.)
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -34,13 +35,14 @@ def _check_color(color: object, name: str = "color") -> Color:
     """An (r, g, b) triple of ints in [0, 255] (a single int means grey)."""
     if isinstance(color, (int, float)) and not isinstance(color, bool):
         color = (color, color, color)
+    values = cast(Iterable[Any], color)  # not iterable: tuple() raises TypeError, caught below
     try:
-        rgb = tuple(int(c) for c in color)  # type: ignore[union-attr]
+        rgb = tuple(int(c) for c in values)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be an int or an (r, g, b) triple of ints in [0, 255], got {color!r}") from None
-    if len(rgb) != 3 or any(not 0 <= c <= 255 for c in rgb) or any(int(c) != c for c in color):  # type: ignore[union-attr]
+    if len(rgb) != 3 or any(not 0 <= c <= 255 for c in rgb) or any(int(c) != c for c in values):
         raise ValueError(f"{name} must be an int or an (r, g, b) triple of ints in [0, 255], got {color!r}")
-    return rgb  # type: ignore[return-value]
+    return rgb
 
 
 def _as_batch(x: object, name: str) -> tuple[Tensor, bool]:

@@ -121,9 +121,8 @@ def run_method(
     """
     if isinstance(op, Op):
         params = op.sample_params(images, labels, saliency=saliency, generator=generator)
-        out = op.apply(images, labels if op.mixes_labels else None, params)
-        if op.mixes_labels:
-            out = out[0]
+        result = op.apply(images, labels if op.mixes_labels else None, params)
+        out = result[0] if isinstance(result, tuple) else result  # a tuple exactly when op.mixes_labels
         boxes = op.regions(params) if op.region is not None else None
         return MethodOutput(out, boxes, op.region if boxes is not None else None)
     if not callable(op):
@@ -155,8 +154,10 @@ class InnerTransform(Op):
         if not isinstance(paste, KeepPaste):
             raise TypeError(f"paste must be a keepmix.keep.KeepPaste, got {type(paste).__name__}")
         self.paste = paste
-        self.params_type = KeepPasteParams
+        # Per instance: KeepPasteParams is imported lazily above (keepmix.keep is not imported at module level).
+        self.params_type = KeepPasteParams  # type: ignore[misc]
 
+    # A property over Op's plain class attribute: the answer is the wrapped KeepPaste's.
     @property
     def raw_pixels(self) -> bool:  # type: ignore[override]
         return self.paste.raw_pixels
@@ -346,7 +347,7 @@ def save_method_grid(
     # the same draw.
     start = generator.get_state() if generator is not None else None
     for name, op in methods.items():
-        if generator is not None:
+        if generator is not None and start is not None:  # start is None exactly without a generator
             generator.set_state(start)
         inp = x if x.dtype == torch.uint8 and _runs_on_raw_pixels(op) else work
         if not isinstance(op, RecursiveMix):  # KeepRecursiveMix is one too
@@ -364,6 +365,7 @@ def save_method_grid(
         outputs[str(name)] = res
         cell = display(res.images)
         if res.boxes is not None:
+            assert res.region is not None  # run_method gives boxes only with their region
             cell = draw_boxes(cell, res.boxes.cpu() * int(scale), REGION_COLORS[res.region], width=line)
         columns.append(str(name))
         cells.append(cell)
@@ -379,8 +381,8 @@ def save_method_grid(
     font = _font()
     row_names = []
     if labels is not None:
-        ids = (labels.argmax(1) if labels.ndim == 2 else labels).tolist()
-        row_names = [class_names[i] if class_names is not None else f"class {i}" for i in ids]
+        id_list = (labels.argmax(1) if labels.ndim == 2 else labels).tolist()
+        row_names = [class_names[i] if class_names is not None else f"class {i}" for i in id_list]
     left = (max(int(font.getlength(s)) for s in row_names) + 10) if row_names else 0
     top = _TITLE_H + _HEADER_H
     canvas = Image.new("RGB", (left + grid.shape[2], top + grid.shape[1] + _LEGEND_H), _BG)
