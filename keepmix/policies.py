@@ -32,8 +32,9 @@ magnitudes with timm's level functions (not torchvision's bins). The scales diff
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -188,6 +189,11 @@ class AutoAugment(_Policy):
     pixels (``int(magnitude)``); False moves by the float value.
     """
 
+    # Buffers (register_buffer in __init__): nn.Module's __getattr__ types them as Tensor | Module.
+    _ops: Tensor
+    _probs: Tensor
+    _bins: Tensor
+
     def __init__(
         self,
         policy: Literal["cifar10", "svhn", "imagenet"] = "cifar10",
@@ -220,7 +226,7 @@ class AutoAugment(_Policy):
         return f"policy={self.policy!r}, fill={self.fill!r}, interpolation={self.interpolation!r}"
 
     @classmethod
-    def from_timm(cls, name: str, **hparams) -> "TimmAutoAugment":
+    def from_timm(cls, name: str, **hparams) -> TimmAutoAugment:
         """timm's AutoAugment ``name`` (``"original"``, ``"originalr"``, ``"v0"``, ``"v0r"``,
         ``"3a"``, with an optional ``-mstd<x>`` section), as :class:`TimmAutoAugment`: the same
         augmentation distribution as timm's ``auto_augment_transform(name, hparams)``.
@@ -246,6 +252,8 @@ class RandAugment(_Policy):
     ``ops`` defaults to the paper's 14 (:data:`RANDAUGMENT_OPS`); any names of
     :data:`OP_NAMES` (e.g. adding ``"Cutout"`` or ``"Invert"``) may be given.
     """
+
+    _op_ids: Tensor  # a buffer (register_buffer in __init__)
 
     def __init__(
         self,
@@ -283,7 +291,7 @@ class RandAugment(_Policy):
         )
 
     @classmethod
-    def from_timm(cls, config_str: str, **hparams) -> "TimmRandAugment":
+    def from_timm(cls, config_str: str, **hparams) -> TimmRandAugment:
         """timm's RandAugment string (``"rand-m9-mstd0.5-inc1"``: sections ``m`` magnitude out
         of 10, ``n`` ops, ``p`` per-op probability, ``mstd`` magnitude noise (> 100: uniform in
         [0, m]), ``mmax`` upper clip, ``inc`` the increasing ops, ``t<name>`` an op set:
@@ -297,6 +305,8 @@ class RandAugment(_Policy):
 class TrivialAugmentWide(_Policy):
     """TrivialAugment (Mueller & Hutter 2021), wide space: one op and one magnitude bin drawn
     uniformly per image."""
+
+    _op_ids: Tensor  # a buffer (register_buffer in __init__)
 
     def __init__(
         self,
@@ -460,6 +470,8 @@ def parse_timm_rand(config_str: str) -> dict:
                 raise ValueError(f"config_str {config_str!r}: unknown RandAugment section {key + val!r}")
         except ValueError as e:
             raise ValueError(str(e) or f"config_str {config_str!r}: bad value in section {key + val!r}") from None
+    ops: tuple[str, ...]
+    weights: tuple[float, ...] | None
     if transforms is None or transforms in ("", ):
         ops, weights = (_RAND_INCREASING if increasing else _RAND_TRANSFORMS), None
     elif transforms == "weights":
@@ -542,7 +554,10 @@ def timm_magnitudes(timm_ops: Tensor, levels: Tensor, signs: Tensor, height: int
         hit = timm_ops == i
         op, value = table.get(name, (name, None))
         kid = {"SolarizeAdd": _SOLARIZE_ADD, "GaussianBlur": _GAUSSIAN_BLUR, "GaussianBlurRand": _GAUSSIAN_BLUR}.get(name)
-        ids = torch.where(hit, kid if kid is not None else _OP_ID[op], ids)
+        if kid is None:
+            assert op is not None  # only the blur ops map to no keepmix op, and they have a kernel id
+            kid = _OP_ID[op]
+        ids = torch.where(hit, kid, ids)
         if value is not None:
             mags = torch.where(hit, value, mags)
     return ids, mags
@@ -713,6 +728,8 @@ class TimmRandAugment(_TimmPolicy):
     timm's hparams.
     """
 
+    _timm_ids: Tensor  # a buffer (register_buffer in __init__)
+
     def __init__(self, ops: Sequence[str] = _RAND_TRANSFORMS, num_ops: int = 2, magnitude: float = 10.0,
                  prob: float = 0.5, magnitude_std: float = 0.0, magnitude_max: int | None = None,
                  weights: Sequence[float] | None = None, fill=None, interpolation: str = "bilinear",
@@ -738,7 +755,7 @@ class TimmRandAugment(_TimmPolicy):
             if int((w > 0).sum()) < self.num_ops:
                 raise ValueError(f"weights: only {int((w > 0).sum())} ops have a nonzero weight, fewer than num_ops={num_ops} "
                                  "(timm draws them without repetition)")
-            self.weights = tuple(float(v) for v in (w / w.sum()))
+            self.weights: tuple[float, ...] | None = tuple(float(v) for v in (w / w.sum()))
         else:
             self.weights = None
         self.register_buffer("_timm_ids", torch.tensor([_TIMM_ID[o] for o in ops]), persistent=False)
@@ -777,6 +794,11 @@ class TimmAutoAugment(_TimmPolicy):
     :meth:`AutoAugment.from_timm`. ``fill``, ``interpolation``, ``translate_pct``,
     ``translate_const`` as :class:`TimmRandAugment`.
     """
+
+    # Buffers (register_buffer in __init__): nn.Module's __getattr__ types them as Tensor | Module.
+    _aa_ops: Tensor
+    _aa_probs: Tensor
+    _aa_mags: Tensor
 
     def __init__(self, policy: str = "v0", magnitude_std: float = 0.0, fill=None, interpolation: str = "bilinear",
                  translate_pct: float = 0.45, translate_const: float = 250.0) -> None:

@@ -28,7 +28,7 @@ name                    model                                 params(10)  C     
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

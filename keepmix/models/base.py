@@ -17,7 +17,8 @@ quarter of the forward FLOPs and stem + its first block about 15%).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from typing import cast
 
 from torch import Tensor, nn
 
@@ -108,7 +109,8 @@ class KeepmixModel(nn.Module):
         stage = self.stages[early_stage - 1]
         if early_block is not None:
             if type(stage) is not nn.Sequential:  # a plain sequence of blocks (not a block that subclasses it)
-                raise ValueError(f"early_block needs stage {early_stage} to be a sequence of blocks; {type(self).__name__}'s is one block (use early_block=None)")
+                raise ValueError(f"early_block needs stage {early_stage} to be a sequence of blocks; "
+                                 f"{type(self).__name__}'s is one block (use early_block=None)")
             check_int(early_block, "early_block", 1, len(stage),
                       f"an int in [1, {len(stage)}] (blocks of stage {early_stage} before the head) or None")
             if early_block == len(stage):
@@ -171,8 +173,10 @@ class KeepmixModel(nn.Module):
         if j is None:
             before.append(stage)
         else:
-            before.extend(stage[:j])
-            after[:0] = list(stage[j:])
+            # __init__ accepts an early_block only when this stage is an nn.Sequential.
+            blocks: list[nn.Module] = list(cast(nn.Sequential, stage))
+            before.extend(blocks[:j])
+            after[:0] = blocks[j:]
         return before, after
 
     def early_logits(self, x: Tensor) -> Tensor:

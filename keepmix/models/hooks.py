@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 __all__ = ["FeatureHook"]
 
@@ -54,17 +55,18 @@ class FeatureHook:
         self.module: nn.Module = modules[module_name]
         self.detach = bool(detach)
         self._output: Tensor | None = None
-        self._handle = None
+        self._handle: RemovableHandle | None = None
         self.attach()
 
     def _hook(self, module: nn.Module, inputs: tuple, output: object) -> None:
         if not isinstance(output, Tensor):
             raise TypeError(
-                f"FeatureHook: module {self.module_name!r} returned {type(output).__name__}, not a Tensor; hook a module that returns the feature map"
+                f"FeatureHook: module {self.module_name!r} returned {type(output).__name__}, not a Tensor; "
+                "hook a module that returns the feature map"
             )
         self._output = output.detach() if self.detach else output
 
-    def attach(self) -> "FeatureHook":
+    def attach(self) -> FeatureHook:
         """Start recording (a no-op if already attached)."""
         if self._handle is None:
             self._handle = self.module.register_forward_hook(self._hook)
@@ -93,7 +95,7 @@ class FeatureHook:
             raise RuntimeError(f"FeatureHook({self.module_name!r}) has captured nothing yet (hook {state}); run the model's forward first")
         return self._output
 
-    def __enter__(self) -> "FeatureHook":
+    def __enter__(self) -> FeatureHook:
         return self.attach()
 
     def __exit__(self, *exc: object) -> None:

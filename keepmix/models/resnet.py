@@ -14,7 +14,7 @@ no max-pool, so a 32 px image reaches the last stage at 4 x 4 (``feature_stride`
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -73,8 +73,8 @@ class PreActBlock(nn.Module):
 
 
 def _stages(block: type[nn.Module], cin: int, widths: Sequence[int], blocks: Sequence[int], strides: Sequence[int]) -> list[nn.Module]:
-    stages = []
-    for width, n, stride in zip(widths, blocks, strides):
+    stages: list[nn.Module] = []
+    for width, n, stride in zip(widths, blocks, strides, strict=True):
         layers = []
         for i in range(n):
             layers.append(block(cin, width, stride if i == 0 else 1))

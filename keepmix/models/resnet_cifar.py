@@ -95,7 +95,7 @@ class CifarResNet(KeepmixModel):
         n = (depth - 2) // 6
         widths, strides = (16, 32, 64), (1, 2, 2)
         stages, cin = [], 16
-        for width, stride in zip(widths, strides):
+        for width, stride in zip(widths, strides, strict=True):
             blocks = []
             for i in range(n):
                 blocks.append(CifarBlock(cin, width, stride if i == 0 else 1, shortcut))

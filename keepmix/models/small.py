@@ -13,7 +13,7 @@ init) so every augmentation can run on it.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 

@@ -74,7 +74,7 @@ class WideResNet(KeepmixModel):
         n = (depth - 4) // 6
         widths, strides = (16 * widen, 32 * widen, 64 * widen), (1, 2, 2)
         stages, cin = [], 16
-        for width, stride in zip(widths, strides):
+        for width, stride in zip(widths, strides, strict=True):
             blocks = []
             for i in range(n):
                 blocks.append(WideBlock(cin, width, stride if i == 0 else 1, float(dropout)))
