@@ -23,8 +23,8 @@ import argparse
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 __all__ = ["main", "build_parser"]
 
@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--log", choices=("jsonl", "tensorboard"), default="jsonl",
                    help="metrics.jsonl is always written; tensorboard also writes event files into RUN_DIR/tensorboard "
                         "(needs the [tensorboard] extra)")
-    t.add_argument("--list-presets", action="store_true", help="print every preset and what it sets, then exit")
+    t.add_argument("--list-presets", nargs="?", const="", default=None, metavar="FILTER",
+                   help="print the presets (those containing FILTER, or matching it as a glob) and what they set, then exit")
     _add_config_flags(t)
 
     s = sub.add_parser(
@@ -228,8 +229,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from keepmix.train.loop import NonFiniteLossError, RunInterrupted, train
     from keepmix.train.presets import describe_preset, preset_names
 
-    if args.list_presets:
-        for name in preset_names():
+    if args.list_presets is not None:
+        names = preset_names(args.list_presets)
+        if not names:
+            return _error("train", f"no preset matches {args.list_presets!r}; `keepmix train --list-presets` lists them all", 2)
+        for name in names:
             print(f"{name}\n    {describe_preset(name)}")
         return 0
     main_process = _is_main_process()

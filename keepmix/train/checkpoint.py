@@ -153,9 +153,7 @@ def load_trained_model(run: str | Path, num_classes: int) -> tuple[torch.nn.Modu
     config; ``num_classes`` is the dataset's (checked against the saved weights).
     """
     from keepmix.models import build_model
-    from keepmix.train.config import early_head_kwargs
-
-    from keepmix.train.config import ConfigError, config_from_dict
+    from keepmix.train.config import ConfigError, config_from_dict, early_head_kwargs
 
     state = load_checkpoint(run)
     try:

@@ -9,12 +9,15 @@ exactly the batches the interrupted one would have seen.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from keepmix.train.config import ConfigError, TrainConfig
 from keepmix.train.distributed import DistInfo
+
+if TYPE_CHECKING:
+    from keepmix.data import DeviceLoader, Split
 
 __all__ = ["TrainData", "load_data", "prepare_data", "train_loader", "steps_per_epoch"]
 
@@ -24,14 +27,14 @@ class TrainData:
     """Train and test splits (``.images`` uint8 (N, 3, H, W), ``.labels`` int64) with their
     class names and the normalisation constants (on the [0, 1] scale)."""
 
-    train: object
-    test: object
+    train: Split
+    test: Split
     classes: list[str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
 
-def _subset(split: Any, n: int, seed: int, name: str) -> Any:
+def _subset(split: Split, n: int, seed: int, name: str) -> Split:
     from keepmix.data import class_balanced_subset
 
     try:
@@ -50,7 +53,7 @@ def load_data(config: TrainConfig, dist: DistInfo | None = None) -> TrainData:
     return prepare_data(train, test, config)
 
 
-def prepare_data(train: object, test: object, config: TrainConfig) -> TrainData:
+def prepare_data(train: Split, test: Split, config: TrainConfig) -> TrainData:
     """Subsets, consistency checks and normalisation constants for two loaded splits."""
     if len(train.labels) == 0 or len(test.labels) == 0:
         raise ConfigError(f"dataset {config.dataset!r} has an empty {'train' if len(train.labels) == 0 else 'test'} split")
@@ -78,7 +81,7 @@ def prepare_data(train: object, test: object, config: TrainConfig) -> TrainData:
     return TrainData(train=train, test=test, classes=list(train.classes), mean=mean, std=std)
 
 
-def train_loader(data: TrainData, config: TrainConfig, dist: DistInfo, device: torch.device):
+def train_loader(data: TrainData, config: TrainConfig, dist: DistInfo, device: torch.device) -> DeviceLoader:
     """keepmix.data's DeviceLoader over the training split: the whole uint8 set on ``device``,
     crop (zero padding) + flip per image, batches as uint8 (the method normalises, after the
     uint8 policies). Its batch ``(epoch, index)`` is a pure function of the seed, so the

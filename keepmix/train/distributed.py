@@ -76,7 +76,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
     if distributed:
         if not dist.is_initialized():
             backend = "nccl" if dev.type == "cuda" else "gloo"
-            kwargs = {"device_id": dev} if dev.type == "cuda" else {}
+            kwargs: dict[str, Any] = {"device_id": dev} if dev.type == "cuda" else {}
             dist.init_process_group(backend=backend, **kwargs)
         info.control_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
     return info

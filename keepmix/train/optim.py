@@ -15,7 +15,8 @@ __all__ = ["build_optimizer", "build_scheduler", "lr_factor"]
 def _param_groups(model: nn.Module, weight_decay: float, no_bn_decay: bool) -> list[dict]:
     if not no_bn_decay:
         return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             # 1-D parameters are BatchNorm scales/shifts and biases.

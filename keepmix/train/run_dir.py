@@ -59,13 +59,13 @@ class RunDir:
 
     # -- where ------------------------------------------------------------------------------
     @classmethod
-    def of(cls, run: str | os.PathLike) -> "RunDir":
+    def of(cls, run: str | os.PathLike) -> RunDir:
         """The run directory of ``run``: the directory itself, or the folder of a checkpoint file."""
         p = Path(run)
         return cls(p.parent if p.is_file() else p)
 
     @classmethod
-    def new(cls, out_dir: str | os.PathLike, name: str) -> "RunDir":
+    def new(cls, out_dir: str | os.PathLike, name: str) -> RunDir:
         """``<out_dir>/<name>-<timestamp>`` (with ``-1``, ``-2``, ... when that exists)."""
         base = Path(out_dir) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         path, i = base, 1

@@ -6,14 +6,18 @@ and drawn with :func:`keepmix.viz.save_method_grid`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from keepmix.base import Op
 from keepmix.train.config import METHODS, ConfigError, TrainConfig, early_head_kwargs
+
+if TYPE_CHECKING:
+    from keepmix.saliencymix import SaliencyMix
 
 __all__ = ["DEFAULT_SHOW_METHODS", "BASELINE_SHOW_METHODS", "method_ops", "grid_ops", "show", "save_run_grid"]
 
@@ -26,7 +30,7 @@ BASELINE_SHOW_METHODS = ("gridmask", "augmix", "attentive_cutmix", "resizemix", 
                          "saliencymix_gradient", "fmix")
 
 
-def _spectral_saliencymix(op: Op) -> Op:
+def _spectral_saliencymix(op: SaliencyMix) -> Op:
     """A SaliencyMix with the spectral map that keeps it in the picture: the method grid passes
     every op the shown model's gradient saliency, which a SaliencyMix would use (a map passed
     to a call wins); this one computes its own spectral map, as it does in training."""
