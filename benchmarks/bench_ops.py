@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -34,14 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loop_reference as L  # noqa: E402
 from timing import Stats, fmt_rate, fmt_ratio, interleaved, machine_info, machine_line, paired_ratio, write_results  # noqa: E402
 
-from keepmix.keep import KeepAutoAugment, KeepCutMix, KeepCutout, KeepPaste, KeepRandAugment, KeepRandomErasing  # noqa: E402
-from keepmix.mixing import CutMix, Mixup  # noqa: E402
-from keepmix.policies import AutoAugment, RandAugment, TrivialAugmentWide  # noqa: E402
-from keepmix.regional import Cutout, RandomErasing  # noqa: E402
 from keepmix.attentive_cutmix import AttentiveCutMix  # noqa: E402
 from keepmix.augmix import AugMix  # noqa: E402
 from keepmix.fmix import FMix  # noqa: E402
 from keepmix.gridmask import GridMask  # noqa: E402
+from keepmix.keep import KeepAutoAugment, KeepCutMix, KeepCutout, KeepPaste, KeepRandAugment, KeepRandomErasing  # noqa: E402
+from keepmix.mixing import CutMix, Mixup  # noqa: E402
+from keepmix.policies import AutoAugment, RandAugment, TrivialAugmentWide  # noqa: E402
+from keepmix.regional import Cutout, RandomErasing  # noqa: E402
 from keepmix.resizemix import ResizeMix  # noqa: E402
 from keepmix.saliencymix import SaliencyMix  # noqa: E402
 
@@ -273,7 +273,8 @@ def _make_inputs(batch: int, size: int, dtype: torch.dtype, device: torch.device
     return Inputs(x.to(device), y.to(device), sal.to(device), max(1, size // 2), gen, np.random.RandomState(seed))
 
 
-def _target(spec: OpSpec, size: int, uint8: bool, vs_loop: Stats | None, vs_kornia: Stats | None, vs_copy: Stats | None) -> tuple[str, bool | None]:
+def _target(spec: OpSpec, size: int, uint8: bool, vs_loop: Stats | None, vs_kornia: Stats | None,
+            vs_copy: Stats | None) -> tuple[str, bool | None]:
     """(text, met) of the speed target that applies to this row (met None: no target)."""
     if spec.kind in ("keep_cut", "keep_paste", "keep_policy"):
         if size <= 32:
@@ -411,7 +412,8 @@ def to_markdown(rows: list[dict], info: dict, args, command: str) -> str:
     lines.append("")
     missed = [r for r in rows if r["target_met"] is False]
     lines.append(f"Targets met: {sum(r['target_met'] is True for r in rows)}; missed: {len(missed)}"
-                 + ("" if not missed else " (" + ", ".join(f"{r['op']} {'x'.join(map(str, r['shape']))} {r['dtype']}" for r in missed) + ")"))
+                 + ("" if not missed
+                    else " (" + ", ".join(f"{r['op']} {'x'.join(map(str, r['shape']))} {r['dtype']}" for r in missed) + ")"))
     lines.append("")
     lines.append("Numbers taken while other jobs share the CPU are noisy; the per-round ratios cancel most of it.")
     return "\n".join(lines) + "\n"

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from timing import cpu_model, sync  # noqa: E402  (benchmarks/ is the script's folder)
 
 from keepmix.mixing import CutMix
@@ -53,7 +52,8 @@ def main() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     g = torch.Generator(device=device).manual_seed(0)
     batches = [
-        (torch.rand(args.batch, 3, args.size, args.size, device=device, generator=g), torch.randint(0, k, (args.batch,), device=device, generator=g))
+        (torch.rand(args.batch, 3, args.size, args.size, device=device, generator=g),
+         torch.randint(0, k, (args.batch,), device=device, generator=g))
         for _ in range(4)
     ]
     cutmix = CutMix(alpha=1.0, p=1.0, num_classes=k)
@@ -104,7 +104,7 @@ def main() -> None:
             order.reverse()
         for fn, acc in order:
             acc.append(timed(fn, args.steps, r * args.steps))
-    ratios = [b / a for a, b in zip(cut_t, rec_t)]
+    ratios = [b / a for a, b in zip(cut_t, rec_t, strict=True)]
 
     # Augmentation alone (no model), for scale.
     x, y = batches[0]
@@ -146,7 +146,8 @@ def main() -> None:
     if args.no_write:
         return
 
-    dev_desc = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_model()}, {os.cpu_count()} logical cores visible, torch threads {args.threads}"
+    dev_desc = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                else f"{cpu_model()}, {os.cpu_count()} logical cores visible, torch threads {args.threads}")
     lines = [
         "# RecursiveMix vs CutMix: training-step time",
         "",
@@ -154,14 +155,15 @@ def main() -> None:
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
         f"- machine: {dev_desc}; {platform.platform()}; torch {torch.__version__}",
         f"- model `{args.model}`, batch {args.batch} x 3 x {args.size} x {args.size}, device {device}, AMP {args.amp}",
-        f"- {args.repeats} repeats x {args.steps} steps per method, interleaved (order alternates per repeat), after {args.warmup} warm-up steps each",
+        f"- {args.repeats} repeats x {args.steps} steps per method, interleaved (order alternates per repeat), "
+        f"after {args.warmup} warm-up steps each",
         "- step = augmentation + forward + loss + backward + SGD step; RecursiveMix includes RoIAlign, the",
         "  shared-fc consistency loss and the history update (the copy of the mixed batch).",
         "",
         "| repeat | CutMix (ms/step) | RecursiveMix (ms/step) | ratio |",
         "|---|---|---|---|",
     ]
-    for r, (a, b) in enumerate(zip(cut_t, rec_t)):
+    for r, (a, b) in enumerate(zip(cut_t, rec_t, strict=True)):
         lines.append(f"| {r} | {a * 1e3:.2f} | {b * 1e3:.2f} | {b / a:.3f} |")
     lines += [
         "",

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -173,9 +173,9 @@ def mixup_apply_loop(images: Tensor, targets: Tensor, lam: Tensor, perm: Tensor)
     """Mixup of image i with image perm[i] at lam[i], one image at a time."""
     out, out_t = images.clone(), targets.float().clone()
     t = targets.float()
-    for i, (j, l) in enumerate(zip(perm.tolist(), lam.tolist())):
-        _mix_one(images, out, i, j, l)
-        _mix_target(t, out_t, i, j, l)
+    for i, (j, lam_i) in enumerate(zip(perm.tolist(), lam.tolist(), strict=True)):
+        _mix_one(images, out, i, j, lam_i)
+        _mix_target(t, out_t, i, j, lam_i)
     return out, out_t
 
 
@@ -184,7 +184,7 @@ def cutmix_apply_loop(images: Tensor, targets: Tensor, boxes: Tensor, perm: Tens
     h, w = images.shape[-2:]
     out, out_t = images.clone(), targets.float().clone()
     t = targets.float()
-    for i, (j, box) in enumerate(zip(perm.tolist(), boxes.tolist())):
+    for i, (j, box) in enumerate(zip(perm.tolist(), boxes.tolist(), strict=True)):
         box = tuple(box)
         _paste_one(images, out, i, j, box)
         _mix_target(t, out_t, i, j, _area_lam(box, h, w))
@@ -517,10 +517,10 @@ def keep_paste_loop(
 # ------------------------------------------- GridMask, AugMix, Attentive CutMix, ResizeMix, SaliencyMix, FMix
 
 
-def _grid_drop(h: int, w: int, d: int, l: int, dy: int, dx: int, mode: int) -> np.ndarray:
-    """(H, W) bool: GridMask's dropped pixels of one image (unrotated)."""
-    rows = ((np.arange(h) - dy) % d) < l
-    cols = ((np.arange(w) - dx) % d) < l
+def _grid_drop(h: int, w: int, d: int, stripe: int, dy: int, dx: int, mode: int) -> np.ndarray:
+    """(H, W) bool: GridMask's dropped pixels of one image (unrotated); ``stripe`` is the paper's l."""
+    rows = ((np.arange(h) - dy) % d) < stripe
+    cols = ((np.arange(w) - dx) % d) < stripe
     return (~rows[:, None] & ~cols[None, :]) if mode == 1 else (rows[:, None] | cols[None, :])
 
 
@@ -566,7 +566,7 @@ def _augmix_mix(img: Tensor, chains: list[Tensor], weights: Sequence[float], m: 
     """``(1 - m) x + sum_k m w_k chain_k`` with keepmix.augmix's rounding, for one image."""
     wd = torch.float64 if img.dtype == torch.float64 else torch.float32
     acc = img.to(wd) * (1.0 - torch.tensor(m, dtype=wd))
-    for chain, wk in zip(chains, weights):
+    for chain, wk in zip(chains, weights, strict=True):
         acc = acc + chain.to(wd) * (torch.tensor(m, dtype=wd) * torch.tensor(wk, dtype=wd))
     if img.dtype == torch.uint8:
         return acc.round().clamp(0, 255).to(torch.uint8)
@@ -688,7 +688,7 @@ def resizemix_apply_loop(images: Tensor, targets: Tensor, boxes: Tensor, perm: T
     h, w = images.shape[-2:]
     out, out_t = images.clone(), targets.float().clone()
     t = targets.float()
-    for i, (j, box) in enumerate(zip(perm.tolist(), boxes.tolist())):
+    for i, (j, box) in enumerate(zip(perm.tolist(), boxes.tolist(), strict=True)):
         _resize_paste_one(images, out, i, j, tuple(box))
         _mix_target(t, out_t, i, j, _area_lam(tuple(box), h, w))
     return out, out_t

@@ -8,9 +8,10 @@ Part of ``benchmarks/reproduce.py`` (the command line); :mod:`repro_runner` trai
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -255,7 +256,7 @@ def cell_config(scale: Scale, method: str, seed: int, overrides: Mapping[str, An
     return config
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model_problem(model: str, early_head: bool, early_block: int) -> str | None:
     """Why a model with these early-head options cannot be built (None: it can)."""
     from keepmix.models import build_model

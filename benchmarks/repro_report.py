@@ -10,9 +10,10 @@ import json
 import os
 import platform
 import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from repro_grid import REPO
 from repro_stats import Row, RunRecord, control_sentences, pooled_spread, t975

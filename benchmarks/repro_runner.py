@@ -11,8 +11,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from repro_grid import _RUN_ONLY_FIELDS, REPO, GridError, Scale, cell_config, cell_name, teacher_cell
 

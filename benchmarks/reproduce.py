@@ -47,26 +47,62 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # The grid, the runner, the statistics and the report live in their own modules; everything
 # is re-exported here (``reproduce.X``) for the scripts and tests that import this one.
 from repro_grid import (  # noqa: E402,F401
-    GRID, GRID_BY_KEY, REPO, SCALES, GridError, GridMethod, Scale, cell_config, cell_name, default_runs_dir, teacher_cell,
+    GRID,
+    GRID_BY_KEY,
+    REPO,
+    SCALES,
+    GridError,
+    GridMethod,
+    Scale,
+    cell_config,
+    cell_name,
+    default_runs_dir,
+    teacher_cell,
 )
 from repro_report import (  # noqa: E402,F401
-    _torch_threads, git_commit, machine_description, render_markdown, write_outputs,
+    _torch_threads,
+    git_commit,
+    machine_description,
+    render_markdown,
+    write_outputs,
 )
 from repro_runner import (  # noqa: E402,F401
-    EXIT_INTERRUPTED, SHARED_CIFAR10, cell_status, default_data, estimate, load_splits, order_with_teachers, run_cell,
-    run_grid, teacher_problem, _cell_main,
+    EXIT_INTERRUPTED,
+    SHARED_CIFAR10,
+    _cell_main,
+    cell_status,
+    default_data,
+    estimate,
+    load_splits,
+    order_with_teachers,
+    run_cell,
+    run_grid,
+    teacher_problem,
 )
 from repro_stats import (  # noqa: E402,F401
-    CONTROL, EARLY_CONTROL, Row, RunRecord, Spread, aggregate, collect, control_sentences, difference, mean_std,
-    pooled_spread, read_run, t975, verdict,
+    CONTROL,
+    EARLY_CONTROL,
+    Row,
+    RunRecord,
+    Spread,
+    aggregate,
+    collect,
+    control_sentences,
+    difference,
+    mean_std,
+    pooled_spread,
+    read_run,
+    t975,
+    verdict,
 )
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -77,20 +113,24 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python benchmarks/reproduce.py",
         description=__doc__.split("\n\n")[0] + " Methods: " + ", ".join(GRID_BY_KEY) + ".",
     )
-    p.add_argument("--scale", choices=sorted(SCALES), default="cpu", help="grid size: tiny (seconds), cpu (~2 h), early (early-head placement on ResNet-20, ~1.5 h), gpu (~25 min on an H100); default cpu")
+    p.add_argument("--scale", choices=sorted(SCALES), default="cpu",
+                   help="grid size: tiny (seconds), cpu (~2 h), early (early-head placement on ResNet-20, ~1.5 h), "
+                        "gpu (~25 min on an H100); default cpu")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the scale's, 0 1)")
     p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                    help="the grid's methods to train (default: the scale's; a method with a teacher also trains its "
                         "teacher cell); the table always covers the scale's whole grid, listing cells without a "
                         f"finished run as missing; choices: {', '.join(GRID_BY_KEY)}")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where reproduce_<scale>.md/.json/.csv go (default: benchmarks/results)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help="where reproduce_<scale>.md/.json/.csv go (default: benchmarks/results)")
     p.add_argument("--runs-dir", type=Path, default=None, help="run directories (default: runs/reproduce-<scale>)")
     p.add_argument("--data", default=None,
                    help="CIFAR-10 ImageFolder tarball or folder (train/ and test/); default: $KEEPMIX_CIFAR10_JPEG, "
                         "else ../shared/data/cifar10-jpeg.tar.gz, else the official download")
     p.add_argument("--model", default=None, help="override the scale's model (a keepmix model name, e.g. resnet20)")
     p.add_argument("--device", default=None, help="override the scale's device (cpu, cuda, cuda:N)")
-    p.add_argument("--jobs", type=int, default=1, help="cells trained at a time (default 1, in this process; >1: subprocesses, cores split among them)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="cells trained at a time (default 1, in this process; >1: subprocesses, cores split among them)")
     p.add_argument("--epochs", type=int, default=None, help="override the scale's epochs")
     p.add_argument("--train-subset", type=int, default=None, help="override the scale's train subset (0 = all)")
     p.add_argument("--test-subset", type=int, default=None, help="override the scale's test subset (0 = all)")
@@ -172,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = {
         "scale": args.scale,
         "command": command.strip(),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": git_commit(),
         "machine": machine_description(device),
         "jobs": args.jobs,

@@ -30,8 +30,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor

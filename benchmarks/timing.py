@@ -20,9 +20,9 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -53,7 +53,7 @@ class Stats:
     n: int
 
     @classmethod
-    def of(cls, samples: Sequence[float]) -> "Stats":
+    def of(cls, samples: Sequence[float]) -> Stats:
         if len(samples) == 0:
             raise ValueError("Stats.of needs at least one sample")
         xs = sorted(float(s) for s in samples)
@@ -63,7 +63,7 @@ class Stats:
             q1, _, q3 = statistics.quantiles(xs, n=4, method="inclusive")
         return cls(statistics.median(xs), xs[0], xs[-1], q1, q3, len(xs))
 
-    def map(self, fn: Callable[[float], float]) -> "Stats":
+    def map(self, fn: Callable[[float], float]) -> Stats:
         """The same summary under a monotone map; a decreasing one (time -> rate) swaps the ends."""
         a, b, q1, q3 = fn(self.min), fn(self.max), fn(self.q1), fn(self.q3)
         return Stats(fn(self.median), min(a, b), max(a, b), min(q1, q3), max(q1, q3), self.n)
@@ -206,7 +206,7 @@ def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> St
     """Per-round ratios ``numerator[r] / denominator[r]``, summarised."""
     if len(numerator) != len(denominator):
         raise ValueError("paired_ratio needs samples from the same rounds")
-    return Stats.of([a / b for a, b in zip(numerator, denominator)])
+    return Stats.of([a / b for a, b in zip(numerator, denominator, strict=True)])
 
 
 def fmt_rate(value: float) -> str:
