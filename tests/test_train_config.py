@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -108,8 +107,9 @@ def test_lr_factor_warmup_then_cosine():
     total, warm = 100, 10
     f = [lr_factor(s, total, warm, 0.01) for s in range(total + 1)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
-    assert all(a < b for a, b in zip(f[:10], f[1:10]))  # warm-up rises
-    assert all(a >= b for a, b in zip(f[10:], f[11:]))  # cosine never rises
+    # strict=False: each list is zipped with itself shifted by one, so the second is one shorter.
+    assert all(a < b for a, b in zip(f[:10], f[1:10], strict=False))  # warm-up rises
+    assert all(a >= b for a, b in zip(f[10:], f[11:], strict=False))  # cosine never rises
     assert f[10] == pytest.approx(1.0) and f[100] == pytest.approx(0.01)
     assert f[55] == pytest.approx(0.01 + 0.99 * 0.5)  # half way down the cosine
 
@@ -140,3 +140,15 @@ def test_optimizer_and_scheduler_follow_the_config():
         sched.step()
     assert lrs[:4] == pytest.approx([0.05, 0.1, 0.15, 0.2])
     assert lrs[4] == pytest.approx(0.2) and lrs[7] < lrs[5] < lrs[4]
+
+
+def test_presets_are_the_papers_rows_and_filter():
+    from keepmix.train.presets import PRESETS, preset_names
+
+    assert len(PRESETS) < 100, "a small set of named recipes; anything else is an override"
+    assert preset_names("wrn28-10-keepcutout") == [
+        "cifar10-wrn28-10-keepcutout", "cifar10-wrn28-10-keepcutout-early", "cifar10-wrn28-10-keepcutout-lowres",
+        "cifar10-wrn28-10-keepcutout-lowres-early",
+    ]
+    assert all(n.endswith("-quick") for n in preset_names("*-quick")) and preset_names("*-quick")
+    assert preset_names("no-such-preset") == []

@@ -251,7 +251,7 @@ def test_attentive_cutmix_pastes_the_trained_teachers_top_cells(teacher_run, cif
     assert teacher is not model and not teacher.training
     assert all(not p.requires_grad for p in teacher.parameters())
     trained, _ = load_trained_model(teacher_run, 10)
-    assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), trained.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), trained.state_dict().values(), strict=True))
     x, y = cifar_uint8[:8], cifar_labels[:8]
     out = m.prepare(x, y, torch.Generator().manual_seed(2))
     params = m.op.sample_params(m.normalize(x), y, generator=torch.Generator().manual_seed(2))
@@ -293,8 +293,9 @@ def test_paper_presets_of_the_new_methods():
     assert (gm.gridmask_ratio, gm.gridmask_p, gm.gridmask_ramp, gm.epochs) == (0.6, 0.8, 0.8, 300)
     sm = get_preset("cifar10-resnet18-saliencymix")
     assert (sm.cutmix_alpha, sm.cutmix_p) == (1.0, 0.5)
-    assert get_preset("cifar10-resnet18-saliencymix_gradient-lowres").saliency == "lowres"
-    assert get_preset("cifar10-resnet18-keepresizemix-early").early_head
+    # Saliency variants of the other Keep methods are overrides of the preset.
+    assert get_preset("cifar10-resnet18-saliencymix_gradient", saliency="lowres").saliency == "lowres"
+    assert get_preset("cifar10-resnet18-keepresizemix", saliency="early", early_head=True).early_head
     rm = get_preset("cifar10-resnet18-resizemix")
     assert (rm.resizemix_scale_min, rm.resizemix_scale_max) == (0.1, 0.8)
     fm = get_preset("cifar10-resnet18-fmix")

@@ -1,10 +1,20 @@
-"""Named presets: the papers' training set-ups, plus quick CPU runs.
+"""Named presets: the papers' training set-ups, plus quick CPU runs; anything else is an override.
 
-Naming: ``<dataset>-<model>-<method>[-<saliency>]`` e.g. ``cifar10-resnet18-keepcutout``,
-``cifar10-resnet18-keepcutout-lowres``, ``cifar10-wrn28-10-keepautoaugment-early``; and
-``cifar10-small-<method>-quick`` for a run of a minute or two on a laptop CPU.
+A small set of recipes, each a row of a paper's table (every other combination is a preset plus
+``--option value`` overrides, e.g. ``keepmix train cifar10-resnet18-keepcutmix --saliency lowres``):
 
-Paper set-ups (SPEC 3 and 4):
+* KeepAugment's Cutout table: ``cifar10-{resnet18,resnet110,wrn28-10}-{cutout,keepcutout}``,
+  the Keep rows with their saliency suffixes ``-lowres``, ``-early``, ``-lowres-early``; the
+  same pair on CIFAR-100 (``cifar100-resnet18-...``, Cutout 8);
+* its AutoAugment table and Table 5: ``cifar10-wrn28-10-{autoaugment,keepautoaugment}`` (with
+  the suffixes) and ``cifar10-wrn28-10-{gridmask,augmix,augmix_jsd,attentive_cutmix}``;
+* every other method on ResNet-18: ``cifar10-resnet18-<method>``;
+* ``cifar10-small-<method>-quick``: a run of a minute or two on a laptop CPU;
+* UDA's two rows (below).
+
+``keepmix train --list-presets [FILTER]`` lists them (FILTER: a substring or a glob).
+
+Paper set-ups:
 
 * KeepAugment (Gong et al. 2021): SGD momentum 0.9, cosine decay, 300 epochs, batch 128,
   crop (pad 4) + flip before the method, lr 0.1, weight decay 5e-4, q = 0.6, Cutout 16
@@ -39,7 +49,7 @@ parameters at its paper's setting:
   paper; it takes the ``saliency`` suffixes like the Keep variants).
 * FMix (Harris et al. 2020): alpha 1, decay power 3 (the paper's CIFAR-10 setting).
 
-Semi-supervised (KeepAugment section 4.3, SPEC 7): ``cifar10-wrn28-2-uda-<A>-<labels>`` for
+Semi-supervised (KeepAugment section 4.3): ``cifar10-wrn28-2-uda-<A>-<labels>`` for
 the paper's two rows (4,000 and 2,500 labels; A = randaugment or keeprandaugment), in UDA's
 CIFAR-10 GPU recipe (google-research/uda ``image/scripts/run_cifar10_gpu.sh`` at 602483d and
 ``image/main.py``; see :mod:`keepmix.train.uda`): WRN-28-2, labelled batch 64, unlabelled
@@ -55,7 +65,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from keepmix.train.config import METHODS, SALIENCY_METHODS, ConfigError, TrainConfig, config_from_dict
+from keepmix.train.config import METHODS, ConfigError, TrainConfig, config_from_dict
 
 __all__ = ["PRESETS", "preset_names", "get_preset", "describe_preset"]
 
@@ -82,10 +92,19 @@ _METHOD_SETUP: dict[str, dict[str, Any]] = {
 }
 
 # Preset-name spelling of each model name (hyphens read better in a preset name).
-_MODELS = {"resnet18": "resnet18", "preact-resnet18": "preact_resnet18", "resnet20": "resnet20",
-           "resnet56": "resnet56", "resnet110": "resnet110", "wrn28-10": "wrn28_10"}
+_MODELS = {"resnet18": "resnet18", "resnet110": "resnet110", "wrn28-10": "wrn28_10"}
 _DATASETS = {"cifar10": dict(dataset="cifar10", cutout_length=16), "cifar100": dict(dataset="cifar100", cutout_length=8)}
 _SALIENCY_SUFFIX = {"lowres": "lowres", "early": "early", "lowres-early": "lowres+early"}
+# (dataset, model, methods): the rows of the papers' tables (see the module docstring).
+_TABLES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("cifar10", "resnet18", tuple(METHODS)),
+    ("cifar10", "resnet110", ("cutout", "keepcutout")),
+    ("cifar10", "wrn28-10", ("cutout", "keepcutout", "autoaugment", "keepautoaugment", "gridmask", "augmix", "augmix_jsd",
+                             "attentive_cutmix")),
+    ("cifar100", "resnet18", ("cutout", "keepcutout")),
+)
+# Saliency-suffixed rows: the Keep methods of KeepAugment's tables (others take --saliency).
+_SUFFIXED = ("keepcutout", "keepautoaugment")
 
 # The quick CPU set-up: the small net on a class-balanced subset, a few epochs. Sized so the
 # whole run (data loading, training, evaluation, pictures) takes about a minute on 2 cores.
@@ -125,18 +144,15 @@ def _uda_presets() -> dict[str, dict[str, Any]]:
 
 def _build() -> dict[str, dict[str, Any]]:
     presets: dict[str, dict[str, Any]] = {}
-    for ds, ds_fields in _DATASETS.items():
-        for mname, model in _MODELS.items():
-            for method in METHODS:
-                base = _RECURSIVEMIX_SETUP if "recursivemix" in method else _KEEP_SETUP
-                name = f"{ds}-{mname}-{method}"
-                fields = dict(base, **ds_fields, **_METHOD_SETUP.get(method, {}), model=model, method=method, name=name)
-                presets[name] = fields
-                if method in SALIENCY_METHODS:
-                    for suffix, mode in _SALIENCY_SUFFIX.items():
-                        presets[f"{name}-{suffix}"] = dict(
-                            fields, name=f"{name}-{suffix}", saliency=mode, early_head="early" in mode
-                        )
+    for ds, mname, methods in _TABLES:
+        for method in methods:
+            base = _RECURSIVEMIX_SETUP if "recursivemix" in method else _KEEP_SETUP
+            name = f"{ds}-{mname}-{method}"
+            fields = dict(base, **_DATASETS[ds], **_METHOD_SETUP.get(method, {}), model=_MODELS[mname], method=method, name=name)
+            presets[name] = fields
+            if method in _SUFFIXED:
+                for suffix, mode in _SALIENCY_SUFFIX.items():
+                    presets[f"{name}-{suffix}"] = dict(fields, name=f"{name}-{suffix}", saliency=mode, early_head="early" in mode)
     for method in METHODS:
         name = f"cifar10-small-{method}-quick"
         presets[name] = dict(_QUICK_SETUP, **_METHOD_SETUP.get(method, {}), method=method, name=name)
@@ -148,9 +164,14 @@ def _build() -> dict[str, dict[str, Any]]:
 PRESETS: dict[str, dict[str, Any]] = _build()
 
 
-def preset_names() -> list[str]:
-    """All preset names, sorted."""
-    return sorted(PRESETS)
+def preset_names(pattern: str | None = None) -> list[str]:
+    """Preset names, sorted; ``pattern`` keeps those containing it, or matching it as a glob."""
+    import fnmatch
+
+    names = sorted(PRESETS)
+    if not pattern:
+        return names
+    return [n for n in names if pattern in n or fnmatch.fnmatchcase(n, pattern)]
 
 
 def get_preset(name: str, **overrides: Any) -> TrainConfig:
