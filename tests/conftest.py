@@ -84,7 +84,7 @@ def cifar_labels(_cifar_batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tenso
 def tiny_folder(tmp_path_factory, cifar_uint8, cifar_labels) -> Path:
     """An ImageFolder tree of real CIFAR-10 images: 40 train (4 per class), 24 test (>= 2 per class)."""
     root = tmp_path_factory.mktemp("cifar_tiny")
-    for i, (img, label) in enumerate(zip(cifar_uint8, cifar_labels)):
+    for i, (img, label) in enumerate(zip(cifar_uint8, cifar_labels, strict=True)):
         split = "train" if i < 40 else "test"
         d = root / split / CIFAR10_CLASSES[int(label)]
         d.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ For one op it checks, on small batches:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from contract import K
 from test_contract import FACTORIES
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_contract import FACTORIES
 
 import keepmix
 from keepmix.base import Op
-from test_contract import FACTORIES
 
 
 @pytest.mark.parametrize("name", sorted(FACTORIES))

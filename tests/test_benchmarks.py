@@ -22,8 +22,8 @@ import timing  # noqa: E402
 from keepmix.functional.regions import box_sums  # noqa: E402
 from keepmix.functional.selection import select_boxes  # noqa: E402
 from keepmix.keep import KeepPaste  # noqa: E402
-from keepmix.placers import KeepPlacer  # noqa: E402
 from keepmix.mixing import CutMix, Mixup  # noqa: E402
+from keepmix.placers import KeepPlacer  # noqa: E402
 from keepmix.policies import OP_NAMES, AutoAugment, RandAugment, TrivialAugmentWide  # noqa: E402
 from keepmix.regional import Cutout, RandomErasing  # noqa: E402
 from keepmix.sampling import selection_keys  # noqa: E402

@@ -21,7 +21,7 @@ from keepmix.train.config import field_types
 def folder(tmp_path_factory, cifar_uint8, cifar_labels):
     """A tiny ImageFolder tree (train/ 48 images, test/ 16 images) of real CIFAR-10 images."""
     root = tmp_path_factory.mktemp("folder")
-    for i, (img, lab) in enumerate(zip(cifar_uint8, cifar_labels)):
+    for i, (img, lab) in enumerate(zip(cifar_uint8, cifar_labels, strict=True)):
         split = "train" if i < 48 else "test"
         d = root / split / f"c{int(lab)}"
         d.mkdir(parents=True, exist_ok=True)
@@ -149,7 +149,8 @@ def test_config_file_and_flags_layer_over_the_preset(tmp_path, folder):
 def test_sigterm_writes_a_checkpoint_and_resume_finishes(tmp_path, folder):
     out = tmp_path / "runs"
     env = dict(os.environ, KEEPMIX_CACHE_DIR=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "keepmix", *_train_args(folder, out, "--epochs", "12", "--batch-size", "8", "--no-pictures", "--log-every", "1")]
+    cmd = [sys.executable, "-m", "keepmix",
+           *_train_args(folder, out, "--epochs", "12", "--batch-size", "8", "--no-pictures", "--log-every", "1")]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 60

@@ -89,7 +89,7 @@ def test_per_image_posterize_and_solarize_match_single_image_calls(cifar_uint8):
 def test_single_channel_images_match_pil_l_mode(cifar_uint8):
     grey = C.grayscale(cifar_uint8[:16])
     for name in ENHANCERS:
-        ref = pil_batch(grey, lambda im, i: ENHANCERS[name](im).enhance(0.4))
+        ref = pil_batch(grey, lambda im, i, name=name: ENHANCERS[name](im).enhance(0.4))
         assert torch.equal(getattr(C, name)(grey, 0.4), ref), name
     assert torch.equal(C.equalize(grey), pil_batch(grey, lambda im, i: ImageOps.equalize(im)))
     assert torch.equal(C.autocontrast(grey), pil_batch(grey, lambda im, i: ImageOps.autocontrast(im)))
@@ -220,7 +220,8 @@ def test_bitwise_select_equals_where_bit_for_bit(dtype):
     if dtype.is_floating_point:  # special values must come through unchanged
         a[0, 0, 0, :4] = torch.tensor([float("nan"), -0.0, float("inf"), -float("inf")]).to(dtype)
         b[0, 0, 1, :2] = torch.tensor([-0.0, float("nan")]).to(dtype)
-    bits = (lambda t: t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])) if dtype.is_floating_point else (lambda t: t)
+    bits = ((lambda t: t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])) if dtype.is_floating_point
+            else (lambda t: t))
     for cond in (torch.rand(4, 3, 5, 6, generator=g) < 0.5,  # same shape
                  torch.rand(4, 1, 5, 6, generator=g) < 0.5,  # broadcast over channels
                  torch.rand(4, 3, 5, 6, generator=g)[:1] < 0.5):  # broadcast over the batch

@@ -7,10 +7,10 @@ import inspect
 import pytest
 import torch
 import torch.nn.functional as F
+from contract import K, check_op
 
 import keepmix
 from keepmix.base import Op
-from contract import K, check_op
 
 # One small, valid configuration per public op. A new op in keepmix.__all__ must add itself
 # here (test_every_public_op_is_checked fails otherwise).
@@ -49,7 +49,8 @@ VARIANTS = {
     "Cutout-whole": lambda: keepmix.Cutout(6, p=0.5, placer=keepmix.UniformPlacer(whole_boxes=True)),
     "KeepAutoAugment-svhn-bilinear": lambda: keepmix.KeepAutoAugment("svhn", interpolation="bilinear", size=6),
     "GridMask-rotated": lambda: keepmix.GridMask(d_range=(3, 12), ratio=0.4, rotate=360, mode=0, fill=(1, 2, 3), p=1.0),
-    "ResizeMix-keep": lambda: keepmix.ResizeMix(scale=(0.3, 0.9), p=0.8, num_classes=K, interpolation="bilinear", placer=keepmix.KeepPlacer()),
+    "ResizeMix-keep": lambda: keepmix.ResizeMix(scale=(0.3, 0.9), p=0.8, num_classes=K, interpolation="bilinear",
+                                                placer=keepmix.KeepPlacer()),
     "AugMix-all-ops": lambda: keepmix.AugMix(all_ops=True, width=2, depth=2, interpolation="nearest"),
 }
 

@@ -230,8 +230,8 @@ def test_full_test_split_decodes(tmp_path_factory):
     again, _ = load_image_folder(tree, cache_dir=cache)
     assert torch.equal(again.images, split.images)
     mean, std = normalization_stats(tree, split)
-    assert all(abs(m - e) < 0.02 for m, e in zip(mean, (0.4914, 0.4822, 0.4465)))
-    assert all(abs(s - e) < 0.02 for s, e in zip(std, (0.2470, 0.2435, 0.2616)))
+    assert all(abs(m - e) < 0.02 for m, e in zip(mean, (0.4914, 0.4822, 0.4465), strict=True))
+    assert all(abs(s - e) < 0.02 for s, e in zip(std, (0.2470, 0.2435, 0.2616), strict=True))
 
 
 def test_image_folder_dataset_matches_decoded_split(small_tree, tmp_path):

@@ -24,7 +24,7 @@ def _reference_crop_flip(x, offsets, flips, padding, mode):
     """The obvious per-image loop: pad, slice, flip."""
     h, w = x.shape[-2:]
     out = []
-    for img, (dy, dx), f in zip(x, offsets.tolist(), flips.tolist()):
+    for img, (dy, dx), f in zip(x, offsets.tolist(), flips.tolist(), strict=True):
         src = img[None].float() if mode != "zeros" else img[None]
         padded = F.pad(src, (padding,) * 4, mode="constant" if mode == "zeros" else mode).to(x.dtype)[0]
         crop = padded[:, dy : dy + h, dx : dx + w]
@@ -155,7 +155,7 @@ def test_determinism_per_seed_and_epoch():
     a.set_epoch(4)
     b.set_epoch(4)
     c.set_epoch(4)
-    for (xa, ya), (xb, yb), (xc, _) in zip(a, b, c):
+    for (xa, ya), (xb, yb), (xc, _) in zip(a, b, c, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb) and not torch.equal(xa, xc)
     assert torch.equal(a.batch(2, 1)[0], b.batch(2, 1)[0])
 
@@ -184,7 +184,7 @@ def test_set_epoch_restarts_a_finished_or_other_epoch():
     first = [b[1] for b in loader]
     loader.set_epoch(0)
     again = [b[1] for b in loader]
-    assert all(torch.equal(a, b) for a, b in zip(first, again)) and loader.epoch == 0
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True)) and loader.epoch == 0
     it = iter(loader)  # epoch 0 finished: iterating goes on to epoch 1
     next(it)
     assert loader.epoch == 1 and loader.position == 1
@@ -211,7 +211,7 @@ def test_sharding_is_disjoint_and_covers_the_permutation():
 def test_eval_mode_is_ordered_unaugmented_and_keeps_the_tail():
     x, y = _data()
     loader = DeviceLoader(x, y, 25, train=False, mean=CIFAR10_MEAN, std=CIFAR10_STD)
-    xs, ys = zip(*loader)
+    xs, ys = zip(*loader, strict=True)
     assert len(loader) == 5 and xs[-1].shape[0] == 3
     assert torch.equal(torch.cat(ys), y)
     assert torch.equal(torch.cat(xs), normalize(x, CIFAR10_MEAN, CIFAR10_STD))
@@ -255,7 +255,7 @@ def test_loader_on_cuda_matches_cpu():
     cpu = DeviceLoader(x, y, 16, mean=CIFAR10_MEAN, std=CIFAR10_STD, seed=4)
     gpu = DeviceLoader(x, y, 16, mean=CIFAR10_MEAN, std=CIFAR10_STD, seed=4, device="cuda")
     assert gpu.images.is_cuda and x.device.type == "cpu"
-    for (xa, ya), (xb, yb) in zip(cpu, gpu):
+    for (xa, ya), (xb, yb) in zip(cpu, gpu, strict=True):
         assert xb.is_cuda and yb.is_cuda
         assert torch.equal(ya, yb.cpu())
         torch.testing.assert_close(xa, xb.cpu(), atol=1e-6, rtol=0)

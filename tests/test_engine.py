@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from contract import K, check_op, make_batch, prime
+from test_contract import FACTORIES, VARIANTS
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import keepmix
 from keepmix import engine
-from contract import K, check_op, make_batch, prime
-from test_contract import FACTORIES, VARIANTS
 
 ALL = {**FACTORIES, **VARIANTS}
 
@@ -78,7 +78,7 @@ def test_compiled_apply_matches_eager(backend, name):
     compiled = torch.compile(op.apply, fullgraph=True, dynamic=False, backend=backend)
     got, want = compiled(x, labels, params), op.apply(x, labels, params)
     got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         if g.is_floating_point():
             torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
         elif name in FLOAT_BLENDS:

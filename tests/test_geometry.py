@@ -79,7 +79,7 @@ def test_per_image_angles_match_pil_and_single_image_calls(cifar_uint8, interpol
 def test_non_square_images_match_pil(cifar_uint8):
     x = cifar_uint8[:8, :, :, 3:24]  # 32 x 21
     for angle in (90.0, 33.0):
-        ref = pil_batch(x, lambda im, i: im.rotate(angle))
+        ref = pil_batch(x, lambda im, i, angle=angle: im.rotate(angle))
         assert torch.equal(G.rotate(x.contiguous(), angle), ref)
     ref = pil_batch(x, lambda im, i: im.transform(im.size, Image.AFFINE, (1, 0.25, 0, 0, 1, 0)))
     assert torch.equal(G.shear_x(x, 0.25), ref)

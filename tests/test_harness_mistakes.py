@@ -30,7 +30,7 @@ from keepmix.train.run_dir import RunDir
 def folder(tmp_path_factory, cifar_uint8, cifar_labels):
     """train/ 48 images, test/ 16 images of real CIFAR-10, classes c0..c9."""
     root = tmp_path_factory.mktemp("folder")
-    for i, (img, lab) in enumerate(zip(cifar_uint8, cifar_labels)):
+    for i, (img, lab) in enumerate(zip(cifar_uint8, cifar_labels, strict=True)):
         d = root / ("train" if i < 48 else "test") / f"c{int(lab)}"
         d.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img.permute(1, 2, 0).numpy()).save(d / f"{i:03d}.png")

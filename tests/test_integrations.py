@@ -33,7 +33,7 @@ def _batches(loader: DataLoader) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def _same(a: list, b: list) -> bool:
-    return len(a) == len(b) and all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
+    return len(a) == len(b) and all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b, strict=True))
 
 
 # ------------------------------------------------------------------------------------ recipes
@@ -112,7 +112,8 @@ def test_collate_in_the_main_process_is_the_plain_seeded_stream() -> None:
     want = [op(x, y, generator=g) for x, y in DataLoader(data, batch_size=4)]
     assert _same(got, want)
     for seed in (0, 5, 2**40):
-        assert torch.equal(torch.rand(6, generator=keepmix.worker_generator(seed)), torch.rand(6, generator=torch.Generator().manual_seed(seed)))
+        assert torch.equal(torch.rand(6, generator=keepmix.worker_generator(seed)),
+                           torch.rand(6, generator=torch.Generator().manual_seed(seed)))
 
 
 def test_collate_label_preserving_op_returns_the_labels() -> None:
@@ -122,9 +123,9 @@ def test_collate_label_preserving_op_returns_the_labels() -> None:
 
 def test_collate_errors_name_the_argument() -> None:
     with pytest.raises(TypeError, match="op must be a keepmix op"):
-        AugmentCollate(nn.Identity())  # type: ignore[arg-type]
+        AugmentCollate(nn.Identity())  # type: ignore[arg-type]  # the wrong type is the point of the test
     with pytest.raises(TypeError, match="collate_fn must be callable"):
-        AugmentCollate(keepmix.Cutout(2), collate_fn=3)  # type: ignore[arg-type]
+        AugmentCollate(keepmix.Cutout(2), collate_fn=3)  # type: ignore[arg-type]  # the wrong type is the point of the test
     with pytest.raises(ValueError, match="seed"):
         AugmentCollate(keepmix.Cutout(2), seed=-1)
     collate = AugmentCollate(keepmix.Cutout(2))
@@ -228,7 +229,7 @@ def test_lightning_errors_and_the_batches_it_leaves_alone() -> None:
     pl, Recorder = _lightning()
     model = Recorder(keepmix.Cutout(2))
     with pytest.raises(TypeError, match="op must be a keepmix op"):
-        model.set_augmentation(nn.Identity())  # type: ignore[arg-type]
+        model.set_augmentation(nn.Identity())  # type: ignore[arg-type]  # the wrong type is the point of the test
     with pytest.raises(TypeError, match="op must be a keepmix op"):
         model.keepmix_op = lambda x: x
     with pytest.raises(ValueError, match="seed"):

@@ -332,7 +332,8 @@ def test_keep_cutmix_saliency_label_weight(batch):
 def test_saliency_fn_path_equals_precomputed_map(batch):
     x, y, _ = batch
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 10))
     sal_fn = Saliency(net)
     op = KeepCutout(16, saliency_fn=sal_fn)
     assert not any(True for _ in op.parameters())  # the model is not a submodule
@@ -508,7 +509,7 @@ def test_chunking_does_not_change_the_selection(batch, monkeypatch):
     monkeypatch.setattr(K, "_CHUNK_BYTES", 1)
     monkeypatch.setattr(K, "_MIN_CHUNK_ROWS", 5)  # chunks of 5 rows, the last one short
     chunked = select_boxes(sal, sizes, 0.6, "center", "below", generator=_gen(23))
-    for a, b in zip((whole.boxes, whole.tau, whole.fallback), (chunked.boxes, chunked.tau, chunked.fallback)):
+    for a, b in zip((whole.boxes, whole.tau, whole.fallback), (chunked.boxes, chunked.tau, chunked.fallback), strict=True):
         assert torch.equal(a, b)
 
 

@@ -449,7 +449,7 @@ def test_feature_hook_on_a_plain_model_keeps_the_graph():
     assert hook.features.shape[0] == 1
     hook.clear()
     with pytest.raises(RuntimeError, match="captured nothing"):
-        hook.features
+        _ = hook.features  # the property raises
     hook.attach()
     net(x)
     assert hook.features.shape[0] == 3
@@ -473,7 +473,7 @@ def test_feature_hook_errors():
         FeatureHook("net", "layer4")
     hook = FeatureHook(net, "fc")
     with pytest.raises(RuntimeError, match="captured nothing"):
-        hook.features
+        _ = hook.features  # the property raises
     hook.remove()
 
     class TupleOut(nn.Module):
@@ -560,7 +560,8 @@ def test_early_block_puts_the_head_inside_the_first_stage(name):
     model = build_model(name, num_classes=10, early_head=True, early_block=1).eval()
     x = torch.randn(2, 3, 32, 32)
     ran: list[str] = []
-    hooks = [m.register_forward_hook(lambda *_, n=n: ran.append(n)) for n, m in model.named_modules() if n.count(".") == 2 and n.startswith("stages.")]
+    hooks = [m.register_forward_hook(lambda *_, n=n: ran.append(n))
+             for n, m in model.named_modules() if n.count(".") == 2 and n.startswith("stages.")]
     early = model.early_logits(x)
     for h in hooks:
         h.remove()

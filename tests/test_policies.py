@@ -12,7 +12,6 @@ from keepmix.functional import policy_ops
 from keepmix.policies import (
     AUTOAUGMENT_POLICIES,
     OP_NAMES,
-    RANDAUGMENT_OPS,
     SIGNED_OPS,
     AutoAugment,
     PolicyParams,
@@ -312,11 +311,11 @@ def test_geometric_matrices_equal_the_named_matrix_builders():
     for i, op in enumerate(ops.tolist()):
         v = mag[i : i + 1]
         want = {
-            "Rotate": lambda: G.rotation_matrix(v, 24, 40),
-            "ShearX": lambda: G.shear_matrix(v, "x"),
-            "ShearY": lambda: G.shear_matrix(v, "y"),
-            "TranslateX": lambda: G.translation_matrix(v, zero),
-            "TranslateY": lambda: G.translation_matrix(zero, v),
+            "Rotate": lambda v=v: G.rotation_matrix(v, 24, 40),
+            "ShearX": lambda v=v: G.shear_matrix(v, "x"),
+            "ShearY": lambda v=v: G.shear_matrix(v, "y"),
+            "TranslateX": lambda v=v: G.translation_matrix(v, zero),
+            "TranslateY": lambda v=v: G.translation_matrix(zero, v),
         }.get(OP_NAMES[op], lambda: torch.tensor([[1.0, 0, 0, 0, 1, 0]], dtype=torch.float64))()
         assert torch.equal(m[i], want[0]), OP_NAMES[op]
 

@@ -64,7 +64,7 @@ def test_autoaugment_names_parse_and_build():
     # v0r and original differ from v0 / originalr only in the Posterize variant.
     v0, v0r = TIMM_AUTOAUGMENT_POLICIES["v0"], TIMM_AUTOAUGMENT_POLICIES["v0r"]
     assert len(v0) == len(v0r) == 25 and sum(s[0][0] == "Posterize" for s in v0) == 2
-    assert all(a[1:] == b[1:] for sa, sb in zip(v0, v0r) for a, b in zip(sa, sb))
+    assert all(a[1:] == b[1:] for sa, sb in zip(v0, v0r, strict=True) for a, b in zip(sa, sb, strict=True))
 
 
 def test_bad_arguments_name_the_argument():

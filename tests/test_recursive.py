@@ -87,7 +87,8 @@ def test_bilinear_resize_matches_f_interpolate(align_corners):
         torch.testing.assert_close(out32, ref.float(), atol=1e-5, rtol=1e-5)
         d8 = torch.randint(0, 256, (6, 2, h, w), generator=g, dtype=torch.uint8)
         s8 = torch.randint(0, 256, (6, 2, hs, ws), generator=g, dtype=torch.uint8)
-        diff = (resize_into_boxes(d8, s8, boxes, "bilinear", align_corners).int() - _loop_reference(d8, s8, boxes, "bilinear", align_corners).int()).abs()
+        diff = (resize_into_boxes(d8, s8, boxes, "bilinear", align_corners).int()
+                - _loop_reference(d8, s8, boxes, "bilinear", align_corners).int()).abs()
         assert diff.max() <= 1
 
 
@@ -319,7 +320,7 @@ def test_state_dict_resume_continues_exactly(cifar_uint8, cifar_labels):
     rm2.load_state_dict(ckpt["rm"])
     g2.set_state(ckpt["gen"])
     resumed = run(rm2, g2, 3, 3)
-    for (a, b, c), (d, e, f) in zip(expected, resumed):
+    for (a, b, c), (d, e, f) in zip(expected, resumed, strict=True):
         assert torch.equal(a, d) and torch.equal(b, e) and torch.equal(c, f)
     # An empty history round-trips too.
     fresh = RecursiveMix(K)

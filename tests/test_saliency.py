@@ -68,7 +68,7 @@ def _assert_same_state(before, model: nn.Module) -> None:
     assert sd.keys() == now[0].keys()
     for k in sd:
         assert torch.equal(sd[k], now[0][k]), k
-    for a, b in zip(grads, now[1]):
+    for a, b in zip(grads, now[1], strict=True):
         assert (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
     assert modes == now[2]
     assert flags == now[3]

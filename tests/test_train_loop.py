@@ -101,7 +101,7 @@ def test_interrupted_and_resumed_run_ends_bitwise_equal(tmp_path, tiny_data, met
     a, b = load_checkpoint(full["run_dir"]), load_checkpoint(run_b)
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
-    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
         assert torch.equal(pa["momentum_buffer"], pb["momentum_buffer"])
     assert torch.equal(a["ranks"][0]["aug_rng"], b["ranks"][0]["aug_rng"])
     drop = ("images_per_s", "epoch_time_s", "eval_time_s", "elapsed_s")
@@ -149,7 +149,7 @@ def test_every_method_prepares_a_normalised_batch(method, cifar_uint8, cifar_lab
     assert torch.equal(x, x_before)  # the caller's batch is never modified
     assert out.inputs.dtype == torch.float32 and out.inputs.shape == (8, 3, 32, 32)
     assert torch.equal(out.inputs, again.inputs) and torch.equal(out.targets, again.targets)
-    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), params_before))
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), params_before, strict=True))
     if method in ("none", "mixup", "cutmix", "keepcutmix", "recursivemix", "keeprecursivemix") and out.targets.ndim == 1:
         assert torch.equal(out.targets, y)
     if method == "none":
