@@ -21,7 +21,7 @@ class GridError(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------
-# The grid: methods, their base method, and the paper's gain (SPEC.md)
+# The grid: methods, their base method, and the paper's gain
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GridMethod:
@@ -82,7 +82,7 @@ GRID: tuple[GridMethod, ...] = (
     GridMethod("keepcutmix", "KeepCutMix", {"method": "keepcutmix", "saliency": "full"}, "cutmix", 0.4,
                "ImageNet ResNet-50, 78.6 -> 79.0"),
     GridMethod("autoaugment", "AutoAugment", {"method": "autoaugment"}, "none", None,
-               "SPEC gives no AutoAugment-vs-baseline pair"),
+               "the papers give no AutoAugment-vs-baseline pair"),
     GridMethod("keepautoaugment", "KeepAutoAugment", {"method": "keepautoaugment", "saliency": "full"}, "autoaugment", 0.5,
                "CIFAR-10 WRN-28-10, 97.3 -> 97.8"),
     GridMethod("mixup", "Mixup", {"method": "mixup"}, "none", 0.82,

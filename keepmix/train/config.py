@@ -54,7 +54,7 @@ METHODS = (
 #: SaliencyMix with the gradient map): they read ``saliency`` / ``saliency_downscale``.
 SALIENCY_METHODS = tuple(m for m in METHODS if m.startswith("keep")) + ("saliencymix_gradient",)
 
-#: How Keep* methods compute the saliency map (SPEC 3); "uniform" is the ablation control (a
+#: How Keep* methods compute the saliency map (KeepAugment's three variants); "uniform" is the ablation control (a
 #: constant map: the quantile rule's choice of positions without any image content).
 SALIENCY_MODES = ("full", "lowres", "early", "lowres+early", "uniform")
 
@@ -140,7 +140,7 @@ class TrainConfig:
     resizemix_scale_max: float = _f(0.8, "ResizeMix: largest scale tau of the pasted partner's side")
     fmix_alpha: float = _f(1.0, "FMix: Beta(a, a) parameter of the mask share lambda")
     fmix_decay_power: float = _f(3.0, "FMix: decay power of the Fourier spectrum (larger = smoother masks)")
-    # --- semi-supervised: UDA (SPEC 7; defaults: google-research/uda's CIFAR-10 GPU recipe, see keepmix.train.uda)
+    # --- semi-supervised: UDA (KeepAugment section 4.3; defaults: google-research/uda's CIFAR-10 GPU recipe, see keepmix.train.uda)
     semi_labels: int = _f(0, "semi-supervised UDA: keep the labels of this many training images, the rest unlabelled (0 = supervised)")
     semi_balanced: bool = _f(True, "semi_labels: the same number of labels per class (semi_labels a multiple of the classes)")
     semi_mu: int = _f(5, "semi-supervised: the unlabelled batch is semi_mu x batch_size (UDA's unsup_ratio; CIFAR-10: 5)")

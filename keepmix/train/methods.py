@@ -1,7 +1,7 @@
 """One object per augmentation method: a clean batch in, what the training step needs out.
 
 ``method.prepare(images_uint8, labels, generator) -> StepBatch(inputs, targets, feature_loss)``
-runs, in this order (SPEC 3 and the harness brief):
+runs, in this order (KeepAugment's set-up: the method after crop + flip):
 
     uint8 (already cropped + flipped)
       -> AutoAugment / RandAugment / TrivialAugment on uint8
