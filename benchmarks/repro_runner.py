@@ -82,7 +82,7 @@ def run_cell(cell_dir: Path, config, data_pair: tuple[Any, Any] | None = None,
     try:
         if (cell_dir / "checkpoint.pt").is_file():
             try:
-                return train(None, resume=cell_dir, data=data, log=log, on_step=on_step)  # type: ignore[arg-type]
+                return train(None, resume=cell_dir, data=data, log=log, on_step=on_step)
             except FinishedRunError:
                 # Finished but killed before final.json was written: train it again.
                 for name in ("checkpoint.pt", "metrics.jsonl"):

@@ -1,11 +1,12 @@
 """The lint and type checks, run by the suite so that CI keeps them honest.
 
-``ruff check`` (ruff.toml) and ``mypy`` (mypy.ini: strict on keepmix.functional, sampling, base,
-placers and engine; the default level elsewhere) on the files that are clean today: the op
-package below, without the harness (keepmix/train, keepmix/cli.py), keepmix/policies.py and
-keepmix/models, which still have findings. When those are fixed, ``CHECKED`` becomes the whole
-package (``ruff check .``, ``mypy keepmix``). Each check is skipped when its tool is not
-installed (neither is a dependency of the ``[test]`` extra yet).
+``ruff check .`` (ruff.toml) over the whole tree and ``mypy`` over the package (mypy.ini: strict
+on keepmix.functional, sampling, base, placers and engine; the default level elsewhere), each
+with its findings filtered to the files that are clean today: everything except ``NOT_YET``, the
+files still under edit (the harness's methods, loop, UDA, config and presets, the semi-supervised
+data and their tests). When those are fixed, ``NOT_YET`` becomes empty and the checks are plain
+``ruff check .`` and ``mypy``. Each check is skipped when its tool is not installed (neither is a
+dependency of the ``[test]`` extra yet).
 """
 
 from __future__ import annotations
@@ -20,12 +21,27 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Not checked yet: still under edit, with findings to fix.
-_NOT_YET = re.compile(r"^keepmix/(train/|models/|cli\.py$|policies\.py$)")
-CHECKED = sorted(
-    p.relative_to(ROOT).as_posix() for p in (ROOT / "keepmix").rglob("*.py") if not _NOT_YET.match(p.relative_to(ROOT).as_posix())
+# Not checked yet: still under edit, with findings to fix. Remove a file once it is clean.
+NOT_YET = frozenset({
+    "keepmix/train/methods.py",
+    "keepmix/train/loop.py",
+    "keepmix/train/uda.py",
+    "keepmix/train/config.py",
+    "keepmix/train/presets.py",
+    "keepmix/data/semi.py",
+    "tests/test_uda.py",
+    "tests/test_semi_data.py",
+})
+# The package files mypy's findings are kept for (mypy.ini: files = keepmix).
+CHECKED = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "keepmix").rglob("*.py") if p.relative_to(ROOT).as_posix() not in NOT_YET)
+# Every Python file ruff's findings are kept for: the package, tests, benchmarks, examples, docs.
+LINTED = sorted(
+    rel for d in ("keepmix", "tests", "benchmarks", "examples", "docs") for p in (ROOT / d).rglob("*.py")
+    if (rel := p.relative_to(ROOT).as_posix()) not in NOT_YET
 )
 STRICT = ["keepmix/functional", "keepmix/sampling.py", "keepmix/base.py", "keepmix/placers.py", "keepmix/engine.py"]
+# "path:line:col: ..." (ruff --output-format concise) or "path:line: error: ..." (mypy).
+_FINDING = re.compile(r"^(?P<path>[^\s:][^:]*\.py):\d+:(?:\d+:)?\s")
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
@@ -43,22 +59,47 @@ def _tool(name: str) -> list[str]:
     return [sys.executable, "-m", name]
 
 
+def _findings(output: str, kept: set[str]) -> list[str]:
+    """The lines of ``output`` that report a finding in one of the ``kept`` files."""
+    out = []
+    for line in output.splitlines():
+        m = _FINDING.match(line)
+        if m is not None and Path(m.group("path")).as_posix() in kept:
+            out.append(line)
+    return out
+
+
 def test_checked_files_exist():
     assert "keepmix/base.py" in CHECKED and "keepmix/functional/regions.py" in CHECKED
-    assert not any(f.startswith("keepmix/train/") for f in CHECKED)
+    assert "keepmix/train/data.py" in CHECKED and "keepmix/cli.py" in CHECKED and "keepmix/policies.py" in CHECKED
+    assert {"tests/test_tooling.py", "benchmarks/bench_ops.py", "docs/hooks.py", "examples/recipes/timm_style.py"} <= set(LINTED)
+    assert all((ROOT / f).is_file() for f in NOT_YET), "a file in NOT_YET is gone: drop it from the list"
+    assert not NOT_YET & set(CHECKED) and not NOT_YET & set(LINTED)
+
+
+def test_finding_lines_are_parsed():
+    kept = {"keepmix/base.py"}
+    assert _findings("keepmix/base.py:3:1: F401 `os` imported but unused", kept)
+    assert _findings("keepmix/base.py:3: error: Name \"x\" is not defined  [name-defined]", kept)
+    assert not _findings("keepmix/train/loop.py:3: error: boom  [misc]", kept)
+    assert not _findings("Found 1 error in 1 file (checked 77 source files)", kept)
 
 
 def test_ruff_check():
-    extra = ["docs/hooks.py", "docs/griffe_sphinx_roles.py", "tests/test_tooling.py"]
-    res = _run([*_tool("ruff"), "check", "--no-cache", "--output-format", "concise", *CHECKED, *extra])
-    assert res.returncode == 0, f"ruff check found:\n{res.stdout}{res.stderr}"
+    res = _run([*_tool("ruff"), "check", "--no-cache", "--output-format", "concise", "."])
+    found = _findings(res.stdout, set(LINTED))
+    assert not found, "ruff check found:\n" + "\n".join(found)
+    # Whatever ruff reports must be a finding in a file (a crash or a config error is not).
+    assert res.returncode == 0 or _findings(res.stdout, set(NOT_YET)), f"ruff check failed:\n{res.stdout}{res.stderr}"
 
 
 def test_mypy():
-    # --follow-imports=silent: the imported modules outside CHECKED are read for their types,
-    # and their own errors (not fixed yet) are not reported here.
-    res = _run([*_tool("mypy"), "--follow-imports=silent", *CHECKED])
-    assert res.returncode == 0, f"mypy found:\n{res.stdout}{res.stderr}"
+    # The whole package, as `mypy` runs it (mypy.ini: files = keepmix); the findings in
+    # NOT_YET's files (still under edit) are left out.
+    res = _run([*_tool("mypy"), "--config-file", "mypy.ini"])
+    found = _findings(res.stdout, set(CHECKED))
+    assert not found, "mypy found:\n" + "\n".join(found)
+    assert res.returncode == 0 or _findings(res.stdout, set(NOT_YET)), f"mypy failed:\n{res.stdout}{res.stderr}"
 
 
 def test_mypy_strict_sections_cover_the_core():
@@ -88,9 +129,10 @@ def _has_reason(lines: list[str], i: int, tail: str) -> bool:
 
 
 def test_type_ignores_are_targeted_and_give_a_reason():
-    """Every ``# type: ignore`` names its error code and has a comment saying why."""
+    """Every type-ignore comment (in the package, tests, benchmarks, examples and docs) names
+    its error code and has a comment saying why."""
     bad = []
-    for rel in CHECKED:
+    for rel in LINTED:
         lines = (ROOT / rel).read_text().splitlines()
         for i, line in enumerate(lines):
             m = re.search(r"#\s*type:\s*ignore(\[[a-z-, ]+\])?(.*)$", line)
