@@ -185,7 +185,9 @@ def test_every_method_builds_a_valid_config_at_every_scale():
             for k, v in g.fields.items():
                 assert getattr(cfg, k) == v
     everything = {m.key for m in rp.GRID}
-    assert len(rp.GRID) == 23 and set(rp.SCALES["gpu"].methods) == everything
+    inside = {k for k in everything if k.endswith("_inside")}
+    assert len(rp.GRID) == 26 and set(rp.SCALES["gpu"].methods) == everything - inside
+    assert set(rp.SCALES["inside"].methods) == inside
     # The small net's stages are single blocks: the head-after-one-block variant is refused
     # up front (not a failed cell after the others trained).
     assert set(rp.SCALES["cpu"].methods) == everything - {"keepcutout_early1"}
