@@ -203,10 +203,12 @@ def test_every_method_builds_a_valid_config_at_every_scale():
     # Every Keep variant sits beside its base method, with the paper's gain.
     for g in rp.GRID:
         if g.key.startswith("keep"):
-            assert g.base == g.fields["method"][len("keep"):]
+            # (a whole-box Keep variant sits beside whole-box Cutout: the same area cut)
+            assert g.base == g.fields["method"][len("keep"):] + ("_inside" if g.fields.get("whole_boxes") else "")
             # Every Keep variant has the paper's gain beside it, except the control the paper lacks
             # and KeepResizeMix, which no paper has.
-            assert (g.paper_gain is None) == (g.fields.get("saliency") == "uniform" or g.key == "keepresizemix")
+            no_paper_row = g.fields.get("saliency") == "uniform" or g.key == "keepresizemix" or bool(g.fields.get("whole_boxes"))
+            assert (g.paper_gain is None) == no_paper_row
             assert g.paper_gain is None or g.paper_gain > 0
     cpu = rp.cell_config(rp.SCALES["cpu"], "none", 0)
     assert cpu.eval_every == cpu.epochs  # the CPU grid evaluates once, at the end
