@@ -247,7 +247,9 @@ def throughput(args) -> list[dict]:
 
 def render(meta: dict, over: list[dict], pol: list[dict], thr: list[dict]) -> str:
     lines = ["# The engine: cost per call, strategies, compiled apply", "", f"- command: `{meta['command']}`",
-             f"- machine: {meta['machine']}", "- cells: medians over interleaved rounds; one torch thread", "",
+             f"- machine: {meta['machine']}",
+             f"- cells: medians over interleaved rounds; the overhead and policy tables on one torch thread, the throughput "
+             f"table on {meta['throughput_threads']} (as ops.md)", "",
              "## Overhead per call (3 x 32 x 32)", "",
              "| op | B | fast (CPU default) us | capture-safe us | compiled apply us | kornia us | plain per-batch us "
              "| target (fast, B = 8) | aten ops per call (fast / capture / plain) |",
@@ -301,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     pol = policies(args)
     thr = throughput(args)
     meta = {"command": "python benchmarks/bench_engine.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "machine": machine_line(machine_info(args.device))}
+            "machine": machine_line(machine_info(args.device)), "throughput_threads": args.throughput_threads}
     write_results(args.out, args.stem, render(meta, over, pol, thr), {"meta": meta, "overhead": over, "policies": pol, "throughput": thr})
     return 0
 
