@@ -20,8 +20,10 @@ hold to resume exactly.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Sequence
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +31,10 @@ from torch import Tensor, nn
 from keepmix.base import Op
 from keepmix.recursive import RecursiveMix
 from keepmix.train.config import ConfigError, TrainConfig
+
+if TYPE_CHECKING:  # imported where used (inside the functions) at run time
+    from keepmix.augmix import AugMix
+    from keepmix.gridmask import GridMask
 
 __all__ = ["StepBatch", "Method", "OpMethod", "RecursiveMixMethod", "GridMaskMethod", "AugMixJSDMethod", "build_method",
            "build_saliency", "load_teacher"]
@@ -114,6 +120,8 @@ class OpMethod(Method):
         out = op(x, generator=g)                                                   # label-preserving ops
     """
 
+    op: Op
+
     def __init__(self, config, mean, std, op: Op, saliency: Callable | None = None) -> None:
         super().__init__(config, mean, std)
         if not isinstance(op, Op):
@@ -137,6 +145,8 @@ class RecursiveMixMethod(OpMethod):
     """RecursiveMix / KeepRecursiveMix: paste the resized previous mixed batch, add the RoI
     consistency loss (with the params of this step's call), keep the history (saved in
     checkpoints)."""
+
+    op: RecursiveMix
 
     def __init__(self, config, mean, std, rm: RecursiveMix, head: nn.Module, saliency: Callable | None = None) -> None:
         if not isinstance(rm, RecursiveMix):
@@ -184,6 +194,8 @@ class GridMaskMethod(OpMethod):
     inside an epoch masks with that epoch's ``p``, exactly as the uninterrupted run.
     """
 
+    op: GridMask
+
     def __init__(self, config, mean, std, op, ramp_epochs: int) -> None:
         from keepmix.gridmask import GridMask
 
@@ -230,6 +242,8 @@ class AugMixJSDMethod(OpMethod):
     of the step's features (``model.classify``), so that the loop's
     ``criterion(logits, targets) + feature_loss(features)`` is exactly the JSD loss.
     """
+
+    op: AugMix
 
     def __init__(self, config, mean, std, op, classify: Callable[[Tensor], Tensor], weight: float = 12.0) -> None:
         from keepmix.augmix import AugMix
@@ -285,7 +299,7 @@ def load_teacher(run: str, num_classes: int, device: torch.device) -> nn.Module:
     return teacher.to(device).eval()
 
 
-def build_saliency(config: TrainConfig, model: nn.Module, autocast: Callable[[], ContextManager] | None = None):
+def build_saliency(config: TrainConfig, model: nn.Module, autocast: Callable[[], AbstractContextManager] | None = None):
     """The Saliency of ``config.saliency`` (full / lowres / early / lowres+early) on ``model``,
     or the constant map of ``uniform`` (the ablation control: no pass at all).
 
@@ -297,7 +311,8 @@ def build_saliency(config: TrainConfig, model: nn.Module, autocast: Callable[[],
     mode = config.saliency
     if mode == "uniform":
         return uniform_saliency
-    fn = model.early_logits if "early" in mode else model
+    # nn.Module's stubs type an unknown attribute Tensor | Module; early_logits is the model's method (KeepmixModel)
+    fn: Callable[[Tensor], Tensor] = cast("Callable[[Tensor], Tensor]", model.early_logits) if "early" in mode else model
     downscale = config.saliency_downscale if "lowres" in mode else 1
     if autocast is not None:
         inner = fn
@@ -309,7 +324,7 @@ def build_saliency(config: TrainConfig, model: nn.Module, autocast: Callable[[],
     return Saliency(fn, downscale=downscale, model=model)
 
 
-_ERASING_VALUE = {"zero": 0.0, "random_box": "random_box", "random_pixel": "random_pixel"}
+_ERASING_VALUE: dict[str, float | str] = {"zero": 0.0, "random_box": "random_box", "random_pixel": "random_pixel"}
 
 
 def build_method(
@@ -318,7 +333,7 @@ def build_method(
     num_classes: int,
     mean: Sequence[float],
     std: Sequence[float],
-    autocast: Callable[[], ContextManager] | None = None,
+    autocast: Callable[[], AbstractContextManager] | None = None,
     teacher: nn.Module | Callable[[Tensor], Tensor] | None = None,
 ) -> Method:
     """The :class:`Method` for ``config.method`` (its ops built from the config's fields).
@@ -332,6 +347,7 @@ def build_method(
     keep = m.startswith("keep")
     sal = build_saliency(config, model, autocast) if m in SALIENCY_METHODS else None
     q = config.keep_quantile
+    op: Op  # the branches below build different op classes
     if m == "none":
         return Method(config, mean, std)
     if m == "gridmask":
@@ -346,7 +362,9 @@ def build_method(
         op = AugMix(config.augmix_severity, config.augmix_width, config.augmix_depth, config.augmix_alpha,
                     config.augmix_all_ops)
         if m == "augmix_jsd":
-            return AugMixJSDMethod(config, mean, std, op, model.classify, config.augmix_jsd_weight)
+            # nn.Module's stubs type an unknown attribute Tensor | Module; classify is the model's method (KeepmixModel)
+            classify = cast("Callable[[Tensor], Tensor]", model.classify)
+            return AugMixJSDMethod(config, mean, std, op, classify, config.augmix_jsd_weight)
         return OpMethod(config, mean, std, op)
     if m == "attentive_cutmix":
         from keepmix.attentive_cutmix import AttentiveCutMix, FeatureTeacher
@@ -359,9 +377,8 @@ def build_method(
         return OpMethod(config, mean, std, op)
     if m in ("cutout", "keepcutout"):
         from keepmix.keep import KeepCutout
-        from keepmix.regional import Cutout
-
         from keepmix.placers import UniformPlacer
+        from keepmix.regional import Cutout
 
         if keep:
             op = KeepCutout(config.cutout_length, q=q, score=config.keep_score, whole_boxes=config.whole_boxes)
@@ -390,7 +407,8 @@ def build_method(
         from keepmix.keep import KeepAutoAugment
         from keepmix.policies import AutoAugment
 
-        policy = config.autoaugment_policy
+        # TrainConfig validates autoaugment_policy against these choices
+        policy = cast('Literal["cifar10", "svhn", "imagenet"]', config.autoaugment_policy)
         op = KeepAutoAugment(policy, size=config.keep_paste_size, q=q) if keep else AutoAugment(policy)
     elif m in ("randaugment", "keeprandaugment"):
         from keepmix.keep import KeepRandAugment
@@ -405,9 +423,14 @@ def build_method(
     elif m in ("recursivemix", "keeprecursivemix"):
         from keepmix.recursive import KeepRecursiveMix
 
-        kwargs = dict(alpha=config.recursivemix_alpha, omega=config.recursivemix_omega, num_classes=num_classes)
-        rm = KeepRecursiveMix(q=q, **kwargs) if keep else RecursiveMix(**kwargs)
-        return RecursiveMixMethod(config, mean, std, rm, model.fc, sal)
+        alpha, omega = config.recursivemix_alpha, config.recursivemix_omega
+        rm: RecursiveMix
+        if keep:
+            rm = KeepRecursiveMix(q=q, alpha=alpha, omega=omega, num_classes=num_classes)
+        else:
+            rm = RecursiveMix(alpha=alpha, omega=omega, num_classes=num_classes)
+        # nn.Module's stubs type an unknown attribute Tensor | Module; fc is the model's nn.Linear (KeepmixModel)
+        return RecursiveMixMethod(config, mean, std, rm, cast(nn.Module, model.fc), sal)
     elif m in ("resizemix", "keepresizemix"):
         from keepmix.placers import KeepPlacer
         from keepmix.resizemix import ResizeMix
@@ -417,7 +440,7 @@ def build_method(
     elif m in ("saliencymix", "saliencymix_gradient"):
         from keepmix.saliencymix import SaliencyMix
 
-        mode = "gradient" if m == "saliencymix_gradient" else "spectral"
+        mode: Literal["gradient", "spectral"] = "gradient" if m == "saliencymix_gradient" else "spectral"
         op = SaliencyMix(alpha=config.cutmix_alpha, p=config.cutmix_p, num_classes=num_classes, saliency=mode)
     elif m == "fmix":
         from keepmix.fmix import FMix
