@@ -11,9 +11,10 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["TrainConfig", "ConfigError", "METHODS", "SALIENCY_METHODS", "SALIENCY_MODES", "load_config", "save_config", "config_from_dict"]
 
@@ -60,7 +61,7 @@ SALIENCY_MODES = ("full", "lowres", "early", "lowres+early", "uniform")
 
 
 def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
-    meta = {"help": help}
+    meta: dict[str, Any] = {"help": help}
     if choices is not None:
         meta["choices"] = choices
     if isinstance(default, (list, dict)):
@@ -94,7 +95,8 @@ class TrainConfig:
     model: str = _f("resnet18", "network: resnet18, preact_resnet18, resnet20, resnet56, resnet110, wrn28_10, wrn28_2, small")
     early_head: bool = _f(False, "add the early-exit head (needed by saliency=early; trained jointly)")
     early_loss_weight: float = _f(0.3, "weight of the early head's loss in the training loss")
-    early_block: int = _f(0, "put the early head after this many blocks of the first stage (0 = after the whole stage, the paper's placement; ResNets and WRN only)")
+    early_block: int = _f(0, "put the early head after this many blocks of the first stage "
+                             "(0 = after the whole stage, the paper's placement; ResNets and WRN only)")
     # --- method ----------------------------------------------------------------------------
     method: str = _f("none", "augmentation method applied after crop + flip", METHODS)
     saliency: str = _f("full", "saliency for Keep* methods: full, lowres (downscale first), early (early head), lowres+early, "
@@ -107,7 +109,8 @@ class TrainConfig:
     keep_paste_size: int = _f(16, "side of the region KeepAutoAugment/KeepRandAugment paste back from the clean image")
     cutout_length: int = _f(16, "Cutout square side in pixels (CIFAR-10: 16, CIFAR-100: 8)")
     erasing_p: float = _f(0.5, "Random Erasing probability per image")
-    erasing_value: str = _f("random_pixel", "Random Erasing fill: zero (the mean after normalisation), random_box, random_pixel (the paper's)",
+    erasing_value: str = _f("random_pixel",
+                            "Random Erasing fill: zero (the mean after normalisation), random_box, random_pixel (the paper's)",
                             ("zero", "random_box", "random_pixel"))
     mixup_alpha: float = _f(1.0, "Mixup Beta(a, a) parameter")
     cutmix_alpha: float = _f(1.0, "CutMix Beta(b, b) parameter")
@@ -179,7 +182,7 @@ class TrainConfig:
         self.validate()
 
     # -- validation -------------------------------------------------------------------------
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Raise :class:`ConfigError` naming the first field with a bad value."""
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
@@ -189,7 +192,7 @@ class TrainConfig:
                 setattr(self, f.name, v)
             if want is bool and not isinstance(v, bool) or want is not bool and isinstance(v, bool) or not isinstance(v, want):
                 raise ConfigError(f"{f.name} must be {want.__name__}, got {v!r} ({type(v).__name__})")
-            if want is float and not math.isfinite(v):
+            if want is float and not math.isfinite(typing.cast(float, v)):  # a float: isinstance(v, want) above
                 raise ConfigError(f"{f.name} must be a finite number, got {v!r}")
             choices = f.metadata.get("choices")
             if choices is not None and v not in choices:
@@ -254,7 +257,7 @@ class TrainConfig:
         """Plain dict of every field (what config.yaml and the checkpoint hold)."""
         return dataclasses.asdict(self)
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         """A validated copy with some fields changed."""
         return config_from_dict({**self.to_dict(), **changes})
 
