@@ -22,7 +22,8 @@ CLASSES = [str(i) for i in range(10)]
 @pytest.fixture(scope="module")
 def tiny_data(cifar_uint8, cifar_labels):
     """48 real CIFAR-10 images to train on, 16 to test on."""
-    return Split(cifar_uint8[:48].clone(), cifar_labels[:48].clone(), CLASSES), Split(cifar_uint8[48:].clone(), cifar_labels[48:].clone(), CLASSES)
+    train = Split(cifar_uint8[:48].clone(), cifar_labels[:48].clone(), CLASSES)
+    return train, Split(cifar_uint8[48:].clone(), cifar_labels[48:].clone(), CLASSES)
 
 
 def test_split_is_class_balanced_disjoint_complete_and_seeded():
@@ -89,8 +90,8 @@ def test_stream_batches_are_a_pure_function_of_the_position_and_resume_exactly()
 
 
 def test_labelled_images_never_leak_into_the_unlabelled_pool(tiny_data):
-    from keepmix.train.uda import split_semi_data
     from keepmix.train.data import TrainData
+    from keepmix.train.uda import split_semi_data
 
     train_split, test_split = tiny_data
     data = TrainData(train_split, test_split, CLASSES, (0.5,) * 3, (0.25,) * 3)
@@ -143,7 +144,7 @@ def test_interrupted_and_resumed_semi_supervised_run_ends_bitwise_equal(tmp_path
     a, b = load_checkpoint(full["run_dir"]), load_checkpoint(run_b)
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
-    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
         assert torch.equal(pa["momentum_buffer"], pb["momentum_buffer"])
     assert a["ranks"][0]["semi"]["stream"] == b["ranks"][0]["semi"]["stream"] == {"position": 10}
     assert torch.equal(a["ranks"][0]["aug_rng"], b["ranks"][0]["aug_rng"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from keepmix.data.split import Split
 from keepmix.saliency import Saliency
 from keepmix.train.config import ConfigError, TrainConfig
 from keepmix.train.data import prepare_data
-from keepmix.train.loop import Trainer, train
+from keepmix.train.loop import Trainer
 from keepmix.train.uda import (
     augment_unlabelled,
     build_uda_augment,
@@ -33,7 +32,8 @@ CLASSES = [str(i) for i in range(10)]
 @pytest.fixture(scope="module")
 def tiny_data(cifar_uint8, cifar_labels):
     """40 real CIFAR-10 images to train on (4 per class), 24 to test on."""
-    return Split(cifar_uint8[:40].clone(), cifar_labels[:40].clone(), CLASSES), Split(cifar_uint8[40:].clone(), cifar_labels[40:].clone(), CLASSES)
+    train = Split(cifar_uint8[:40].clone(), cifar_labels[:40].clone(), CLASSES)
+    return train, Split(cifar_uint8[40:].clone(), cifar_labels[40:].clone(), CLASSES)
 
 
 def _cfg(tmp_path, **kw) -> TrainConfig:

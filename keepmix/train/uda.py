@@ -54,8 +54,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -221,7 +222,7 @@ def augment_unlabelled(op, images: Tensor, normalize: Callable[[Tensor], Tensor]
 
 
 # ----------------------------------------------------------------------------- data and the step
-def split_semi_data(data: "TrainData", config: TrainConfig) -> tuple["TrainData", Tensor]:
+def split_semi_data(data: TrainData, config: TrainConfig) -> tuple[TrainData, Tensor]:
     """``(data with train = the labelled subset, unlabelled uint8 images)`` for ``semi_labels``.
 
     The split depends on ``config.seed`` (and the training labels) only; the normalisation
@@ -245,7 +246,7 @@ class SemiSupervised:
     the loop does the backward and the update.
     """
 
-    def __init__(self, trainer: "Trainer", unlabelled: Tensor) -> None:
+    def __init__(self, trainer: Trainer, unlabelled: Tensor) -> None:
         from keepmix.data.semi import UnlabelledStream
         from keepmix.train.methods import AugMixJSDMethod, RecursiveMixMethod
 
@@ -269,7 +270,7 @@ class SemiSupervised:
         # examples, unlabelled examples, consistency loss x rows, TSA threshold x steps, steps.
         self.accum = torch.zeros(7, dtype=torch.float64, device=trainer.device)
 
-    def forward_loss(self, images: Tensor, labels: Tensor) -> tuple["StepBatch", Tensor, Tensor]:
+    def forward_loss(self, images: Tensor, labels: Tensor) -> tuple[StepBatch, Tensor, Tensor]:
         """``(labelled batch, labelled logits, loss)`` of one step: the labelled uint8 batch
         from the loop's loader and the stream's next unlabelled batch."""
         t, cfg = self.trainer, self.config
