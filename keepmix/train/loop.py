@@ -40,9 +40,10 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +57,9 @@ from keepmix.train.distributed import DistInfo, all_reduce_sum, any_rank, broadc
 from keepmix.train.methods import Method, StepBatch, build_method
 from keepmix.train.optim import build_optimizer, build_scheduler
 from keepmix.train.run_dir import RunDir, new_run_id
+
+if TYPE_CHECKING:
+    from keepmix.models.base import KeepmixModel
 
 __all__ = ["Trainer", "train", "NonFiniteLossError", "RunInterrupted", "FinishedRunError", "TrainForward"]
 
@@ -98,7 +102,9 @@ class TrainForward(nn.Module):
         self.early = early
 
     def forward(self, x: Tensor, feature_loss: Callable[[Tensor], Tensor] | None = None):
-        m = self.model
+        # nn.Module's stubs type an unknown attribute Tensor | Module: the model is one of build_model's (KeepmixModel)
+        m = cast("KeepmixModel", self.model)
+        early: Tensor | None
         if feature_loss is None:
             if self.early:
                 logits, early = m.forward_with_early(x)
@@ -184,7 +190,7 @@ class Trainer:
         epochs: int | None = None,
         data: TrainData | None = None,
         run_dir: str | Path | None = None,
-        on_step: Callable[["Trainer", int], None] | None = None,
+        on_step: Callable[[Trainer, int], None] | None = None,
         log: Callable[[str], None] | None = None,
         tensorboard: bool = False,
     ) -> None:
@@ -236,7 +242,8 @@ class Trainer:
                          if self.use_amp and on_cpu and config.amp_dtype == "float16" else None)
         self.channels_last = config.channels_last == "on" or (config.channels_last == "auto" and self.device.type == "cuda")
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.model = model.to(self.device, memory_format=self.memory_format)
+        # Module.to takes memory_format (it parses its arguments as Tensor.to does); its stubs' overloads omit it.
+        self.model: nn.Module = model.to(self.device, memory_format=self.memory_format)  # type: ignore[call-overload]
         if state is not None:
             check_model_state(self.model, state["model"])
 
@@ -248,7 +255,7 @@ class Trainer:
 
             forward = DDP(forward, device_ids=[self.device] if self.device.type == "cuda" else None)
         if config.compile:
-            forward = torch.compile(forward)
+            forward = cast(nn.Module, torch.compile(forward))  # a Module compiles to an OptimizedModule (an nn.Module)
         self.forward = forward
         self.semi = None  # the semi-supervised (UDA) step of keepmix.train.uda, None when supervised
         if unlabelled is not None:
@@ -277,10 +284,10 @@ class Trainer:
         if schedule_change is not None:
             self.schedule_changes.append(schedule_change)
             # The step about to run takes its lr from the new plan (LambdaLR sets it only on step()).
-            for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):  # one base lr per group
                 group["lr"] = base * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
         # One run directory and id for every rank: rank 0's.
-        rd = RunDir(run_dir) if run_dir is not None else RunDir.new(config.out_dir, config.name)
+        rd = RunDir(Path(run_dir)) if run_dir is not None else RunDir.new(config.out_dir, config.name)
         self.run_dir, self.run_id = broadcast_object((rd.path, self.run_id), self.dist)
         self.files = RunDir(self.run_dir)
         self.tensorboard = None
