@@ -98,13 +98,13 @@ def _kornia(name: str, x, y) -> Thunk | None:
     # B008 on purpose: the default argument builds the kornia module once, when the outer lambda
     # makes the thunk, so the timed thunk only calls it (construction stays out of the timing).
     table: dict[str, Callable[[], Thunk]] = {
-        "Cutout": lambda: (lambda a=KA.RandomErasing(p=1.0, scale=(0.25, 0.25), ratio=(1.0, 1.0)): a(x)),  # noqa: B008
-        "RandomErasing": lambda: (lambda a=KA.RandomErasing(p=0.5): a(x)),  # noqa: B008
-        "Mixup": lambda: (lambda a=KA.RandomMixUpV2(data_keys=["input", "class"]): a(x, y)),  # noqa: B008
-        "CutMix": lambda: (lambda a=KA.RandomCutMixV2(use_correct_lambda=True, data_keys=["input", "class"]): a(x, y)),  # noqa: B008
-        "AutoAugment": lambda: (lambda a=auto.AutoAugment("cifar10"): a(x)),  # noqa: B008
-        "RandAugment": lambda: (lambda a=auto.RandAugment(n=2, m=9): a(x)),  # noqa: B008
-        "TrivialAugmentWide": lambda: (lambda a=auto.TrivialAugment(): a(x)),  # noqa: B008
+        "Cutout": lambda: lambda a=KA.RandomErasing(p=1.0, scale=(0.25, 0.25), ratio=(1.0, 1.0)): a(x),  # noqa: B008
+        "RandomErasing": lambda: lambda a=KA.RandomErasing(p=0.5): a(x),  # noqa: B008
+        "Mixup": lambda: lambda a=KA.RandomMixUpV2(data_keys=["input", "class"]): a(x, y),  # noqa: B008
+        "CutMix": lambda: lambda a=KA.RandomCutMixV2(use_correct_lambda=True, data_keys=["input", "class"]): a(x, y),  # noqa: B008
+        "AutoAugment": lambda: lambda a=auto.AutoAugment("cifar10"): a(x),  # noqa: B008
+        "RandAugment": lambda: lambda a=auto.RandAugment(n=2, m=9): a(x),  # noqa: B008
+        "TrivialAugmentWide": lambda: lambda a=auto.TrivialAugment(): a(x),  # noqa: B008
     }
     return table[name]() if name in table else None
 
@@ -113,11 +113,13 @@ def _plain(name: str, x, y) -> Thunk | None:
     """The simplest per-batch torch version: one box / one lambda for the whole batch."""
     h, w = x.shape[-2:]
     if name == "Cutout":
+
         def cutout() -> object:
             cy, cx = (int(v) for v in torch.randint(0, h, (2,)))
             out = x.clone()
-            out[..., max(cy - 8, 0): cy + 8, max(cx - 8, 0): cx + 8] = 0
+            out[..., max(cy - 8, 0) : cy + 8, max(cx - 8, 0) : cx + 8] = 0
             return out
+
         return cutout
     if name in ("Mixup", "CutMix"):
         t = torch.nn.functional.one_hot(y, K).float()
@@ -133,6 +135,7 @@ def _plain(name: str, x, y) -> Thunk | None:
             box = (..., slice(max(cy - s // 2, 0), cy + s // 2), slice(max(cx - s // 2, 0), cx + s // 2))
             out[box] = x[perm][box]
             return out, lam * t + (1 - lam) * t[perm]
+
         return mix
     return None
 
@@ -186,11 +189,22 @@ def policies(args) -> list[dict]:
                 continue
             x, y, s = _inputs(b, size, True, args.device)
             op = make().to(args.device)
-            samples = interleaved({st: _forward(op, x, y, s, st, args.device) for st in ("fast", "capture")}, args.rounds, args.device,
-                                  min_sample_s=args.sample_s)
+            samples = interleaved(
+                {st: _forward(op, x, y, s, st, args.device) for st in ("fast", "capture")},
+                args.rounds,
+                args.device,
+                min_sample_s=args.sample_s,
+            )
             ratio = paired_ratio(samples["capture"], samples["fast"])
-            rows.append({"op": name, "shape": f"{b}x3x{size}x{size}", "grouping_ms": Stats.of(samples["fast"]).median * 1e3,
-                         "branch_free_ms": Stats.of(samples["capture"]).median * 1e3, "branch_free_over_grouping": ratio.to_dict()})
+            rows.append(
+                {
+                    "op": name,
+                    "shape": f"{b}x3x{size}x{size}",
+                    "grouping_ms": Stats.of(samples["fast"]).median * 1e3,
+                    "branch_free_ms": Stats.of(samples["capture"]).median * 1e3,
+                    "branch_free_over_grouping": ratio.to_dict(),
+                }
+            )
             print(f"policies {name} {b}x{size}: branch-free / grouping {ratio.median:.2f}x", flush=True)
     return rows
 
@@ -203,8 +217,11 @@ def _committed_ratios() -> dict[tuple[str, str, str], float]:
     import json
 
     rows = json.loads(path.read_text())["rows"]
-    return {(r["op"], "x".join(map(str, r["shape"])), r["dtype"]): r["keepmix_time_over_copy"]["median"]
-            for r in rows if r.get("keepmix_time_over_copy")}
+    return {
+        (r["op"], "x".join(map(str, r["shape"])), r["dtype"]): r["keepmix_time_over_copy"]["median"]
+        for r in rows
+        if r.get("keepmix_time_over_copy")
+    }
 
 
 def throughput(args) -> list[dict]:
@@ -214,10 +231,12 @@ def throughput(args) -> list[dict]:
 
     torch.set_num_threads(args.throughput_threads)
     committed = _committed_ratios()
-    loops = {"Cutout": lambda x, y: cutout_loop(x, np.random.RandomState(0), length=x.shape[-1] // 2),
-             "RandomErasing": lambda x, y: random_erasing_loop(x, np.random.RandomState(0)),
-             "Mixup": lambda x, y: mixup_loop(x, y, np.random.RandomState(0), num_classes=K),
-             "CutMix": lambda x, y: cutmix_loop(x, y, np.random.RandomState(0), num_classes=K)}
+    loops = {
+        "Cutout": lambda x, y: cutout_loop(x, np.random.RandomState(0), length=x.shape[-1] // 2),
+        "RandomErasing": lambda x, y: random_erasing_loop(x, np.random.RandomState(0)),
+        "Mixup": lambda x, y: mixup_loop(x, y, np.random.RandomState(0), num_classes=K),
+        "CutMix": lambda x, y: cutmix_loop(x, y, np.random.RandomState(0), num_classes=K),
+    }
     rows = []
     shapes = ((256, 32), (64, 224)) if not args.quick else ((16, 32),)
     for b, size in shapes:
@@ -228,11 +247,15 @@ def throughput(args) -> list[dict]:
             op = km.Cutout(size // 2) if name == "Cutout" else (km.KeepCutout(size // 2) if name == "KeepCutout" else make())
             contenders = {"keepmix": _forward(op, x, y, s, "auto", args.device), "copy": (lambda x=x: x.clone())}
             if name in loops and size == 224:
-                contenders["loop"] = (lambda f=loops[name], x=x, y=y: f(x, y))
+                contenders["loop"] = lambda f=loops[name], x=x, y=y: f(x, y)
             samples = interleaved(contenders, args.rounds, args.device, min_sample_s=args.sample_s)
             shape = f"{b}x3x{size}x{size}"
-            row = {"op": name, "shape": shape, "dtype": str(x.dtype).replace("torch.", ""),
-                   "keepmix_over_copy": paired_ratio(samples["keepmix"], samples["copy"]).to_dict()}
+            row = {
+                "op": name,
+                "shape": shape,
+                "dtype": str(x.dtype).replace("torch.", ""),
+                "keepmix_over_copy": paired_ratio(samples["keepmix"], samples["copy"]).to_dict(),
+            }
             old = committed.get((name, shape, row["dtype"]))
             if old is not None:
                 row["ops_md_time_over_copy"] = old
@@ -240,49 +263,77 @@ def throughput(args) -> list[dict]:
             if "loop" in samples:
                 row["keepmix_over_loop"] = paired_ratio(samples["loop"], samples["keepmix"]).to_dict()
             rows.append(row)
-            print(f"throughput {name} {b}x{size}: {row['keepmix_over_copy']['median']:.1f}x the copy"
-                  + (f", {row['keepmix_over_loop']['median']:.2f}x the loop" if "keepmix_over_loop" in row else ""), flush=True)
+            print(
+                f"throughput {name} {b}x{size}: {row['keepmix_over_copy']['median']:.1f}x the copy"
+                + (f", {row['keepmix_over_loop']['median']:.2f}x the loop" if "keepmix_over_loop" in row else ""),
+                flush=True,
+            )
     return rows
 
 
 def render(meta: dict, over: list[dict], pol: list[dict], thr: list[dict]) -> str:
-    lines = ["# The engine: cost per call, strategies, compiled apply", "", f"- command: `{meta['command']}`",
-             f"- machine: {meta['machine']}",
-             f"- cells: medians over interleaved rounds; the overhead and policy tables on one torch thread, the throughput "
-             f"table on {meta['throughput_threads']} (as ops.md)", "",
-             "## Overhead per call (3 x 32 x 32)", "",
-             "| op | B | fast (CPU default) us | capture-safe us | compiled apply us | kornia us | plain per-batch us "
-             "| target (fast, B = 8) | aten ops per call (fast / capture / plain) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# The engine: cost per call, strategies, compiled apply",
+        "",
+        f"- command: `{meta['command']}`",
+        f"- machine: {meta['machine']}",
+        f"- cells: medians over interleaved rounds; the overhead and policy tables on one torch thread, the throughput "
+        f"table on {meta['throughput_threads']} (as ops.md)",
+        "",
+        "## Overhead per call (3 x 32 x 32)",
+        "",
+        "| op | B | fast (CPU default) us | capture-safe us | compiled apply us | kornia us | plain per-batch us "
+        "| target (fast, B = 8) | aten ops per call (fast / capture / plain) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in over:
         u = r["us"]
         cell = lambda k, u=u: f"{u[k]:.0f}" if k in u else "—"  # noqa: E731
         if r["target_us"] is None:
             tgt = "—"
         else:
-            tgt = (f"met (<= {r['target_us']:.0f})" if r["met"]
-                   else f"missed by {u['fast'] - r['target_us']:.0f} us ({u['fast'] / r['target_us']:.1f}x)")
+            tgt = (
+                f"met (<= {r['target_us']:.0f})"
+                if r["met"]
+                else f"missed by {u['fast'] - r['target_us']:.0f} us ({u['fast'] / r['target_us']:.1f}x)"
+            )
         n = r.get("aten_ops", {})
         counts = " / ".join(str(n[k]) if k in n else "—" for k in ("fast", "capture", "plain"))
-        lines.append(f"| {r['op']} | {r['batch']} | {cell('fast')} | {cell('capture')} | {cell('compiled')} | {cell('kornia')} "
-                     f"| {cell('plain')} | {tgt} | {counts} |")
-    lines += ["", "## Policies: branch-free (capture-safe) over grouping (CPU fast path)", "",
-              "| op | shape | grouping ms | branch-free ms | branch-free / grouping |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['op']} | {r['batch']} | {cell('fast')} | {cell('capture')} | {cell('compiled')} | {cell('kornia')} "
+            f"| {cell('plain')} | {tgt} | {counts} |"
+        )
+    lines += [
+        "",
+        "## Policies: branch-free (capture-safe) over grouping (CPU fast path)",
+        "",
+        "| op | shape | grouping ms | branch-free ms | branch-free / grouping |",
+        "|---|---|---|---|---|",
+    ]
     for r in pol:
-        lines.append(f"| {r['op']} | {r['shape']} | {r['grouping_ms']:.2f} | {r['branch_free_ms']:.2f} "
-                     f"| {r['branch_free_over_grouping']['median']:.2f}x |")
-    lines += ["", "## Throughput against a copy of the batch (and a per-image loop at 224 px)", "",
-              "Target: no regression beyond 10% against the committed `ops.md` (both as keepmix time over the copy "
-              "time of the same run); every batched op at least 1x the per-image loop at 224 px.", "",
-              "| op | shape | dtype | keepmix time / copy time | in ops.md | change | loop time / keepmix time |",
-              "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['op']} | {r['shape']} | {r['grouping_ms']:.2f} | {r['branch_free_ms']:.2f} "
+            f"| {r['branch_free_over_grouping']['median']:.2f}x |"
+        )
+    lines += [
+        "",
+        "## Throughput against a copy of the batch (and a per-image loop at 224 px)",
+        "",
+        "Target: no regression beyond 10% against the committed `ops.md` (both as keepmix time over the copy "
+        "time of the same run); every batched op at least 1x the per-image loop at 224 px.",
+        "",
+        "| op | shape | dtype | keepmix time / copy time | in ops.md | change | loop time / keepmix time |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in thr:
         loop = r.get("keepmix_over_loop")
         loop_cell = "—" if not loop else f"{loop['median']:.2f}x ({'met' if loop['median'] >= 1 else 'missed'})"
         old = r.get("ops_md_time_over_copy")
         change = "—" if old is None else f"{100 * r['change']:+.0f}% ({'met' if r['change'] <= 0.10 else 'missed'})"
-        lines.append(f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['keepmix_over_copy']['median']:.1f}x | "
-                     f"{'—' if old is None else f'{old:.1f}x'} | {change} | {loop_cell} |")
+        lines.append(
+            f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['keepmix_over_copy']['median']:.1f}x | "
+            f"{'—' if old is None else f'{old:.1f}x'} | {change} | {loop_cell} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -293,8 +344,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--sample-s", type=float, default=0.05)
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a test of the script")
-    p.add_argument("--throughput-threads", type=int, default=torch.get_num_threads(),
-                   help="threads for the throughput table (ops.md's count by default)")
+    p.add_argument(
+        "--throughput-threads",
+        type=int,
+        default=torch.get_num_threads(),
+        help="threads for the throughput table (ops.md's count by default)",
+    )
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--stem", default="engine")
     args = p.parse_args(argv)
@@ -302,8 +357,11 @@ def main(argv: list[str] | None = None) -> int:
     over = overhead(args)
     pol = policies(args)
     thr = throughput(args)
-    meta = {"command": "python benchmarks/bench_engine.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "machine": machine_line(machine_info(args.device)), "throughput_threads": args.throughput_threads}
+    meta = {
+        "command": "python benchmarks/bench_engine.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine_line(machine_info(args.device)),
+        "throughput_threads": args.throughput_threads,
+    }
     write_results(args.out, args.stem, render(meta, over, pol, thr), {"meta": meta, "overhead": over, "policies": pol, "throughput": thr})
     return 0
 

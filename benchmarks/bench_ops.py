@@ -157,81 +157,124 @@ def _specs() -> dict[str, OpSpec]:
         OpSpec("copy", "floor", lambda i: i.x.clone, None),
         OpSpec("Cutout", "plain", op_images(lambda i: Cutout(i.side)), lambda i: lambda: L.cutout_loop(i.x, i.rng, i.side)),
         OpSpec(
-            "RandomErasing", "plain", op_images(lambda i: RandomErasing(**er_kwargs)),
+            "RandomErasing",
+            "plain",
+            op_images(lambda i: RandomErasing(**er_kwargs)),
             lambda i: lambda: L.random_erasing_loop(i.x, i.rng, **er_kwargs),
-            _kornia(lambda: K.RandomErasing(value=0.0, **er_kwargs)), "RandomErasing",
+            _kornia(lambda: K.RandomErasing(value=0.0, **er_kwargs)),
+            "RandomErasing",
         ),
         OpSpec(
-            "Mixup", "plain", op_labels(lambda i: Mixup(1.0, num_classes=NUM_CLASSES)),
+            "Mixup",
+            "plain",
+            op_labels(lambda i: Mixup(1.0, num_classes=NUM_CLASSES)),
             lambda i: lambda: L.mixup_loop(i.x, i.y, i.rng, NUM_CLASSES),
-            _kornia(lambda: K.RandomMixUpV2(data_keys=["input", "class"]), True), "RandomMixUpV2",
+            _kornia(lambda: K.RandomMixUpV2(data_keys=["input", "class"]), True),
+            "RandomMixUpV2",
         ),
         OpSpec(
-            "CutMix", "plain", op_labels(lambda i: CutMix(1.0, 1.0, NUM_CLASSES)),
+            "CutMix",
+            "plain",
+            op_labels(lambda i: CutMix(1.0, 1.0, NUM_CLASSES)),
             lambda i: lambda: L.cutmix_loop(i.x, i.y, i.rng, NUM_CLASSES),
-            _kornia(lambda: K.RandomCutMixV2(use_correct_lambda=True, data_keys=["input", "class"]), True), "RandomCutMixV2",
+            _kornia(lambda: K.RandomCutMixV2(use_correct_lambda=True, data_keys=["input", "class"]), True),
+            "RandomCutMixV2",
         ),
         OpSpec(
-            "AutoAugment", "plain", op_images(lambda i: AutoAugment("cifar10")),
+            "AutoAugment",
+            "plain",
+            op_images(lambda i: AutoAugment("cifar10")),
             lambda i: lambda: L.autoaugment_loop(i.x, i.rng),
-            _kornia(lambda: auto.AutoAugment("cifar10")), "auto.AutoAugment", True,
+            _kornia(lambda: auto.AutoAugment("cifar10")),
+            "auto.AutoAugment",
+            True,
         ),
         OpSpec(
-            "RandAugment", "plain", op_images(lambda i: RandAugment(2, 9)),
+            "RandAugment",
+            "plain",
+            op_images(lambda i: RandAugment(2, 9)),
             lambda i: lambda: L.randaugment_loop(i.x, i.rng),
-            _kornia(lambda: auto.RandAugment(n=2, m=9)), "auto.RandAugment", True,
+            _kornia(lambda: auto.RandAugment(n=2, m=9)),
+            "auto.RandAugment",
+            True,
         ),
         OpSpec(
-            "TrivialAugmentWide", "plain", op_images(lambda i: TrivialAugmentWide()),
+            "TrivialAugmentWide",
+            "plain",
+            op_images(lambda i: TrivialAugmentWide()),
             lambda i: lambda: L.trivialaugment_loop(i.x, i.rng),
-            _kornia(lambda: auto.TrivialAugment()), "auto.TrivialAugment", True,
+            _kornia(lambda: auto.TrivialAugment()),
+            "auto.TrivialAugment",
+            True,
         ),
         # The methods KeepAugment's Table 5 and the mixing libraries compare against; kornia has
         # none of them (kornia.augmentation offers RandomMixUpV2, RandomCutMixV2, RandomMosaic,
         # RandomJigsaw, RandomTransplantation, PatchMix).
         OpSpec(
-            "GridMask", "plain", op_images(lambda i: GridMask(_grid_range(i))),
+            "GridMask",
+            "plain",
+            op_images(lambda i: GridMask(_grid_range(i))),
             lambda i: lambda: L.gridmask_loop(i.x, i.rng, _grid_range(i)),
         ),
         OpSpec("AugMix", "plain", op_images(lambda i: AugMix()), lambda i: lambda: L.augmix_loop(i.x, i.rng)),
         OpSpec(
-            "AttentiveCutMix", "plain", op_labels(lambda i: AttentiveCutMix(_teacher(i), num_classes=NUM_CLASSES)),
+            "AttentiveCutMix",
+            "plain",
+            op_labels(lambda i: AttentiveCutMix(_teacher(i), num_classes=NUM_CLASSES)),
             lambda i: lambda: L.attentive_cutmix_loop(i.x, i.y, i.rng, _teacher(i), NUM_CLASSES),
         ),
         OpSpec(
-            "ResizeMix", "plain", op_labels(lambda i: ResizeMix(num_classes=NUM_CLASSES)),
+            "ResizeMix",
+            "plain",
+            op_labels(lambda i: ResizeMix(num_classes=NUM_CLASSES)),
             lambda i: lambda: L.resizemix_loop(i.x, i.y, i.rng, NUM_CLASSES),
         ),
         OpSpec(
-            "SaliencyMix", "plain", op_labels(lambda i: SaliencyMix(num_classes=NUM_CLASSES)),
+            "SaliencyMix",
+            "plain",
+            op_labels(lambda i: SaliencyMix(num_classes=NUM_CLASSES)),
             lambda i: lambda: L.saliencymix_loop(i.x, i.y, i.rng, NUM_CLASSES),
         ),
         OpSpec(
-            "FMix", "plain", op_labels(lambda i: FMix(num_classes=NUM_CLASSES)),
+            "FMix",
+            "plain",
+            op_labels(lambda i: FMix(num_classes=NUM_CLASSES)),
             lambda i: lambda: L.fmix_loop(i.x, i.y, i.rng, NUM_CLASSES),
         ),
         OpSpec(
-            "KeepCutout", "keep_cut", keep_images(lambda i: KeepCutout(i.side, q=Q)),
+            "KeepCutout",
+            "keep_cut",
+            keep_images(lambda i: KeepCutout(i.side, q=Q)),
             lambda i: lambda: L.keep_cutout_loop(i.x, i.sal, i.rng, i.side, q=Q),
         ),
         OpSpec(
-            "KeepRandomErasing", "keep_cut", keep_images(lambda i: KeepRandomErasing(q=Q, **er_kwargs)),
+            "KeepRandomErasing",
+            "keep_cut",
+            keep_images(lambda i: KeepRandomErasing(q=Q, **er_kwargs)),
             lambda i: lambda: L.keep_random_erasing_loop(i.x, i.sal, i.rng, q=Q, **er_kwargs),
         ),
         OpSpec(
-            "KeepCutMix", "keep_cut", keep_labels(lambda i: KeepCutMix(alpha=1.0, p=1.0, num_classes=NUM_CLASSES, q=Q)),
+            "KeepCutMix",
+            "keep_cut",
+            keep_labels(lambda i: KeepCutMix(alpha=1.0, p=1.0, num_classes=NUM_CLASSES, q=Q)),
             lambda i: lambda: L.keep_cutmix_loop(i.x, i.y, i.sal, i.rng, NUM_CLASSES, q=Q),
         ),
         OpSpec(
-            "KeepPaste(identity)", "keep_paste", keep_images(lambda i: KeepPaste(lambda t: t, size=i.side, q=Q)),
+            "KeepPaste(identity)",
+            "keep_paste",
+            keep_images(lambda i: KeepPaste(lambda t: t, size=i.side, q=Q)),
             lambda i: lambda: L.keep_paste_loop(i.x, i.sal, i.rng, None, i.side, q=Q),
         ),
         OpSpec(
-            "KeepAutoAugment", "keep_policy", keep_images(lambda i: KeepAutoAugment("cifar10", size=i.side, q=Q)),
+            "KeepAutoAugment",
+            "keep_policy",
+            keep_images(lambda i: KeepAutoAugment("cifar10", size=i.side, q=Q)),
             lambda i: lambda: L.keep_paste_loop(i.x, i.sal, i.rng, lambda t: L.autoaugment_loop(t, i.rng), i.side, q=Q),
         ),
         OpSpec(
-            "KeepRandAugment", "keep_policy", keep_images(lambda i: KeepRandAugment(2, 9, size=i.side, q=Q)),
+            "KeepRandAugment",
+            "keep_policy",
+            keep_images(lambda i: KeepRandAugment(2, 9, size=i.side, q=Q)),
             lambda i: lambda: L.keep_paste_loop(i.x, i.sal, i.rng, lambda t: L.randaugment_loop(t, i.rng), i.side, q=Q),
         ),
     ]
@@ -273,8 +316,9 @@ def _make_inputs(batch: int, size: int, dtype: torch.dtype, device: torch.device
     return Inputs(x.to(device), y.to(device), sal.to(device), max(1, size // 2), gen, np.random.RandomState(seed))
 
 
-def _target(spec: OpSpec, size: int, uint8: bool, vs_loop: Stats | None, vs_kornia: Stats | None,
-            vs_copy: Stats | None) -> tuple[str, bool | None]:
+def _target(
+    spec: OpSpec, size: int, uint8: bool, vs_loop: Stats | None, vs_kornia: Stats | None, vs_copy: Stats | None
+) -> tuple[str, bool | None]:
     """(text, met) of the speed target that applies to this row (met None: no target)."""
     if spec.kind in ("keep_cut", "keep_paste", "keep_policy"):
         if size <= 32:
@@ -372,12 +416,16 @@ def to_markdown(rows: list[dict], info: dict, args, command: str) -> str:
         )
     lines += [""]
     if per_batch:
-        lines += ["¹ kornia's AutoAugment / RandAugment / TrivialAugment draw one sub-policy / op set for the whole "
-                  "batch; keepmix draws them per image (and groups the batch by op).", ""]
+        lines += [
+            "¹ kornia's AutoAugment / RandAugment / TrivialAugment draw one sub-policy / op set for the whole "
+            "batch; keepmix draws them per image (and groups the batch by op).",
+            "",
+        ]
     with_kornia = {r["op"]: r["kornia_op"] for r in rows if r["kornia_op"]}
     if with_kornia:
         lines += [
-            "kornia equivalents: " + ", ".join(f"{op} -> `kornia.augmentation.{k}`" for op, k in with_kornia.items())
+            "kornia equivalents: "
+            + ", ".join(f"{op} -> `kornia.augmentation.{k}`" for op, k in with_kornia.items())
             + ". kornia takes float images only: its uint8 cells are n/a.",
             "",
         ]
@@ -405,15 +453,18 @@ def to_markdown(rows: list[dict], info: dict, args, command: str) -> str:
         elif n == "KeepPaste(identity)":
             extra = " The augmentation is the identity (the selective-paste's own cost)."
         lines.append(f"- **{n}** (`{fn}`): {docs[fn]}{extra}")
-    lines.append("- Policy ops in the loops run through keepmix.functional's public per-op functions on one "
-                 "(1, C, H, W) image at a time. Keep loops compute each image's threshold from a numpy "
-                 "summed-area table of all candidate positions, then draw positions in a `while True` loop, "
-                 "summing the saliency inside each drawn box by slicing.")
+    lines.append(
+        "- Policy ops in the loops run through keepmix.functional's public per-op functions on one "
+        "(1, C, H, W) image at a time. Keep loops compute each image's threshold from a numpy "
+        "summed-area table of all candidate positions, then draw positions in a `while True` loop, "
+        "summing the saliency inside each drawn box by slicing."
+    )
     lines.append("")
     missed = [r for r in rows if r["target_met"] is False]
-    lines.append(f"Targets met: {sum(r['target_met'] is True for r in rows)}; missed: {len(missed)}"
-                 + ("" if not missed
-                    else " (" + ", ".join(f"{r['op']} {'x'.join(map(str, r['shape']))} {r['dtype']}" for r in missed) + ")"))
+    lines.append(
+        f"Targets met: {sum(r['target_met'] is True for r in rows)}; missed: {len(missed)}"
+        + ("" if not missed else " (" + ", ".join(f"{r['op']} {'x'.join(map(str, r['shape']))} {r['dtype']}" for r in missed) + ")")
+    )
     lines.append("")
     lines.append("Numbers taken while other jobs share the CPU are noisy; the per-round ratios cancel most of it.")
     return "\n".join(lines) + "\n"
@@ -441,9 +492,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 _OP_NAMES = (
-    "copy", "Cutout", "RandomErasing", "Mixup", "CutMix", "AutoAugment", "RandAugment", "TrivialAugmentWide",
-    "GridMask", "AugMix", "AttentiveCutMix", "ResizeMix", "SaliencyMix", "FMix",
-    "KeepCutout", "KeepRandomErasing", "KeepCutMix", "KeepPaste(identity)", "KeepAutoAugment", "KeepRandAugment",
+    "copy",
+    "Cutout",
+    "RandomErasing",
+    "Mixup",
+    "CutMix",
+    "AutoAugment",
+    "RandAugment",
+    "TrivialAugmentWide",
+    "GridMask",
+    "AugMix",
+    "AttentiveCutMix",
+    "ResizeMix",
+    "SaliencyMix",
+    "FMix",
+    "KeepCutout",
+    "KeepRandomErasing",
+    "KeepCutMix",
+    "KeepPaste(identity)",
+    "KeepAutoAugment",
+    "KeepRandAugment",
 )
 
 
@@ -482,10 +550,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 row = run_case(specs[name], batch, size, dt, device, args)
                 rows.append(row)
                 ips = row["images_per_s"]
-                print(f"{name:20s} {batch}x3x{size}x{size} {row['dtype']:8s} keepmix {fmt_rate(ips['keepmix']['median']):>6s}"
-                      f"  loop {fmt_rate(ips['loop']['median']) if 'loop' in ips else 'n/a':>6s}"
-                      f"  kornia {fmt_rate(ips['kornia']['median']) if 'kornia' in ips else 'n/a':>6s}  {row['target']}",
-                      flush=True)
+                print(
+                    f"{name:20s} {batch}x3x{size}x{size} {row['dtype']:8s} keepmix {fmt_rate(ips['keepmix']['median']):>6s}"
+                    f"  loop {fmt_rate(ips['loop']['median']) if 'loop' in ips else 'n/a':>6s}"
+                    f"  kornia {fmt_rate(ips['kornia']['median']) if 'kornia' in ips else 'n/a':>6s}  {row['target']}",
+                    flush=True,
+                )
     command = "python benchmarks/bench_ops.py " + " ".join(argv if argv is not None else sys.argv[1:])
     md = to_markdown(rows, info, args, command.strip())
     data = {"machine": info, "args": vars(args), "rows": rows}

@@ -52,8 +52,10 @@ def main() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     g = torch.Generator(device=device).manual_seed(0)
     batches = [
-        (torch.rand(args.batch, 3, args.size, args.size, device=device, generator=g),
-         torch.randint(0, k, (args.batch,), device=device, generator=g))
+        (
+            torch.rand(args.batch, 3, args.size, args.size, device=device, generator=g),
+            torch.randint(0, k, (args.batch,), device=device, generator=g),
+        )
         for _ in range(4)
     ]
     cutmix = CutMix(alpha=1.0, p=1.0, num_classes=k)
@@ -146,8 +148,11 @@ def main() -> None:
     if args.no_write:
         return
 
-    dev_desc = (torch.cuda.get_device_name(device) if device.type == "cuda"
-                else f"{cpu_model()}, {os.cpu_count()} logical cores visible, torch threads {args.threads}")
+    dev_desc = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{cpu_model()}, {os.cpu_count()} logical cores visible, torch threads {args.threads}"
+    )
     lines = [
         "# RecursiveMix vs CutMix: training-step time",
         "",

@@ -78,10 +78,15 @@ def _keep_group(plain: str, keep: str, name: str, keep_name: str) -> list[Varian
     ]
     for mode, target in SALIENCY_TARGETS.items():
         early = "early" in mode
-        out.append(Variant(
-            f"{keep_name} ({mode})", {"method": keep, "saliency": mode, "early_head": early},
-            baseline=name, target=target, head_baseline=f"{name} + early head" if early else None,
-        ))
+        out.append(
+            Variant(
+                f"{keep_name} ({mode})",
+                {"method": keep, "saliency": mode, "early_head": early},
+                baseline=name,
+                target=target,
+                head_baseline=f"{name} + early head" if early else None,
+            )
+        )
     return out
 
 
@@ -108,8 +113,16 @@ def synthetic_data(n: int, size: int, seed: int) -> TrainData:
 def build_trainer(model: str, variant: Variant, data: TrainData, args, run_dir: Path) -> Trainer:
     """A Trainer exactly as ``keepmix train`` builds it, for ``variant``'s method."""
     fields = dict(
-        model=model, batch_size=args.batch, device=args.device, threads=args.threads, epochs=1, seed=args.seed,
-        progress=False, pictures=False, out_dir=str(run_dir), name="bench",
+        model=model,
+        batch_size=args.batch,
+        device=args.device,
+        threads=args.threads,
+        epochs=1,
+        seed=args.seed,
+        progress=False,
+        pictures=False,
+        out_dir=str(run_dir),
+        name="bench",
     )
     fields.update(variant.fields)
     if fields.get("early_head") and args.early_block:
@@ -195,9 +208,18 @@ def run_group(model: str, group: str, args, device: torch.device, workdir: Path)
     for v in variants:
         ms = Stats.of(per_step[v.label]).map(lambda s: s * 1e3)
         row = {
-            "model": model, "group": group, "variant": v.label, "config": v.fields, "ms_per_step": ms.to_dict(),
-            "baseline": v.baseline, "ratio": None, "target": v.target, "target_met": None,
-            "head_baseline": v.head_baseline, "ratio_vs_head_baseline": None, "profile": None,
+            "model": model,
+            "group": group,
+            "variant": v.label,
+            "config": v.fields,
+            "ms_per_step": ms.to_dict(),
+            "baseline": v.baseline,
+            "ratio": None,
+            "target": v.target,
+            "target_met": None,
+            "head_baseline": v.head_baseline,
+            "ratio_vs_head_baseline": None,
+            "profile": None,
         }
         if v.baseline is not None:
             ratio = paired_ratio(per_step[v.label], per_step[v.baseline])
@@ -211,9 +233,12 @@ def run_group(model: str, group: str, args, device: torch.device, workdir: Path)
             row["profile"] = profile_step(trainers[v.label], batches, args.steps, device)
         rows.append(row)
         r = row["ratio"]
-        print(f"{model:10s} {v.label:34s} {ms.median:9.1f} ms/step"
-              + (f"  x{r['median']:.3f} vs {v.baseline}" if r else "")
-              + (f"  target <= {v.target:g}: {'met' if row['target_met'] else 'MISSED'}" if v.target else ""), flush=True)
+        print(
+            f"{model:10s} {v.label:34s} {ms.median:9.1f} ms/step"
+            + (f"  x{r['median']:.3f} vs {v.baseline}" if r else "")
+            + (f"  target <= {v.target:g}: {'met' if row['target_met'] else 'MISSED'}" if v.target else ""),
+            flush=True,
+        )
     return rows
 
 
@@ -239,12 +264,12 @@ def to_markdown(rows: list[dict], info: dict, args, command: str) -> str:
         "- ratio = median (min–max) over rounds of (variant step time / baseline step time) from the same round",
         "- baseline: the plain method **without** an early head (the paper's comparison: what switching from "
         "Cutout to KeepCutout costs). Early-head variants also train the head, so the ratio against "
-        "\"method + early head\" (same model, head trained, no saliency) is given too: it isolates the saliency pass.",
+        '"method + early head" (same model, head trained, no saliency) is given too: it isolates the saliency pass.',
         (
             f"- early head: after the first {args.early_block} block(s) of the first stage (`--early-block "
             f"{args.early_block}`, the models' `early_block`): the saliency pass crosses only the stem and those blocks."
-            if args.early_block else
-            "- early head: after the first stage (keepmix models' default `early_stage=1`): the saliency backward then "
+            if args.early_block
+            else "- early head: after the first stage (keepmix models' default `early_stage=1`): the saliency backward then "
             "crosses only the stem and one stage (for CIFAR ResNet-18, about a quarter of the forward FLOPs); a later "
             "stage would cost more; a head one block in is cheaper but its saliency agrees about half as well with the "
             "full map's (benchmarks/RESULTS.md section 1, `saliency_agreement.py`)."
@@ -259,8 +284,10 @@ def to_markdown(rows: list[dict], info: dict, args, command: str) -> str:
         met = "—" if r["target_met"] is None else ("yes" if r["target_met"] else "**NO**")
         target = f"<= {r['target']:g}" if r["target"] is not None else "—"
         base = f"{_fmt_ratio(r['ratio'])} vs {r['baseline']}" if r["ratio"] else "baseline"
-        lines.append(f"| {r['model']} | {r['variant']} | {ms['median']:.1f} ({ms['min']:.1f}–{ms['max']:.1f}) | {base} | "
-                     f"{target} | {met} | {_fmt_ratio(r['ratio_vs_head_baseline'])} |")
+        lines.append(
+            f"| {r['model']} | {r['variant']} | {ms['median']:.1f} ({ms['min']:.1f}–{ms['max']:.1f}) | {base} | "
+            f"{target} | {met} | {_fmt_ratio(r['ratio_vs_head_baseline'])} |"
+        )
     lines += [
         "",
         "Reference points: the paper reports 2.0x (naive), 1.26x (low resolution), 1.21x (early head) for "
@@ -300,15 +327,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--num-batches", type=int, default=4, help="distinct batches cycled through")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    ap.add_argument("--profile", default="missed", choices=("missed", "always", "never"),
-                    help="write a torch.profiler table for variants that miss their target (default), all, or none")
+    ap.add_argument(
+        "--profile",
+        default="missed",
+        choices=("missed", "always", "never"),
+        help="write a torch.profiler table for variants that miss their target (default), all, or none",
+    )
     ap.add_argument("--out", default=str(RESULTS_DIR), help="directory for train_step.md and train_step.json")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--early-block", type=int, default=0,
-                    help="put the early head after this many blocks of the first stage (0: after the whole stage); "
-                         "results go to train_step_early_block<N>.md")
-    ap.add_argument("--stem", default=None,
-                    help="results file name without extension (default train_step, or train_step_early_block<N>)")
+    ap.add_argument(
+        "--early-block",
+        type=int,
+        default=0,
+        help="put the early head after this many blocks of the first stage (0: after the whole stage); "
+        "results go to train_step_early_block<N>.md",
+    )
+    ap.add_argument("--stem", default=None, help="results file name without extension (default train_step, or train_step_early_block<N>)")
     ap.add_argument("--quick", action="store_true", help="batch 8, 1 step, 2 rounds: a smoke test")
     args = ap.parse_args(argv)
     args.batch = args.batch or (8 if args.quick else 128)

@@ -82,7 +82,7 @@ class Recipe:
     translate: int = 2
     whiten_bias_epochs: int = 3
     lookahead_every: int = 5
-    lookahead_base: float = 0.95 ** 5
+    lookahead_base: float = 0.95**5
     lookahead_pow: float = 3.0
     lr_start: float = 0.2
     lr_peak_at: float = 0.23
@@ -112,8 +112,18 @@ class Recipe:
 
 def tiny_recipe() -> Recipe:
     """Seconds on a CPU: a 8/16/16-wide airbench net, 2 epochs of 96 synthetic images."""
-    return Recipe(model="airbench94", model_kwargs=(("widths", (8, 16, 16)),), epochs=2, batch_size=32,
-                  n_train=96, n_test=32, amp=False, channels_last=False, compile=False, whiten_bias_epochs=1)
+    return Recipe(
+        model="airbench94",
+        model_kwargs=(("widths", (8, 16, 16)),),
+        epochs=2,
+        batch_size=32,
+        n_train=96,
+        n_test=32,
+        amp=False,
+        channels_last=False,
+        compile=False,
+        whiten_bias_epochs=1,
+    )
 
 
 # ----------------------------------------------------------------------------------- cells
@@ -342,9 +352,11 @@ class Engine:
             elif mode == "early":
                 fn = net.forward_with_early
             else:
+
                 def fn(x, _net=net):
                     f = _net.forward_features(x)
                     return _net.classify(f), f
+
             if self.recipe.compile and self.cuda:
                 fn = torch.compile(fn, dynamic=False)
             self._fwd[key] = fn
@@ -381,9 +393,11 @@ class Engine:
                 bn_bias.append(p)
             else:
                 other.append(p)
-        groups = [dict(params=bn_bias, lr=lr * r.bias_scaler, weight_decay=wd / (lr * r.bias_scaler)),
-                  dict(params=other, lr=lr, weight_decay=wd / lr),
-                  dict(params=stem_bias, lr=lr, weight_decay=wd / lr)]
+        groups = [
+            dict(params=bn_bias, lr=lr * r.bias_scaler, weight_decay=wd / (lr * r.bias_scaler)),
+            dict(params=other, lr=lr, weight_decay=wd / lr),
+            dict(params=stem_bias, lr=lr, weight_decay=wd / lr),
+        ]
         opt = torch.optim.SGD(groups, momentum=r.momentum, nesterov=True)
         for grp in opt.param_groups:
             grp["base_lr"] = grp["lr"]
@@ -449,10 +463,10 @@ class Engine:
         fwd = self.forward(net, "logits")
         correct = 0
         for s in range(0, len(self.yte), 2000):
-            x = self.normalize(self.xte[s:s + 2000])
+            x = self.normalize(self.xte[s : s + 2000])
             with self.autocast():
                 logits = self._tta_logits(fwd, x, tta)
-            correct += int((logits.argmax(1) == self.yte[s:s + 2000]).sum())
+            correct += int((logits.argmax(1) == self.yte[s : s + 2000]).sum())
         net.train()
         return correct / len(self.yte)
 
@@ -468,7 +482,7 @@ class Engine:
             return out
         h, w = x.shape[-2:]
         p = F.pad(x, (1, 1, 1, 1), mode="reflect")
-        moved = [p[..., 0:h, 0:w], p[..., 2:h + 2, 2:w + 2]]
+        moved = [p[..., 0:h, 0:w], p[..., 2 : h + 2, 2 : w + 2]]
         fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
         return 0.5 * out + 0.25 * (mirror(moved[0].contiguous(memory_format=fmt)) + mirror(moved[1].contiguous(memory_format=fmt)))
 
@@ -500,7 +514,7 @@ class Engine:
             data = flip_translate(self.xtr, epoch, base_flip, r.translate, g)
             order = torch.randperm(n, device=dev, generator=g)
             for b in range(steps_per_epoch):
-                idx = order[b * r.batch_size:(b + 1) * r.batch_size]
+                idx = order[b * r.batch_size : (b + 1) * r.batch_size]
                 f = lr_factor(it, total, r)
                 for grp in opt.param_groups:
                     grp["lr"] = grp["base_lr"] * f
@@ -524,13 +538,27 @@ class Engine:
         acc_plain = self.evaluate(net, 0) if r.tta else acc_tta
         self._sync()
         eval_s = time.perf_counter() - te
-        rec = dict(cell=cell.name, kind=cell.kind, seed=seed, accuracy=acc_tta, accuracy_no_tta=acc_plain,
-                   epochs=r.epochs, steps=it, train_seconds=round(train_s, 3), eval_seconds=round(eval_s, 3),
-                   run_seconds=round(time.perf_counter() - t0, 3), epoch_seconds=[round(s, 3) for s in epoch_s],
-                   recipe=r.fingerprint(), device=str(dev), torch=torch.__version__,
-                   gpu=torch.cuda.get_device_name(dev) if self.cuda else None, finished=time.strftime("%Y-%m-%d %H:%M:%S"))
-        log(f"  {cell.name:28s} seed {seed}: {100 * acc_tta:.2f}% (no TTA {100 * acc_plain:.2f}%), "
-            f"train {train_s:.1f}s, eval {eval_s:.1f}s")
+        rec = dict(
+            cell=cell.name,
+            kind=cell.kind,
+            seed=seed,
+            accuracy=acc_tta,
+            accuracy_no_tta=acc_plain,
+            epochs=r.epochs,
+            steps=it,
+            train_seconds=round(train_s, 3),
+            eval_seconds=round(eval_s, 3),
+            run_seconds=round(time.perf_counter() - t0, 3),
+            epoch_seconds=[round(s, 3) for s in epoch_s],
+            recipe=r.fingerprint(),
+            device=str(dev),
+            torch=torch.__version__,
+            gpu=torch.cuda.get_device_name(dev) if self.cuda else None,
+            finished=time.strftime("%Y-%m-%d %H:%M:%S"),
+        )
+        log(
+            f"  {cell.name:28s} seed {seed}: {100 * acc_tta:.2f}% (no TTA {100 * acc_plain:.2f}%), train {train_s:.1f}s, eval {eval_s:.1f}s"
+        )
         return rec
 
     def _sync(self) -> None:
@@ -596,8 +624,9 @@ def step_flops(recipe: Recipe) -> dict[str, float]:
     return out
 
 
-def time_model(recipe: Recipe, tflops: float = ASSUMED_TFLOPS, measured: dict | None = None,
-               runs: list[tuple[Cell, int]] | None = None) -> dict[str, Any]:
+def time_model(
+    recipe: Recipe, tflops: float = ASSUMED_TFLOPS, measured: dict | None = None, runs: list[tuple[Cell, int]] | None = None
+) -> dict[str, Any]:
     """Seconds per epoch of each cost kind and the grid's total.
 
     ``measured``: {cost kind: seconds per training step} from ``--step-cost`` (then the
@@ -623,23 +652,40 @@ def time_model(recipe: Recipe, tflops: float = ASSUMED_TFLOPS, measured: dict | 
     per_epoch_grid = sum(kinds[c.cost_kind]["epoch_seconds"] for c, _ in runs)  # one epoch of every run
     fixed = ASSUMED_STARTUP_S + len(runs) * (eval_s + ASSUMED_RUN_OVERHEAD_S)
     total = fixed + per_epoch_grid * recipe.epochs
-    return dict(kinds=kinds, eval_seconds=eval_s, run_seconds=per_run, total_seconds=total, runs=len(runs),
-                epochs_that_fit=max(0, math.floor((BUDGET_S - fixed) / per_epoch_grid)) if per_epoch_grid > 0 else None,
-                tflops=tflops, startup_seconds=ASSUMED_STARTUP_S, run_overhead_seconds=ASSUMED_RUN_OVERHEAD_S,
-                budget_seconds=BUDGET_S, fits=total <= BUDGET_S, epochs=recipe.epochs,
-                source="measured" if measured else "estimate")
+    return dict(
+        kinds=kinds,
+        eval_seconds=eval_s,
+        run_seconds=per_run,
+        total_seconds=total,
+        runs=len(runs),
+        epochs_that_fit=max(0, math.floor((BUDGET_S - fixed) / per_epoch_grid)) if per_epoch_grid > 0 else None,
+        tflops=tflops,
+        startup_seconds=ASSUMED_STARTUP_S,
+        run_overhead_seconds=ASSUMED_RUN_OVERHEAD_S,
+        budget_seconds=BUDGET_S,
+        fits=total <= BUDGET_S,
+        epochs=recipe.epochs,
+        source="measured" if measured else "estimate",
+    )
 
 
 def format_time_model(tm: dict[str, Any], recipe: Recipe) -> str:
     lab = "MEASURED step times" if tm["source"] == "measured" else f"ESTIMATE at an assumed {tm['tflops']:g} TFLOP/s"
-    lines = [f"Time model ({lab}; {recipe.model}, {recipe.epochs} epochs of {recipe.n_train} images, batch {recipe.batch_size})", "",
-             "| step kind | GFLOP / image | relative to a plain step | s / epoch | source |", "|---|---:|---:|---:|---|"]
+    lines = [
+        f"Time model ({lab}; {recipe.model}, {recipe.epochs} epochs of {recipe.n_train} images, batch {recipe.batch_size})",
+        "",
+        "| step kind | GFLOP / image | relative to a plain step | s / epoch | source |",
+        "|---|---:|---:|---:|---|",
+    ]
     for k, v in tm["kinds"].items():
         lines.append(f"| {k} | {v['flops_per_image'] / 1e9:.3f} | {v['relative']:.3f} | {v['epoch_seconds']:.3f} | {v['source']} |")
-    lines += ["", f"eval (TTA) per run: {tm['eval_seconds']:.2f} s (estimate); per-run overhead {tm['run_overhead_seconds']} s "
-              f"and startup {tm['startup_seconds']} s (assumptions)",
-              f"grid: {tm['runs']} runs, total {tm['total_seconds']:.0f} s = {tm['total_seconds'] / 60:.1f} min "
-              f"against a budget of {tm['budget_seconds'] / 60:.0f} min: {'FITS' if tm['fits'] else 'DOES NOT FIT'}"]
+    lines += [
+        "",
+        f"eval (TTA) per run: {tm['eval_seconds']:.2f} s (estimate); per-run overhead {tm['run_overhead_seconds']} s "
+        f"and startup {tm['startup_seconds']} s (assumptions)",
+        f"grid: {tm['runs']} runs, total {tm['total_seconds']:.0f} s = {tm['total_seconds'] / 60:.1f} min "
+        f"against a budget of {tm['budget_seconds'] / 60:.0f} min: {'FITS' if tm['fits'] else 'DOES NOT FIT'}",
+    ]
     if tm["epochs_that_fit"] is not None:
         lines.append(f"epochs per run that fit the budget at these costs: {tm['epochs_that_fit']}")
     return "\n".join(lines)
@@ -647,8 +693,19 @@ def format_time_model(tm: dict[str, Any], recipe: Recipe) -> str:
 
 # ------------------------------------------------------------------------------- step cost
 
-STEP_COST_CELLS = ["crop+flip", "cutout16", "keepcutout16", "keepcutout16_lowres", "keepcutout16_early",
-                   "keepcutout16_lowres+early", "cutmix", "keepcutmix", "autoaugment", "keepautoaugment", "recursivemix"]
+STEP_COST_CELLS = [
+    "crop+flip",
+    "cutout16",
+    "keepcutout16",
+    "keepcutout16_lowres",
+    "keepcutout16_early",
+    "keepcutout16_lowres+early",
+    "cutmix",
+    "keepcutmix",
+    "autoaugment",
+    "keepautoaugment",
+    "recursivemix",
+]
 
 
 def step_cost(engine: Engine, steps: int, rounds: int, warmup: int, log=print) -> dict[str, Any]:
@@ -660,7 +717,7 @@ def step_cost(engine: Engine, steps: int, rounds: int, warmup: int, log=print) -
     dev = engine.device
     b = min(r.batch_size, len(engine.ytr))
     g = torch.Generator(device=dev).manual_seed(0)
-    batches = [(engine.xtr[i * b:(i + 1) * b], engine.ytr[i * b:(i + 1) * b]) for i in range(max(1, min(4, len(engine.ytr) // b)))]
+    batches = [(engine.xtr[i * b : (i + 1) * b], engine.ytr[i * b : (i + 1) * b]) for i in range(max(1, min(4, len(engine.ytr) // b)))]
     contenders: dict[str, Callable[[], None]] = {}
 
     def contender(cell: Cell, eager: bool = False):
@@ -686,6 +743,7 @@ def step_cost(engine: Engine, steps: int, rounds: int, warmup: int, log=print) -
                 opt.zero_grad(set_to_none=True)
                 step(x, y, g)
                 opt.step()
+
         return run
 
     for name in STEP_COST_CELLS:
@@ -711,20 +769,42 @@ def step_cost(engine: Engine, steps: int, rounds: int, warmup: int, log=print) -
     for name, ts in times.items():
         ratios = [a / c for a, c in zip(ts, base, strict=True)]
         kind = CELL_BY_NAME[name].cost_kind if name in CELL_BY_NAME else None
-        rows[name] = dict(seconds_per_step=statistics.median(ts), ratio_to_cutout=statistics.median(ratios),
-                          ratio_min=min(ratios), ratio_max=max(ratios), cost_kind=kind)
-    return dict(rows=rows, batch=b, steps=steps, rounds=rounds, device=str(dev), recipe=r.fingerprint(),
-                gpu=torch.cuda.get_device_name(dev) if engine.cuda else None, torch=torch.__version__)
+        rows[name] = dict(
+            seconds_per_step=statistics.median(ts),
+            ratio_to_cutout=statistics.median(ratios),
+            ratio_min=min(ratios),
+            ratio_max=max(ratios),
+            cost_kind=kind,
+        )
+    return dict(
+        rows=rows,
+        batch=b,
+        steps=steps,
+        rounds=rounds,
+        device=str(dev),
+        recipe=r.fingerprint(),
+        gpu=torch.cuda.get_device_name(dev) if engine.cuda else None,
+        torch=torch.__version__,
+    )
 
 
 def format_step_cost(sc: dict[str, Any], recipe: Recipe) -> str:
-    table3 = {"cutout16": "Cutout", "keepcutout16": "KeepCutout (full)", "keepcutout16_lowres": "KeepCutout (low-res)",
-              "keepcutout16_early": "KeepCutout (early)", "keepcutout16_lowres+early": "KeepCutout (low-res + early)"}
+    table3 = {
+        "cutout16": "Cutout",
+        "keepcutout16": "KeepCutout (full)",
+        "keepcutout16_lowres": "KeepCutout (low-res)",
+        "keepcutout16_early": "KeepCutout (early)",
+        "keepcutout16_lowres+early": "KeepCutout (low-res + early)",
+    }
     rows = sc["rows"]
     where = sc["gpu"] or sc["device"]
-    lines = [f"Training-step cost, KeepAugment Table 3 as ratios (MEASURED on {where}, torch {sc['torch']}; "
-             f"{recipe.model}, batch {sc['batch']}, median of {sc['rounds']} interleaved rounds of {sc['steps']} steps)", "",
-             "| method | ms / step | ratio to Cutout | range over rounds |", "|---|---:|---:|---:|"]
+    lines = [
+        f"Training-step cost, KeepAugment Table 3 as ratios (MEASURED on {where}, torch {sc['torch']}; "
+        f"{recipe.model}, batch {sc['batch']}, median of {sc['rounds']} interleaved rounds of {sc['steps']} steps)",
+        "",
+        "| method | ms / step | ratio to Cutout | range over rounds |",
+        "|---|---:|---:|---:|",
+    ]
     for key, label in table3.items():
         v = rows[key]
         spread = f"{v['ratio_min']:.3f}-{v['ratio_max']:.3f}"
@@ -757,8 +837,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     by: dict[str, list[float]] = {}
     for r in records:
         by.setdefault(r["cell"], []).append(100 * r["accuracy"])
-    cells = {k: dict(n=len(v), mean=statistics.fmean(v), sd=statistics.stdev(v) if len(v) > 1 else None)
-             for k, v in by.items()}
+    cells = {k: dict(n=len(v), mean=statistics.fmean(v), sd=statistics.stdev(v) if len(v) > 1 else None) for k, v in by.items()}
     ss = sum((len(v) - 1) * statistics.variance(v) for v in by.values() if len(v) > 1)
     df = sum(len(v) - 1 for v in by.values() if len(v) > 1)
     pooled = math.sqrt(ss / df) if df else None
@@ -783,10 +862,15 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def format_report(summary: dict[str, Any], recipe: Recipe, records: list[dict[str, Any]]) -> str:
     gpu = next((r.get("gpu") for r in records if r.get("gpu")), None) or (records[0]["device"] if records else "?")
-    lines = [f"# GPU grid (issue 13): {len(records)} runs on {gpu}", "",
-             f"Recipe {recipe.fingerprint()}: {recipe.model}, {recipe.epochs} epochs, batch {recipe.batch_size}, "
-             f"{recipe.n_train} training / {recipe.n_test} test images, TTA level {recipe.tta}. Accuracy in % (with TTA).", "",
-             "| cell | seeds | mean | sd | train s / run |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        f"# GPU grid (issue 13): {len(records)} runs on {gpu}",
+        "",
+        f"Recipe {recipe.fingerprint()}: {recipe.model}, {recipe.epochs} epochs, batch {recipe.batch_size}, "
+        f"{recipe.n_train} training / {recipe.n_test} test images, TTA level {recipe.tta}. Accuracy in % (with TTA).",
+        "",
+        "| cell | seeds | mean | sd | train s / run |",
+        "|---|---:|---:|---:|---:|",
+    ]
     train_s: dict[str, list[float]] = {}
     for r in records:
         train_s.setdefault(r["cell"], []).append(r["train_seconds"])
@@ -802,10 +886,13 @@ def format_report(summary: dict[str, Any], recipe: Recipe, records: list[dict[st
         ci = f"±{row['ci']:.2f}" if "ci" in row else "-"
         lines.append(f"| {row['label']} ({row['a']} - {row['b']}) | {row['diff']:+.2f} | {ci} | {row.get('verdict', 'needs 2+ seeds')} |")
     if summary.get("pooled_sd") is not None:
-        lines += ["", f"Pooled spread over seeds: sd {summary['pooled_sd']:.3f} points ({summary['pooled_df']} df). "
-                  f"A difference of two cells with {summary['n_per_cell']} seeds each has a 95% CI half-width of "
-                  f"{summary['ci_halfwidth']:.2f} points; a true difference of {summary['detectable']:.2f} points is found "
-                  "with 80% power (two-sided, alpha 0.05). Smaller effects: cannot tell at this scale."]
+        lines += [
+            "",
+            f"Pooled spread over seeds: sd {summary['pooled_sd']:.3f} points ({summary['pooled_df']} df). "
+            f"A difference of two cells with {summary['n_per_cell']} seeds each has a 95% CI half-width of "
+            f"{summary['ci_halfwidth']:.2f} points; a true difference of {summary['detectable']:.2f} points is found "
+            "with 80% power (two-sided, alpha 0.05). Smaller effects: cannot tell at this scale.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -925,8 +1012,7 @@ def main(argv: list[str] | None = None) -> int:
             if hasattr(torch._dynamo.config, name):
                 setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
     data = synthetic_data(recipe) if args.tiny else load_data(args.data, recipe)
-    print(f"data: {len(data[1])} train / {len(data[3])} test images on {device} "
-          f"({time.monotonic() - t_start:.1f}s)", flush=True)
+    print(f"data: {len(data[1])} train / {len(data[3])} test images on {device} ({time.monotonic() - t_start:.1f}s)", flush=True)
     engine = Engine(recipe, device, data)
 
     if args.step_cost:
@@ -945,7 +1031,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     i, n = parse_shard(args.shard)
-    mine = runs[i - 1::n]
+    mine = runs[i - 1 :: n]
     todo = [(c, s) for c, s in mine if not is_done(out, c, s, recipe)]
     print(f"grid: {len(mine)} runs in shard {i}/{n}, {len(mine) - len(todo)} already done, {len(todo)} to run", flush=True)
     limit = args.time_limit * 60 if args.time_limit else None
@@ -960,8 +1046,11 @@ def main(argv: list[str] | None = None) -> int:
             if recipe.compile and device.type == "cuda" and mode not in compiled:
                 guess += ASSUMED_COMPILE_S  # this run compiles its forward (and the eval forward)
             if time.monotonic() - t_start + guess > limit:
-                print(f"time limit: stopping before {cell.name} seed {seed} (needs ~{guess:.0f}s); "
-                      f"{len(todo) - done} runs left: rerun the same command to resume", flush=True)
+                print(
+                    f"time limit: stopping before {cell.name} seed {seed} (needs ~{guess:.0f}s); "
+                    f"{len(todo) - done} runs left: rerun the same command to resume",
+                    flush=True,
+                )
                 break
         rec = engine.train_run(cell, seed)
         compiled.add("early" if cell.early else ("features" if cell.kind == "recursivemix" else "logits"))

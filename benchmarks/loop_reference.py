@@ -194,9 +194,7 @@ def cutmix_apply_loop(images: Tensor, targets: Tensor, boxes: Tensor, perm: Tens
 def policy_apply_loop(images: Tensor, params, fill: float = 0.0, interpolation: str = "nearest") -> Tensor:
     """Apply keepmix :class:`~keepmix.policies.PolicyParams`, one image and one step at a time."""
     out = images.clone()
-    ops, mags, applied, centers = (
-        params.ops.tolist(), params.signed_magnitudes.tolist(), params.applied.tolist(), params.centers.tolist()
-    )
+    ops, mags, applied, centers = (params.ops.tolist(), params.signed_magnitudes.tolist(), params.applied.tolist(), params.centers.tolist())
     for i in range(images.shape[0]):
         img = images[i : i + 1]
         for n in range(len(ops[i])):
@@ -263,9 +261,7 @@ def random_erasing_loop(
     return out
 
 
-def mixup_loop(
-    images: Tensor, labels: Tensor, rng: np.random.RandomState, num_classes: int, alpha: float = 1.0
-) -> tuple[Tensor, Tensor]:
+def mixup_loop(images: Tensor, labels: Tensor, rng: np.random.RandomState, num_classes: int, alpha: float = 1.0) -> tuple[Tensor, Tensor]:
     """One ``rng.permutation`` for the partners; per image ``lam = rng.beta(a, a)``, mixed pixels and targets."""
     b = images.shape[0]
     t = _one_hot(labels, num_classes)
@@ -278,9 +274,7 @@ def mixup_loop(
     return out, out_t
 
 
-def cutmix_loop(
-    images: Tensor, labels: Tensor, rng: np.random.RandomState, num_classes: int, alpha: float = 1.0
-) -> tuple[Tensor, Tensor]:
+def cutmix_loop(images: Tensor, labels: Tensor, rng: np.random.RandomState, num_classes: int, alpha: float = 1.0) -> tuple[Tensor, Tensor]:
     """One permutation; per image ``lam = rng.beta``, box side ``floor(side sqrt(1 - lam))``,
     centre uniform, clipped; partner's box pasted; lam corrected to the exact area."""
     b, _, h, w = images.shape
@@ -331,8 +325,13 @@ def autoaugment_loop(
 
 
 def randaugment_loop(
-    images: Tensor, rng: np.random.RandomState, num_ops: int = 2, magnitude: int = 9, num_bins: int = 31,
-    fill: float = 0.0, interpolation: str = "nearest",
+    images: Tensor,
+    rng: np.random.RandomState,
+    num_ops: int = 2,
+    magnitude: int = 9,
+    num_bins: int = 31,
+    fill: float = 0.0,
+    interpolation: str = "nearest",
 ) -> Tensor:
     """Per image: ``num_ops`` ops by ``rng.randint(14)``, all at ``magnitude``, random signs."""
     h, w = images.shape[-2:]
@@ -462,9 +461,15 @@ def keep_cutout_loop(
 
 
 def keep_random_erasing_loop(
-    images: Tensor, saliency: Tensor, rng: np.random.RandomState, p: float = 0.5,
-    scale: tuple[float, float] = (0.02, 0.4), ratio: tuple[float, float] = (0.3, 1 / 0.3),
-    fill: float = 0.0, q: float = 0.6, num_tries: int = 10,
+    images: Tensor,
+    saliency: Tensor,
+    rng: np.random.RandomState,
+    p: float = 0.5,
+    scale: tuple[float, float] = (0.02, 0.4),
+    ratio: tuple[float, float] = (0.3, 1 / 0.3),
+    fill: float = 0.0,
+    q: float = 0.6,
+    num_tries: int = 10,
 ) -> Tensor:
     """Per image: Random Erasing's size draws; tau over all inside positions of that size;
     ``while True`` corner draws until below tau; sliced to ``fill``."""
@@ -478,8 +483,13 @@ def keep_random_erasing_loop(
 
 
 def keep_cutmix_loop(
-    images: Tensor, labels: Tensor, saliency: Tensor, rng: np.random.RandomState, num_classes: int,
-    alpha: float = 1.0, q: float = 0.6,
+    images: Tensor,
+    labels: Tensor,
+    saliency: Tensor,
+    rng: np.random.RandomState,
+    num_classes: int,
+    alpha: float = 1.0,
+    q: float = 0.6,
 ) -> tuple[Tensor, Tensor]:
     """CutMix's per-image size draw; tau over all centres on the receiving image's saliency;
     ``while True`` centre draws until below tau; partner's box pasted, targets by exact area."""
@@ -524,8 +534,9 @@ def _grid_drop(h: int, w: int, d: int, stripe: int, dy: int, dx: int, mode: int)
     return (~rows[:, None] & ~cols[None, :]) if mode == 1 else (rows[:, None] | cols[None, :])
 
 
-def gridmask_loop(images: Tensor, rng: np.random.RandomState, d_range=(14, 32), ratio: float = 0.6, p: float = 0.8,
-                  mode: int = 1, fill: float = 0.0) -> Tensor:
+def gridmask_loop(
+    images: Tensor, rng: np.random.RandomState, d_range=(14, 32), ratio: float = 0.6, p: float = 0.8, mode: int = 1, fill: float = 0.0
+) -> Tensor:
     """Per image: masked with probability p; ``d = rng.randint(d_min, d_max)``, stripe
     ``ceil(d r)``, offsets ``rng.randint(d)``; the (H, W) grid built with numpy, the squares filled."""
     b, _, h, w = images.shape
@@ -557,9 +568,15 @@ _AUGMIX_OPS = ("AutoContrast", "Equalize", "Posterize", "Rotate", "Solarize", "S
 
 def _augmix_mag(op: str, level: float, h: int, w: int) -> float:
     """The official augmentations.py level -> value (unsigned), in apply_ops units."""
-    return {"Posterize": 4 - int(level * 4 / 10), "Rotate": int(level * 30 / 10), "Solarize": 256 - int(level * 256 / 10),
-            "ShearX": level * 0.3 / 10, "ShearY": level * 0.3 / 10, "TranslateX": int(level * (w / 3) / 10),
-            "TranslateY": int(level * (h / 3) / 10)}.get(op, 0.0)
+    return {
+        "Posterize": 4 - int(level * 4 / 10),
+        "Rotate": int(level * 30 / 10),
+        "Solarize": 256 - int(level * 256 / 10),
+        "ShearX": level * 0.3 / 10,
+        "ShearY": level * 0.3 / 10,
+        "TranslateX": int(level * (w / 3) / 10),
+        "TranslateY": int(level * (h / 3) / 10),
+    }.get(op, 0.0)
 
 
 def _augmix_mix(img: Tensor, chains: list[Tensor], weights: Sequence[float], m: float) -> Tensor:
@@ -581,8 +598,9 @@ def _chain(img: Tensor, ops: Sequence[str], mags: Sequence[float]) -> Tensor:
     if n == 0:
         return img
     ids = torch.tensor([[_OP_ID[o] for o in ops]])
-    return apply_ops(img, ids, torch.tensor([list(mags)], dtype=torch.float64), torch.ones(1, n, dtype=torch.bool),
-                     torch.zeros(1, n, 2), 0.0, "bilinear")
+    return apply_ops(
+        img, ids, torch.tensor([list(mags)], dtype=torch.float64), torch.ones(1, n, dtype=torch.bool), torch.zeros(1, n, 2), 0.0, "bilinear"
+    )
 
 
 def augmix_loop(images: Tensor, rng: np.random.RandomState, severity: int = 3, width: int = 3, alpha: float = 1.0) -> Tensor:
@@ -596,8 +614,7 @@ def augmix_loop(images: Tensor, rng: np.random.RandomState, severity: int = 3, w
         chains = []
         for _ in range(width):
             ops = [_AUGMIX_OPS[k] for k in rng.randint(0, len(_AUGMIX_OPS), rng.randint(1, 4))]
-            mags = [_augmix_mag(o, rng.uniform(0.1, severity), h, w) * (-1 if o in SIGNED_OPS and rng.rand() < 0.5 else 1)
-                    for o in ops]
+            mags = [_augmix_mag(o, rng.uniform(0.1, severity), h, w) * (-1 if o in SIGNED_OPS and rng.rand() < 0.5 else 1) for o in ops]
             chains.append(_chain(images[i : i + 1], ops, mags))
         out[i] = _augmix_mix(images[i : i + 1], chains, ws.tolist(), float(m))[0]
     return out
@@ -610,8 +627,13 @@ def augmix_apply_loop(images: Tensor, params) -> Tensor:
         chains = []
         for k in range(params.ops.shape[1]):
             steps = [d for d in range(params.ops.shape[2]) if bool(params.applied[i, k, d])]
-            chains.append(_chain(images[i : i + 1], [OP_NAMES[int(params.ops[i, k, d])] for d in steps],
-                                 [float(params.magnitudes[i, k, d]) for d in steps]))
+            chains.append(
+                _chain(
+                    images[i : i + 1],
+                    [OP_NAMES[int(params.ops[i, k, d])] for d in steps],
+                    [float(params.magnitudes[i, k, d]) for d in steps],
+                )
+            )
         out[i] = _augmix_mix(images[i : i + 1], chains, params.weights[i].tolist(), float(params.mix[i]))[0]
     return out
 
@@ -623,12 +645,13 @@ def _paste_cells(images: Tensor, out: Tensor, i: int, j: int, cells: np.ndarray)
     ch, cw = h // gh, w // gw
     for c in np.flatnonzero(cells):
         r, q = divmod(int(c), gw)
-        out[i, :, r * ch:(r + 1) * ch, q * cw:(q + 1) * cw] = images[j, :, r * ch:(r + 1) * ch, q * cw:(q + 1) * cw]
+        out[i, :, r * ch : (r + 1) * ch, q * cw : (q + 1) * cw] = images[j, :, r * ch : (r + 1) * ch, q * cw : (q + 1) * cw]
     return int(cells.sum()) * ch * cw
 
 
-def attentive_cutmix_loop(images: Tensor, labels: Tensor, rng: np.random.RandomState, teacher, num_classes: int,
-                          top_k: int = 6) -> tuple[Tensor, Tensor]:
+def attentive_cutmix_loop(
+    images: Tensor, labels: Tensor, rng: np.random.RandomState, teacher, num_classes: int, top_k: int = 6
+) -> tuple[Tensor, Tensor]:
     """The teacher's last map on the batch (one forward), then per image: the partner's top-k
     cells (``np.argsort`` of the channel sum), pasted cell by cell; lam the unpasted share."""
     b, _, h, w = images.shape
@@ -666,8 +689,7 @@ def _resize_paste_one(images: Tensor, out: Tensor, i: int, j: int, box: Box) -> 
         out[i, :, y1:y2, x1:x2] = F.interpolate(images[j : j + 1].float(), size=(y2 - y1, x2 - x1), mode="nearest")[0].to(images.dtype)
 
 
-def resizemix_loop(images: Tensor, labels: Tensor, rng: np.random.RandomState, num_classes: int,
-                   scale=(0.1, 0.8)) -> tuple[Tensor, Tensor]:
+def resizemix_loop(images: Tensor, labels: Tensor, rng: np.random.RandomState, num_classes: int, scale=(0.1, 0.8)) -> tuple[Tensor, Tensor]:
     """One permutation; per image ``tau = rng.uniform(*scale)``, a ``floor(tau H) x floor(tau W)``
     box centred uniformly (clipped); the whole partner resized into it (nearest, F.interpolate
     per image); lam the unpasted share."""
@@ -704,20 +726,21 @@ def _spectral_peak(img: Tensor) -> tuple[int, int]:
     spec = np.fft.fft2(g)
     log_amp = np.log(np.maximum(np.abs(spec), 1e-12 * np.abs(spec).max()))
     pad = np.pad(log_amp, 1, mode="reflect")
-    box = sum(pad[a:a + 64, c:c + 64] for a in range(3) for c in range(3)) / 9.0
+    box = sum(pad[a : a + 64, c : c + 64] for a in range(3) for c in range(3)) / 9.0
     back = np.abs(np.fft.ifft2(np.exp(log_amp - box + 1j * np.angle(spec))))
-    k = np.exp(-(np.arange(5) - 2.0) ** 2 / 128.0)
+    k = np.exp(-((np.arange(5) - 2.0) ** 2) / 128.0)
     k /= k.sum()
     pad = np.pad(back, 2, mode="reflect")
-    blur = sum(k[a] * k[c] * pad[a:a + 64, c:c + 64] for a in range(5) for c in range(5))
-    sal = torch.from_numpy(blur ** 2)[None, None].float()
+    blur = sum(k[a] * k[c] * pad[a : a + 64, c : c + 64] for a in range(5) for c in range(5))
+    sal = torch.from_numpy(blur**2)[None, None].float()
     sal = F.interpolate(sal, size=img.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
     flat = int(sal.argmax())
     return divmod(flat, img.shape[-1])
 
 
-def saliencymix_loop(images: Tensor, labels: Tensor, rng: np.random.RandomState, num_classes: int,
-                     alpha: float = 1.0) -> tuple[Tensor, Tensor]:
+def saliencymix_loop(
+    images: Tensor, labels: Tensor, rng: np.random.RandomState, num_classes: int, alpha: float = 1.0
+) -> tuple[Tensor, Tensor]:
     """The official SaliencyMix per image: ``lam = rng.beta``, a ``sqrt(1 - lam)`` box centred
     on the partner's spectral-residual peak (numpy FFT per image), pasted at the same place."""
     b, _, h, w = images.shape
@@ -734,8 +757,9 @@ def saliencymix_loop(images: Tensor, labels: Tensor, rng: np.random.RandomState,
     return out, out_t
 
 
-def fmix_loop(images: Tensor, labels: Tensor, rng: np.random.RandomState, num_classes: int, alpha: float = 1.0,
-              decay_power: float = 3.0) -> tuple[Tensor, Tensor]:
+def fmix_loop(
+    images: Tensor, labels: Tensor, rng: np.random.RandomState, num_classes: int, alpha: float = 1.0, decay_power: float = 3.0
+) -> tuple[Tensor, Tensor]:
     """The official FMix per image: a complex Gaussian spectrum scaled by ``1 / f^decay``
     (numpy), ``irfft2``, the ``round(lam H W)`` highest pixels keep the image (numpy argsort)."""
     b, _, h, w = images.shape

@@ -42,77 +42,170 @@ class GridMethod:
 
 GRID: tuple[GridMethod, ...] = (
     GridMethod("none", "crop+flip only", {"method": "none"}),
-    GridMethod("cutout", "Cutout", {"method": "cutout"}, "none", -0.08,
-               "CIFAR-100 PyramidNet-200, error 16.45 -> 16.53"),
-    GridMethod("keepcutout", "KeepCutout (full)", {"method": "keepcutout", "saliency": "full"}, "cutout", 0.5,
-               "CIFAR-10 ResNet-18, 95.6 -> 96.1", 38 / 19),
+    GridMethod("cutout", "Cutout", {"method": "cutout"}, "none", -0.08, "CIFAR-100 PyramidNet-200, error 16.45 -> 16.53"),
+    GridMethod(
+        "keepcutout",
+        "KeepCutout (full)",
+        {"method": "keepcutout", "saliency": "full"},
+        "cutout",
+        0.5,
+        "CIFAR-10 ResNet-18, 95.6 -> 96.1",
+        38 / 19,
+    ),
     # The control: the same quantile rule on a constant map. A box's importance is then its
     # area, so only boxes clipped by the border are cut (Cutout made weaker, no image content):
     # KeepCutout's gain over this row is what the saliency itself adds.
-    GridMethod("keepcutout_uniform", "KeepCutout (uniform map: control)", {"method": "keepcutout", "saliency": "uniform"},
-               "cutout", None, "control, not in the paper: the quantile rule with no saliency"),
-    GridMethod("keepcutout_lowres", "KeepCutout (low-res)", {"method": "keepcutout", "saliency": "lowres"}, "cutout", 0.6,
-               "CIFAR-10 ResNet-18, 95.6 -> 96.2", 24 / 19),
+    GridMethod(
+        "keepcutout_uniform",
+        "KeepCutout (uniform map: control)",
+        {"method": "keepcutout", "saliency": "uniform"},
+        "cutout",
+        None,
+        "control, not in the paper: the quantile rule with no saliency",
+    ),
+    GridMethod(
+        "keepcutout_lowres",
+        "KeepCutout (low-res)",
+        {"method": "keepcutout", "saliency": "lowres"},
+        "cutout",
+        0.6,
+        "CIFAR-10 ResNet-18, 95.6 -> 96.2",
+        24 / 19,
+    ),
     # The early-head variants also train the head (loss weight 0.3 on the first stage's
     # features), which changes the network whatever the saliency does: this control trains it
     # with plain Cutout, so the early variants can be read against it.
-    GridMethod("cutout_earlyhead", "Cutout + early head (control)", {"method": "cutout", "early_head": True},
-               "cutout", None, "control, not in the paper: the early head's auxiliary loss alone, no saliency"),
-    GridMethod("keepcutout_early", "KeepCutout (early)",
-               {"method": "keepcutout", "saliency": "early", "early_head": True}, "cutout", 0.4,
-               "CIFAR-10 ResNet-18, 95.6 -> 96.0", 23 / 19),
+    GridMethod(
+        "cutout_earlyhead",
+        "Cutout + early head (control)",
+        {"method": "cutout", "early_head": True},
+        "cutout",
+        None,
+        "control, not in the paper: the early head's auxiliary loss alone, no saliency",
+    ),
+    GridMethod(
+        "keepcutout_early",
+        "KeepCutout (early)",
+        {"method": "keepcutout", "saliency": "early", "early_head": True},
+        "cutout",
+        0.4,
+        "CIFAR-10 ResNet-18, 95.6 -> 96.0",
+        23 / 19,
+    ),
     # The head one block into the first stage: the placement that meets the issue's step-cost
     # target (benchmarks/RESULTS.md section 1). Needs a model whose first stage has several
     # blocks (the ResNets, WRN), so it is not in the small net's cpu grid.
-    GridMethod("keepcutout_early1", "KeepCutout (early, block 1)",
-               {"method": "keepcutout", "saliency": "early", "early_head": True, "early_block": 1}, "cutout", 0.4,
-               "the paper's early head (95.6 -> 96.0) sits after the whole first stage; ours after its first block"),
+    GridMethod(
+        "keepcutout_early1",
+        "KeepCutout (early, block 1)",
+        {"method": "keepcutout", "saliency": "early", "early_head": True, "early_block": 1},
+        "cutout",
+        0.4,
+        "the paper's early head (95.6 -> 96.0) sits after the whole first stage; ours after its first block",
+    ),
     # Whole (unclipped) boxes only: Cutout and KeepCutout then cut the same area, so the only
     # difference left is where the box goes, which only the saliency decides (with a constant
     # map, KeepCutout-inside *is* Cutout-inside). The difference is the saliency's own effect.
-    GridMethod("cutout_inside", "Cutout, whole boxes", {"method": "cutout", "whole_boxes": True}, "cutout", None,
-               "control, not in the paper: Cutout without border-clipped boxes"),
-    GridMethod("keepcutout_inside", "KeepCutout (full), whole boxes", {"method": "keepcutout", "saliency": "full", "whole_boxes": True},
-               "cutout_inside", None, "not in the paper: the saliency's own effect at a constant area cut"),
-    GridMethod("keepcutout_lowres_inside", "KeepCutout (low-res), whole boxes",
-               {"method": "keepcutout", "saliency": "lowres", "whole_boxes": True}, "cutout_inside", None,
-               "not in the paper: the low-res saliency's own effect at a constant area cut"),
-    GridMethod("cutmix", "CutMix", {"method": "cutmix"}, "none", 2.22,
-               "CIFAR-100 PyramidNet-200, error 16.45 -> 14.23"),
-    GridMethod("keepcutmix", "KeepCutMix", {"method": "keepcutmix", "saliency": "full"}, "cutmix", 0.4,
-               "ImageNet ResNet-50, 78.6 -> 79.0"),
-    GridMethod("autoaugment", "AutoAugment", {"method": "autoaugment"}, "none", None,
-               "the papers give no AutoAugment-vs-baseline pair"),
-    GridMethod("keepautoaugment", "KeepAutoAugment", {"method": "keepautoaugment", "saliency": "full"}, "autoaugment", 0.5,
-               "CIFAR-10 WRN-28-10, 97.3 -> 97.8"),
-    GridMethod("mixup", "Mixup", {"method": "mixup"}, "none", 0.82,
-               "CIFAR-100 PyramidNet-200, error 16.45 -> 15.63"),
+    GridMethod(
+        "cutout_inside",
+        "Cutout, whole boxes",
+        {"method": "cutout", "whole_boxes": True},
+        "cutout",
+        None,
+        "control, not in the paper: Cutout without border-clipped boxes",
+    ),
+    GridMethod(
+        "keepcutout_inside",
+        "KeepCutout (full), whole boxes",
+        {"method": "keepcutout", "saliency": "full", "whole_boxes": True},
+        "cutout_inside",
+        None,
+        "not in the paper: the saliency's own effect at a constant area cut",
+    ),
+    GridMethod(
+        "keepcutout_lowres_inside",
+        "KeepCutout (low-res), whole boxes",
+        {"method": "keepcutout", "saliency": "lowres", "whole_boxes": True},
+        "cutout_inside",
+        None,
+        "not in the paper: the low-res saliency's own effect at a constant area cut",
+    ),
+    GridMethod("cutmix", "CutMix", {"method": "cutmix"}, "none", 2.22, "CIFAR-100 PyramidNet-200, error 16.45 -> 14.23"),
+    GridMethod("keepcutmix", "KeepCutMix", {"method": "keepcutmix", "saliency": "full"}, "cutmix", 0.4, "ImageNet ResNet-50, 78.6 -> 79.0"),
+    GridMethod("autoaugment", "AutoAugment", {"method": "autoaugment"}, "none", None, "the papers give no AutoAugment-vs-baseline pair"),
+    GridMethod(
+        "keepautoaugment",
+        "KeepAutoAugment",
+        {"method": "keepautoaugment", "saliency": "full"},
+        "autoaugment",
+        0.5,
+        "CIFAR-10 WRN-28-10, 97.3 -> 97.8",
+    ),
+    GridMethod("mixup", "Mixup", {"method": "mixup"}, "none", 0.82, "CIFAR-100 PyramidNet-200, error 16.45 -> 15.63"),
     # omega 0.1: the paper's CIFAR-10 setting (0.5 is its ImageNet default).
-    GridMethod("recursivemix", "RecursiveMix", {"method": "recursivemix", "recursivemix_omega": 0.1}, "none", 2.88,
-               "ImageNet ResNet-50, 76.32 -> 79.20; CIFAR-10 PyramidNet-200 reaches 97.65%"),
+    GridMethod(
+        "recursivemix",
+        "RecursiveMix",
+        {"method": "recursivemix", "recursivemix_omega": 0.1},
+        "none",
+        2.88,
+        "ImageNet ResNet-50, 76.32 -> 79.20; CIFAR-10 PyramidNet-200 reaches 97.65%",
+    ),
     # The methods KeepAugment's Table 5 (CIFAR-10, WRN-28-10) sets against KeepAutoAugment, and
     # those OpenMixup / mmpretrain offer. Table 5 gives their accuracy, not a gain over a
     # baseline, so no paper gain stands beside them; every preset is the method's paper default.
-    GridMethod("gridmask", "GridMask", {"method": "gridmask"}, "none", None,
-               "KeepAugment Table 5, CIFAR-10 WRN-28-10: 97.5 (KeepAutoAugment 97.8)"),
-    GridMethod("augmix", "AugMix", {"method": "augmix"}, "none", None,
-               "KeepAugment Table 5, CIFAR-10 WRN-28-10: 97.5 (KeepAutoAugment 97.8)"),
-    GridMethod("augmix_jsd", "AugMix + JSD loss", {"method": "augmix_jsd"}, "augmix", None,
-               "AugMix's own training loss (CE on the clean third + 12 JS); 3 forward rows per image"),
+    GridMethod(
+        "gridmask", "GridMask", {"method": "gridmask"}, "none", None, "KeepAugment Table 5, CIFAR-10 WRN-28-10: 97.5 (KeepAutoAugment 97.8)"
+    ),
+    GridMethod(
+        "augmix", "AugMix", {"method": "augmix"}, "none", None, "KeepAugment Table 5, CIFAR-10 WRN-28-10: 97.5 (KeepAutoAugment 97.8)"
+    ),
+    GridMethod(
+        "augmix_jsd",
+        "AugMix + JSD loss",
+        {"method": "augmix_jsd"},
+        "augmix",
+        None,
+        "AugMix's own training loss (CE on the clean third + 12 JS); 3 forward rows per image",
+    ),
     # The teacher: the crop+flip cell of the same seed (a finished run of this grid).
-    GridMethod("attentive_cutmix", "Attentive CutMix", {"method": "attentive_cutmix"}, "none", None,
-               "KeepAugment Table 5, CIFAR-10 WRN-28-10: 97.3 (KeepAutoAugment 97.8); teacher: our crop+flip run",
-               teacher="none"),
-    GridMethod("resizemix", "ResizeMix", {"method": "resizemix"}, "none", None,
-               "not in KeepAugment's table (OpenMixup / mmpretrain method)"),
-    GridMethod("keepresizemix", "KeepResizeMix", {"method": "keepresizemix", "saliency": "full"}, "resizemix", None,
-               "not in any paper: KeepAugment's placement for ResizeMix's paste"),
-    GridMethod("saliencymix", "SaliencyMix (spectral)", {"method": "saliencymix"}, "none", None,
-               "not in KeepAugment's table (OpenMixup / mmpretrain method)"),
-    GridMethod("saliencymix_gradient", "SaliencyMix (gradient map)", {"method": "saliencymix_gradient", "saliency": "full"},
-               "saliencymix", None, "not in any paper: keepmix's gradient saliency in place of the spectral map"),
-    GridMethod("fmix", "FMix", {"method": "fmix"}, "none", None,
-               "not in KeepAugment's table (OpenMixup / mmpretrain method)"),
+    GridMethod(
+        "attentive_cutmix",
+        "Attentive CutMix",
+        {"method": "attentive_cutmix"},
+        "none",
+        None,
+        "KeepAugment Table 5, CIFAR-10 WRN-28-10: 97.3 (KeepAutoAugment 97.8); teacher: our crop+flip run",
+        teacher="none",
+    ),
+    GridMethod(
+        "resizemix", "ResizeMix", {"method": "resizemix"}, "none", None, "not in KeepAugment's table (OpenMixup / mmpretrain method)"
+    ),
+    GridMethod(
+        "keepresizemix",
+        "KeepResizeMix",
+        {"method": "keepresizemix", "saliency": "full"},
+        "resizemix",
+        None,
+        "not in any paper: KeepAugment's placement for ResizeMix's paste",
+    ),
+    GridMethod(
+        "saliencymix",
+        "SaliencyMix (spectral)",
+        {"method": "saliencymix"},
+        "none",
+        None,
+        "not in KeepAugment's table (OpenMixup / mmpretrain method)",
+    ),
+    GridMethod(
+        "saliencymix_gradient",
+        "SaliencyMix (gradient map)",
+        {"method": "saliencymix_gradient", "saliency": "full"},
+        "saliencymix",
+        None,
+        "not in any paper: keepmix's gradient saliency in place of the spectral map",
+    ),
+    GridMethod("fmix", "FMix", {"method": "fmix"}, "none", None, "not in KeepAugment's table (OpenMixup / mmpretrain method)"),
 )
 GRID_BY_KEY = {m.key: m for m in GRID}
 
@@ -132,17 +225,44 @@ class Scale:
     expected_time: str
 
 
-_COMMON = dict(dataset="cifar10", momentum=0.9, nesterov=True, weight_decay=5e-4, label_smoothing=0.0,
-               crop_padding=4, flip=True, keep_quantile=0.6, keep_paste_size=16, cutout_length=16,
-               progress=False, pictures=False, checkpoint_every=1)
+_COMMON = dict(
+    dataset="cifar10",
+    momentum=0.9,
+    nesterov=True,
+    weight_decay=5e-4,
+    label_smoothing=0.0,
+    crop_padding=4,
+    flip=True,
+    keep_quantile=0.6,
+    keep_paste_size=16,
+    cutout_length=16,
+    progress=False,
+    pictures=False,
+    checkpoint_every=1,
+)
 
 SCALES: dict[str, Scale] = {
     # Seconds: the end-to-end test of this script. A few dozen images, one epoch.
     "tiny": Scale(
         "tiny",
-        dict(_COMMON, model="small", train_subset=40, test_subset=20, epochs=1, batch_size=8, lr=0.05,
-             warmup_epochs=0.0, eval_every=1, log_every=5, device="cpu", amp="off", channels_last="off", threads=1),
-        seeds=(0, 1), methods=("none", "cutout", "keepcutout"),
+        dict(
+            _COMMON,
+            model="small",
+            train_subset=40,
+            test_subset=20,
+            epochs=1,
+            batch_size=8,
+            lr=0.05,
+            warmup_epochs=0.0,
+            eval_every=1,
+            log_every=5,
+            device="cpu",
+            amp="off",
+            channels_last="off",
+            threads=1,
+        ),
+        seeds=(0, 1),
+        methods=("none", "cutout", "keepcutout"),
         description="smoke test: small net, 40 train / 20 test images, 1 epoch",
         expected_time="well under a minute",
     ),
@@ -155,9 +275,23 @@ SCALES: dict[str, Scale] = {
     # the paper's 0.1 at batch 128.
     "cpu": Scale(
         "cpu",
-        dict(_COMMON, model="small", train_subset=5000, test_subset=0, epochs=20, batch_size=64, lr=0.05,
-             warmup_epochs=1.0, eval_every=None, log_every=20, device="cpu", amp="off", channels_last="off"),
-        seeds=(0, 1), methods=tuple(m.key for m in GRID if m.key != "keepcutout_early1" and not m.key.endswith("_inside")),
+        dict(
+            _COMMON,
+            model="small",
+            train_subset=5000,
+            test_subset=0,
+            epochs=20,
+            batch_size=64,
+            lr=0.05,
+            warmup_epochs=1.0,
+            eval_every=None,
+            log_every=20,
+            device="cpu",
+            amp="off",
+            channels_last="off",
+        ),
+        seeds=(0, 1),
+        methods=tuple(m.key for m in GRID if m.key != "keepcutout_early1" and not m.key.endswith("_inside")),
         description="small CPU net (0.66M params), 5,000-image class-balanced CIFAR-10 subset, full 10k test set, 20 epochs",
         expected_time="about 2 h with --jobs 2 on 2 cores",
     ),
@@ -166,11 +300,25 @@ SCALES: dict[str, Scale] = {
     # CPU (a plain cell ~10-15 CPU-min, a full-saliency cell about twice that).
     "inside": Scale(
         "inside",
-        dict(_COMMON, model="small", train_subset=5000, test_subset=0, epochs=20, batch_size=64, lr=0.05,
-             warmup_epochs=1.0, eval_every=None, log_every=20, device="cpu", amp="off", channels_last="off"),
-        seeds=(0, 1, 2), methods=("cutout_inside", "keepcutout_inside", "keepcutout_lowres_inside"),
+        dict(
+            _COMMON,
+            model="small",
+            train_subset=5000,
+            test_subset=0,
+            epochs=20,
+            batch_size=64,
+            lr=0.05,
+            warmup_epochs=1.0,
+            eval_every=None,
+            log_every=20,
+            device="cpu",
+            amp="off",
+            channels_last="off",
+        ),
+        seeds=(0, 1, 2),
+        methods=("cutout_inside", "keepcutout_inside", "keepcutout_lowres_inside"),
         description="saliency isolated: Cutout and KeepCutout with whole boxes only (the same area cut); the cpu scale's "
-                    "small net, 5,000-image subset, full 10k test set, 20 epochs",
+        "small net, 5,000-image subset, full 10k test set, 20 epochs",
         expected_time="about 1 h with --jobs 2 on 2 quiet cores (two hours of CPU)",
     ),
     # Where the early head sits, at the cpu scale's settings on a network whose first stage has
@@ -182,12 +330,25 @@ SCALES: dict[str, Scale] = {
     # with --jobs 2 on 2 cores.
     "early": Scale(
         "early",
-        dict(_COMMON, model="resnet20", train_subset=5000, test_subset=0, epochs=20, batch_size=64, lr=0.05,
-             warmup_epochs=1.0, eval_every=None, log_every=20, device="cpu", amp="off", channels_last="off"),
-        seeds=(0, 1, 2), methods=("cutout", "keepcutout", "keepcutout_uniform", "cutout_earlyhead", "keepcutout_early",
-                               "keepcutout_early1"),
+        dict(
+            _COMMON,
+            model="resnet20",
+            train_subset=5000,
+            test_subset=0,
+            epochs=20,
+            batch_size=64,
+            lr=0.05,
+            warmup_epochs=1.0,
+            eval_every=None,
+            log_every=20,
+            device="cpu",
+            amp="off",
+            channels_last="off",
+        ),
+        seeds=(0, 1, 2),
+        methods=("cutout", "keepcutout", "keepcutout_uniform", "cutout_earlyhead", "keepcutout_early", "keepcutout_early1"),
         description="early-head placement: CIFAR ResNet-20 (0.27M params), 5,000-image class-balanced CIFAR-10 "
-                    "subset, full 10k test set, 20 epochs",
+        "subset, full 10k test set, 20 epochs",
         expected_time="about 1.5 h with --jobs 2 on 2 cores",
     ),
     # About 25 minutes of H100 time for the whole grid: CIFAR ResNet-18 on all 50,000 training
@@ -197,10 +358,24 @@ SCALES: dict[str, Scale] = {
     # head after one block, 2 seeds each) cost about a Cutout cell each.
     "gpu": Scale(
         "gpu",
-        dict(_COMMON, model="resnet18", train_subset=0, test_subset=0, epochs=13, batch_size=512, lr=0.4,
-             warmup_epochs=2.0, eval_every=5, log_every=50, device="cuda", amp="on", amp_dtype="bfloat16",
-             channels_last="on"),
-        seeds=(0, 1), methods=tuple(m.key for m in GRID if not m.key.endswith("_inside")),  # keepcutout_early1 included
+        dict(
+            _COMMON,
+            model="resnet18",
+            train_subset=0,
+            test_subset=0,
+            epochs=13,
+            batch_size=512,
+            lr=0.4,
+            warmup_epochs=2.0,
+            eval_every=5,
+            log_every=50,
+            device="cuda",
+            amp="on",
+            amp_dtype="bfloat16",
+            channels_last="on",
+        ),
+        seeds=(0, 1),
+        methods=tuple(m.key for m in GRID if not m.key.endswith("_inside")),  # keepcutout_early1 included
         description="CIFAR ResNet-18, full CIFAR-10 (50k / 10k), bf16, channels_last, data on the GPU, 13 epochs",
         expected_time="about 25 min on one H100 (estimate; check with --estimate)",
     ),
@@ -227,8 +402,7 @@ def teacher_cell(method: str, seed: int) -> tuple[str, int] | None:
     return None if teacher is None else (teacher, seed)
 
 
-def cell_config(scale: Scale, method: str, seed: int, overrides: Mapping[str, Any] | None = None,
-                runs_dir: Path | None = None):
+def cell_config(scale: Scale, method: str, seed: int, overrides: Mapping[str, Any] | None = None, runs_dir: Path | None = None):
     """The validated TrainConfig of one cell: scale fields, then the method's, then overrides.
 
     A method with a teacher gets ``teacher_run`` = its teacher cell's directory under
@@ -266,4 +440,3 @@ def _model_problem(model: str, early_head: bool, early_block: int) -> str | None
     except (ValueError, TypeError, KeyError) as e:
         return str(e)
     return None
-

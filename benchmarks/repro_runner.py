@@ -42,8 +42,7 @@ def cell_status(cell_dir: Path) -> str:
 EXIT_INTERRUPTED = 3
 
 
-def run_cell(cell_dir: Path, config, data_pair: tuple[Any, Any] | None = None,
-             deadline: float | None = None) -> dict[str, Any]:
+def run_cell(cell_dir: Path, config, data_pair: tuple[Any, Any] | None = None, deadline: float | None = None) -> dict[str, Any]:
     """Train one cell into ``cell_dir`` (resuming its checkpoint if any); returns final.json.
 
     ``data_pair`` = (train split, test split) loaded once by the caller; None loads
@@ -62,8 +61,9 @@ def run_cell(cell_dir: Path, config, data_pair: tuple[Any, Any] | None = None,
     if saved.is_file():
         diff = _config_diff(load_config(saved).to_dict(), config.to_dict())
         if diff:
-            raise GridError(f"{cell_dir} was run with other settings ({', '.join(diff)} differ); "
-                            "use another --runs-dir or delete that directory")
+            raise GridError(
+                f"{cell_dir} was run with other settings ({', '.join(diff)} differ); use another --runs-dir or delete that directory"
+            )
     if final_path.is_file():
         return json.loads(final_path.read_text())
     cell_dir.mkdir(parents=True, exist_ok=True)
@@ -155,8 +155,10 @@ def teacher_problem(runs_dir: Path, cell: tuple[str, int]) -> str | None:
     if status == "done" and (tdir / "checkpoint.pt").is_file():
         return None
     if status == "done":
-        return (f"its teacher cell {cell_name(*teacher)} has a final.json but no checkpoint.pt (a copied run summary?); "
-                f"delete {tdir} so that the grid trains the teacher again")
+        return (
+            f"its teacher cell {cell_name(*teacher)} has a final.json but no checkpoint.pt (a copied run summary?); "
+            f"delete {tdir} so that the grid trains the teacher again"
+        )
     if status == "failed":
         return f"its teacher cell {cell_name(*teacher)} failed"
     return "waiting"
@@ -203,15 +205,17 @@ def run_grid(
 
     def report(i: int, cell: tuple[str, int]) -> None:
         final = json.loads((runs_dir / cell_name(*cell) / "final.json").read_text())
-        say(f"[{i}/{len(todo)}] {cell_name(*cell)}: test acc {final['test_acc']:.2f}%, "
-            f"{final['wall_time_s']:.0f} s (grid {time.perf_counter() - t0:.0f} s)")
+        say(
+            f"[{i}/{len(todo)}] {cell_name(*cell)}: test acc {final['test_acc']:.2f}%, "
+            f"{final['wall_time_s']:.0f} s (grid {time.perf_counter() - t0:.0f} s)"
+        )
 
     if jobs <= 1:
         splits = load_splits(data)
         for i, cell in enumerate(todo, 1):
             if deadline is not None and time.time() > deadline:
                 say(f"time limit reached: {len(todo) - i + 1} cell(s) not started; rerun to continue")
-                outcome.update({c: "not started" for c in todo[i - 1:]})
+                outcome.update({c: "not started" for c in todo[i - 1 :]})
                 break
             cdir = runs_dir / cell_name(*cell)
             why = teacher_problem(runs_dir, cell)
@@ -272,8 +276,9 @@ def run_grid(
                 spec = {"config": cfg, "data": data, "deadline": deadline}
                 (cdir / "cell.json").write_text(json.dumps(spec, indent=2) + "\n")
                 err = open(cdir / "stderr.log", "a")
-                proc = subprocess.Popen([sys.executable, str(REPRODUCE), "--run-cell", str(cdir)],
-                                        stdout=err, stderr=subprocess.STDOUT, cwd=str(REPO))
+                proc = subprocess.Popen(
+                    [sys.executable, str(REPRODUCE), "--run-cell", str(cdir)], stdout=err, stderr=subprocess.STDOUT, cwd=str(REPO)
+                )
                 err.close()
                 running.append((cell, proc))
                 say(f"started {cell_name(*cell)} (pid {proc.pid})")
@@ -309,9 +314,16 @@ def run_grid(
     return outcome
 
 
-def estimate(scale: Scale, methods: Sequence[str], seeds: Sequence[int], overrides: Mapping[str, Any],
-             data: str | None, steps: int = 8, jobs: int = 1,
-             say: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> dict[str, Any]:
+def estimate(
+    scale: Scale,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    overrides: Mapping[str, Any],
+    data: str | None,
+    steps: int = 8,
+    jobs: int = 1,
+    say: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
+) -> dict[str, Any]:
     """Time ``steps`` training steps of each method (after one warm-up epoch of 2 steps) and
     extrapolate to the grid. Returns per-method seconds per step and per run, and the total."""
     import tempfile
@@ -326,8 +338,14 @@ def estimate(scale: Scale, methods: Sequence[str], seeds: Sequence[int], overrid
             cfg = cell_config(scale, m, seeds[0], overrides)
             if cfg.device == "cpu" and jobs > 1:
                 cfg = cfg.replace(threads=max(1, (os.cpu_count() or 1) // jobs))
-            probe = cfg.replace(epochs=2, max_steps_per_epoch=steps, test_subset=min(500, len(splits[1].labels) // 10 * 10),
-                                eval_every=1, warmup_epochs=0.0, checkpoint_every=100)
+            probe = cfg.replace(
+                epochs=2,
+                max_steps_per_epoch=steps,
+                test_subset=min(500, len(splits[1].labels) // 10 * 10),
+                eval_every=1,
+                warmup_epochs=0.0,
+                checkpoint_every=100,
+            )
             try:
                 train(probe, data=prepare_data(*splits, probe), run_dir=Path(tmp) / m, log=lambda msg: None)
             except Exception as e:  # report the method, time the others
@@ -347,4 +365,3 @@ def estimate(scale: Scale, methods: Sequence[str], seeds: Sequence[int], overrid
     total = sum(timed) * len(seeds) / max(1, jobs)
     failed = [m for m, v in per_method.items() if "error" in v]
     return {"per_method": per_method, "total_s": total, "steps": steps, "jobs": jobs, "failed": failed}
-

@@ -45,10 +45,15 @@ def read_run(cell_dir: Path, method: str, seed: int) -> RunRecord | None:
     train_time = sum(float(r.get("epoch_time_s", 0.0)) for r in metrics) or float(final["wall_time_s"])
     rates = [float(r["images_per_s"]) for r in metrics if "images_per_s" in r]
     return RunRecord(
-        method=method, seed=seed, test_acc=float(final["test_acc"]),
+        method=method,
+        seed=seed,
+        test_acc=float(final["test_acc"]),
         best_test_acc=None if final.get("best_test_acc") is None else float(final["best_test_acc"]),
-        train_time_s=train_time, wall_time_s=float(final["wall_time_s"]), epochs=int(final["epochs"]),
-        steps=int(final.get("steps", 0)), images_per_s=statistics.fmean(rates) if rates else None,
+        train_time_s=train_time,
+        wall_time_s=float(final["wall_time_s"]),
+        epochs=int(final["epochs"]),
+        steps=int(final.get("steps", 0)),
+        images_per_s=statistics.fmean(rates) if rates else None,
         run_dir=str(cell_dir),
     )
 
@@ -123,13 +128,12 @@ def pooled_spread(groups: Iterable[tuple[int, float | None]]) -> Spread | None:
     num = den = 0.0
     for n, std in groups:
         if n >= 2 and std is not None:
-            num += (n - 1) * std ** 2
+            num += (n - 1) * std**2
             den += n - 1
     return Spread(math.sqrt(num / den), int(den)) if den else None
 
 
-def difference(mean_a: float, n_a: int, mean_b: float, n_b: int,
-               spread: Spread | None) -> tuple[float, float | None, float | None]:
+def difference(mean_a: float, n_a: int, mean_b: float, n_b: int, spread: Spread | None) -> tuple[float, float | None, float | None]:
     """``(mean_a - mean_b, its standard error, the half-width of its 95% interval)``:
     ``se = sd * sqrt(1/n_a + 1/n_b)`` with the grid's pooled ``sd``, and the interval
     ``t(0.975, df) * se`` (2.16 standard errors for the 13-method, 2-seed CPU grid; a normal
@@ -141,8 +145,16 @@ def difference(mean_a: float, n_a: int, mean_b: float, n_b: int,
     return diff, se, t975(spread.df) * se
 
 
-def verdict(label: str, base_label: str | None, gain: float | None, se: float | None,
-            paper: float | None, n: int, n_base: int, tol: float | None = None) -> str:
+def verdict(
+    label: str,
+    base_label: str | None,
+    gain: float | None,
+    se: float | None,
+    paper: float | None,
+    n: int,
+    n_base: int,
+    tol: float | None = None,
+) -> str:
     """One plain sentence: does ours show the paper's gain over the base?
 
     "Beyond the spread" means ``|gain| > tol``, the half-width of the 95% interval of the
@@ -154,8 +166,10 @@ def verdict(label: str, base_label: str | None, gain: float | None, se: float | 
     if gain is None:
         return f"{label}: cannot compare with {base_label}: one of them has no finished run."
     if se is None:
-        return (f"{label}: {gain:+.2f} points over {base_label} from {min(n, n_base)} seed(s); "
-                "no spread can be estimated from one seed, so no conclusion.")
+        return (
+            f"{label}: {gain:+.2f} points over {base_label} from {min(n, n_base)} seed(s); "
+            "no spread can be estimated from one seed, so no conclusion."
+        )
     tol = 2 * se if tol is None else tol
     ours = f"{gain:+.2f} ± {se:.2f}"
     if paper is None:
@@ -169,12 +183,16 @@ def verdict(label: str, base_label: str | None, gain: float | None, se: float | 
             size = ", larger than the paper's" if abs(gain) > abs(paper) else ", though smaller than the paper's"
         return f"{label}: ours shows the paper's effect over {base_label}: {ours} points vs the paper's {p}{size}."
     if gain > tol or gain < -tol:
-        return (f"{label}: ours does NOT show the paper's gain: {ours} points over {base_label}, "
-                f"the opposite direction to the paper's {p}, beyond the seed spread.")
-    also = ("the paper's " + p + " is also within it, so more seeds (or a longer schedule) are needed to tell"
-            if abs(gain - paper) <= tol else "the paper's " + p + " lies outside it")
-    return (f"{label}: ours does NOT show the paper's gain: {ours} points over {base_label} "
-            f"is within the seed spread of zero; {also}.")
+        return (
+            f"{label}: ours does NOT show the paper's gain: {ours} points over {base_label}, "
+            f"the opposite direction to the paper's {p}, beyond the seed spread."
+        )
+    also = (
+        "the paper's " + p + " is also within it, so more seeds (or a longer schedule) are needed to tell"
+        if abs(gain - paper) <= tol
+        else "the paper's " + p + " lies outside it"
+    )
+    return f"{label}: ours does NOT show the paper's gain: {ours} points over {base_label} is within the seed spread of zero; {also}."
 
 
 CONTROL = "keepcutout_uniform"
@@ -203,19 +221,31 @@ def control_sentences(rows: Sequence[Row]) -> list[str]:
         if r.method == CONTROL or fields.get("method") != "keepcutout" or r.acc_mean is None:
             continue
         if not fields.get("early_head") and ctrl is not None and ctrl.acc_mean is not None:
-            out.append(_against(
-                r, ctrl, spread, "the uniform-map control",
-                "within the seed spread of zero: at this scale the saliency map adds nothing measurable beyond the "
-                "rule's choice of border-clipped boxes",
-                "beyond the seed spread: the saliency map itself adds accuracy",
-                "below the control beyond the seed spread: this saliency steers the cut to worse regions than area alone"))
+            out.append(
+                _against(
+                    r,
+                    ctrl,
+                    spread,
+                    "the uniform-map control",
+                    "within the seed spread of zero: at this scale the saliency map adds nothing measurable beyond the "
+                    "rule's choice of border-clipped boxes",
+                    "beyond the seed spread: the saliency map itself adds accuracy",
+                    "below the control beyond the seed spread: this saliency steers the cut to worse regions than area alone",
+                )
+            )
         if fields.get("early_head") and early_ctrl is not None and early_ctrl.acc_mean is not None:
-            out.append(_against(
-                r, early_ctrl, spread, "Cutout + early head",
-                "within the seed spread of zero: the early head's saliency adds nothing measurable to a network that "
-                "trains the same head",
-                "beyond the seed spread: the early head's saliency adds accuracy beyond its auxiliary loss",
-                "below it beyond the seed spread: the early head's saliency steers the cut to worse regions"))
+            out.append(
+                _against(
+                    r,
+                    early_ctrl,
+                    spread,
+                    "Cutout + early head",
+                    "within the seed spread of zero: the early head's saliency adds nothing measurable to a network that "
+                    "trains the same head",
+                    "beyond the seed spread: the early head's saliency adds accuracy beyond its auxiliary loss",
+                    "below it beyond the seed spread: the early head's saliency steers the cut to worse regions",
+                )
+            )
     return out
 
 
@@ -245,11 +275,14 @@ def aggregate(records: Iterable[RunRecord], methods: Sequence[str]) -> list[Row]
             if t_mean is not None and b_t:
                 ratio = t_mean / b_t
         base_label = GRID_BY_KEY[g.base].label if g.base is not None else None
-        row = Row(m, g.label, g.base, base_label, n, seeds, mean, std, gain, se, tol, g.paper_gain, g.paper_note,
-                  t_mean, ratio, g.paper_cost)
+        row = Row(
+            m, g.label, g.base, base_label, n, seeds, mean, std, gain, se, tol, g.paper_gain, g.paper_note, t_mean, ratio, g.paper_cost
+        )
         if g.base is not None:
-            row.verdict = verdict(g.label, base_label, gain, se, g.paper_gain, n, n_base, tol) if base is not None else \
-                f"{g.label}: its base {base_label} was not in this grid, so no comparison."
+            row.verdict = (
+                verdict(g.label, base_label, gain, se, g.paper_gain, n, n_base, tol)
+                if base is not None
+                else f"{g.label}: its base {base_label} was not in this grid, so no comparison."
+            )
         rows.append(row)
     return rows
-

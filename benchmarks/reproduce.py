@@ -38,7 +38,6 @@ The accuracy is the test accuracy after the last epoch (not the best epoch: choo
 best epoch on the test set would flatter every method).
 """
 
-
 from __future__ import annotations
 
 import argparse
@@ -113,31 +112,48 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python benchmarks/reproduce.py",
         description=__doc__.split("\n\n")[0] + " Methods: " + ", ".join(GRID_BY_KEY) + ".",
     )
-    p.add_argument("--scale", choices=sorted(SCALES), default="cpu",
-                   help="grid size: tiny (seconds), cpu (~2 h), early (early-head placement on ResNet-20, ~1.5 h), "
-                        "gpu (~25 min on an H100); default cpu")
+    p.add_argument(
+        "--scale",
+        choices=sorted(SCALES),
+        default="cpu",
+        help="grid size: tiny (seconds), cpu (~2 h), early (early-head placement on ResNet-20, ~1.5 h), "
+        "gpu (~25 min on an H100); default cpu",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the scale's, 0 1)")
-    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                   help="the grid's methods to train (default: the scale's; a method with a teacher also trains its "
-                        "teacher cell); the table always covers the scale's whole grid, listing cells without a "
-                        f"finished run as missing; choices: {', '.join(GRID_BY_KEY)}")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                   help="where reproduce_<scale>.md/.json/.csv go (default: benchmarks/results)")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        metavar="METHOD",
+        help="the grid's methods to train (default: the scale's; a method with a teacher also trains its "
+        "teacher cell); the table always covers the scale's whole grid, listing cells without a "
+        f"finished run as missing; choices: {', '.join(GRID_BY_KEY)}",
+    )
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where reproduce_<scale>.md/.json/.csv go (default: benchmarks/results)")
     p.add_argument("--runs-dir", type=Path, default=None, help="run directories (default: runs/reproduce-<scale>)")
-    p.add_argument("--data", default=None,
-                   help="CIFAR-10 ImageFolder tarball or folder (train/ and test/); default: $KEEPMIX_CIFAR10_JPEG, "
-                        "else ../shared/data/cifar10-jpeg.tar.gz, else the official download")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="CIFAR-10 ImageFolder tarball or folder (train/ and test/); default: $KEEPMIX_CIFAR10_JPEG, "
+        "else ../shared/data/cifar10-jpeg.tar.gz, else the official download",
+    )
     p.add_argument("--model", default=None, help="override the scale's model (a keepmix model name, e.g. resnet20)")
     p.add_argument("--device", default=None, help="override the scale's device (cpu, cuda, cuda:N)")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="cells trained at a time (default 1, in this process; >1: subprocesses, cores split among them)")
+    p.add_argument(
+        "--jobs", type=int, default=1, help="cells trained at a time (default 1, in this process; >1: subprocesses, cores split among them)"
+    )
     p.add_argument("--epochs", type=int, default=None, help="override the scale's epochs")
     p.add_argument("--train-subset", type=int, default=None, help="override the scale's train subset (0 = all)")
     p.add_argument("--test-subset", type=int, default=None, help="override the scale's test subset (0 = all)")
     p.add_argument("--batch-size", type=int, default=None, help="override the scale's batch size")
-    p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
-                   help="stop after this many minutes: the running cell checkpoints, the table is written from the "
-                        "finished cells, exit status 3; rerunning the command resumes (for sessions with a per-command limit)")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="stop after this many minutes: the running cell checkpoints, the table is written from the "
+        "finished cells, exit status 3; rerunning the command resumes (for sessions with a per-command limit)",
+    )
     p.add_argument("--estimate", action="store_true", help="time a few steps per method, print the grid's estimate, exit")
     p.add_argument("--report-only", action="store_true", help="do not train: write the table from finished runs")
     p.add_argument("--run-cell", default=None, help=argparse.SUPPRESS)
@@ -160,8 +176,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("reproduce: error: --jobs must be >= 1", file=sys.stderr)
         return 2
     overrides: dict[str, Any] = {}
-    for opt, fld in (("model", "model"), ("device", "device"), ("epochs", "epochs"), ("train_subset", "train_subset"),
-                     ("test_subset", "test_subset"), ("batch_size", "batch_size")):
+    for opt, fld in (
+        ("model", "model"),
+        ("device", "device"),
+        ("epochs", "epochs"),
+        ("train_subset", "train_subset"),
+        ("test_subset", "test_subset"),
+        ("batch_size", "batch_size"),
+    ):
         if getattr(args, opt) is not None:
             overrides[fld] = getattr(args, opt)
     runs_dir = args.runs_dir or default_runs_dir(args.scale)
@@ -184,14 +206,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
 
         if not torch.cuda.is_available():
-            print(f"reproduce: error: the {args.scale} scale trains on {device} but CUDA is not available here; "
-                  "pass --device cpu to run its settings on the CPU (slowly), or use --scale cpu", file=sys.stderr)
+            print(
+                f"reproduce: error: the {args.scale} scale trains on {device} but CUDA is not available here; "
+                "pass --device cpu to run its settings on the CPU (slowly), or use --scale cpu",
+                file=sys.stderr,
+            )
             return 2
     if args.estimate:
         est = estimate(scale, methods, seeds, overrides, data, jobs=args.jobs)
-        print(f"estimated grid time: {est['total_s'] / 3600:.2f} h for {len(methods)} methods x {len(seeds)} seeds "
-              f"with --jobs {args.jobs} ({est['steps']} timed steps per method)"
-              + (f"; NOT counting the failed method(s) {', '.join(est['failed'])}" if est["failed"] else ""))
+        print(
+            f"estimated grid time: {est['total_s'] / 3600:.2f} h for {len(methods)} methods x {len(seeds)} seeds "
+            f"with --jobs {args.jobs} ({est['steps']} timed steps per method)"
+            + (f"; NOT counting the failed method(s) {', '.join(est['failed'])}" if est["failed"] else "")
+        )
         return 1 if est["failed"] else 0
     outcome: dict = {}
     interrupted = False
@@ -216,8 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "commit": git_commit(),
         "machine": machine_description(device),
         "jobs": args.jobs,
-        "threads": (max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1
-                    else (next(iter(configs.values())).threads or _torch_threads())),
+        "threads": (
+            max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else (next(iter(configs.values())).threads or _torch_threads())
+        ),
         "runs_dir": str(runs_dir),
         "description": scale.description + (f" (overridden: {overrides})" if overrides else ""),
         "expected_time": scale.expected_time,
@@ -235,8 +263,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for p in paths:
         print(f"wrote {p}")
     if interrupted:
-        print("reproduce: the grid stopped before the end (time limit or signal); the table holds the finished "
-              "cells; rerun the same command to resume", file=sys.stderr)
+        print(
+            "reproduce: the grid stopped before the end (time limit or signal); the table holds the finished "
+            "cells; rerun the same command to resume",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     return 1 if meta["failed"] else 0
 

@@ -94,8 +94,9 @@ def mean_cut_area(scores: Tensor, area: Tensor, q: float) -> list[float]:
     return ((area * cut).sum(1) / cut.sum(1).clamp(min=1)).tolist()
 
 
-def evaluate_run(run: Path, images: Tensor, labels: Tensor, mean: Sequence[float], std: Sequence[float],
-                 q: float, box: int, batch: int, seed: int) -> dict:
+def evaluate_run(
+    run: Path, images: Tensor, labels: Tensor, mean: Sequence[float], std: Sequence[float], q: float, box: int, batch: int, seed: int
+) -> dict:
     """Accuracies and agreement of every cheap saliency of one trained run with its full map."""
     model, config = load_trained_model(run, num_classes=int(labels.max()) + 1)
     m = torch.tensor(mean).view(1, -1, 1, 1)
@@ -114,8 +115,8 @@ def evaluate_run(run: Path, images: Tensor, labels: Tensor, mean: Sequence[float
     areas: dict[str, list[float]] = {"Cutout (no rule)": [], **{k: [] for k in maps}, "uniform (control)": []}
     correct, correct_early = 0, 0
     for i in range(0, len(labels), batch):
-        x = (images[i:i + batch].float() / 255.0 - m) / s
-        y = labels[i:i + batch]
+        x = (images[i : i + batch].float() / 255.0 - m) / s
+        y = labels[i : i + batch]
         with torch.no_grad():
             correct += int((model(x).argmax(1) == y).sum())
             if config.early_head:
@@ -145,8 +146,9 @@ def evaluate_run(run: Path, images: Tensor, labels: Tensor, mean: Sequence[float
         "images": n,
         "test_acc": 100.0 * correct / n,
         "early_head_acc": 100.0 * correct_early / n if config.early_head else None,
-        "agreement": {k: {pos: {metric: statistics.fmean(v) for metric, v in d.items()} for pos, d in by_pos.items()}
-                      for k, by_pos in per.items()},
+        "agreement": {
+            k: {pos: {metric: statistics.fmean(v) for metric, v in d.items()} for pos, d in by_pos.items()} for k, by_pos in per.items()
+        },
         "cut_area": {k: statistics.fmean(v) for k, v in areas.items()},
     }
 
@@ -181,9 +183,11 @@ def render(results: Sequence[Mapping], meta: Mapping) -> str:
     for r in results:
         for k, a in r["agreement"].items():
             early_acc = "—" if r["early_head_acc"] is None else f"{r['early_head_acc']:.2f}"
-            lines.append(f"| {r['name']} | {r['model']} | {r['early_placement'] or '—'} | {r['test_acc']:.2f} | "
-                         f"{early_acc} | {k} | {a['all']['precision']:.3f} | {a['whole']['precision']:.3f} | "
-                         f"{a['whole']['important_cut']:.3f} | {a['whole']['spearman']:.3f} |")
+            lines.append(
+                f"| {r['name']} | {r['model']} | {r['early_placement'] or '—'} | {r['test_acc']:.2f} | "
+                f"{early_acc} | {k} | {a['all']['precision']:.3f} | {a['whole']['precision']:.3f} | "
+                f"{a['whole']['important_cut']:.3f} | {a['whole']['spearman']:.3f} |"
+            )
     keys = list(dict.fromkeys(k for r in results for k in r["cut_area"]))
     lines += [
         "",
@@ -235,13 +239,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     for run in runs:
         r = evaluate_run(run, images, labels, CIFAR10_MEAN, CIFAR10_STD, args.q, args.box, args.batch, args.seed)
         results.append(r)
-        print(f"{r['name']}: acc {r['test_acc']:.2f}"
-              + ("" if r["early_head_acc"] is None else f", early head {r['early_head_acc']:.2f}")
-              + "; whole-box precision " + ", ".join(f"{k} {a['whole']['precision']:.3f}" for k, a in r["agreement"].items()),
-              flush=True)
-    meta = {"command": "python benchmarks/saliency_agreement.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "machine": machine_line(machine_info("cpu")), "images": len(labels), "q": args.q, "box": args.box,
-            "whole_positions": (images.shape[-2] - args.box + 1) * (images.shape[-1] - args.box + 1)}
+        print(
+            f"{r['name']}: acc {r['test_acc']:.2f}"
+            + ("" if r["early_head_acc"] is None else f", early head {r['early_head_acc']:.2f}")
+            + "; whole-box precision "
+            + ", ".join(f"{k} {a['whole']['precision']:.3f}" for k, a in r["agreement"].items()),
+            flush=True,
+        )
+    meta = {
+        "command": "python benchmarks/saliency_agreement.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": machine_line(machine_info("cpu")),
+        "images": len(labels),
+        "q": args.q,
+        "box": args.box,
+        "whole_positions": (images.shape[-2] - args.box + 1) * (images.shape[-1] - args.box + 1),
+    }
     md, js = write_results(args.out, "saliency_agreement", render(results, meta), {"meta": meta, "results": results})
     print(f"wrote {md}\nwrote {js}")
     return 0

@@ -91,7 +91,15 @@ __all__ = [
 
 #: AugMix's op list (the official ``augmentations.augmentations``), in its order.
 AUGMIX_OPS: tuple[str, ...] = (
-    "AutoContrast", "Equalize", "Posterize", "Rotate", "Solarize", "ShearX", "ShearY", "TranslateX", "TranslateY",
+    "AutoContrast",
+    "Equalize",
+    "Posterize",
+    "Rotate",
+    "Solarize",
+    "ShearX",
+    "ShearY",
+    "TranslateX",
+    "TranslateY",
 )
 #: ``all_ops=True`` (the official ``augmentations_all``): the list plus the four enhance ops.
 AUGMIX_ALL_OPS: tuple[str, ...] = AUGMIX_OPS + ("Color", "Contrast", "Brightness", "Sharpness")
@@ -218,9 +226,7 @@ class AugMix(Op):
         self.fill = fill
         self.ops = AUGMIX_ALL_OPS if all_ops else AUGMIX_OPS
         self.register_buffer("_op_ids", torch.tensor([_OP_ID[o] for o in self.ops]), persistent=False)
-        self.register_buffer(
-            "_signed", torch.tensor([name in _SIGNED for name in OP_NAMES]), persistent=False
-        )
+        self.register_buffer("_signed", torch.tensor([name in _SIGNED for name in OP_NAMES]), persistent=False)
 
     @property
     def max_depth(self) -> int:
@@ -333,9 +339,7 @@ def _check_logits(**logits: Tensor) -> None:
             raise ValueError(f"{name} has shape {tuple(t.shape)} but {first} has {tuple(shape)}; the three must match")
 
 
-def jensen_shannon_consistency(
-    logits_clean: Tensor, logits_aug1: Tensor, logits_aug2: Tensor, *, weight: float = 12.0
-) -> Tensor:
+def jensen_shannon_consistency(logits_clean: Tensor, logits_aug1: Tensor, logits_aug2: Tensor, *, weight: float = 12.0) -> Tensor:
     """``weight * JS(p_clean, p_aug1, p_aug2)``, AugMix's consistency term (paper weight 12).
 
     With ``p = softmax(logits)`` (in float32) and ``M = (p_clean + p_aug1 + p_aug2) / 3``
@@ -366,9 +370,7 @@ class AugMixJSDLoss(nn.Module):
         super().__init__()
         self.weight = check_positive(weight, "weight", allow_zero=True)
 
-    def forward(
-        self, logits_clean: Tensor, logits_aug1: Tensor, logits_aug2: Tensor, targets: Tensor | None = None
-    ) -> Tensor:
+    def forward(self, logits_clean: Tensor, logits_aug1: Tensor, logits_aug2: Tensor, targets: Tensor | None = None) -> Tensor:
         js = jensen_shannon_consistency(logits_clean, logits_aug1, logits_aug2, weight=self.weight)
         if targets is None:
             return js

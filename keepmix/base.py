@@ -194,8 +194,7 @@ class Op(nn.Module, metaclass=abc.ABCMeta):
         if labels is None:
             if self.mixes_labels:
                 raise ValueError(
-                    f"{type(self).__name__} mixes labels: call it with labels, op(images, labels), "
-                    "(B,) class ids or (B, K) soft targets"
+                    f"{type(self).__name__} mixes labels: call it with labels, op(images, labels), (B,) class ids or (B, K) soft targets"
                 )
             return None
         labels = _check_label_rows(labels, images.shape[0])

@@ -50,10 +50,28 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         "run": ("name", "out_dir", "seed", "device", "threads"),
         "data": ("dataset", "data_dir", "train_subset", "test_subset", "crop_padding", "flip"),
         "model": ("model", "early_head", "early_loss_weight"),
-        "optimisation": ("epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "no_bn_decay",
-                         "warmup_epochs", "min_lr", "label_smoothing"),
-        "semi-supervised (UDA)": ("semi_labels", "semi_balanced", "semi_mu", "uda_augment", "uda_tsa", "uda_temperature",
-                                  "uda_threshold", "uda_weight"),
+        "optimisation": (
+            "epochs",
+            "batch_size",
+            "lr",
+            "momentum",
+            "nesterov",
+            "weight_decay",
+            "no_bn_decay",
+            "warmup_epochs",
+            "min_lr",
+            "label_smoothing",
+        ),
+        "semi-supervised (UDA)": (
+            "semi_labels",
+            "semi_balanced",
+            "semi_mu",
+            "uda_augment",
+            "uda_tsa",
+            "uda_temperature",
+            "uda_threshold",
+            "uda_weight",
+        ),
         "speed": ("amp", "amp_dtype", "channels_last", "compile"),
         "bookkeeping": ("eval_every", "checkpoint_every", "log_every", "max_steps_per_epoch", "progress", "pictures"),
     }
@@ -67,10 +85,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         kwargs: dict = dict(dest=name, default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))
         if tp is bool and name.startswith("no_"):
             # A negative field gets --no-bn-decay and --bn-decay, not --no-no-bn-decay.
-            groups[section].add_argument(_flag(name), dest=name, action="store_true", default=argparse.SUPPRESS,
-                                         help=kwargs["help"])
-            groups[section].add_argument(_flag(name[3:]), dest=name, action="store_false", default=argparse.SUPPRESS,
-                                         help=f"the opposite of {_flag(name)}")
+            groups[section].add_argument(_flag(name), dest=name, action="store_true", default=argparse.SUPPRESS, help=kwargs["help"])
+            groups[section].add_argument(
+                _flag(name[3:]), dest=name, action="store_false", default=argparse.SUPPRESS, help=f"the opposite of {_flag(name)}"
+            )
         elif tp is bool:
             groups[section].add_argument(_flag(name), action=argparse.BooleanOptionalAction, **kwargs)
         else:
@@ -112,19 +130,38 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=_Formatter,
     )
-    t.add_argument("preset", nargs="?", default=None,
-                   help="preset name, e.g. cifar10-resnet18-keepcutout (see --list-presets); optional with --config")
-    t.add_argument("--config", metavar="FILE", default=None,
-                   help="YAML (.yaml/.yml) or TOML (.toml) file of option: value pairs, applied over the preset")
-    t.add_argument("--resume", metavar="RUN_DIR", default=None,
-                   help="continue the interrupted run in RUN_DIR (or a checkpoint file) with its saved config; "
-                        "only --epochs N may be given with it, to extend the run (also a finished one) to N epochs: "
-                        "the cosine schedule is then re-planned over N epochs from the step reached")
-    t.add_argument("--log", choices=("jsonl", "tensorboard"), default="jsonl",
-                   help="metrics.jsonl is always written; tensorboard also writes event files into RUN_DIR/tensorboard "
-                        "(needs the [tensorboard] extra)")
-    t.add_argument("--list-presets", nargs="?", const="", default=None, metavar="FILTER",
-                   help="print the presets (those containing FILTER, or matching it as a glob) and what they set, then exit")
+    t.add_argument(
+        "preset", nargs="?", default=None, help="preset name, e.g. cifar10-resnet18-keepcutout (see --list-presets); optional with --config"
+    )
+    t.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="YAML (.yaml/.yml) or TOML (.toml) file of option: value pairs, applied over the preset",
+    )
+    t.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        default=None,
+        help="continue the interrupted run in RUN_DIR (or a checkpoint file) with its saved config; "
+        "only --epochs N may be given with it, to extend the run (also a finished one) to N epochs: "
+        "the cosine schedule is then re-planned over N epochs from the step reached",
+    )
+    t.add_argument(
+        "--log",
+        choices=("jsonl", "tensorboard"),
+        default="jsonl",
+        help="metrics.jsonl is always written; tensorboard also writes event files into RUN_DIR/tensorboard "
+        "(needs the [tensorboard] extra)",
+    )
+    t.add_argument(
+        "--list-presets",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="FILTER",
+        help="print the presets (those containing FILTER, or matching it as a glob) and what they set, then exit",
+    )
     _add_config_flags(t)
 
     s = sub.add_parser(
@@ -138,14 +175,23 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=_Formatter,
     )
-    s.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                   help="methods to show (default: cutout keepcutout cutmix keepcutmix autoaugment keepautoaugment recursivemix)")
-    s.add_argument("--run", metavar="RUN_DIR", default=None,
-                   help="take the model (for the saliency), dataset and options from this run's checkpoint")
+    s.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        metavar="METHOD",
+        help="methods to show (default: cutout keepcutout cutmix keepcutmix autoaugment keepautoaugment recursivemix)",
+    )
+    s.add_argument(
+        "--run", metavar="RUN_DIR", default=None, help="take the model (for the saliency), dataset and options from this run's checkpoint"
+    )
     s.add_argument("--dataset", default="cifar10", help="dataset name or path (ignored with --run)")
-    s.add_argument("--data-dir", default="",
-                   help="where named datasets are looked for / downloaded (ignored with --run); "
-                        "empty = $KEEPMIX_DATA_DIR or ~/.cache/keepmix/data, as for keepmix train")
+    s.add_argument(
+        "--data-dir",
+        default="",
+        help="where named datasets are looked for / downloaded (ignored with --run); "
+        "empty = $KEEPMIX_DATA_DIR or ~/.cache/keepmix/data, as for keepmix train",
+    )
     s.add_argument("--model", default="small", help="model for the saliency when no --run is given")
     s.add_argument("--num-images", type=int, default=8, help="number of images (rows) to show")
     s.add_argument("--seed", type=int, default=0, help="seed of the image choice and of the augmentation draws")
@@ -160,10 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (holding metrics.jsonl) or metrics.jsonl files")
     p.add_argument("--out", default="keepmix-plot.png", help="output PNG path")
-    p.add_argument("--metric", default="test_acc",
-                   help="metric to plot: test_acc, train_acc, train_loss, test_loss, lr, images_per_s")
-    p.add_argument("--labels", nargs="+", default=None, metavar="LABEL",
-                   help="legend label per run (runs sharing a label are averaged in the legend)")
+    p.add_argument("--metric", default="test_acc", help="metric to plot: test_acc, train_acc, train_loss, test_loss, lr, images_per_s")
+    p.add_argument(
+        "--labels", nargs="+", default=None, metavar="LABEL", help="legend label per run (runs sharing a label are averaged in the legend)"
+    )
     p.add_argument("--title", default=None, help="figure title")
     return parser
 
@@ -248,8 +294,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
             given = [k for k in field_types() if hasattr(args, k) and k != "epochs"]
             if args.preset or args.config or given:
                 got = [x for x in (args.preset, args.config and f"--config {args.config}") if x] + [_flag(k) for k in given]
-                raise ConfigError("--resume continues a run with its saved config: do not give a preset, --config "
-                                  f"or options other than --epochs with it (got {', '.join(got)})")
+                raise ConfigError(
+                    "--resume continues a run with its saved config: do not give a preset, --config "
+                    f"or options other than --epochs with it (got {', '.join(got)})"
+                )
             final = train(None, resume=args.resume, epochs=getattr(args, "epochs", None), tensorboard=tensorboard)
         else:
             final = train(_config_from_args(args), tensorboard=tensorboard)
@@ -268,8 +316,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 128 + (e.signum or signal.SIGINT)
     except KeyboardInterrupt:  # a second Ctrl-C: stop now; the last checkpoint written stays
         if main_process:
-            print("keepmix train: stopped at once by a second interrupt; the last checkpoint written (if any) is intact",
-                  file=sys.stderr)
+            print("keepmix train: stopped at once by a second interrupt; the last checkpoint written (if any) is intact", file=sys.stderr)
         return 128 + signal.SIGINT
     finally:
         _shutdown_distributed()
@@ -280,8 +327,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     run = RunDir(final["run_dir"]).path.resolve()
     files = RunDir(run)
     print(f"run directory: {run}")
-    print(f"final test accuracy: {final['test_acc']:.2f}% (best {final['best_test_acc']:.2f}%) "
-          f"after {final['epochs']} epochs, {final['wall_time_s']:.0f} s")
+    print(
+        f"final test accuracy: {final['test_acc']:.2f}% (best {final['best_test_acc']:.2f}%) "
+        f"after {final['epochs']} epochs, {final['wall_time_s']:.0f} s"
+    )
     print(f"metrics: {files.metrics}  summary: {files.final}  config: {files.config}")
     if tensorboard:
         print(f"tensorboard: tensorboard --logdir {files.tensorboard}")
@@ -306,8 +355,15 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
     try:
         out = show(
-            methods=args.methods, run=args.run, dataset=args.dataset, data_dir=args.data_dir, model=args.model,
-            num_images=args.num_images, seed=args.seed, out=args.out, device=args.device,
+            methods=args.methods,
+            run=args.run,
+            dataset=args.dataset,
+            data_dir=args.data_dir,
+            model=args.model,
+            num_images=args.num_images,
+            seed=args.seed,
+            out=args.out,
+            device=args.device,
         )
     except (ValueError, KeyError, OSError, RuntimeError) as e:
         return _error("show", str(e).strip('"'), EXIT_BAD_INPUT)

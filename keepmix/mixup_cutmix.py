@@ -182,10 +182,13 @@ class MixupCutMix(RegionOp):
             placement = "center"
         else:
             lo, hi = self.cutmix_minmax
-            sizes = torch.stack([
-                randint(int(h * lo), int(h * hi), n, device=dev, generator=generator),
-                randint(int(w * lo), int(w * hi), n, device=dev, generator=generator),
-            ], dim=1)
+            sizes = torch.stack(
+                [
+                    randint(int(h * lo), int(h * hi), n, device=dev, generator=generator),
+                    randint(int(w * lo), int(w * hi), n, device=dev, generator=generator),
+                ],
+                dim=1,
+            )
             placement = "inside"
         if self.placer.needs_saliency:
             full = sizes[_expand_index(self.mode, images.shape[0], dev)]

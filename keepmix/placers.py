@@ -156,9 +156,7 @@ class KeepPlacer(Placer):
     ) -> KeepSelection:
         """The full selection (boxes, per-image ``tau``, fallback flags, the summed-area table)."""
         keys = selection_keys(saliency.shape[0], self.q, side, device=saliency.device, generator=generator)
-        return select_boxes(
-            saliency, sizes, self.q, self.candidates(placement), side, self.candidate_stride, keys=keys, score=self.score
-        )
+        return select_boxes(saliency, sizes, self.q, self.candidates(placement), side, self.candidate_stride, keys=keys, score=self.score)
 
     def place(
         self,
@@ -179,4 +177,3 @@ class KeepPlacer(Placer):
             f"q={self.q}, score={self.score!r}, whole_boxes={self.whole_boxes}, "
             f"candidate_stride={self.candidate_stride}, saliency_fn={self.saliency_fn!r}"
         )
-

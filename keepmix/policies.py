@@ -173,8 +173,13 @@ class _Policy(Op):
         """Apply the drawn ops (see :func:`keepmix.functional.policy_ops.apply_ops`)."""
         dev = images.device
         out = apply_ops(
-            images, params.ops.to(dev), params.signed_magnitudes.to(dev), params.applied.to(dev), params.centers.to(dev),
-            self.fill, self.interpolation,
+            images,
+            params.ops.to(dev),
+            params.signed_magnitudes.to(dev),
+            params.applied.to(dev),
+            params.centers.to(dev),
+            self.fill,
+            self.interpolation,
         )
         return out, labels
 
@@ -344,66 +349,195 @@ class TrivialAugmentWide(_Policy):
 
 #: timm's op names; a :class:`TimmPolicyParams` ``timm_ops`` entry indexes this tuple.
 TIMM_OPS: tuple[str, ...] = (
-    "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "PosterizeIncreasing", "PosterizeOriginal",
-    "Solarize", "SolarizeIncreasing", "SolarizeAdd", "Color", "ColorIncreasing", "Contrast", "ContrastIncreasing",
-    "Brightness", "BrightnessIncreasing", "Sharpness", "SharpnessIncreasing", "ShearX", "ShearY", "TranslateX",
-    "TranslateY", "TranslateXRel", "TranslateYRel", "Desaturate", "GaussianBlur", "GaussianBlurRand",
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "Posterize",
+    "PosterizeIncreasing",
+    "PosterizeOriginal",
+    "Solarize",
+    "SolarizeIncreasing",
+    "SolarizeAdd",
+    "Color",
+    "ColorIncreasing",
+    "Contrast",
+    "ContrastIncreasing",
+    "Brightness",
+    "BrightnessIncreasing",
+    "Sharpness",
+    "SharpnessIncreasing",
+    "ShearX",
+    "ShearY",
+    "TranslateX",
+    "TranslateY",
+    "TranslateXRel",
+    "TranslateYRel",
+    "Desaturate",
+    "GaussianBlur",
+    "GaussianBlurRand",
 )
 _TIMM_ID = {name: i for i, name in enumerate(TIMM_OPS)}
 # Ops whose level function draws a random sign (timm's _randomly_negate).
-_TIMM_SIGNED = frozenset({"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "TranslateXRel", "TranslateYRel",
-                          "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing"})
+_TIMM_SIGNED = frozenset(
+    {
+        "Rotate",
+        "ShearX",
+        "ShearY",
+        "TranslateX",
+        "TranslateY",
+        "TranslateXRel",
+        "TranslateYRel",
+        "ColorIncreasing",
+        "ContrastIncreasing",
+        "BrightnessIncreasing",
+        "SharpnessIncreasing",
+    }
+)
 # Two ops keepmix's apply_ops lacks, applied here: ids past OP_NAMES.
 _SOLARIZE_ADD = len(OP_NAMES)
 _GAUSSIAN_BLUR = len(OP_NAMES) + 1
 _LEVEL_DENOM = 10.0
 
-_RAND_TRANSFORMS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color",
-                    "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
-_RAND_INCREASING = ("AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing",
-                    "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing",
-                    "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+_RAND_TRANSFORMS = (
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "Posterize",
+    "Solarize",
+    "SolarizeAdd",
+    "Color",
+    "Contrast",
+    "Brightness",
+    "Sharpness",
+    "ShearX",
+    "ShearY",
+    "TranslateXRel",
+    "TranslateYRel",
+)
+_RAND_INCREASING = (
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "PosterizeIncreasing",
+    "SolarizeIncreasing",
+    "SolarizeAdd",
+    "ColorIncreasing",
+    "ContrastIncreasing",
+    "BrightnessIncreasing",
+    "SharpnessIncreasing",
+    "ShearX",
+    "ShearY",
+    "TranslateXRel",
+    "TranslateYRel",
+)
 _RAND_3A = ("SolarizeIncreasing", "Desaturate", "GaussianBlur")
-_RAND_WEIGHTED_3A = {"SolarizeIncreasing": 6, "Desaturate": 6, "GaussianBlur": 6, "Rotate": 3, "ShearX": 2, "ShearY": 2,
-                     "PosterizeIncreasing": 1, "AutoContrast": 1, "ColorIncreasing": 1, "SharpnessIncreasing": 1,
-                     "ContrastIncreasing": 1, "BrightnessIncreasing": 1, "Equalize": 1, "Invert": 1}
-_RAND_WEIGHTED_0 = {"Rotate": 3, "ShearX": 2, "ShearY": 2, "TranslateXRel": 1, "TranslateYRel": 1, "ColorIncreasing": .25,
-                    "SharpnessIncreasing": 0.25, "AutoContrast": 0.25, "SolarizeIncreasing": .05, "SolarizeAdd": .05,
-                    "ContrastIncreasing": .05, "BrightnessIncreasing": .05, "Equalize": .05, "PosterizeIncreasing": 0.05,
-                    "Invert": 0.05}
+_RAND_WEIGHTED_3A = {
+    "SolarizeIncreasing": 6,
+    "Desaturate": 6,
+    "GaussianBlur": 6,
+    "Rotate": 3,
+    "ShearX": 2,
+    "ShearY": 2,
+    "PosterizeIncreasing": 1,
+    "AutoContrast": 1,
+    "ColorIncreasing": 1,
+    "SharpnessIncreasing": 1,
+    "ContrastIncreasing": 1,
+    "BrightnessIncreasing": 1,
+    "Equalize": 1,
+    "Invert": 1,
+}
+_RAND_WEIGHTED_0 = {
+    "Rotate": 3,
+    "ShearX": 2,
+    "ShearY": 2,
+    "TranslateXRel": 1,
+    "TranslateYRel": 1,
+    "ColorIncreasing": 0.25,
+    "SharpnessIncreasing": 0.25,
+    "AutoContrast": 0.25,
+    "SolarizeIncreasing": 0.05,
+    "SolarizeAdd": 0.05,
+    "ContrastIncreasing": 0.05,
+    "BrightnessIncreasing": 0.05,
+    "Equalize": 0.05,
+    "PosterizeIncreasing": 0.05,
+    "Invert": 0.05,
+}
 # Older timm's 'w0' (removed in timm 0.9): weights over the non-increasing op set.
-_RAND_CHOICE_WEIGHTS_0 = {"Rotate": 0.3, "ShearX": 0.2, "ShearY": 0.2, "TranslateXRel": 0.1, "TranslateYRel": 0.1,
-                          "Color": .025, "Sharpness": 0.025, "AutoContrast": 0.025, "Solarize": .005, "SolarizeAdd": .005,
-                          "Contrast": .005, "Brightness": .005, "Equalize": .005, "Posterize": 0, "Invert": 0}
+_RAND_CHOICE_WEIGHTS_0 = {
+    "Rotate": 0.3,
+    "ShearX": 0.2,
+    "ShearY": 0.2,
+    "TranslateXRel": 0.1,
+    "TranslateYRel": 0.1,
+    "Color": 0.025,
+    "Sharpness": 0.025,
+    "AutoContrast": 0.025,
+    "Solarize": 0.005,
+    "SolarizeAdd": 0.005,
+    "Contrast": 0.005,
+    "Brightness": 0.005,
+    "Equalize": 0.005,
+    "Posterize": 0,
+    "Invert": 0,
+}
 
 _V0 = (
-    (("Equalize", 0.8, 1), ("ShearY", 0.8, 4)), (("Color", 0.4, 9), ("Equalize", 0.6, 3)),
-    (("Color", 0.4, 1), ("Rotate", 0.6, 8)), (("Solarize", 0.8, 3), ("Equalize", 0.4, 7)),
-    (("Solarize", 0.4, 2), ("Solarize", 0.6, 2)), (("Color", 0.2, 0), ("Equalize", 0.8, 8)),
-    (("Equalize", 0.4, 8), ("SolarizeAdd", 0.8, 3)), (("ShearX", 0.2, 9), ("Rotate", 0.6, 8)),
-    (("Color", 0.6, 1), ("Equalize", 1.0, 2)), (("Invert", 0.4, 9), ("Rotate", 0.6, 0)),
-    (("Equalize", 1.0, 9), ("ShearY", 0.6, 3)), (("Color", 0.4, 7), ("Equalize", 0.6, 0)),
-    (("Posterize", 0.4, 6), ("AutoContrast", 0.4, 7)), (("Solarize", 0.6, 8), ("Color", 0.6, 9)),
-    (("Solarize", 0.2, 4), ("Rotate", 0.8, 9)), (("Rotate", 1.0, 7), ("TranslateYRel", 0.8, 9)),
-    (("ShearX", 0.0, 0), ("Solarize", 0.8, 4)), (("ShearY", 0.8, 0), ("Color", 0.6, 4)),
-    (("Color", 1.0, 0), ("Rotate", 0.6, 2)), (("Equalize", 0.8, 4), ("Equalize", 0.0, 8)),
-    (("Equalize", 1.0, 4), ("AutoContrast", 0.6, 2)), (("ShearY", 0.4, 7), ("SolarizeAdd", 0.6, 7)),
-    (("Posterize", 0.8, 2), ("Solarize", 0.6, 10)), (("Solarize", 0.6, 8), ("Equalize", 0.6, 1)),
+    (("Equalize", 0.8, 1), ("ShearY", 0.8, 4)),
+    (("Color", 0.4, 9), ("Equalize", 0.6, 3)),
+    (("Color", 0.4, 1), ("Rotate", 0.6, 8)),
+    (("Solarize", 0.8, 3), ("Equalize", 0.4, 7)),
+    (("Solarize", 0.4, 2), ("Solarize", 0.6, 2)),
+    (("Color", 0.2, 0), ("Equalize", 0.8, 8)),
+    (("Equalize", 0.4, 8), ("SolarizeAdd", 0.8, 3)),
+    (("ShearX", 0.2, 9), ("Rotate", 0.6, 8)),
+    (("Color", 0.6, 1), ("Equalize", 1.0, 2)),
+    (("Invert", 0.4, 9), ("Rotate", 0.6, 0)),
+    (("Equalize", 1.0, 9), ("ShearY", 0.6, 3)),
+    (("Color", 0.4, 7), ("Equalize", 0.6, 0)),
+    (("Posterize", 0.4, 6), ("AutoContrast", 0.4, 7)),
+    (("Solarize", 0.6, 8), ("Color", 0.6, 9)),
+    (("Solarize", 0.2, 4), ("Rotate", 0.8, 9)),
+    (("Rotate", 1.0, 7), ("TranslateYRel", 0.8, 9)),
+    (("ShearX", 0.0, 0), ("Solarize", 0.8, 4)),
+    (("ShearY", 0.8, 0), ("Color", 0.6, 4)),
+    (("Color", 1.0, 0), ("Rotate", 0.6, 2)),
+    (("Equalize", 0.8, 4), ("Equalize", 0.0, 8)),
+    (("Equalize", 1.0, 4), ("AutoContrast", 0.6, 2)),
+    (("ShearY", 0.4, 7), ("SolarizeAdd", 0.6, 7)),
+    (("Posterize", 0.8, 2), ("Solarize", 0.6, 10)),
+    (("Solarize", 0.6, 8), ("Equalize", 0.6, 1)),
     (("Color", 0.8, 6), ("Rotate", 0.4, 5)),
 )
 _ORIGINAL_R = (
-    (("PosterizeIncreasing", 0.4, 8), ("Rotate", 0.6, 9)), (("Solarize", 0.6, 5), ("AutoContrast", 0.6, 5)),
-    (("Equalize", 0.8, 8), ("Equalize", 0.6, 3)), (("PosterizeIncreasing", 0.6, 7), ("PosterizeIncreasing", 0.6, 6)),
-    (("Equalize", 0.4, 7), ("Solarize", 0.2, 4)), (("Equalize", 0.4, 4), ("Rotate", 0.8, 8)),
-    (("Solarize", 0.6, 3), ("Equalize", 0.6, 7)), (("PosterizeIncreasing", 0.8, 5), ("Equalize", 1.0, 2)),
-    (("Rotate", 0.2, 3), ("Solarize", 0.6, 8)), (("Equalize", 0.6, 8), ("PosterizeIncreasing", 0.4, 6)),
-    (("Rotate", 0.8, 8), ("Color", 0.4, 0)), (("Rotate", 0.4, 9), ("Equalize", 0.6, 2)),
-    (("Equalize", 0.0, 7), ("Equalize", 0.8, 8)), (("Invert", 0.6, 4), ("Equalize", 1.0, 8)),
-    (("Color", 0.6, 4), ("Contrast", 1.0, 8)), (("Rotate", 0.8, 8), ("Color", 1.0, 2)),
-    (("Color", 0.8, 8), ("Solarize", 0.8, 7)), (("Sharpness", 0.4, 7), ("Invert", 0.6, 8)),
-    (("ShearX", 0.6, 5), ("Equalize", 1.0, 9)), (("Color", 0.4, 0), ("Equalize", 0.6, 3)),
-    (("Equalize", 0.4, 7), ("Solarize", 0.2, 4)), (("Solarize", 0.6, 5), ("AutoContrast", 0.6, 5)),
-    (("Invert", 0.6, 4), ("Equalize", 1.0, 8)), (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
+    (("PosterizeIncreasing", 0.4, 8), ("Rotate", 0.6, 9)),
+    (("Solarize", 0.6, 5), ("AutoContrast", 0.6, 5)),
+    (("Equalize", 0.8, 8), ("Equalize", 0.6, 3)),
+    (("PosterizeIncreasing", 0.6, 7), ("PosterizeIncreasing", 0.6, 6)),
+    (("Equalize", 0.4, 7), ("Solarize", 0.2, 4)),
+    (("Equalize", 0.4, 4), ("Rotate", 0.8, 8)),
+    (("Solarize", 0.6, 3), ("Equalize", 0.6, 7)),
+    (("PosterizeIncreasing", 0.8, 5), ("Equalize", 1.0, 2)),
+    (("Rotate", 0.2, 3), ("Solarize", 0.6, 8)),
+    (("Equalize", 0.6, 8), ("PosterizeIncreasing", 0.4, 6)),
+    (("Rotate", 0.8, 8), ("Color", 0.4, 0)),
+    (("Rotate", 0.4, 9), ("Equalize", 0.6, 2)),
+    (("Equalize", 0.0, 7), ("Equalize", 0.8, 8)),
+    (("Invert", 0.6, 4), ("Equalize", 1.0, 8)),
+    (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
+    (("Rotate", 0.8, 8), ("Color", 1.0, 2)),
+    (("Color", 0.8, 8), ("Solarize", 0.8, 7)),
+    (("Sharpness", 0.4, 7), ("Invert", 0.6, 8)),
+    (("ShearX", 0.6, 5), ("Equalize", 1.0, 9)),
+    (("Color", 0.4, 0), ("Equalize", 0.6, 3)),
+    (("Equalize", 0.4, 7), ("Solarize", 0.2, 4)),
+    (("Solarize", 0.6, 5), ("AutoContrast", 0.6, 5)),
+    (("Invert", 0.6, 4), ("Equalize", 1.0, 8)),
+    (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
     (("Equalize", 0.8, 8), ("Equalize", 0.6, 3)),
 )
 
@@ -472,7 +606,7 @@ def parse_timm_rand(config_str: str) -> dict:
             raise ValueError(str(e) or f"config_str {config_str!r}: bad value in section {key + val!r}") from None
     ops: tuple[str, ...]
     weights: tuple[float, ...] | None
-    if transforms is None or transforms in ("", ):
+    if transforms is None or transforms in ("",):
         ops, weights = (_RAND_INCREASING if increasing else _RAND_TRANSFORMS), None
     elif transforms == "weights":
         ops, weights = tuple(_RAND_WEIGHTED_0), tuple(_RAND_WEIGHTED_0.values())
@@ -484,8 +618,7 @@ def parse_timm_rand(config_str: str) -> dict:
         ops, weights = _RAND_TRANSFORMS, tuple(_RAND_CHOICE_WEIGHTS_0[k] for k in _RAND_TRANSFORMS)
     else:
         raise ValueError(f"config_str {config_str!r}: unknown op set t{transforms} (known: tweights, t3a, t3aw)")
-    return dict(ops=ops, num_ops=num_layers, magnitude=float(magnitude), prob=prob, magnitude_std=mstd,
-                magnitude_max=mmax, weights=weights)
+    return dict(ops=ops, num_ops=num_layers, magnitude=float(magnitude), prob=prob, magnitude_std=mstd, magnitude_max=mmax, weights=weights)
 
 
 def parse_timm_auto(name: str) -> dict:
@@ -503,9 +636,16 @@ def parse_timm_auto(name: str) -> dict:
     return dict(policy=policy, magnitude_std=mstd)
 
 
-def timm_magnitudes(timm_ops: Tensor, levels: Tensor, signs: Tensor, height: int, width: int,
-                    translate_pct: float = 0.45, translate_const: float = 250.0,
-                    blur_u: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def timm_magnitudes(
+    timm_ops: Tensor,
+    levels: Tensor,
+    signs: Tensor,
+    height: int,
+    width: int,
+    translate_pct: float = 0.45,
+    translate_const: float = 250.0,
+    blur_u: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
     """timm's level functions: ``(keepmix op ids, signed magnitudes in apply_ops units)``.
 
     ``timm_ops`` int64 ids into :data:`TIMM_OPS`, ``levels`` float64 (the clipped magnitude
@@ -531,15 +671,22 @@ def timm_magnitudes(timm_ops: Tensor, levels: Tensor, signs: Tensor, height: int
     f = lv.clamp(0.0, 1.0)
     table = {
         "Rotate": ("Rotate", lv * 30.0 * s),
-        "Posterize": ("Posterize", post), "PosterizeIncreasing": ("Posterize", 4 - post),
+        "Posterize": ("Posterize", post),
+        "PosterizeIncreasing": ("Posterize", 4 - post),
         "PosterizeOriginal": ("Posterize", post + 4),
-        "Solarize": ("Solarize", sol), "SolarizeIncreasing": ("Solarize", 256 - sol),
+        "Solarize": ("Solarize", sol),
+        "SolarizeIncreasing": ("Solarize", 256 - sol),
         "SolarizeAdd": (None, torch.clamp_max(trunc(lv * 110), 128.0)),
-        "Color": ("Color", enh), "Contrast": ("Contrast", enh), "Brightness": ("Brightness", enh),
+        "Color": ("Color", enh),
+        "Contrast": ("Contrast", enh),
+        "Brightness": ("Brightness", enh),
         "Sharpness": ("Sharpness", enh),
-        "ColorIncreasing": ("Color", enh_inc), "ContrastIncreasing": ("Contrast", enh_inc),
-        "BrightnessIncreasing": ("Brightness", enh_inc), "SharpnessIncreasing": ("Sharpness", enh_inc),
-        "ShearX": ("ShearX", lv * 0.3 * s), "ShearY": ("ShearY", lv * 0.3 * s),
+        "ColorIncreasing": ("Color", enh_inc),
+        "ContrastIncreasing": ("Contrast", enh_inc),
+        "BrightnessIncreasing": ("Brightness", enh_inc),
+        "SharpnessIncreasing": ("Sharpness", enh_inc),
+        "ShearX": ("ShearX", lv * 0.3 * s),
+        "ShearY": ("ShearY", lv * 0.3 * s),
         "TranslateX": ("TranslateX", -(lv * float(translate_const)) * s),
         "TranslateY": ("TranslateY", -(lv * float(translate_const)) * s),
         "TranslateXRel": ("TranslateX", -(lv * translate_pct * s) * width),
@@ -587,8 +734,9 @@ def _box_blur_lines(x: Tensor, radius: Tensor) -> Tensor:
     pos = torch.arange(w, device=x.device).view(1, w)
     r = ri.view(b, 1)
     lo, hi = pos - r, pos + r  # window [lo, hi]
-    inner = prefix.gather(-1, (hi.clamp(max=w - 1) + 1).view(b, 1, 1, w).expand(b, c, h, w)) - \
-        prefix.gather(-1, lo.clamp(min=0).view(b, 1, 1, w).expand(b, c, h, w))
+    inner = prefix.gather(-1, (hi.clamp(max=w - 1) + 1).view(b, 1, 1, w).expand(b, c, h, w)) - prefix.gather(
+        -1, lo.clamp(min=0).view(b, 1, 1, w).expand(b, c, h, w)
+    )
     acc = inner + x[..., :1] * (-lo).clamp(min=0).view(b, 1, 1, w) + x[..., -1:] * (hi - (w - 1)).clamp(min=0).view(b, 1, 1, w)
     left = x.gather(-1, (pos - r - 1).clamp(0, w - 1).view(b, 1, 1, w).expand(b, c, h, w))
     right = x.gather(-1, (pos + r + 1).clamp(0, w - 1).view(b, 1, 1, w).expand(b, c, h, w))
@@ -642,8 +790,9 @@ class _TimmPolicy(_Policy):
 
     params_type = TimmPolicyParams
 
-    def __init__(self, magnitude_std: float, magnitude_max: int | None, fill, interpolation: str,
-                 translate_pct: float, translate_const: float) -> None:
+    def __init__(
+        self, magnitude_std: float, magnitude_max: int | None, fill, interpolation: str, translate_pct: float, translate_const: float
+    ) -> None:
         super().__init__(0.0 if fill is None else fill, interpolation, False)
         self.timm_fill = fill
         if isinstance(magnitude_std, bool) or not isinstance(magnitude_std, (int, float)) or not magnitude_std >= 0:
@@ -665,8 +814,7 @@ class _TimmPolicy(_Policy):
         if self.magnitude_std == math.inf:
             lv = sampling.uniform(base.shape, device=base.device, generator=generator, dtype=torch.float64) * base
         elif self.magnitude_std > 0:
-            lv = base + self.magnitude_std * sampling.normal(base.shape, device=base.device, generator=generator,
-                                                             dtype=torch.float64)
+            lv = base + self.magnitude_std * sampling.normal(base.shape, device=base.device, generator=generator, dtype=torch.float64)
         else:
             lv = base
         return lv.clamp(0.0, self.upper_bound)
@@ -678,8 +826,9 @@ class _TimmPolicy(_Policy):
         flip = sampling.bernoulli(0.5, (b, n), device=dev, generator=generator)
         signs = torch.where(signed & flip, -1.0, 1.0).double()
         blur_u = sampling.uniform((b, n), device=dev, generator=generator, dtype=torch.float64)
-        ids, mags = timm_magnitudes(timm_ops, levels, signs, images.shape[-2], images.shape[-1],
-                                    self.translate_pct, self.translate_const, blur_u)
+        ids, mags = timm_magnitudes(
+            timm_ops, levels, signs, images.shape[-2], images.shape[-1], self.translate_pct, self.translate_const, blur_u
+        )
         ones = torch.ones(b, n, device=dev)
         centers = torch.zeros(b, n, 2, device=dev)
         return TimmPolicyParams(ids, mags, ones, applied, centers, sub, timm_ops=timm_ops, levels=levels)
@@ -696,10 +845,11 @@ class _TimmPolicy(_Policy):
         special = (ops == _SOLARIZE_ADD) | (ops == _GAUSSIAN_BLUR)
         x = images
         for k in range(ops.shape[1]):  # the steps, in order (a loop over steps, not images)
-            op_k, act_k = ops[:, k:k + 1], applied[:, k:k + 1]
-            std = act_k & ~special[:, k:k + 1]
-            x = apply_ops(x, torch.where(std, op_k, 0), mags[:, k:k + 1], std, params.centers[:, k:k + 1].to(dev),
-                          fill, self.interpolation)
+            op_k, act_k = ops[:, k : k + 1], applied[:, k : k + 1]
+            std = act_k & ~special[:, k : k + 1]
+            x = apply_ops(
+                x, torch.where(std, op_k, 0), mags[:, k : k + 1], std, params.centers[:, k : k + 1].to(dev), fill, self.interpolation
+            )
             if "SolarizeAdd" in self.op_names:  # the op set decides, not the data: no host read
                 add_on = (act_k[:, 0] & (op_k[:, 0] == _SOLARIZE_ADD)).view(-1, 1, 1, 1)
                 x = torch.where(add_on, _solarize_add(x, torch.where(add_on.view(-1), mags[:, k], 0.0)), x)
@@ -730,10 +880,20 @@ class TimmRandAugment(_TimmPolicy):
 
     _timm_ids: Tensor  # a buffer (register_buffer in __init__)
 
-    def __init__(self, ops: Sequence[str] = _RAND_TRANSFORMS, num_ops: int = 2, magnitude: float = 10.0,
-                 prob: float = 0.5, magnitude_std: float = 0.0, magnitude_max: int | None = None,
-                 weights: Sequence[float] | None = None, fill=None, interpolation: str = "bilinear",
-                 translate_pct: float = 0.45, translate_const: float = 250.0) -> None:
+    def __init__(
+        self,
+        ops: Sequence[str] = _RAND_TRANSFORMS,
+        num_ops: int = 2,
+        magnitude: float = 10.0,
+        prob: float = 0.5,
+        magnitude_std: float = 0.0,
+        magnitude_max: int | None = None,
+        weights: Sequence[float] | None = None,
+        fill=None,
+        interpolation: str = "bilinear",
+        translate_pct: float = 0.45,
+        translate_const: float = 250.0,
+    ) -> None:
         super().__init__(magnitude_std, magnitude_max, fill, interpolation, translate_pct, translate_const)
         ops = tuple(ops)
         unknown = [o for o in ops if o not in _TIMM_ID]
@@ -753,8 +913,10 @@ class TimmRandAugment(_TimmPolicy):
             if w.numel() != len(ops) or not bool((w >= 0).all()) or not float(w.sum()) > 0:
                 raise ValueError(f"weights must be {len(ops)} numbers >= 0 (one per op), not all 0, got {list(weights)}")
             if int((w > 0).sum()) < self.num_ops:
-                raise ValueError(f"weights: only {int((w > 0).sum())} ops have a nonzero weight, fewer than num_ops={num_ops} "
-                                 "(timm draws them without repetition)")
+                raise ValueError(
+                    f"weights: only {int((w > 0).sum())} ops have a nonzero weight, fewer than num_ops={num_ops} "
+                    "(timm draws them without repetition)"
+                )
             self.weights: tuple[float, ...] | None = tuple(float(v) for v in (w / w.sum()))
         else:
             self.weights = None
@@ -781,9 +943,11 @@ class TimmRandAugment(_TimmPolicy):
         return self._finish(timm_ops, levels, applied, images, generator)
 
     def extra_repr(self) -> str:
-        return (f"ops={self.ops}, num_ops={self.num_ops}, magnitude={self.magnitude}, prob={self.prob}, "
-                f"magnitude_std={self.magnitude_std}, magnitude_max={self.magnitude_max}, weights={self.weights}, "
-                f"interpolation={self.interpolation!r}")
+        return (
+            f"ops={self.ops}, num_ops={self.num_ops}, magnitude={self.magnitude}, prob={self.prob}, "
+            f"magnitude_std={self.magnitude_std}, magnitude_max={self.magnitude_max}, weights={self.weights}, "
+            f"interpolation={self.interpolation!r}"
+        )
 
 
 class TimmAutoAugment(_TimmPolicy):
@@ -800,8 +964,15 @@ class TimmAutoAugment(_TimmPolicy):
     _aa_probs: Tensor
     _aa_mags: Tensor
 
-    def __init__(self, policy: str = "v0", magnitude_std: float = 0.0, fill=None, interpolation: str = "bilinear",
-                 translate_pct: float = 0.45, translate_const: float = 250.0) -> None:
+    def __init__(
+        self,
+        policy: str = "v0",
+        magnitude_std: float = 0.0,
+        fill=None,
+        interpolation: str = "bilinear",
+        translate_pct: float = 0.45,
+        translate_const: float = 250.0,
+    ) -> None:
         super().__init__(magnitude_std, None, fill, interpolation, translate_pct, translate_const)
         if policy not in TIMM_AUTOAUGMENT_POLICIES:
             raise ValueError(f"policy must be one of {sorted(TIMM_AUTOAUGMENT_POLICIES)}, got {policy!r}")
@@ -810,12 +981,13 @@ class TimmAutoAugment(_TimmPolicy):
         self.op_names = frozenset(st[0] for sub in subs for st in sub)
         steps = max(len(s) for s in subs)
         pad = lambda sub, v: [v(st) for st in sub] + [v(None)] * (steps - len(sub))  # noqa: E731
-        self.register_buffer("_aa_ops", torch.tensor([pad(s, lambda st: _TIMM_ID[st[0]] if st else 0) for s in subs]),
-                             persistent=False)
-        self.register_buffer("_aa_probs", torch.tensor([pad(s, lambda st: st[1] if st else 0.0) for s in subs],
-                                                       dtype=torch.float64), persistent=False)
-        self.register_buffer("_aa_mags", torch.tensor([pad(s, lambda st: float(st[2]) if st else 0.0) for s in subs],
-                                                      dtype=torch.float64), persistent=False)
+        self.register_buffer("_aa_ops", torch.tensor([pad(s, lambda st: _TIMM_ID[st[0]] if st else 0) for s in subs]), persistent=False)
+        self.register_buffer(
+            "_aa_probs", torch.tensor([pad(s, lambda st: st[1] if st else 0.0) for s in subs], dtype=torch.float64), persistent=False
+        )
+        self.register_buffer(
+            "_aa_mags", torch.tensor([pad(s, lambda st: float(st[2]) if st else 0.0) for s in subs], dtype=torch.float64), persistent=False
+        )
 
     def _sample(self, images, labels, saliency, generator) -> TimmPolicyParams:
         """Draw order: the sub-policy (B,), applied (B, steps), levels (the noise, when any),

@@ -324,8 +324,14 @@ class RecursiveMix(RegionOp):
             )
         src, src_targets, src_logits = self._history_rows(b, dev)
         return RecursiveMixParams(
-            boxes=boxes, sizes=sizes, ratio=ratio, from_history=from_history, image_size=(h, w),
-            history_images=src, history_targets=src_targets, history_logits=src_logits,
+            boxes=boxes,
+            sizes=sizes,
+            ratio=ratio,
+            from_history=from_history,
+            image_size=(h, w),
+            history_images=src,
+            history_targets=src_targets,
+            history_logits=src_logits,
         )
 
     def _apply_params(self, images, labels, params):
@@ -357,9 +363,7 @@ class RecursiveMix(RegionOp):
         return RecursiveMixInfo(params.boxes, lam, self.omega * (1.0 - lam), params.from_history, params.history_logits, (h, w))
 
     # --------------------------------------------------------- consistency loss
-    def roi_features(
-        self, features: Tensor, info: RecursiveMixInfo, spatial_scale: float | tuple[float, float] | None = None
-    ) -> Tensor:
+    def roi_features(self, features: Tensor, info: RecursiveMixInfo, spatial_scale: float | tuple[float, float] | None = None) -> Tensor:
         """RoIAlign (aligned) of ``features`` over each image's box: (B, C * oh * ow).
 
         ``spatial_scale`` defaults to feature side / image side per axis (pass

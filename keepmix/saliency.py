@@ -108,8 +108,7 @@ def _label_index(labels: Tensor, num_classes: int) -> Tensor:
     idx = labels.long()
     lo, hi = int(idx.min()), int(idx.max())  # a host sync, only to name bad labels
     if lo < 0 or hi >= num_classes:
-        raise ValueError(f"labels must be class ids in [0, {num_classes}) (the model's {num_classes} logits), "
-                         f"got values in [{lo}, {hi}]")
+        raise ValueError(f"labels must be class ids in [0, {num_classes}) (the model's {num_classes} logits), got values in [{lo}, {hi}]")
     return idx
 
 
@@ -203,9 +202,7 @@ class Saliency:
     def __call__(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
         check_images(images)
         if not images.dtype.is_floating_point:
-            raise TypeError(
-                f"images must be floating point (the normalised input the model takes) to compute saliency, got {images.dtype}"
-            )
+            raise TypeError(f"images must be floating point (the normalised input the model takes) to compute saliency, got {images.dtype}")
         if labels is not None:
             if not isinstance(labels, Tensor) or labels.ndim not in (1, 2) or labels.shape[0] != images.shape[0]:
                 got = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
@@ -219,8 +216,7 @@ class Saliency:
                 )
             if labels.ndim == 2 and not labels.dtype.is_floating_point:
                 raise TypeError(
-                    f"labels of shape (B, K) are soft targets and must be floating point, got {labels.dtype}; "
-                    "give class ids as shape (B,)"
+                    f"labels of shape (B, K) are soft targets and must be floating point, got {labels.dtype}; give class ids as shape (B,)"
                 )
         h, w = images.shape[-2:]
         x = images.to(_input_dtype(self.model, images))

@@ -185,9 +185,7 @@ class SaliencyMix(Op):
             raise TypeError(f"per_sample must be a bool, got {per_sample!r}")
         self.per_sample = per_sample
         if saliency not in ("spectral", "gradient"):
-            raise ValueError(
-                f"saliency must be 'spectral' (spectral residual) or 'gradient' (a keepmix Saliency map), got {saliency!r}"
-            )
+            raise ValueError(f"saliency must be 'spectral' (spectral residual) or 'gradient' (a keepmix Saliency map), got {saliency!r}")
         self.saliency = saliency
         if saliency_fn is not None:
             if not callable(saliency_fn):
@@ -250,6 +248,5 @@ class SaliencyMix(Op):
     def extra_repr(self) -> str:
         fn = "" if self.saliency_fn is None else f", saliency_fn={self.saliency_fn!r}"
         return (
-            f"alpha={self.alpha}, p={self.p}, num_classes={self.num_classes}, per_sample={self.per_sample}, "
-            f"saliency={self.saliency!r}{fn}"
+            f"alpha={self.alpha}, p={self.p}, num_classes={self.num_classes}, per_sample={self.per_sample}, saliency={self.saliency!r}{fn}"
         )

@@ -148,9 +148,7 @@ def bernoulli(
 _GAMMA_ROUNDS = 16
 
 
-def _gamma(
-    alpha: float, n: int, device: torch.device | str | None, generator: torch.Generator | None
-) -> Tensor:
+def _gamma(alpha: float, n: int, device: torch.device | str | None, generator: torch.Generator | None) -> Tensor:
     """Gamma(alpha, 1) samples (float64) from a generator.
 
     torch.distributions draws from the global RNG only; this takes a Generator, which is
@@ -196,9 +194,7 @@ def beta(
     return out.float()
 
 
-def permutation(
-    n: int, *, device: torch.device | str | None = None, generator: torch.Generator | None = None
-) -> Tensor:
+def permutation(n: int, *, device: torch.device | str | None = None, generator: torch.Generator | None = None) -> Tensor:
     """A uniformly random permutation of range(n) (int64), e.g. mixing partners."""
     check_generator(generator)
     p = torch.randperm(n, generator=generator, device=_draw_device(device, generator))

@@ -11,9 +11,7 @@ from keepmix.engine import check_values
 __all__ = ["to_soft_targets", "mix_targets", "soft_target_cross_entropy", "SoftTargetCrossEntropy"]
 
 
-def to_soft_targets(
-    labels: Tensor, num_classes: int | None = None, batch_size: int | None = None, name: str = "labels"
-) -> Tensor:
+def to_soft_targets(labels: Tensor, num_classes: int | None = None, batch_size: int | None = None, name: str = "labels") -> Tensor:
     """Return float32 (B, K) targets from (B,) class ids or (B, K) soft targets.
 
     Class ids must lie in [0, num_classes); soft targets must be (B, num_classes) when
@@ -53,9 +51,7 @@ def mix_targets(y: Tensor, y_other: Tensor, lam: Tensor) -> Tensor:
     return lam * y + (1.0 - lam) * y_other
 
 
-def soft_target_cross_entropy(
-    logits: Tensor, targets: Tensor, label_smoothing: float = 0.0, reduction: str = "mean"
-) -> Tensor:
+def soft_target_cross_entropy(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0, reduction: str = "mean") -> Tensor:
     """Cross-entropy of ``logits`` (B, K) against class ids (B,) or soft targets (B, K).
 
     Label smoothing mixes the targets with the uniform distribution:

@@ -166,8 +166,13 @@ def test_teacher_through_feature_hook_and_forward_features():
 
 @pytest.mark.parametrize(
     "kwargs, error, name",
-    [({"top_k": 0}, ValueError, "top_k"), ({"top_k": 2.0}, ValueError, "top_k"), ({"p": -0.1}, ValueError, "p"),
-     ({"num_classes": -1}, ValueError, "num_classes"), ({"eval_teacher": 1}, TypeError, "eval_teacher")],
+    [
+        ({"top_k": 0}, ValueError, "top_k"),
+        ({"top_k": 2.0}, ValueError, "top_k"),
+        ({"p": -0.1}, ValueError, "p"),
+        ({"num_classes": -1}, ValueError, "num_classes"),
+        ({"eval_teacher": 1}, TypeError, "eval_teacher"),
+    ],
 )
 def test_bad_arguments_name_themselves(kwargs, error, name):
     with pytest.raises(error, match=name):

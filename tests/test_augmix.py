@@ -283,9 +283,16 @@ def test_jsd_checks_its_input():
 @pytest.mark.parametrize(
     "kwargs, name",
     [
-        ({"severity": 0}, "severity"), ({"severity": 11}, "severity"), ({"severity": 2.5}, "severity"),
-        ({"width": 0}, "width"), ({"depth": 0}, "depth"), ({"depth": -2}, "depth"), ({"depth": True}, "depth"),
-        ({"alpha": 0.0}, "alpha"), ({"alpha": float("nan")}, "alpha"), ({"interpolation": "bicubic"}, "interpolation"),
+        ({"severity": 0}, "severity"),
+        ({"severity": 11}, "severity"),
+        ({"severity": 2.5}, "severity"),
+        ({"width": 0}, "width"),
+        ({"depth": 0}, "depth"),
+        ({"depth": -2}, "depth"),
+        ({"depth": True}, "depth"),
+        ({"alpha": 0.0}, "alpha"),
+        ({"alpha": float("nan")}, "alpha"),
+        ({"interpolation": "bicubic"}, "interpolation"),
         ({"fill": (1.0, 2.0)}, "fill"),
     ],
 )

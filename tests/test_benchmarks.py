@@ -222,8 +222,23 @@ def test_bench_ops_quick_writes_every_row(tmp_path):
 
 def test_bench_train_step_quick_writes_every_row(tmp_path):
     rows = bench_train_step.main(
-        ["--quick", "--models", "small", "--groups", "cutmix", "--batch", "4", "--repeats", "1", "--threads", "1",
-         "--profile", "always", "--out", str(tmp_path)]
+        [
+            "--quick",
+            "--models",
+            "small",
+            "--groups",
+            "cutmix",
+            "--batch",
+            "4",
+            "--repeats",
+            "1",
+            "--threads",
+            "1",
+            "--profile",
+            "always",
+            "--out",
+            str(tmp_path),
+        ]
     )
     data = json.loads((tmp_path / "train_step.json").read_text())
     labels = [v.label for v in bench_train_step.GROUPS["cutmix"]]
@@ -238,8 +253,27 @@ def test_bench_train_step_quick_writes_every_row(tmp_path):
 
 
 def test_bench_train_step_stem_names_the_results_file(tmp_path):
-    bench_train_step.main(["--quick", "--models", "small", "--groups", "cutmix", "--batch", "4", "--repeats", "1",
-                           "--threads", "1", "--profile", "never", "--out", str(tmp_path), "--stem", "rerun"])
+    bench_train_step.main(
+        [
+            "--quick",
+            "--models",
+            "small",
+            "--groups",
+            "cutmix",
+            "--batch",
+            "4",
+            "--repeats",
+            "1",
+            "--threads",
+            "1",
+            "--profile",
+            "never",
+            "--out",
+            str(tmp_path),
+            "--stem",
+            "rerun",
+        ]
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rerun.json", "rerun.md"]
 
 
@@ -266,8 +300,7 @@ def test_loop_references_agree_on_cuda(cifar_uint8):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_bench_ops_quick_on_cuda(tmp_path):
-    rows = bench_ops.main(["--quick", "--device", "cuda", "--out", str(tmp_path), "--shapes", "4x32",
-                           "--ops", "copy,CutMix,KeepCutout"])
+    rows = bench_ops.main(["--quick", "--device", "cuda", "--out", str(tmp_path), "--shapes", "4x32", "--ops", "copy,CutMix,KeepCutout"])
     assert {r["device"] for r in rows} == {"cuda"} and len(rows) == 6
 
 

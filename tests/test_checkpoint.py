@@ -10,9 +10,18 @@ from keepmix.train.checkpoint import FORMAT_VERSION, CheckpointError, check_mode
 
 def _state(seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return {"model": {"w": torch.randn(3, 4, generator=g)}, "epoch": seed, "rng": g.get_state(), "hist": None,
-            "ranks": [{"a": torch.arange(3)}], "name": "x", "lr": 0.1, "finished": False,
-            "config": {"epochs": 3}, "global_step": 7}
+    return {
+        "model": {"w": torch.randn(3, 4, generator=g)},
+        "epoch": seed,
+        "rng": g.get_state(),
+        "hist": None,
+        "ranks": [{"a": torch.arange(3)}],
+        "name": "x",
+        "lr": 0.1,
+        "finished": False,
+        "config": {"epochs": 3},
+        "global_step": 7,
+    }
 
 
 def _same(a, b) -> bool:

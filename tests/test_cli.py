@@ -35,8 +35,26 @@ def _cache(tmp_path, monkeypatch):
 
 
 def _train_args(folder, out, *extra):
-    return ["train", "cifar10-small-cutout-quick", "--dataset", str(folder), "--out-dir", str(out), "--epochs", "2",
-            "--batch-size", "16", "--train-subset", "0", "--test-subset", "0", "--no-progress", "--threads", "1", *extra]
+    return [
+        "train",
+        "cifar10-small-cutout-quick",
+        "--dataset",
+        str(folder),
+        "--out-dir",
+        str(out),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--train-subset",
+        "0",
+        "--test-subset",
+        "0",
+        "--no-progress",
+        "--threads",
+        "1",
+        *extra,
+    ]
 
 
 def test_help_texts_describe_every_option(capsys):
@@ -149,8 +167,12 @@ def test_config_file_and_flags_layer_over_the_preset(tmp_path, folder):
 def test_sigterm_writes_a_checkpoint_and_resume_finishes(tmp_path, folder):
     out = tmp_path / "runs"
     env = dict(os.environ, KEEPMIX_CACHE_DIR=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "keepmix",
-           *_train_args(folder, out, "--epochs", "12", "--batch-size", "8", "--no-pictures", "--log-every", "1")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "keepmix",
+        *_train_args(folder, out, "--epochs", "12", "--batch-size", "8", "--no-pictures", "--log-every", "1"),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 60
@@ -173,8 +195,9 @@ def test_sigterm_writes_a_checkpoint_and_resume_finishes(tmp_path, folder):
     assert not ck["finished"] and 1 <= ck["global_step"] < 12 * 6
     assert not list(run.glob("*.tmp")) and not (run / "final.json").exists()
     # Resume to the end: every epoch recorded once, every step taken once.
-    res = subprocess.run([sys.executable, "-m", "keepmix", "train", "--resume", str(run)], env=env,
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "keepmix", "train", "--resume", str(run)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0, res.stderr
     final = json.loads((run / "final.json").read_text())
     assert final["steps"] == 12 * 6
@@ -212,8 +235,26 @@ def test_show_draws_autoaugment_and_keepautoaugment_alike(tmp_path, folder, monk
     column, so the two differ only inside the kept box."""
     grids = _captured_grids(monkeypatch)
     out = tmp_path / "show.png"
-    assert main(["show", "--dataset", str(folder), "--methods", "autoaugment", "keepautoaugment", "cutmix",
-                 "--num-images", "6", "--seed", "1", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "show",
+                "--dataset",
+                str(folder),
+                "--methods",
+                "autoaugment",
+                "keepautoaugment",
+                "cutmix",
+                "--num-images",
+                "6",
+                "--seed",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert out.is_file() and f"wrote {out}" in capsys.readouterr().out
     (grid,) = grids
     assert grid.columns[2:] == ["autoaugment", "keepautoaugment", "cutmix"]

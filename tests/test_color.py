@@ -139,9 +139,18 @@ def test_inputs_are_not_modified(cifar_uint8):
     x = cifar_uint8[:8].clone()
     xf = x.float() / 255
     before, before_f = x.clone(), xf.clone()
-    for fn in (C.invert, C.autocontrast, C.equalize, lambda t: C.posterize(t, 2), lambda t: C.solarize(t, 50),
-               lambda t: C.brightness(t, 0.5), lambda t: C.color(t, 0.5), lambda t: C.contrast(t, 0.5),
-               lambda t: C.sharpness(t, 0.5), C.smooth):
+    for fn in (
+        C.invert,
+        C.autocontrast,
+        C.equalize,
+        lambda t: C.posterize(t, 2),
+        lambda t: C.solarize(t, 50),
+        lambda t: C.brightness(t, 0.5),
+        lambda t: C.color(t, 0.5),
+        lambda t: C.contrast(t, 0.5),
+        lambda t: C.sharpness(t, 0.5),
+        C.smooth,
+    ):
         fn(x)
         fn(xf)
     assert torch.equal(x, before) and torch.equal(xf, before_f)
@@ -202,9 +211,17 @@ def test_bad_input_is_rejected_with_clear_errors(cifar_uint8):
 def test_cuda_matches_cpu_exactly(cifar_uint8):
     x = cifar_uint8[:16]
     f = torch.linspace(0, 1.9, 16)
-    for fn in (C.invert, C.autocontrast, C.equalize, lambda t: C.posterize(t, 1 + torch.arange(16) % 8),
-               lambda t: C.solarize(t, 100), lambda t: C.brightness(t, f), lambda t: C.color(t, f),
-               lambda t: C.contrast(t, f), lambda t: C.sharpness(t, f)):
+    for fn in (
+        C.invert,
+        C.autocontrast,
+        C.equalize,
+        lambda t: C.posterize(t, 1 + torch.arange(16) % 8),
+        lambda t: C.solarize(t, 100),
+        lambda t: C.brightness(t, f),
+        lambda t: C.color(t, f),
+        lambda t: C.contrast(t, f),
+        lambda t: C.sharpness(t, f),
+    ):
         out = fn(x.cuda())
         assert out.device.type == "cuda" and out.dtype == torch.uint8
         assert torch.equal(out.cpu(), fn(x))
@@ -220,11 +237,14 @@ def test_bitwise_select_equals_where_bit_for_bit(dtype):
     if dtype.is_floating_point:  # special values must come through unchanged
         a[0, 0, 0, :4] = torch.tensor([float("nan"), -0.0, float("inf"), -float("inf")]).to(dtype)
         b[0, 0, 1, :2] = torch.tensor([-0.0, float("nan")]).to(dtype)
-    bits = ((lambda t: t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])) if dtype.is_floating_point
-            else (lambda t: t))
-    for cond in (torch.rand(4, 3, 5, 6, generator=g) < 0.5,  # same shape
-                 torch.rand(4, 1, 5, 6, generator=g) < 0.5,  # broadcast over channels
-                 torch.rand(4, 3, 5, 6, generator=g)[:1] < 0.5):  # broadcast over the batch
+    bits = (
+        (lambda t: t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])) if dtype.is_floating_point else (lambda t: t)
+    )
+    for cond in (
+        torch.rand(4, 3, 5, 6, generator=g) < 0.5,  # same shape
+        torch.rand(4, 1, 5, 6, generator=g) < 0.5,  # broadcast over channels
+        torch.rand(4, 3, 5, 6, generator=g)[:1] < 0.5,
+    ):  # broadcast over the batch
         assert torch.equal(bits(_select(cond, a, b)), bits(torch.where(cond, a, b)))
     # a condition larger than both values, and values that broadcast against each other
     cond = torch.rand(4, 3, 5, 6, generator=g) < 0.5

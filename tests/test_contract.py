@@ -49,16 +49,19 @@ VARIANTS = {
     "Cutout-whole": lambda: keepmix.Cutout(6, p=0.5, placer=keepmix.UniformPlacer(whole_boxes=True)),
     "KeepAutoAugment-svhn-bilinear": lambda: keepmix.KeepAutoAugment("svhn", interpolation="bilinear", size=6),
     "GridMask-rotated": lambda: keepmix.GridMask(d_range=(3, 12), ratio=0.4, rotate=360, mode=0, fill=(1, 2, 3), p=1.0),
-    "ResizeMix-keep": lambda: keepmix.ResizeMix(scale=(0.3, 0.9), p=0.8, num_classes=K, interpolation="bilinear",
-                                                placer=keepmix.KeepPlacer()),
+    "ResizeMix-keep": lambda: keepmix.ResizeMix(
+        scale=(0.3, 0.9), p=0.8, num_classes=K, interpolation="bilinear", placer=keepmix.KeepPlacer()
+    ),
     "AugMix-all-ops": lambda: keepmix.AugMix(all_ops=True, width=2, depth=2, interpolation="nearest"),
 }
 
 
 def _public_ops() -> list[str]:
     return [
-        name for name in keepmix.__all__
-        if inspect.isclass(getattr(keepmix, name)) and issubclass(getattr(keepmix, name), Op)
+        name
+        for name in keepmix.__all__
+        if inspect.isclass(getattr(keepmix, name))
+        and issubclass(getattr(keepmix, name), Op)
         and not inspect.isabstract(getattr(keepmix, name))
     ]
 

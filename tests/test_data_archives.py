@@ -37,6 +37,7 @@ def test_safe_extract_extracts_a_normal_archive_with_an_inner_link(tmp_path):
         _add_file(tf, "data/a.txt", b"alpha")
         _add_file(tf, "./data/sub/b.txt", b"beta")
         _add_link(tf, "data/sub/link.txt", "../a.txt")  # stays inside
+
     arc = _archive(tmp_path / "ok.tar.gz", build)
     out = safe_extract(arc, tmp_path / "out")
     assert (out / "data" / "a.txt").read_bytes() == b"alpha"
@@ -61,6 +62,7 @@ def test_safe_extract_rejects_malicious_members_before_writing_anything(tmp_path
     def full(tf):
         _add_file(tf, "data/first.txt", b"written before the bad member in archive order")
         build(tf)
+
     arc = _archive(tmp_path / "evil.tar.gz", full)
     dest = tmp_path / "dest"
     with pytest.raises(UnsafeArchiveError, match=fragment) as err:

@@ -20,12 +20,14 @@ PER_BATCH = 3  # images per official batch file in the tiny archives
 
 def _py2_pickle(obj: dict) -> bytes:
     """Like the official files: protocol 2, with byte-string keys and names (Python 2 str)."""
+
     def conv(v):
         if isinstance(v, str):
             return v.encode()
         if isinstance(v, list):
             return [conv(x) for x in v]
         return v
+
     return pickle.dumps({k.encode(): conv(v) for k, v in obj.items()}, protocol=2)
 
 

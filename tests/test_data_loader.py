@@ -49,7 +49,10 @@ def test_crop_flip_matches_per_image_loop(mode, dtype):
 
 @settings(max_examples=25, deadline=None)
 @given(
-    h=st.integers(5, 12), w=st.integers(5, 12), pad=st.integers(0, 4), seed=st.integers(0, 10_000),
+    h=st.integers(5, 12),
+    w=st.integers(5, 12),
+    pad=st.integers(0, 4),
+    seed=st.integers(0, 10_000),
     mode=st.sampled_from(["zeros", "reflect", "replicate"]),
 )
 def test_crop_flip_property(h, w, pad, seed, mode):

@@ -20,8 +20,7 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, out: str, train_images, train_labels, test_images, test_labels) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from keepmix.data.split import Split
     from keepmix.train.config import TrainConfig
@@ -30,8 +29,19 @@ def _worker(rank: int, world: int, port: int, out: str, train_images, train_labe
     from keepmix.train.loop import Trainer
 
     classes = [str(i) for i in range(10)]
-    cfg = TrainConfig(name="ddp", model="small", method="keepcutmix", saliency="lowres", epochs=2, batch_size=8,
-                      out_dir=out, progress=False, pictures=False, device="cpu", log_every=1)
+    cfg = TrainConfig(
+        name="ddp",
+        model="small",
+        method="keepcutmix",
+        saliency="lowres",
+        epochs=2,
+        batch_size=8,
+        out_dir=out,
+        progress=False,
+        pictures=False,
+        device="cpu",
+        log_every=1,
+    )
     data = prepare_data(Split(train_images, train_labels, classes), Split(test_images, test_labels, classes), cfg)
     trainer = Trainer(cfg, data=data, run_dir=os.path.join(out, "run"), log=lambda m: None)
     assert trainer.dist.world_size == world and trainer.dist.rank == rank
@@ -41,14 +51,23 @@ def _worker(rank: int, world: int, port: int, out: str, train_images, train_labe
     assert all_reduce_sum(torch.tensor([rank + 1.0]), info).item() == sum(range(1, world + 1))
     assert any_rank(rank == 1, info) and not any_rank(False, info)
     assert gather_objects({"r": rank}, info) == [{"r": r} for r in range(world)]
-    torch.save({"model": trainer.model.state_dict(), "final": final if rank == 0 else None,
-                "seen": trainer.pos.global_step}, os.path.join(out, f"rank{rank}.pt"))
+    torch.save(
+        {"model": trainer.model.state_dict(), "final": final if rank == 0 else None, "seen": trainer.pos.global_step},
+        os.path.join(out, f"rank{rank}.pt"),
+    )
     shutdown_distributed(info)
 
 
 def test_two_gloo_processes_train_one_model(tmp_path, cifar_uint8, cifar_labels):
-    args = (2, _free_port(), str(tmp_path), cifar_uint8[:48].clone(), cifar_labels[:48].clone(),
-            cifar_uint8[48:].clone(), cifar_labels[48:].clone())
+    args = (
+        2,
+        _free_port(),
+        str(tmp_path),
+        cifar_uint8[:48].clone(),
+        cifar_labels[:48].clone(),
+        cifar_uint8[48:].clone(),
+        cifar_labels[48:].clone(),
+    )
     mp.spawn(_worker, args=args, nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)

@@ -64,6 +64,7 @@ def test_contract_holds_on_the_capture_path(name):
 # weighted sum in another order, so a rounding can land one grey level away.
 FLOAT_BLENDS = {"AugMix"}
 
+
 # Compiling with inductor (C++ codegen) takes seconds per graph on 2 cores: every op is
 # compiled once at one size; the aot_eager backend (the same capture, no codegen) covers the
 # variants.
@@ -100,10 +101,28 @@ class _CountOps(TorchDispatchMode):
 # The number of aten ops one sample_params call issues on the capture-safe path (measured
 # counts rounded up to the next 10; benchmarks/results/engine.md lists the measured ones).
 SAMPLE_BOUNDS = {
-    "Cutout": 30, "RandomErasing": 80, "Mixup": 90, "CutMix": 50, "MixupCutMix": 140, "AutoAugment": 80,
-    "RandAugment": 80, "TrivialAugmentWide": 80, "KeepPaste": 220, "KeepCutout": 180, "KeepRandomErasing": 280,
-    "KeepCutMix": 250, "KeepAutoAugment": 220, "KeepRandAugment": 260, "RecursiveMix": 60, "KeepRecursiveMix": 250,
-    "GridMask": 30, "AugMix": 110, "AttentiveCutMix": 30, "ResizeMix": 50, "SaliencyMix": 60, "FMix": 60,
+    "Cutout": 30,
+    "RandomErasing": 80,
+    "Mixup": 90,
+    "CutMix": 50,
+    "MixupCutMix": 140,
+    "AutoAugment": 80,
+    "RandAugment": 80,
+    "TrivialAugmentWide": 80,
+    "KeepPaste": 220,
+    "KeepCutout": 180,
+    "KeepRandomErasing": 280,
+    "KeepCutMix": 250,
+    "KeepAutoAugment": 220,
+    "KeepRandAugment": 260,
+    "RecursiveMix": 60,
+    "KeepRecursiveMix": 250,
+    "GridMask": 30,
+    "AugMix": 110,
+    "AttentiveCutMix": 30,
+    "ResizeMix": 50,
+    "SaliencyMix": 60,
+    "FMix": 60,
 }
 
 

@@ -97,8 +97,10 @@ def test_float_images_take_the_same_pixels(cifar_uint8):
     x = cifar_uint8[:8]
     xf = x.float() / 255
     angles = torch.linspace(-30, 30, 8)
-    assert torch.equal(G.rotate(xf, angles, fill=0.5), G.rotate(x, angles, fill=0).float().div(255).where(
-        G.rotate(torch.ones_like(x), angles, fill=0).bool(), torch.tensor(0.5)))
+    assert torch.equal(
+        G.rotate(xf, angles, fill=0.5),
+        G.rotate(x, angles, fill=0).float().div(255).where(G.rotate(torch.ones_like(x), angles, fill=0).bool(), torch.tensor(0.5)),
+    )
     bil_f = G.shear_x(xf, 0.3, "bilinear")
     bil_u = G.shear_x(x, 0.3, "bilinear")
     assert (bil_f * 255 - bil_u.float()).abs().max() <= 1.0 + 1e-3  # uint8 truncates, float does not
@@ -164,16 +166,18 @@ def test_mixed_engines_and_huge_shifts_in_one_batch_equal_single_image_calls(cif
     # translations (separable engine), rotations and shears (fixed-point engine) in one call,
     # and shifts large enough to force the int64 index path: each image as if warped alone.
     x = cifar_uint8[:8]
-    m = torch.stack([
-        G.translation_matrix(torch.tensor([3.4]), torch.tensor([-2.0]))[0],
-        G.rotation_matrix(torch.tensor([17.0]), 32, 32)[0],
-        G.shear_matrix(torch.tensor([0.27]), "x")[0],
-        G.translation_matrix(torch.tensor([5e4]), torch.tensor([0.0]))[0],
-        G.shear_matrix(torch.tensor([-0.5]), "y")[0],
-        G.rotation_matrix(torch.tensor([180.0]), 32, 32)[0],
-        G.translation_matrix(torch.tensor([-1e5]), torch.tensor([7.0]))[0],
-        G.rotation_matrix(torch.tensor([-93.0]), 32, 32)[0],
-    ])
+    m = torch.stack(
+        [
+            G.translation_matrix(torch.tensor([3.4]), torch.tensor([-2.0]))[0],
+            G.rotation_matrix(torch.tensor([17.0]), 32, 32)[0],
+            G.shear_matrix(torch.tensor([0.27]), "x")[0],
+            G.translation_matrix(torch.tensor([5e4]), torch.tensor([0.0]))[0],
+            G.shear_matrix(torch.tensor([-0.5]), "y")[0],
+            G.rotation_matrix(torch.tensor([180.0]), 32, 32)[0],
+            G.translation_matrix(torch.tensor([-1e5]), torch.tensor([7.0]))[0],
+            G.rotation_matrix(torch.tensor([-93.0]), 32, 32)[0],
+        ]
+    )
     out = G.affine(x, m, fill=(9, 99, 199))
     for i in range(8):
         single = G.affine(x[i : i + 1], m[i : i + 1], fill=(9, 99, 199))

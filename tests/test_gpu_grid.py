@@ -29,8 +29,16 @@ def test_every_cell_kind_trains_and_writes_its_record(grid):
     recipe = G.tiny_recipe()
     names = sorted(p.name for p in (grid / "records").glob("*.json"))
     assert names == sorted(f"{c.name}__s0.json" for c in G.CELLS)
-    assert {c.kind for c in G.CELLS} == {"none", "cutout", "keepcutout", "cutmix", "keepcutmix", "autoaugment",
-                                        "keepautoaugment", "recursivemix"}
+    assert {c.kind for c in G.CELLS} == {
+        "none",
+        "cutout",
+        "keepcutout",
+        "cutmix",
+        "keepcutmix",
+        "autoaugment",
+        "keepautoaugment",
+        "recursivemix",
+    }
     for c in G.CELLS:
         rec = json.loads((grid / "records" / f"{c.name}__s0.json").read_text())
         assert rec["cell"] == c.name and rec["seed"] == 0 and rec["recipe"] == recipe.fingerprint()
@@ -66,7 +74,7 @@ def test_shard_and_time_limit(tmp_path, capsys):
         G.parse_shard("4/3")
     runs = G.grid_runs()
     assert len(runs) == 54 and runs[:18] == [(c, 0) for c in G.CELLS]  # seed-major
-    shards = [runs[i - 1::3] for i in (1, 2, 3)]
+    shards = [runs[i - 1 :: 3] for i in (1, 2, 3)]
     assert sorted((c.name, s) for sh in shards for c, s in sh) == sorted((c.name, s) for c, s in runs)
     rc = G.main(["--device", "cpu", "--tiny", "--out", str(tmp_path), "--shard", "2/3", "--time-limit", "0.00001"])
     assert rc == 0
@@ -120,7 +128,7 @@ def test_flip_translate_is_a_reflected_shift_and_alternates_the_flip():
     z = G.flip_translate(x, 0, none, 2, g, chunk=4)
     padded = torch.nn.functional.pad(x.float(), (2, 2, 2, 2), mode="reflect")
     for i in range(6):  # every output is one 8x8 window of the reflect-padded image
-        wins = [padded[i, :, a:a + 8, b:b + 8] for a in range(5) for b in range(5)]
+        wins = [padded[i, :, a : a + 8, b : b + 8] for a in range(5) for b in range(5)]
         assert any(torch.equal(z[i].float(), w) for w in wins)
 
 

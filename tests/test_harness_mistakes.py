@@ -40,8 +40,9 @@ def folder(tmp_path_factory, cifar_uint8, cifar_labels):
 @pytest.fixture(scope="module")
 def tiny_data(cifar_uint8, cifar_labels):
     classes = [str(i) for i in range(10)]
-    return Split(cifar_uint8[:48].clone(), cifar_labels[:48].clone(), classes), \
-        Split(cifar_uint8[48:].clone(), cifar_labels[48:].clone(), classes)
+    return Split(cifar_uint8[:48].clone(), cifar_labels[:48].clone(), classes), Split(
+        cifar_uint8[48:].clone(), cifar_labels[48:].clone(), classes
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -50,14 +51,42 @@ def _cache(tmp_path, monkeypatch):
 
 
 def _args(folder, out, *extra):
-    return ["train", "cifar10-small-none-quick", "--dataset", str(folder), "--out-dir", str(out), "--epochs", "1",
-            "--batch-size", "16", "--train-subset", "0", "--test-subset", "0", "--no-progress", "--threads", "1",
-            "--no-pictures", *extra]
+    return [
+        "train",
+        "cifar10-small-none-quick",
+        "--dataset",
+        str(folder),
+        "--out-dir",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--train-subset",
+        "0",
+        "--test-subset",
+        "0",
+        "--no-progress",
+        "--threads",
+        "1",
+        "--no-pictures",
+        *extra,
+    ]
 
 
 def _cfg(tmp_path, **kw) -> TrainConfig:
-    base = dict(name="t", model="small", epochs=2, batch_size=16, lr=0.05, out_dir=str(tmp_path), progress=False,
-                pictures=False, log_every=1, threads=1)
+    base = dict(
+        name="t",
+        model="small",
+        epochs=2,
+        batch_size=16,
+        lr=0.05,
+        out_dir=str(tmp_path),
+        progress=False,
+        pictures=False,
+        log_every=1,
+        threads=1,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -224,8 +253,9 @@ def test_a_checkpoint_copied_from_another_run_is_refused(tmp_path, folder, capsy
     assert load_checkpoint(run_a)["run_id"] == id_a and RunDir(run_a).read_final()["run_id"] == id_a
     before = {p.name: p.read_bytes() for p in run_b.iterdir() if p.is_file() and p.name != "checkpoint.pt"}
     shutil.copy(run_a / "checkpoint.pt", run_b / "checkpoint.pt")
-    _one_line_error(capsys, main(["train", "--resume", str(run_b), "--epochs", "3"]), f"belongs to run {id_a}",
-                    f"this folder is run {id_b}", "copied")
+    _one_line_error(
+        capsys, main(["train", "--resume", str(run_b), "--epochs", "3"]), f"belongs to run {id_a}", f"this folder is run {id_b}", "copied"
+    )
     assert {p.name: p.read_bytes() for p in run_b.iterdir() if p.is_file() and p.name != "checkpoint.pt"} == before
     # A folder with another run's records but no run id (an older keepmix) is refused too.
     (run_b / "run_id").unlink()
@@ -310,8 +340,13 @@ def test_negative_boolean_fields_have_a_positive_opposite_not_no_no(capsys):
 def test_typo_suggestions_by_alias_initials_and_spelling():
     from keepmix.train.config import config_from_dict
 
-    for typo, meant in {"learning_rate": "lr", "batchsize": "batch_size", "num_epochs": "epochs",
-                        "momentun": "momentum", "weight-decay": "weight_decay"}.items():
+    for typo, meant in {
+        "learning_rate": "lr",
+        "batchsize": "batch_size",
+        "num_epochs": "epochs",
+        "momentun": "momentum",
+        "weight-decay": "weight_decay",
+    }.items():
         with pytest.raises(ConfigError, match=f"did you mean '{meant}'"):
             config_from_dict({typo: 1})
     with pytest.raises(ConfigError) as e:

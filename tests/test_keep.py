@@ -332,8 +332,9 @@ def test_keep_cutmix_saliency_label_weight(batch):
 def test_saliency_fn_path_equals_precomputed_map(batch):
     x, y, _ = batch
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                        nn.Linear(4, 10))
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)
+    )
     sal_fn = Saliency(net)
     op = KeepCutout(16, saliency_fn=sal_fn)
     assert not any(True for _ in op.parameters())  # the model is not a submodule
@@ -666,9 +667,18 @@ def test_score_mean_hand_computed_example():
     sal[:, 0, 0] = 3.0
     sum_set = {(0, 0, 1, 1), (0, 1, 1, 3), (0, 2, 1, 4), (1, 0, 3, 1), (2, 0, 4, 1)}
     mean_set = {
-        (0, 1, 1, 3), (0, 2, 1, 4), (1, 0, 3, 1), (2, 0, 4, 1),  # the clipped ones of mean 1
-        (0, 1, 2, 3), (0, 2, 2, 4), (1, 0, 3, 2), (2, 0, 4, 2),
-        (1, 1, 3, 3), (1, 2, 3, 4), (2, 1, 4, 3), (2, 2, 4, 4),
+        (0, 1, 1, 3),
+        (0, 2, 1, 4),
+        (1, 0, 3, 1),
+        (2, 0, 4, 1),  # the clipped ones of mean 1
+        (0, 1, 2, 3),
+        (0, 2, 2, 4),
+        (1, 0, 3, 2),
+        (2, 0, 4, 2),
+        (1, 1, 3, 3),
+        (1, 2, 3, 4),
+        (2, 1, 4, 3),
+        (2, 2, 4, 4),
     }
     x = torch.full((b, 1, 4, 4), 5.0)
     chosen = {}

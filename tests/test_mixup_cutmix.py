@@ -84,8 +84,9 @@ def test_cutmix_boxes_have_timm_edges_and_corrected_lam():
 # ---------------------------------------------------------------- distributions
 
 
-def _timm_elem_lams(n: int, rng: np.random.RandomState, mixup_alpha: float, cutmix_alpha: float, prob: float,
-                    switch_prob: float, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _timm_elem_lams(
+    n: int, rng: np.random.RandomState, mixup_alpha: float, cutmix_alpha: float, prob: float, switch_prob: float, size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """timm's per-element draws (``_params_per_elem`` then ``cutmix_bbox_and_lam`` with
     correct_lam), written from its definition with numpy's RandomState."""
     use_cutmix = rng.rand(n) < switch_prob

@@ -560,8 +560,11 @@ def test_early_block_puts_the_head_inside_the_first_stage(name):
     model = build_model(name, num_classes=10, early_head=True, early_block=1).eval()
     x = torch.randn(2, 3, 32, 32)
     ran: list[str] = []
-    hooks = [m.register_forward_hook(lambda *_, n=n: ran.append(n))
-             for n, m in model.named_modules() if n.count(".") == 2 and n.startswith("stages.")]
+    hooks = [
+        m.register_forward_hook(lambda *_, n=n: ran.append(n))
+        for n, m in model.named_modules()
+        if n.count(".") == 2 and n.startswith("stages.")
+    ]
     early = model.early_logits(x)
     for h in hooks:
         h.remove()

@@ -21,8 +21,12 @@ from keepmix.policies import (
 )
 
 FILL = (128, 64, 200)
-ENHANCE = {"Color": ImageEnhance.Color, "Contrast": ImageEnhance.Contrast,
-           "Brightness": ImageEnhance.Brightness, "Sharpness": ImageEnhance.Sharpness}
+ENHANCE = {
+    "Color": ImageEnhance.Color,
+    "Contrast": ImageEnhance.Contrast,
+    "Brightness": ImageEnhance.Brightness,
+    "Sharpness": ImageEnhance.Sharpness,
+}
 
 
 def pil_op(im: Image.Image, op: str, m: float, center: tuple[float, float]) -> Image.Image:
@@ -40,8 +44,12 @@ def pil_op(im: Image.Image, op: str, m: float, center: tuple[float, float]) -> I
         return ENHANCE[op](im).enhance(1.0 + m)
     if op == "Rotate":
         return im.rotate(m, resample=nearest, fillcolor=FILL)
-    data = {"ShearX": (1, m, 0, 0, 1, 0), "ShearY": (1, 0, 0, m, 1, 0),
-            "TranslateX": (1, 0, -m, 0, 1, 0), "TranslateY": (1, 0, 0, 0, 1, -m)}.get(op)
+    data = {
+        "ShearX": (1, m, 0, 0, 1, 0),
+        "ShearY": (1, 0, 0, m, 1, 0),
+        "TranslateX": (1, 0, -m, 0, 1, 0),
+        "TranslateY": (1, 0, 0, 0, 1, -m),
+    }.get(op)
     if data is not None:
         return im.transform(im.size, Image.AFFINE, data, nearest, fillcolor=FILL)
     assert op == "Cutout"
@@ -73,14 +81,30 @@ def pil_reference(x: torch.Tensor, p: PolicyParams) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     "policy",
-    [AutoAugment("cifar10", fill=FILL), AutoAugment("svhn", fill=FILL), AutoAugment("imagenet", fill=FILL),
-     RandAugment(2, 9, fill=FILL), RandAugment(3, 27, fill=FILL, ops=OP_NAMES),
-     TrivialAugmentWide(fill=FILL), TrivialAugmentWide(fill=FILL, ops=OP_NAMES),
-     AutoAugment("cifar10", fill=FILL, whole_pixel_translate=False),
-     RandAugment(2, 9, fill=FILL, ops=("TranslateX", "TranslateY", "Rotate"), whole_pixel_translate=False),
-     TrivialAugmentWide(fill=FILL, whole_pixel_translate=False)],
-    ids=["aa-cifar10", "aa-svhn", "aa-imagenet", "ra-2-9", "ra-3-27-all-ops", "ta-wide", "ta-wide-all-ops",
-         "aa-cifar10-float-translate", "ra-2-9-float-translate", "ta-wide-float-translate"],
+    [
+        AutoAugment("cifar10", fill=FILL),
+        AutoAugment("svhn", fill=FILL),
+        AutoAugment("imagenet", fill=FILL),
+        RandAugment(2, 9, fill=FILL),
+        RandAugment(3, 27, fill=FILL, ops=OP_NAMES),
+        TrivialAugmentWide(fill=FILL),
+        TrivialAugmentWide(fill=FILL, ops=OP_NAMES),
+        AutoAugment("cifar10", fill=FILL, whole_pixel_translate=False),
+        RandAugment(2, 9, fill=FILL, ops=("TranslateX", "TranslateY", "Rotate"), whole_pixel_translate=False),
+        TrivialAugmentWide(fill=FILL, whole_pixel_translate=False),
+    ],
+    ids=[
+        "aa-cifar10",
+        "aa-svhn",
+        "aa-imagenet",
+        "ra-2-9",
+        "ra-3-27-all-ops",
+        "ta-wide",
+        "ta-wide-all-ops",
+        "aa-cifar10-float-translate",
+        "ra-2-9-float-translate",
+        "ta-wide-float-translate",
+    ],
 )
 def test_policy_equals_per_image_pil_loop_on_uint8(cifar_uint8, policy):
     g = torch.Generator().manual_seed(3)
@@ -364,16 +388,20 @@ def test_every_reordering_path_equals_pil_and_single_images(cifar_uint8, dtype):
 
 def test_steps_that_change_nothing_still_return_a_new_tensor(cifar_uint8):
     b = cifar_uint8.shape[0]
-    p = PolicyParams(torch.zeros(b, 2, dtype=torch.int64), torch.zeros(b, 2), torch.ones(b, 2),
-                     torch.ones(b, 2, dtype=torch.bool), torch.zeros(b, 2, 2))  # Identity twice
+    p = PolicyParams(
+        torch.zeros(b, 2, dtype=torch.int64), torch.zeros(b, 2), torch.ones(b, 2), torch.ones(b, 2, dtype=torch.bool), torch.zeros(b, 2, 2)
+    )  # Identity twice
     out = apply_ops(cifar_uint8, p)
     assert torch.equal(out, cifar_uint8) and out.data_ptr() != cifar_uint8.data_ptr()
 
 
 @pytest.mark.parametrize(
     "make",
-    [lambda fill: AutoAugment("cifar10", fill=fill), lambda fill: RandAugment(2, 14, fill=fill, ops=OP_NAMES),
-     lambda fill: TrivialAugmentWide(fill=fill)],
+    [
+        lambda fill: AutoAugment("cifar10", fill=fill),
+        lambda fill: RandAugment(2, 14, fill=fill, ops=OP_NAMES),
+        lambda fill: TrivialAugmentWide(fill=fill),
+    ],
     ids=["aa", "ra", "ta"],
 )
 def test_pil_and_single_images_equal_the_batched_result(cifar_uint8, make):

@@ -25,11 +25,40 @@ from keepmix.policies import (
 )
 from tests.contract import check_op
 
-INC = ("AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing", "SolarizeAdd",
-       "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing", "ShearX", "ShearY",
-       "TranslateXRel", "TranslateYRel")
-STD = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color", "Contrast",
-       "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+INC = (
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "PosterizeIncreasing",
+    "SolarizeIncreasing",
+    "SolarizeAdd",
+    "ColorIncreasing",
+    "ContrastIncreasing",
+    "BrightnessIncreasing",
+    "SharpnessIncreasing",
+    "ShearX",
+    "ShearY",
+    "TranslateXRel",
+    "TranslateYRel",
+)
+STD = (
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "Posterize",
+    "Solarize",
+    "SolarizeAdd",
+    "Color",
+    "Contrast",
+    "Brightness",
+    "Sharpness",
+    "ShearX",
+    "ShearY",
+    "TranslateXRel",
+    "TranslateYRel",
+)
 
 
 # ------------------------------------------------------------------------------------- parsing
@@ -46,8 +75,12 @@ def test_rand_strings_parse_as_timm_does():
     assert len(w["ops"]) == 15 and w["weights"][w["ops"].index("Rotate")] == 3
     assert parse_timm_rand("rand-t3a")["ops"] == ("SolarizeIncreasing", "Desaturate", "GaussianBlur")
     assert parse_timm_rand("rand-w0")["ops"] == STD
-    for bad, match in [("rand-x5", "unknown RandAugment section 'x5'"), ("auto-m9", "starting with 'rand'"),
-                       ("rand-tfoo", "unknown op set tfoo"), ("rand-w1", "w1")]:
+    for bad, match in [
+        ("rand-x5", "unknown RandAugment section 'x5'"),
+        ("auto-m9", "starting with 'rand'"),
+        ("rand-tfoo", "unknown op set tfoo"),
+        ("rand-w1", "w1"),
+    ]:
         with pytest.raises(ValueError, match=match):
             RandAugment.from_timm(bad)
 
@@ -105,8 +138,9 @@ def _counts(values, k):
     return np.bincount(np.asarray(values).ravel(), minlength=k)
 
 
-@pytest.mark.parametrize("config", ["rand-m9-mstd0.5-inc1", "rand-m7-n3-mstd101", "rand-m9-n2-tweights-mstd1.0",
-                                    "rand-m12-mmax15-mstd2-p0.3"])
+@pytest.mark.parametrize(
+    "config", ["rand-m9-mstd0.5-inc1", "rand-m7-n3-mstd101", "rand-m9-n2-tweights-mstd1.0", "rand-m12-mmax15-mstd2-p0.3"]
+)
 def test_rand_draws_match_timms_distribution(config):
     op = RandAugment.from_timm(config)
     args = parse_timm_rand(config)
@@ -116,8 +150,9 @@ def test_rand_draws_match_timms_distribution(config):
     picks = torch.tensor([[ops.index(TIMM_OPS[int(i)]) for i in row] for row in params.timm_ops.tolist()]).numpy()
     rng = np.random.default_rng(0)
     w = None if args["weights"] is None else np.array(args["weights"], dtype=float) / sum(args["weights"])
-    ref_picks, ref_applied, ref_levels = _numpy_rand(rng, b, ops, args["num_ops"], args["prob"], args["magnitude"],
-                                                    args["magnitude_std"], args["magnitude_max"], w)
+    ref_picks, ref_applied, ref_levels = _numpy_rand(
+        rng, b, ops, args["num_ops"], args["prob"], args["magnitude"], args["magnitude_std"], args["magnitude_max"], w
+    )
     # Which op fills each slot: the same categorical law (chi-square on the two samples' counts).
     for slot in range(args["num_ops"]):
         table = np.stack([_counts(picks[:, slot], len(ops)), _counts(ref_picks[:, slot], len(ops))])
@@ -176,14 +211,25 @@ def _timm_args(name, level, sign, w, h, translate_pct=0.45):
     lv = level / 10.0
     neg = lambda v: -v if sign < 0 else v  # noqa: E731
     return {
-        "Rotate": neg(lv * 30.0), "Posterize": int(lv * 4), "PosterizeIncreasing": 4 - int(lv * 4),
-        "PosterizeOriginal": int(lv * 4) + 4, "Solarize": min(256, int(lv * 256)),
-        "SolarizeIncreasing": 256 - min(256, int(lv * 256)), "SolarizeAdd": min(128, int(lv * 110)),
-        "Color": lv * 1.8 + 0.1, "Contrast": lv * 1.8 + 0.1, "Brightness": lv * 1.8 + 0.1, "Sharpness": lv * 1.8 + 0.1,
-        "ColorIncreasing": max(0.1, 1.0 + neg(lv * 0.9)), "ContrastIncreasing": max(0.1, 1.0 + neg(lv * 0.9)),
-        "BrightnessIncreasing": max(0.1, 1.0 + neg(lv * 0.9)), "SharpnessIncreasing": max(0.1, 1.0 + neg(lv * 0.9)),
-        "ShearX": neg(lv * 0.3), "ShearY": neg(lv * 0.3),
-        "TranslateXRel": neg(lv * translate_pct) * w, "TranslateYRel": neg(lv * translate_pct) * h,
+        "Rotate": neg(lv * 30.0),
+        "Posterize": int(lv * 4),
+        "PosterizeIncreasing": 4 - int(lv * 4),
+        "PosterizeOriginal": int(lv * 4) + 4,
+        "Solarize": min(256, int(lv * 256)),
+        "SolarizeIncreasing": 256 - min(256, int(lv * 256)),
+        "SolarizeAdd": min(128, int(lv * 110)),
+        "Color": lv * 1.8 + 0.1,
+        "Contrast": lv * 1.8 + 0.1,
+        "Brightness": lv * 1.8 + 0.1,
+        "Sharpness": lv * 1.8 + 0.1,
+        "ColorIncreasing": max(0.1, 1.0 + neg(lv * 0.9)),
+        "ContrastIncreasing": max(0.1, 1.0 + neg(lv * 0.9)),
+        "BrightnessIncreasing": max(0.1, 1.0 + neg(lv * 0.9)),
+        "SharpnessIncreasing": max(0.1, 1.0 + neg(lv * 0.9)),
+        "ShearX": neg(lv * 0.3),
+        "ShearY": neg(lv * 0.3),
+        "TranslateXRel": neg(lv * translate_pct) * w,
+        "TranslateYRel": neg(lv * translate_pct) * h,
         "Desaturate": min(1.0, max(0.0, 1.0 - max(0.5, min(1.0, 0.5 + 0.5 * lv)))),
         "GaussianBlur": max(0.1, min(2.0, 0.1 + 1.9 * lv)),
     }.get(name)
@@ -250,7 +296,8 @@ def test_levels_map_as_timm_and_apply_exactly_as_pil(config, cifar_uint8):
             if arg is not None and name != "GaussianBlurRand":
                 # keepmix's magnitude in apply_ops units from timm's argument.
                 expect = {"Color": arg - 1, "Contrast": arg - 1, "Brightness": arg - 1, "Sharpness": arg - 1}.get(
-                    name.replace("Increasing", ""), arg)
+                    name.replace("Increasing", ""), arg
+                )
                 if name.startswith("Translate"):
                     expect = -arg
                 if name == "Desaturate":
@@ -301,8 +348,16 @@ def test_bilinear_geometric_ops_agree_with_pil_to_one_grey_level(cifar_uint8):
 
 
 def test_gaussian_blur_is_pils_bit_for_bit(cifar_uint8):
-    x = torch.cat([cifar_uint8[:12], torch.randint(0, 256, (4, 3, 7, 5), dtype=torch.uint8)[:, :, :, :].expand(4, 3, 7, 5)
-                   .contiguous().new_zeros(4, 3, 32, 32).random_(0, 256)])
+    x = torch.cat(
+        [
+            cifar_uint8[:12],
+            torch.randint(0, 256, (4, 3, 7, 5), dtype=torch.uint8)[:, :, :, :]
+            .expand(4, 3, 7, 5)
+            .contiguous()
+            .new_zeros(4, 3, 32, 32)
+            .random_(0, 256),
+        ]
+    )
     radii = torch.tensor([0.0, 0.05, 0.1, 0.3, 0.5, 0.77, 1.0, 1.3, 1.9, 2.0, 3.5, 6.0, 0.2, 1.1, 2.5, 10.0])
     out = pil_gaussian_blur(x, radii)
     for i in range(x.shape[0]):
@@ -322,17 +377,30 @@ def test_the_magnitude_scales_differ_by_the_documented_factor():
 
 
 # ------------------------------------------------------------------------------- the contract
-@pytest.mark.parametrize("make", [lambda: RandAugment.from_timm("rand-m9-mstd0.5-inc1"),
-                                  lambda: RandAugment.from_timm("rand-m9-n3-t3aw-p0.7"),
-                                  lambda: AutoAugment.from_timm("original-mstd0.5"),
-                                  lambda: AutoAugment.from_timm("3a")])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: RandAugment.from_timm("rand-m9-mstd0.5-inc1"),
+        lambda: RandAugment.from_timm("rand-m9-n3-t3aw-p0.7"),
+        lambda: AutoAugment.from_timm("original-mstd0.5"),
+        lambda: AutoAugment.from_timm("3a"),
+    ],
+)
 def test_timm_policies_pass_the_op_contract(make):
     check_op(make)
 
 
 # ------------------------------------------------------------------- floats outside [0, 1]
-@pytest.mark.parametrize("make", [lambda: AutoAugment(), lambda: RandAugment(), lambda: TrivialAugmentWide(),
-                                  lambda: RandAugment.from_timm("rand-m9"), lambda: AutoAugment.from_timm("v0")])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: AutoAugment(),
+        lambda: RandAugment(),
+        lambda: TrivialAugmentWide(),
+        lambda: RandAugment.from_timm("rand-m9"),
+        lambda: AutoAugment.from_timm("v0"),
+    ],
+)
 def test_policies_refuse_normalised_floats(make):
     op = make()
     x = torch.rand(4, 3, 16, 16)

@@ -37,7 +37,9 @@ def test_readme_usage_blocks_run_as_pasted():
 def test_readme_recipes_are_the_tested_files():
     recipes = [(path, code) for path, code in _blocks() if path is not None]
     assert {p for p, _ in recipes} >= {
-        "examples/recipes/timm_style.py", "examples/recipes/torchvision_collate.py", "examples/recipes/lightning_module.py",
+        "examples/recipes/timm_style.py",
+        "examples/recipes/torchvision_collate.py",
+        "examples/recipes/lightning_module.py",
     }
     for path, code in recipes:
         assert code == (ROOT / path).read_text(), f"the README's copy of {path} differs from the file"

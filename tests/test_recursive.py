@@ -87,8 +87,10 @@ def test_bilinear_resize_matches_f_interpolate(align_corners):
         torch.testing.assert_close(out32, ref.float(), atol=1e-5, rtol=1e-5)
         d8 = torch.randint(0, 256, (6, 2, h, w), generator=g, dtype=torch.uint8)
         s8 = torch.randint(0, 256, (6, 2, hs, ws), generator=g, dtype=torch.uint8)
-        diff = (resize_into_boxes(d8, s8, boxes, "bilinear", align_corners).int()
-                - _loop_reference(d8, s8, boxes, "bilinear", align_corners).int()).abs()
+        diff = (
+            resize_into_boxes(d8, s8, boxes, "bilinear", align_corners).int()
+            - _loop_reference(d8, s8, boxes, "bilinear", align_corners).int()
+        ).abs()
         assert diff.max() <= 1
 
 

@@ -94,8 +94,7 @@ def test_tiny_scale_end_to_end_writes_a_parsable_table_and_resumes(tmp_path, tin
 
 def test_a_cell_run_with_other_settings_is_refused(tmp_path, tiny_folder, isolated_env, capsys):
     out, runs = tmp_path / "out", tmp_path / "runs"
-    base = ["--scale", "tiny", "--data", str(tiny_folder), "--out", str(out), "--runs-dir", str(runs),
-            "--methods", "none", "--seeds", "0"]
+    base = ["--scale", "tiny", "--data", str(tiny_folder), "--out", str(out), "--runs-dir", str(runs), "--methods", "none", "--seeds", "0"]
     assert rp.main(base) == 0
     capsys.readouterr()
     assert rp.main(base + ["--batch-size", "4"]) == 2
@@ -105,8 +104,7 @@ def test_a_cell_run_with_other_settings_is_refused(tmp_path, tiny_folder, isolat
 
 def test_parallel_jobs_run_cells_in_subprocesses(tmp_path, tiny_folder, isolated_env):
     out, runs = tmp_path / "out", tmp_path / "runs"
-    argv = ["--scale", "tiny", "--data", str(tiny_folder), "--out", str(out), "--runs-dir", str(runs),
-            "--methods", "cutout", "--jobs", "2"]
+    argv = ["--scale", "tiny", "--data", str(tiny_folder), "--out", str(out), "--runs-dir", str(runs), "--methods", "cutout", "--jobs", "2"]
     assert rp.main(argv) == 0
     for s in (0, 1):
         spec = json.loads((runs / f"cutout-seed{s}" / "cell.json").read_text())
@@ -118,9 +116,31 @@ def test_parallel_jobs_run_cells_in_subprocesses(tmp_path, tiny_folder, isolated
 def test_gpu_scale_settings_run_at_a_tiny_size_on_the_cpu(tmp_path, tiny_folder, isolated_env):
     """The GPU scale's recipe (ResNet-18, bf16 autocast, channels_last, early head) at 40 images."""
     out, runs = tmp_path / "out", tmp_path / "runs"
-    argv = ["--scale", "gpu", "--device", "cpu", "--epochs", "1", "--train-subset", "40", "--test-subset", "20",
-            "--batch-size", "20", "--seeds", "0", "--methods", "cutout", "keepcutout_early",
-            "--data", str(tiny_folder), "--out", str(out), "--runs-dir", str(runs)]
+    argv = [
+        "--scale",
+        "gpu",
+        "--device",
+        "cpu",
+        "--epochs",
+        "1",
+        "--train-subset",
+        "40",
+        "--test-subset",
+        "20",
+        "--batch-size",
+        "20",
+        "--seeds",
+        "0",
+        "--methods",
+        "cutout",
+        "keepcutout_early",
+        "--data",
+        str(tiny_folder),
+        "--out",
+        str(out),
+        "--runs-dir",
+        str(runs),
+    ]
     assert rp.main(argv) == 0
     final = json.loads((runs / "keepcutout_early-seed0" / "final.json").read_text())
     cfg = final["config"]
@@ -134,9 +154,29 @@ def test_early_scale_trains_the_head_after_one_block(tmp_path, tiny_folder, isol
     """The early-head placement grid (ResNet-20) at 40 images: the block-1 cell's head sits after
     one block of the first stage, and its saliency comes from that head."""
     out, runs = tmp_path / "out", tmp_path / "runs"
-    argv = ["--scale", "early", "--epochs", "1", "--train-subset", "40", "--test-subset", "20", "--batch-size", "20",
-            "--seeds", "0", "--methods", "keepcutout_early", "keepcutout_early1",
-            "--data", str(tiny_folder), "--out", str(out), "--runs-dir", str(runs)]
+    argv = [
+        "--scale",
+        "early",
+        "--epochs",
+        "1",
+        "--train-subset",
+        "40",
+        "--test-subset",
+        "20",
+        "--batch-size",
+        "20",
+        "--seeds",
+        "0",
+        "--methods",
+        "keepcutout_early",
+        "keepcutout_early1",
+        "--data",
+        str(tiny_folder),
+        "--out",
+        str(out),
+        "--runs-dir",
+        str(runs),
+    ]
     assert rp.main(argv) == 0
     cfg1 = json.loads((runs / "keepcutout_early1-seed0" / "final.json").read_text())["config"]
     cfg0 = json.loads((runs / "keepcutout_early-seed0" / "final.json").read_text())["config"]
@@ -194,17 +234,15 @@ def test_every_method_builds_a_valid_config_at_every_scale():
     with pytest.raises(rp.GridError, match="keepcutout_early1 cannot run on small: early_block"):
         rp.cell_config(rp.SCALES["cpu"], "keepcutout_early1", 0)
     early = rp.SCALES["early"]
-    assert set(early.methods) == {"cutout", "keepcutout", "keepcutout_uniform", "cutout_earlyhead", "keepcutout_early",
-                                  "keepcutout_early1"}
+    assert set(early.methods) == {"cutout", "keepcutout", "keepcutout_uniform", "cutout_earlyhead", "keepcutout_early", "keepcutout_early1"}
     assert rp.cell_config(early, "keepcutout_early1", 0).model == "resnet20"
     # The same settings as the cpu grid apart from the model: the two tables are comparable.
-    assert {k: v for k, v in early.fields.items() if k != "model"} == \
-        {k: v for k, v in rp.SCALES["cpu"].fields.items() if k != "model"}
+    assert {k: v for k, v in early.fields.items() if k != "model"} == {k: v for k, v in rp.SCALES["cpu"].fields.items() if k != "model"}
     # Every Keep variant sits beside its base method, with the paper's gain.
     for g in rp.GRID:
         if g.key.startswith("keep"):
             # (a whole-box Keep variant sits beside whole-box Cutout: the same area cut)
-            assert g.base == g.fields["method"][len("keep"):] + ("_inside" if g.fields.get("whole_boxes") else "")
+            assert g.base == g.fields["method"][len("keep") :] + ("_inside" if g.fields.get("whole_boxes") else "")
             # Every Keep variant has the paper's gain beside it, except the control the paper lacks
             # and KeepResizeMix, which no paper has.
             no_paper_row = g.fields.get("saliency") == "uniform" or g.key == "keepresizemix" or bool(g.fields.get("whole_boxes"))
@@ -226,13 +264,15 @@ def _fake_run(runs: Path, method: str, seed: int, acc: float, epoch_times=(10.0,
     metrics = [{"epoch": i + 1, "epoch_time_s": t, "images_per_s": 100.0} for i, t in enumerate(epoch_times)]
     metrics[-1]["test_acc"] = acc
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
-    (d / "final.json").write_text(json.dumps({"test_acc": acc, "best_test_acc": acc + 1, "epochs": len(epoch_times),
-                                              "steps": 10, "wall_time_s": sum(epoch_times) + 5.0}))
+    (d / "final.json").write_text(
+        json.dumps(
+            {"test_acc": acc, "best_test_acc": acc + 1, "epochs": len(epoch_times), "steps": 10, "wall_time_s": sum(epoch_times) + 5.0}
+        )
+    )
 
 
 def test_aggregate_means_stds_gains_and_time_ratios(tmp_path):
-    accs = {"none": [80.0, 82.0, 81.0], "cutout": [82.0, 84.0, 83.0], "keepcutout": [83.0, 83.5, 84.0],
-            "keepcutout_lowres": [70.0]}
+    accs = {"none": [80.0, 82.0, 81.0], "cutout": [82.0, 84.0, 83.0], "keepcutout": [83.0, 83.5, 84.0], "keepcutout_lowres": [70.0]}
     for m, values in accs.items():
         for s, a in enumerate(values):
             times = (20.0, 20.0) if m == "keepcutout" else (10.0, 10.0)
@@ -265,9 +305,20 @@ def test_aggregate_means_stds_gains_and_time_ratios(tmp_path):
     cutmix = rows["cutmix"]
     assert cutmix.n == 0 and cutmix.acc_mean is None and "no finished run" in cutmix.verdict
 
-    meta = {"scale": "x", "command": "c", "date": "d", "commit": "k", "machine": "m", "jobs": 1, "runs_dir": "r",
-            "description": "desc", "expected_time": "t", "seeds": [0, 1, 2], "settings": {"epochs": 2},
-            "missing": ["cutmix-seed0"]}
+    meta = {
+        "scale": "x",
+        "command": "c",
+        "date": "d",
+        "commit": "k",
+        "machine": "m",
+        "jobs": 1,
+        "runs_dir": "r",
+        "description": "desc",
+        "expected_time": "t",
+        "seeds": [0, 1, 2],
+        "settings": {"epochs": 2},
+        "missing": ["cutmix-seed0"],
+    }
     md = rp.render_markdown(list(rows.values()), meta)
     table = _table_rows(md)
     assert table["KeepCutout (full)"]["mean"] == "83.50" and table["KeepCutout (full)"]["gain"].startswith("+0.50 ± ")
@@ -279,9 +330,15 @@ def test_aggregate_means_stds_gains_and_time_ratios(tmp_path):
 
 
 def test_keepcutout_variants_are_set_against_the_uniform_map_control(tmp_path):
-    accs = {"cutout": [70.0, 71.0], "keepcutout_uniform": [72.0, 72.4], "keepcutout": [72.2, 72.6],
-            "keepcutout_lowres": [76.0, 76.4], "cutout_earlyhead": [68.3, 68.5], "keepcutout_early": [68.0, 68.4],
-            "keepcutmix": [75.0, 75.0]}
+    accs = {
+        "cutout": [70.0, 71.0],
+        "keepcutout_uniform": [72.0, 72.4],
+        "keepcutout": [72.2, 72.6],
+        "keepcutout_lowres": [76.0, 76.4],
+        "cutout_earlyhead": [68.3, 68.5],
+        "keepcutout_early": [68.0, 68.4],
+        "keepcutmix": [75.0, 75.0],
+    }
     for m, values in accs.items():
         for s, a in enumerate(values):
             _fake_run(tmp_path, m, s, a)
@@ -297,8 +354,19 @@ def test_keepcutout_variants_are_set_against_the_uniform_map_control(tmp_path):
     assert sentences[0].startswith(f"KeepCutout (full): +0.20 ± {se:.2f}") and "adds nothing measurable" in sentences[0]
     assert "the saliency map itself adds accuracy" in sentences[1]
     assert "over Cutout + early head" in sentences[2] and "adds nothing measurable to a network" in sentences[2]
-    meta = {"scale": "x", "command": "c", "date": "d", "commit": "k", "machine": "m", "jobs": 1, "runs_dir": "r",
-            "description": "desc", "expected_time": "t", "seeds": [0, 1], "settings": {"epochs": 2}}
+    meta = {
+        "scale": "x",
+        "command": "c",
+        "date": "d",
+        "commit": "k",
+        "machine": "m",
+        "jobs": 1,
+        "runs_dir": "r",
+        "description": "desc",
+        "expected_time": "t",
+        "seeds": [0, 1],
+        "settings": {"epochs": 2},
+    }
     md = rp.render_markdown(rows, meta)
     assert "Against the control" in md and all(s in md for s in sentences)
     assert rp.control_sentences([r for r in rows if r.method not in ("keepcutout_uniform", "cutout_earlyhead")]) == []
@@ -392,8 +460,20 @@ def test_a_cell_stopped_by_the_time_limit_resumes_to_the_same_result(tmp_path, t
 
     # The grid resumes the checkpoint (and reports a stopped grid with exit status 3 first).
     out = tmp_path / "out"
-    argv = ["--scale", "tiny", "--methods", "cutout", "--seeds", "0", "--data", str(tiny_folder),
-            "--out", str(out), "--runs-dir", str(tmp_path / "runs")]
+    argv = [
+        "--scale",
+        "tiny",
+        "--methods",
+        "cutout",
+        "--seeds",
+        "0",
+        "--data",
+        str(tiny_folder),
+        "--out",
+        str(out),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    ]
     assert rp.main(argv + ["--time-limit", "1e-9"]) == 3
     assert "cutout-seed0" in (out / "reproduce_tiny.md").read_text()  # listed as missing
     assert rp.main(argv) == 0
@@ -411,14 +491,30 @@ def test_attentive_cutmix_cells_get_their_teacher_cell_and_run_after_it(tmp_path
     runs, out = tmp_path / "runs", tmp_path / "out"
     cfg = rp.cell_config(rp.SCALES["tiny"], "attentive_cutmix", 1, runs_dir=runs)
     assert cfg.teacher_run == str(runs / "none-seed1") and cfg.method == "attentive_cutmix"
-    assert rp.cell_config(rp.SCALES["cpu"], "attentive_cutmix", 0).teacher_run == \
-        str(rp.default_runs_dir("cpu") / "none-seed0")
+    assert rp.cell_config(rp.SCALES["cpu"], "attentive_cutmix", 0).teacher_run == str(rp.default_runs_dir("cpu") / "none-seed0")
     assert rp.teacher_cell("attentive_cutmix", 3) == ("none", 3) and rp.teacher_cell("cutout", 3) is None
     # The teacher cells come first, once each; the other cells keep their order.
-    assert rp.order_with_teachers([("attentive_cutmix", 0), ("cutout", 0), ("none", 0), ("attentive_cutmix", 1)]) == \
-        [("none", 0), ("none", 1), ("attentive_cutmix", 0), ("cutout", 0), ("attentive_cutmix", 1)]
-    argv = ["--scale", "tiny", "--methods", "attentive_cutmix", "--seeds", "0", "--data", str(tiny_folder),
-            "--out", str(out), "--runs-dir", str(runs)]
+    assert rp.order_with_teachers([("attentive_cutmix", 0), ("cutout", 0), ("none", 0), ("attentive_cutmix", 1)]) == [
+        ("none", 0),
+        ("none", 1),
+        ("attentive_cutmix", 0),
+        ("cutout", 0),
+        ("attentive_cutmix", 1),
+    ]
+    argv = [
+        "--scale",
+        "tiny",
+        "--methods",
+        "attentive_cutmix",
+        "--seeds",
+        "0",
+        "--data",
+        str(tiny_folder),
+        "--out",
+        str(out),
+        "--runs-dir",
+        str(runs),
+    ]
     assert rp.main(argv) == 0
     for cell in ("none-seed0", "attentive_cutmix-seed0"):
         assert (runs / cell / "final.json").is_file()
@@ -433,8 +529,20 @@ def test_attentive_cutmix_cells_get_their_teacher_cell_and_run_after_it(tmp_path
 def test_a_teacher_without_its_checkpoint_is_refused_before_training(tmp_path, tiny_folder, isolated_env, capsys):
     runs = tmp_path / "runs"
     _fake_run(runs, "none", 0, 50.0)  # a copied summary: final.json, no checkpoint.pt
-    argv = ["--scale", "tiny", "--methods", "attentive_cutmix", "--seeds", "0", "--data", str(tiny_folder),
-            "--out", str(tmp_path / "out"), "--runs-dir", str(runs)]
+    argv = [
+        "--scale",
+        "tiny",
+        "--methods",
+        "attentive_cutmix",
+        "--seeds",
+        "0",
+        "--data",
+        str(tiny_folder),
+        "--out",
+        str(tmp_path / "out"),
+        "--runs-dir",
+        str(runs),
+    ]
     assert rp.main(argv) == 2
     err = capsys.readouterr().err
     assert "none-seed0" in err and "no checkpoint.pt" in err

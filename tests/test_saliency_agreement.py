@@ -56,7 +56,7 @@ def test_region_scores_are_box_sums_at_every_position():
                 assert centred[b, cy * 8 + cx] == pytest.approx(float(sal[b, y1:y2, x1:x2].sum()))
         for t in range(5):
             for left in range(5):
-                assert whole[b, t * 5 + left] == pytest.approx(float(sal[b, t:t + 4, left:left + 4].sum()))
+                assert whole[b, t * 5 + left] == pytest.approx(float(sal[b, t : t + 4, left : left + 4].sum()))
 
 
 def test_smoke_run_on_a_trained_early_head_run(tmp_path, tiny_folder, isolated_env):
@@ -64,9 +64,21 @@ def test_smoke_run_on_a_trained_early_head_run(tmp_path, tiny_folder, isolated_e
     from keepmix.train.data import load_data
     from keepmix.train.loop import train
 
-    cfg = TrainConfig(name="e", model="small", method="keepcutout", saliency="early", early_head=True, epochs=1,
-                      batch_size=20, lr=0.05, out_dir=str(tmp_path / "runs"), dataset=str(tiny_folder),
-                      progress=False, pictures=False, threads=1)
+    cfg = TrainConfig(
+        name="e",
+        model="small",
+        method="keepcutout",
+        saliency="early",
+        early_head=True,
+        epochs=1,
+        batch_size=20,
+        lr=0.05,
+        out_dir=str(tmp_path / "runs"),
+        dataset=str(tiny_folder),
+        progress=False,
+        pictures=False,
+        threads=1,
+    )
     final = train(cfg, data=load_data(cfg), log=lambda m: None)
     out = tmp_path / "out"
     assert sa.main(["--quick", "--runs-dir", str(tmp_path / "runs"), "--data", str(tiny_folder), "--out", str(out)]) == 0

@@ -205,8 +205,13 @@ def test_skipped_images_come_back_unchanged():
 
 @pytest.mark.parametrize(
     "kwargs, name",
-    [({"alpha": 0.0}, "alpha"), ({"p": 1.5}, "p"), ({"num_classes": 0}, "num_classes"), ({"saliency": "fine"}, "saliency"),
-     ({"saliency_fn": lambda x, y: x[:, 0]}, "saliency_fn")],
+    [
+        ({"alpha": 0.0}, "alpha"),
+        ({"p": 1.5}, "p"),
+        ({"num_classes": 0}, "num_classes"),
+        ({"saliency": "fine"}, "saliency"),
+        ({"saliency_fn": lambda x, y: x[:, 0]}, "saliency_fn"),
+    ],
 )
 def test_bad_arguments_name_themselves(kwargs, name):
     with pytest.raises(ValueError, match=name):

@@ -42,12 +42,15 @@ def test_split_is_class_balanced_disjoint_complete_and_seeded():
     assert lab.numel() == 7 and unl.numel() == 993 and set(lab.tolist()).isdisjoint(unl.tolist())
 
 
-@pytest.mark.parametrize("n, match", [
-    (1001, "semi_labels=1001 but the training set has only 1000 images"),
-    (1000, "leaves no unlabelled images"),
-    (255, "semi_labels=255 is not divisible by the 10 classes"),
-    (0, "semi_labels must be a positive int"),
-])
+@pytest.mark.parametrize(
+    "n, match",
+    [
+        (1001, "semi_labels=1001 but the training set has only 1000 images"),
+        (1000, "leaves no unlabelled images"),
+        (255, "semi_labels=255 is not divisible by the 10 classes"),
+        (0, "semi_labels must be a positive int"),
+    ],
+)
 def test_split_errors_name_the_option(n, match):
     with pytest.raises(ValueError, match=match):
         semi_split(torch.arange(1000) % 10, n)
@@ -113,9 +116,25 @@ def test_labelled_images_never_leak_into_the_unlabelled_pool(tiny_data):
 
 
 def _cfg(tmp_path, **kw) -> TrainConfig:
-    base = dict(name="s", model="small", epochs=2, batch_size=4, lr=0.05, out_dir=str(tmp_path), progress=False,
-                pictures=False, log_every=1, threads=1, semi_labels=20, semi_mu=2, uda_augment="keeprandaugment",
-                saliency="lowres", uda_tsa="linear", uda_threshold=0.3, warmup_epochs=0.5)
+    base = dict(
+        name="s",
+        model="small",
+        epochs=2,
+        batch_size=4,
+        lr=0.05,
+        out_dir=str(tmp_path),
+        progress=False,
+        pictures=False,
+        log_every=1,
+        threads=1,
+        semi_labels=20,
+        semi_mu=2,
+        uda_augment="keeprandaugment",
+        saliency="lowres",
+        uda_tsa="linear",
+        uda_threshold=0.3,
+        warmup_epochs=0.5,
+    )
     base.update(kw)
     return TrainConfig(**base)
 

@@ -16,9 +16,30 @@ from keepmix.train.run_dir import RunDir  # noqa: E402
 def test_tensorboard_event_files_hold_the_metrics_and_the_grid(tmp_path, tiny_folder, monkeypatch, capsys):
     monkeypatch.setenv("KEEPMIX_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "runs"
-    rc = main(["train", "cifar10-small-keepcutout-quick", "--dataset", str(tiny_folder), "--out-dir", str(out),
-               "--epochs", "2", "--batch-size", "8", "--train-subset", "0", "--test-subset", "0", "--no-progress",
-               "--threads", "1", "--no-pictures", "--log", "tensorboard"])
+    rc = main(
+        [
+            "train",
+            "cifar10-small-keepcutout-quick",
+            "--dataset",
+            str(tiny_folder),
+            "--out-dir",
+            str(out),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--train-subset",
+            "0",
+            "--test-subset",
+            "0",
+            "--no-progress",
+            "--threads",
+            "1",
+            "--no-pictures",
+            "--log",
+            "tensorboard",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     (run,) = out.iterdir()
     files = RunDir(run)
@@ -28,8 +49,13 @@ def test_tensorboard_event_files_hold_the_metrics_and_the_grid(tmp_path, tiny_fo
     tags = acc.Tags()
     records = files.read_metrics()  # metrics.jsonl is still written, and is the reference
     assert [r["epoch"] for r in records] == [1, 2]
-    for key, tag in {"train_loss": "train/loss", "train_acc": "train/acc", "test_loss": "test/loss",
-                     "test_acc": "test/acc", "lr": "lr"}.items():
+    for key, tag in {
+        "train_loss": "train/loss",
+        "train_acc": "train/acc",
+        "test_loss": "test/loss",
+        "test_acc": "test/acc",
+        "lr": "lr",
+    }.items():
         assert tag in tags["scalars"], tag
         events = acc.Scalars(tag)
         assert [e.step for e in events] == [r["step"] for r in records]
@@ -43,8 +69,30 @@ def test_tensorboard_event_files_hold_the_metrics_and_the_grid(tmp_path, tiny_fo
 def test_jsonl_is_the_default_and_writes_no_event_files(tmp_path, tiny_folder, monkeypatch, capsys):
     monkeypatch.setenv("KEEPMIX_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "runs"
-    assert main(["train", "cifar10-small-none-quick", "--dataset", str(tiny_folder), "--out-dir", str(out),
-                 "--epochs", "1", "--batch-size", "8", "--train-subset", "0", "--test-subset", "0", "--no-progress",
-                 "--threads", "1", "--no-pictures"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "cifar10-small-none-quick",
+                "--dataset",
+                str(tiny_folder),
+                "--out-dir",
+                str(out),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--train-subset",
+                "0",
+                "--test-subset",
+                "0",
+                "--no-progress",
+                "--threads",
+                "1",
+                "--no-pictures",
+            ]
+        )
+        == 0
+    )
     (run,) = out.iterdir()
     assert RunDir(run).metrics.is_file() and not RunDir(run).tensorboard.exists()

@@ -25,7 +25,9 @@ NOT_YET: frozenset[str] = frozenset()  # every file is clean: the checks are pla
 CHECKED = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "keepmix").rglob("*.py") if p.relative_to(ROOT).as_posix() not in NOT_YET)
 # Every Python file ruff's findings are kept for: the package, tests, benchmarks, examples, docs.
 LINTED = sorted(
-    rel for d in ("keepmix", "tests", "benchmarks", "examples", "docs") for p in (ROOT / d).rglob("*.py")
+    rel
+    for d in ("keepmix", "tests", "benchmarks", "examples", "docs")
+    for p in (ROOT / d).rglob("*.py")
     if (rel := p.relative_to(ROOT).as_posix()) not in NOT_YET
 )
 STRICT = ["keepmix/functional", "keepmix/sampling.py", "keepmix/base.py", "keepmix/placers.py", "keepmix/engine.py"]
@@ -69,7 +71,7 @@ def test_checked_files_exist():
 def test_finding_lines_are_parsed():
     kept = {"keepmix/base.py"}
     assert _findings("keepmix/base.py:3:1: F401 `os` imported but unused", kept)
-    assert _findings("keepmix/base.py:3: error: Name \"x\" is not defined  [name-defined]", kept)
+    assert _findings('keepmix/base.py:3: error: Name "x" is not defined  [name-defined]', kept)
     assert not _findings("keepmix/train/loop.py:3: error: boom  [misc]", kept)
     assert not _findings("Found 1 error in 1 file (checked 77 source files)", kept)
 
@@ -80,6 +82,12 @@ def test_ruff_check():
     assert not found, "ruff check found:\n" + "\n".join(found)
     # Whatever ruff reports must be a finding in a file (a crash or a config error is not).
     assert res.returncode == 0 or _findings(res.stdout, set(NOT_YET)), f"ruff check failed:\n{res.stdout}{res.stderr}"
+
+
+def test_ruff_format():
+    """The tree is formatted as ``ruff format`` writes it (ruff.toml's line length)."""
+    res = _run([*_tool("ruff"), "format", "--check", "--no-cache", "."])
+    assert res.returncode == 0, f"ruff format --check:\n{res.stdout}{res.stderr}"
 
 
 def test_mypy():

@@ -19,10 +19,39 @@ def _free_port() -> int:
 def test_the_cli_under_torchrun_exits_0_and_prints_once(tmp_path, tiny_folder):
     out = tmp_path / "runs"
     env = dict(os.environ, KEEPMIX_CACHE_DIR=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "keepmix", "train", "cifar10-small-keepcutout-quick",
-           "--dataset", str(tiny_folder), "--out-dir", str(out), "--device", "cpu", "--epochs", "2", "--batch-size", "8",
-           "--train-subset", "0", "--test-subset", "0", "--threads", "1", "--no-progress", "--no-pictures"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "keepmix",
+        "train",
+        "cifar10-small-keepcutout-quick",
+        "--dataset",
+        str(tiny_folder),
+        "--out-dir",
+        str(out),
+        "--device",
+        "cpu",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--train-subset",
+        "0",
+        "--test-subset",
+        "0",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--no-pictures",
+    ]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "FAILED" not in res.stderr and "Traceback" not in res.stderr

@@ -147,7 +147,9 @@ def test_presets_are_the_papers_rows_and_filter():
 
     assert len(PRESETS) < 100, "a small set of named recipes; anything else is an override"
     assert preset_names("wrn28-10-keepcutout") == [
-        "cifar10-wrn28-10-keepcutout", "cifar10-wrn28-10-keepcutout-early", "cifar10-wrn28-10-keepcutout-lowres",
+        "cifar10-wrn28-10-keepcutout",
+        "cifar10-wrn28-10-keepcutout-early",
+        "cifar10-wrn28-10-keepcutout-lowres",
         "cifar10-wrn28-10-keepcutout-lowres-early",
     ]
     assert all(n.endswith("-quick") for n in preset_names("*-quick")) and preset_names("*-quick")

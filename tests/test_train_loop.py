@@ -27,8 +27,19 @@ def tiny_data(cifar_uint8, cifar_labels):
 
 
 def _cfg(tmp_path, **kw) -> TrainConfig:
-    base = dict(name="t", model="small", epochs=2, batch_size=16, lr=0.05, out_dir=str(tmp_path), dataset="cifar10",
-                progress=False, pictures=False, log_every=1, threads=1)
+    base = dict(
+        name="t",
+        model="small",
+        epochs=2,
+        batch_size=16,
+        lr=0.05,
+        out_dir=str(tmp_path),
+        dataset="cifar10",
+        progress=False,
+        pictures=False,
+        log_every=1,
+        threads=1,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -131,9 +142,24 @@ def test_too_few_images_for_a_batch(tmp_path, tiny_data):
 
 
 @pytest.mark.parametrize(
-    "method", ["none", "cutout", "keepcutout", "random_erasing", "keeprandomerasing", "mixup", "cutmix", "keepcutmix",
-               "recursivemix", "keeprecursivemix", "autoaugment", "keepautoaugment", "randaugment", "keeprandaugment",
-               "trivialaugment"]
+    "method",
+    [
+        "none",
+        "cutout",
+        "keepcutout",
+        "random_erasing",
+        "keeprandomerasing",
+        "mixup",
+        "cutmix",
+        "keepcutmix",
+        "recursivemix",
+        "keeprecursivemix",
+        "autoaugment",
+        "keepautoaugment",
+        "randaugment",
+        "keeprandaugment",
+        "trivialaugment",
+    ],
 )
 def test_every_method_prepares_a_normalised_batch(method, cifar_uint8, cifar_labels):
     from keepmix.models import build_model
@@ -188,8 +214,7 @@ def test_uniform_saliency_control_runs_no_saliency_pass(cifar_uint8, cifar_label
     model = build_model("small", num_classes=10)
     calls = []
     model.register_forward_hook(lambda *a: calls.append(1))
-    m = build_method(TrainConfig(method="keepcutout", model="small", saliency="uniform"), model, 10,
-                     (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    m = build_method(TrainConfig(method="keepcutout", model="small", saliency="uniform"), model, 10, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     out = m.prepare(cifar_uint8[:8], cifar_labels[:8], torch.Generator().manual_seed(0))
     assert not calls and out.inputs.shape == (8, 3, 32, 32)
     cut = (out.inputs == 0).all(dim=1)  # Cutout fills with 0 after normalisation
@@ -200,9 +225,23 @@ def test_uniform_saliency_control_runs_no_saliency_pass(cifar_uint8, cifar_label
             assert (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1) < 256
 
 
-_METHODS = ["none", "cutout", "keepcutout", "random_erasing", "keeprandomerasing", "mixup", "cutmix", "keepcutmix",
-            "recursivemix", "keeprecursivemix", "autoaugment", "keepautoaugment", "randaugment", "keeprandaugment",
-            "trivialaugment"]
+_METHODS = [
+    "none",
+    "cutout",
+    "keepcutout",
+    "random_erasing",
+    "keeprandomerasing",
+    "mixup",
+    "cutmix",
+    "keepcutmix",
+    "recursivemix",
+    "keeprecursivemix",
+    "autoaugment",
+    "keepautoaugment",
+    "randaugment",
+    "keeprandaugment",
+    "trivialaugment",
+]
 
 
 @pytest.mark.parametrize("method", _METHODS)
@@ -245,8 +284,7 @@ def test_keepcutmix_and_keeprecursivemix_get_the_config(cifar_uint8):
     from keepmix.recursive import KeepRecursiveMix
 
     model = build_model("small", num_classes=10)
-    cfg = TrainConfig(method="keepcutmix", model="small", cutmix_alpha=0.7, cutmix_p=0.3, keep_quantile=0.4,
-                      cutmix_label_weight="saliency")
+    cfg = TrainConfig(method="keepcutmix", model="small", cutmix_alpha=0.7, cutmix_p=0.3, keep_quantile=0.4, cutmix_label_weight="saliency")
     op = build_method(cfg, model, 10, (0.5,) * 3, (0.25,) * 3).op
     assert isinstance(op, KeepCutMix) and isinstance(op.placer, KeepPlacer)
     assert (op.alpha, op.p, op.num_classes, op.label_weight, op.placer.q) == (0.7, 0.3, 10, "saliency", 0.4)
@@ -258,8 +296,7 @@ def test_recursivemix_feature_loss_uses_the_params_of_its_own_step(cifar_uint8, 
     from keepmix.models import build_model
 
     model = build_model("small", num_classes=10)
-    m = build_method(TrainConfig(method="recursivemix", model="small", recursivemix_omega=0.5), model, 10,
-                     (0.5,) * 3, (0.25,) * 3)
+    m = build_method(TrainConfig(method="recursivemix", model="small", recursivemix_omega=0.5), model, 10, (0.5,) * 3, (0.25,) * 3)
     x, y = cifar_uint8[:8], cifar_labels[:8]
     first = m.prepare(x, y, torch.Generator().manual_seed(0))
     m.after_step(first, torch.randn(8, 10))
@@ -295,8 +332,13 @@ def test_end_of_run_grid_draws_the_policy_and_its_keep_version_alike(tmp_path, t
     from keepmix.train.show import save_run_grid
 
     cfg = _cfg(tmp_path, method="keepautoaugment", saliency="full")
-    trainer = SimpleNamespace(config=cfg, model=build_model("small", num_classes=10), data=prepare_data(*tiny_data, cfg),
-                              device=torch.device("cpu"), num_classes=10)
+    trainer = SimpleNamespace(
+        config=cfg,
+        model=build_model("small", num_classes=10),
+        data=prepare_data(*tiny_data, cfg),
+        device=torch.device("cpu"),
+        num_classes=10,
+    )
     grids = []
     real = keepmix.viz.save_method_grid
     monkeypatch.setattr(keepmix.viz, "save_method_grid", lambda *a, **k: grids.append(real(*a, **k)) or grids[-1])

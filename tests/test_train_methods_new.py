@@ -18,21 +18,33 @@ from keepmix.train.loop import RunInterrupted, train
 from keepmix.train.methods import AugMixJSDMethod, GridMaskMethod, StepBatch, build_method
 from keepmix.train.presets import get_preset
 
-NEW = ["gridmask", "augmix", "augmix_jsd", "attentive_cutmix", "resizemix", "keepresizemix", "saliencymix",
-       "saliencymix_gradient", "fmix"]
+NEW = ["gridmask", "augmix", "augmix_jsd", "attentive_cutmix", "resizemix", "keepresizemix", "saliencymix", "saliencymix_gradient", "fmix"]
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
 @pytest.fixture(scope="module")
 def tiny_data(cifar_uint8, cifar_labels):
     classes = [str(i) for i in range(10)]
-    return (Split(cifar_uint8[:48].clone(), cifar_labels[:48].clone(), classes),
-            Split(cifar_uint8[48:].clone(), cifar_labels[48:].clone(), classes))
+    return (
+        Split(cifar_uint8[:48].clone(), cifar_labels[:48].clone(), classes),
+        Split(cifar_uint8[48:].clone(), cifar_labels[48:].clone(), classes),
+    )
 
 
 def _cfg(tmp_path, **kw) -> TrainConfig:
-    base = dict(name="t", model="small", epochs=2, batch_size=16, lr=0.05, out_dir=str(tmp_path), dataset="cifar10",
-                progress=False, pictures=False, log_every=1, threads=1)
+    base = dict(
+        name="t",
+        model="small",
+        epochs=2,
+        batch_size=16,
+        lr=0.05,
+        out_dir=str(tmp_path),
+        dataset="cifar10",
+        progress=False,
+        pictures=False,
+        log_every=1,
+        threads=1,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -49,8 +61,14 @@ def teacher_run(tmp_path_factory, tiny_data):
 
 def _method(name, model=None, **kw):
     model = model or build_model("small", num_classes=10)
-    return build_method(TrainConfig(method=name, model="small", saliency="lowres", **kw), model, 10, MEAN, STD,
-                        teacher=model if name == "attentive_cutmix" else None)
+    return build_method(
+        TrainConfig(method=name, model="small", saliency="lowres", **kw),
+        model,
+        10,
+        MEAN,
+        STD,
+        teacher=model if name == "attentive_cutmix" else None,
+    )
 
 
 def test_the_new_methods_are_offered():
@@ -84,11 +102,20 @@ def test_every_new_method_prepares_a_normalised_batch_with_its_op(name, cifar_ui
     assert out.inputs.min() >= -2.0 - 1e-6 and out.inputs.max() <= 2.0 + 1e-6
 
 
-@pytest.mark.parametrize("name, op_type, raw", [
-    ("gridmask", "GridMask", False), ("augmix", "AugMix", True), ("augmix_jsd", "AugMix", True),
-    ("attentive_cutmix", "AttentiveCutMix", False), ("resizemix", "ResizeMix", False),
-    ("keepresizemix", "ResizeMix", False), ("saliencymix", "SaliencyMix", False),
-    ("saliencymix_gradient", "SaliencyMix", False), ("fmix", "FMix", False)])
+@pytest.mark.parametrize(
+    "name, op_type, raw",
+    [
+        ("gridmask", "GridMask", False),
+        ("augmix", "AugMix", True),
+        ("augmix_jsd", "AugMix", True),
+        ("attentive_cutmix", "AttentiveCutMix", False),
+        ("resizemix", "ResizeMix", False),
+        ("keepresizemix", "ResizeMix", False),
+        ("saliencymix", "SaliencyMix", False),
+        ("saliencymix_gradient", "SaliencyMix", False),
+        ("fmix", "FMix", False),
+    ],
+)
 def test_each_method_builds_its_op_from_the_config(name, op_type, raw):
     m = _method(name)
     assert type(m.op).__name__ == op_type and m.op.raw_pixels == raw
@@ -98,8 +125,9 @@ def test_each_method_builds_its_op_from_the_config(name, op_type, raw):
 def test_op_fields_come_from_the_config():
     from keepmix.placers import KeepPlacer
 
-    g = _method("gridmask", gridmask_d_min=5, gridmask_d_max=9, gridmask_ratio=0.3, gridmask_rotate=45.0, gridmask_mode=0,
-                gridmask_p=0.5).op
+    g = _method(
+        "gridmask", gridmask_d_min=5, gridmask_d_max=9, gridmask_ratio=0.3, gridmask_rotate=45.0, gridmask_mode=0, gridmask_p=0.5
+    ).op
     assert g.d_range == (5, 9) and g.ratio == 0.3 and g.rotate == (0.0, 45.0) and g.mode == 0 and g.p_max == 0.5
     a = _method("augmix", augmix_severity=5, augmix_width=2, augmix_depth=2, augmix_alpha=0.5, augmix_all_ops=True).op
     assert (a.severity, a.width, a.depth, a.alpha, a.all_ops) == (5, 2, 2, 0.5, True)
@@ -116,12 +144,29 @@ def test_op_fields_come_from_the_config():
     assert (f.alpha, f.decay_power) == (0.5, 2.0)
 
 
-@pytest.mark.parametrize("field, value", [
-    ("gridmask_d_min", 40), ("gridmask_d_min", 0), ("gridmask_ratio", 1.0), ("gridmask_rotate", 400.0),
-    ("gridmask_p", 1.5), ("gridmask_ramp", -0.1), ("gridmask_mode", 2), ("augmix_severity", 11), ("augmix_width", 0),
-    ("augmix_depth", 0), ("augmix_alpha", 0.0), ("augmix_jsd_weight", -1.0), ("attentive_top_k", 0),
-    ("resizemix_scale_min", 0.9), ("resizemix_scale_min", 0.0), ("resizemix_scale_max", 1.5), ("fmix_alpha", 0.0),
-    ("fmix_decay_power", 0.0)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("gridmask_d_min", 40),
+        ("gridmask_d_min", 0),
+        ("gridmask_ratio", 1.0),
+        ("gridmask_rotate", 400.0),
+        ("gridmask_p", 1.5),
+        ("gridmask_ramp", -0.1),
+        ("gridmask_mode", 2),
+        ("augmix_severity", 11),
+        ("augmix_width", 0),
+        ("augmix_depth", 0),
+        ("augmix_alpha", 0.0),
+        ("augmix_jsd_weight", -1.0),
+        ("attentive_top_k", 0),
+        ("resizemix_scale_min", 0.9),
+        ("resizemix_scale_min", 0.0),
+        ("resizemix_scale_max", 1.5),
+        ("fmix_alpha", 0.0),
+        ("fmix_decay_power", 0.0),
+    ],
+)
 def test_bad_method_fields_are_refused_by_name(field, value):
     with pytest.raises(ConfigError, match=field):
         TrainConfig(**{field: value})
@@ -182,7 +227,7 @@ def test_gridmask_run_interrupted_mid_epoch_resumes_bitwise(tmp_path, tiny_data)
 def _reference_jsd(logits, labels, weight=12.0, smoothing=0.0):
     """CE on the clean third plus weight * JS, written out from the paper."""
     b = logits.shape[0] // 3
-    clean, a1, a2 = logits[:b], logits[b:2 * b], logits[2 * b:]
+    clean, a1, a2 = logits[:b], logits[b : 2 * b], logits[2 * b :]
     ce = F.cross_entropy(clean, labels, label_smoothing=smoothing)
     p = [F.softmax(t, 1) for t in (clean, a1, a2)]
     m = ((p[0] + p[1] + p[2]) / 3).clamp(1e-7, 1)

@@ -37,8 +37,21 @@ def tiny_data(cifar_uint8, cifar_labels):
 
 
 def _cfg(tmp_path, **kw) -> TrainConfig:
-    base = dict(name="u", model="small", epochs=1, batch_size=4, lr=0.05, out_dir=str(tmp_path), progress=False,
-                pictures=False, log_every=1, threads=1, semi_labels=10, semi_mu=2, saliency="lowres")
+    base = dict(
+        name="u",
+        model="small",
+        epochs=1,
+        batch_size=4,
+        lr=0.05,
+        out_dir=str(tmp_path),
+        progress=False,
+        pictures=False,
+        log_every=1,
+        threads=1,
+        semi_labels=10,
+        semi_mu=2,
+        saliency="lowres",
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -184,14 +197,17 @@ def test_a_semi_supervised_run_never_gives_the_saliency_labels(tmp_path, tiny_da
 
 
 # ----------------------------------------------------------------------------- bad input
-@pytest.mark.parametrize("field, value, match", [
-    ("semi_mu", 0, "semi_mu must be >= 1"),
-    ("uda_threshold", 1.5, "uda_threshold must be in \\[0, 1\\]"),
-    ("uda_threshold", -0.1, "uda_threshold must be in \\[0, 1\\]"),
-    ("uda_temperature", 0.0, "uda_temperature must be > 0"),
-    ("uda_weight", -1.0, "uda_weight must be >= 0"),
-    ("semi_labels", -4, "semi_labels must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("semi_mu", 0, "semi_mu must be >= 1"),
+        ("uda_threshold", 1.5, "uda_threshold must be in \\[0, 1\\]"),
+        ("uda_threshold", -0.1, "uda_threshold must be in \\[0, 1\\]"),
+        ("uda_temperature", 0.0, "uda_temperature must be > 0"),
+        ("uda_weight", -1.0, "uda_weight must be >= 0"),
+        ("semi_labels", -4, "semi_labels must be >= 0"),
+    ],
+)
 def test_bad_values_name_the_option(field, value, match):
     with pytest.raises(ConfigError, match=match):
         TrainConfig(**{"semi_labels": 40, field: value})
@@ -210,12 +226,15 @@ def test_early_saliency_without_an_early_head_is_refused():
     assert sal is not None and type(op).__name__ == "KeepRandAugment"
 
 
-@pytest.mark.parametrize("labels, match", [
-    (41, "semi_labels=41 but the training set has only 40 images"),
-    (40, "semi_labels=40 but the training set has only 40 images: keeping every label leaves no unlabelled images"),
-    (15, "semi_labels=15 is not divisible by the 10 classes"),
-    (50, "semi_labels=50 but the training set has only 40"),
-])
+@pytest.mark.parametrize(
+    "labels, match",
+    [
+        (41, "semi_labels=41 but the training set has only 40 images"),
+        (40, "semi_labels=40 but the training set has only 40 images: keeping every label leaves no unlabelled images"),
+        (15, "semi_labels=15 is not divisible by the 10 classes"),
+        (50, "semi_labels=50 but the training set has only 40"),
+    ],
+)
 def test_bad_label_counts_name_semi_labels(tmp_path, tiny_data, labels, match):
     cfg = _cfg(tmp_path, semi_labels=labels)
     with pytest.raises(ConfigError, match=match):
@@ -235,12 +254,22 @@ def test_too_small_an_unlabelled_pool_and_mixing_methods_are_refused(tmp_path, t
 def test_cli_bad_input_is_one_line_naming_the_option(tiny_folder, tmp_path, isolated_env, capsys):
     from keepmix.cli import main
 
-    base = ["train", "cifar10-small-uda-randaugment-quick", "--dataset", str(tiny_folder), "--out-dir", str(tmp_path / "runs"),
-            "--test-subset", "0"]
-    for extra, match in ((["--semi-labels", "45"], "semi_labels=45 but the training set has only 40 images"),
-                         (["--semi-labels", "15"], "semi_labels=15 is not divisible by the 10 classes"),
-                         (["--semi-mu", "0"], "semi_mu must be >= 1"),
-                         (["--uda-threshold", "2"], "uda_threshold must be in [0, 1]")):
+    base = [
+        "train",
+        "cifar10-small-uda-randaugment-quick",
+        "--dataset",
+        str(tiny_folder),
+        "--out-dir",
+        str(tmp_path / "runs"),
+        "--test-subset",
+        "0",
+    ]
+    for extra, match in (
+        (["--semi-labels", "45"], "semi_labels=45 but the training set has only 40 images"),
+        (["--semi-labels", "15"], "semi_labels=15 is not divisible by the 10 classes"),
+        (["--semi-mu", "0"], "semi_mu must be >= 1"),
+        (["--uda-threshold", "2"], "uda_threshold must be in [0, 1]"),
+    ):
         assert main(base + extra) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and match in err, err
@@ -250,9 +279,32 @@ def test_cli_bad_input_is_one_line_naming_the_option(tiny_folder, tmp_path, isol
 def test_keepmix_train_semi_supervised_end_to_end(tiny_folder, tmp_path, isolated_env, capsys):
     from keepmix.cli import main
 
-    rc = main(["train", "cifar10-small-uda-keeprandaugment-quick", "--dataset", str(tiny_folder), "--out-dir", str(tmp_path / "runs"),
-               "--semi-labels", "10", "--batch-size", "5", "--semi-mu", "2", "--epochs", "2", "--test-subset", "0",
-               "--uda-tsa", "linear", "--threads", "1", "--no-progress", "--no-pictures"])
+    rc = main(
+        [
+            "train",
+            "cifar10-small-uda-keeprandaugment-quick",
+            "--dataset",
+            str(tiny_folder),
+            "--out-dir",
+            str(tmp_path / "runs"),
+            "--semi-labels",
+            "10",
+            "--batch-size",
+            "5",
+            "--semi-mu",
+            "2",
+            "--epochs",
+            "2",
+            "--test-subset",
+            "0",
+            "--uda-tsa",
+            "linear",
+            "--threads",
+            "1",
+            "--no-progress",
+            "--no-pictures",
+        ]
+    )
     out = capsys.readouterr()
     assert rc == 0, out.err
     (run,) = list((tmp_path / "runs").iterdir())

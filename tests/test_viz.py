@@ -367,8 +367,15 @@ def test_save_method_grid_picture(cifar, tmp_path):
     state = {k: v.clone() for k, v in model.state_dict().items()}
     scale = 3
     grid = viz.save_method_grid(
-        images, labels, _methods(), tmp_path / "show.png", model=model, scale=scale,
-        generator=torch.Generator().manual_seed(0), class_names=CLASSES, untrained=True,
+        images,
+        labels,
+        _methods(),
+        tmp_path / "show.png",
+        model=model,
+        scale=scale,
+        generator=torch.Generator().manual_seed(0),
+        class_names=CLASSES,
+        untrained=True,
     )
     # The PNG on disk is the returned picture, of the size its layout says.
     png = torch.from_numpy(np.array(Image.open(grid.path))).permute(2, 0, 1)
@@ -465,8 +472,9 @@ def test_save_method_grid_errors(cifar, tmp_path):
 def test_save_method_grid_cuda(cifar, tmp_path):
     images, labels = cifar[0][:3].cuda(), cifar[1][:3].cuda()
     model = _tiny_model().cuda()
-    grid = viz.save_method_grid(images, labels, _methods(), tmp_path / "g.png", model=model,
-                                generator=torch.Generator("cuda").manual_seed(0))
+    grid = viz.save_method_grid(
+        images, labels, _methods(), tmp_path / "g.png", model=model, generator=torch.Generator("cuda").manual_seed(0)
+    )
     assert grid.path.is_file() and grid.image.device.type == "cpu"
     assert grid.outputs["KeepCutout"].images.device.type == "cuda"
     cpu = viz.draw_boxes(viz.to_uint8_image(images.float() / 255), torch.tensor([[1, 1, 9, 9]] * 3))
@@ -484,8 +492,15 @@ def test_recursivemix_gets_a_history_and_is_left_as_it_was(cifar, tmp_path):
     used.update(prev, torch.tensor([1, 2, 3]), torch.randn(3, 10))
     before = used.get_extra_state()
     sal = torch.rand(4, 32, 32, generator=torch.Generator().manual_seed(0))
-    grid = viz.save_method_grid(images, labels, {"rm": fresh, "keep rm": used}, tmp_path / "rm.png", saliency=sal,
-                                generator=torch.Generator().manual_seed(0), history_steps=2)
+    grid = viz.save_method_grid(
+        images,
+        labels,
+        {"rm": fresh, "keep rm": used},
+        tmp_path / "rm.png",
+        saliency=sal,
+        generator=torch.Generator().manual_seed(0),
+        history_steps=2,
+    )
     work = images.float() / 255
     for name in ("rm", "keep rm"):
         out = grid.outputs[name]
@@ -519,8 +534,15 @@ def test_policies_get_the_uint8_batch(cifar, tmp_path):
     images, labels = cifar[0][:3], cifar[1][:3]
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
     sal = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
-    grid = viz.save_method_grid(images, labels, {"policy": _PolicyLike(), "keep policy": KeepPaste(_PolicyLike(), 8),
-                                                 "cutout": Cutout(8)}, tmp_path / "p.png", saliency=sal, mean=mean, std=std)
+    grid = viz.save_method_grid(
+        images,
+        labels,
+        {"policy": _PolicyLike(), "keep policy": KeepPaste(_PolicyLike(), 8), "cutout": Cutout(8)},
+        tmp_path / "p.png",
+        saliency=sal,
+        mean=mean,
+        std=std,
+    )
     assert torch.equal(grid.outputs["policy"].images, 255 - images)
     kept = grid.outputs["keep policy"]
     inside = box_masks(kept.boxes, 32, 32)[:, None]
@@ -528,14 +550,23 @@ def test_policies_get_the_uint8_batch(cifar, tmp_path):
     # Region ops run on the normalised float batch: Cutout's fill 0 is the mean colour.
     cut = grid.outputs["cutout"]
     assert cut.images.dtype == torch.float32
-    assert (_cell(grid, 0, 4).int() - viz.draw_boxes(viz.upscale_nearest(viz.to_uint8_image(cut.images[:1], mean, std), 4),
-                                                     cut.boxes[:1] * 4, viz.REGION_COLORS["cut"], 2)[0].int()).abs().max() == 0
+    assert (
+        _cell(grid, 0, 4).int()
+        - viz.draw_boxes(
+            viz.upscale_nearest(viz.to_uint8_image(cut.images[:1], mean, std), 4), cut.boxes[:1] * 4, viz.REGION_COLORS["cut"], 2
+        )[0].int()
+    ).abs().max() == 0
 
 
 def test_every_column_starts_from_the_same_generator_state(cifar, tmp_path):
     images, labels = cifar[0][:4], cifar[1][:4]
-    grid = viz.save_method_grid(images, labels, {"a": Cutout(8), "b": Cutout(8), "c": CutMix(num_classes=10)},
-                                tmp_path / "s.png", generator=torch.Generator().manual_seed(3))
+    grid = viz.save_method_grid(
+        images,
+        labels,
+        {"a": Cutout(8), "b": Cutout(8), "c": CutMix(num_classes=10)},
+        tmp_path / "s.png",
+        generator=torch.Generator().manual_seed(3),
+    )
     assert torch.equal(grid.outputs["a"].images, grid.outputs["b"].images)
     assert torch.equal(grid.outputs["a"].boxes, grid.outputs["b"].boxes)
     ref = CutMix(num_classes=10)(images.float() / 255, labels, generator=torch.Generator().manual_seed(3))[0]
@@ -600,8 +631,17 @@ def test_show_columns_for_the_baselines_of_keepaugments_table_5(cifar, tmp_path)
     # Every image is mixed / masked in the picture, and the teacher is the shown model.
     assert ops["gridmask"].p == 1.0 and ops["saliencymix"].p == 1.0 and ops["saliencymix_gradient"].p == 1.0
     assert ops["attentive_cutmix"].teacher.model is model
-    grid = viz.save_method_grid(images, labels, ops, tmp_path / "baselines.png", model=model, mean=CIFAR_MEAN,
-                                std=CIFAR_STD, generator=torch.Generator().manual_seed(0), untrained=True)
+    grid = viz.save_method_grid(
+        images,
+        labels,
+        ops,
+        tmp_path / "baselines.png",
+        model=model,
+        mean=CIFAR_MEAN,
+        std=CIFAR_STD,
+        generator=torch.Generator().manual_seed(0),
+        untrained=True,
+    )
     assert Path(grid.path).is_file() and grid.columns[2:] == list(BASELINE_SHOW_METHODS)
     out = grid.outputs
     # Pixel masks and grid cells: no boxes; pasted partners: blue boxes.

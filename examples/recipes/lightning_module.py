@@ -1,4 +1,5 @@
 """PyTorch Lightning: the KeepmixAugmentation mixin augments each training batch on the device."""
+
 import pytorch_lightning as pl
 import torch
 from torch import nn
@@ -29,8 +30,14 @@ class Classifier(KeepmixAugmentation, pl.LightningModule):
 def main(max_steps: int = 8) -> float:
     pl.seed_everything(0, verbose=False)
     data = TensorDataset(torch.randn(64, 3, 16, 16), torch.randint(0, 10, (64,)))
-    trainer = pl.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(Classifier(), DataLoader(data, batch_size=16, shuffle=True))
     # The augmentation stream is saved in checkpoints; trainer.fit(..., ckpt_path=...) continues it.
     return trainer.callback_metrics["train_loss"].item()

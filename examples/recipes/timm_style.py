@@ -1,4 +1,5 @@
 """A timm-style training loop: keepmix.MixupCutMix stands in for timm.data.Mixup."""
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset

@@ -106,9 +106,7 @@ def _ensure_folder(root: Path, src: CifarSource, download: bool, url: str | None
     expected = md5 if md5 is not None else src.md5
     if not archive.is_file():
         if not download:
-            raise DataError(
-                f"neither {folder} nor {archive} exists; pass download=True or point root at a folder that holds one"
-            )
+            raise DataError(f"neither {folder} nor {archive} exists; pass download=True or point root at a folder that holds one")
         try:
             download_url(url or src.url, archive, md5=expected)
         except ChecksumError:

@@ -125,7 +125,7 @@ def _layout(rels: list[str], source: str) -> tuple[list[str], dict[str, list[tup
     if not rels:
         raise DataError(f"{source} holds no images (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     prefix = _strip_prefix(rels)
-    parts = [r[len(prefix):].split("/") for r in rels]
+    parts = [r[len(prefix) :].split("/") for r in rels]
     is_split = all(p[0] in _SPLIT_DIRS for p in parts)
     splits: dict[str, list[tuple[str, str]]] = {}
     for rel, p in zip(rels, parts, strict=True):
@@ -259,10 +259,8 @@ def _decode_source(path: Path, size: tuple[int, int] | None, workers: int) -> tu
         names, pixels = _decode_all(items, size, workers, source)
         names = [os.path.relpath(n, path).replace(os.sep, "/") for n in names]
     else:
-        names, pixels = _decode_all(
-            ((f"{path}:{rel}", blob) for rel, blob in _list_archive(path)), size, workers, source
-        )
-        names = [n[len(source) + 1:] for n in names]
+        names, pixels = _decode_all(((f"{path}:{rel}", blob) for rel, blob in _list_archive(path)), size, workers, source)
+        names = [n[len(source) + 1 :] for n in names]
         classes, layout, _ = _layout(names, source)
     index = {n: i for i, n in enumerate(names)}
     class_id = {c: i for i, c in enumerate(classes)}
@@ -318,11 +316,14 @@ def load_image_folder(
     else:
         classes, splits = _decode_source(path, hw, workers)
         if cache:
-            save_cache(cfile, {
-                "source": str(path.resolve()),
-                "classes": classes,
-                "splits": {k: {"images": im, "labels": lab} for k, (im, lab) in splits.items()},
-            })
+            save_cache(
+                cfile,
+                {
+                    "source": str(path.resolve()),
+                    "classes": classes,
+                    "splits": {k: {"images": im, "labels": lab} for k, (im, lab) in splits.items()},
+                },
+            )
     made = {k: Split(images=im, labels=lab, classes=list(classes)) for k, (im, lab) in splits.items()}
     return made["train"], made.get("test")
 
@@ -373,9 +374,7 @@ class ImageFolderDataset(Dataset):
             self._expected = self.size
 
     @classmethod
-    def from_archive(
-        cls, archive: str | os.PathLike, extract_dir: str | os.PathLike, **kwargs
-    ) -> ImageFolderDataset:
+    def from_archive(cls, archive: str | os.PathLike, extract_dir: str | os.PathLike, **kwargs) -> ImageFolderDataset:
         """Safely extract ``archive`` into ``extract_dir`` once (a marker file records it), then open it."""
         extract_dir = Path(extract_dir).expanduser()
         marker = extract_dir / ".keepmix-extracted"

@@ -131,9 +131,7 @@ class DeviceLoader:
         usable = n - n % world_size if (self.train and world_size > 1) else n
         self.num_samples = len(range(rank, usable, world_size))
         if self.num_samples == 0 or (self.drop_last and self.num_samples < batch_size):
-            raise ValueError(
-                f"{self.num_samples} images per rank cannot fill one batch of {batch_size} with drop_last={self.drop_last}"
-            )
+            raise ValueError(f"{self.num_samples} images per rank cannot fill one batch of {batch_size} with drop_last={self.drop_last}")
         self.epoch = 0
         self.position = 0
         self._plan: tuple[int, EpochPlan] | None = None

@@ -30,9 +30,7 @@ from keepmix.data.transforms import PaddingMode, crop_flip
 __all__ = ["semi_split", "UnlabelledStream"]
 
 
-def semi_split(
-    labels: Tensor, n: int, seed: int = 0, *, balanced: bool = True, name: str = "semi_labels"
-) -> tuple[Tensor, Tensor]:
+def semi_split(labels: Tensor, n: int, seed: int = 0, *, balanced: bool = True, name: str = "semi_labels") -> tuple[Tensor, Tensor]:
     """``(labelled, unlabelled)``: two ascending int64 index tensors into ``labels``.
 
     ``labelled`` holds ``n`` indices (``n // K`` of each of the K classes when ``balanced``, a

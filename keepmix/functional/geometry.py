@@ -255,9 +255,7 @@ def _affine(images: Tensor, matrix: Tensor, interpolation: str, fill: Tensor) ->
     return _bilinear(images, matrix, fill)
 
 
-def affine(
-    images: Tensor, matrix: Tensor, interpolation: Interpolation = "nearest", fill: Fill = 0.0
-) -> Tensor:
+def affine(images: Tensor, matrix: Tensor, interpolation: Interpolation = "nearest", fill: Fill = 0.0) -> Tensor:
     """Warp each image by its own affine map, PIL's ``Image.transform(..., Image.AFFINE, ...)``.
 
     Args:
@@ -274,9 +272,7 @@ def affine(
     return _affine(images, m, interpolation, _fill_tensor(fill, images))
 
 
-def rotate(
-    images: Tensor, angle: float | Tensor, interpolation: Interpolation = "nearest", fill: Fill = 0.0
-) -> Tensor:
+def rotate(images: Tensor, angle: float | Tensor, interpolation: Interpolation = "nearest", fill: Fill = 0.0) -> Tensor:
     """Rotate each image by ``angle`` degrees counter-clockwise about its centre, ``Image.rotate``."""
     check_images(images)
     _check_interpolation(interpolation)
@@ -292,16 +288,12 @@ def _shear(images: Tensor, shear: float | Tensor, axis: Literal["x", "y"], inter
     return _affine(images, shear_matrix(s, axis), interpolation, _fill_tensor(fill, images))
 
 
-def shear_x(
-    images: Tensor, shear: float | Tensor, interpolation: Interpolation = "nearest", fill: Fill = 0.0
-) -> Tensor:
+def shear_x(images: Tensor, shear: float | Tensor, interpolation: Interpolation = "nearest", fill: Fill = 0.0) -> Tensor:
     """Horizontal shear: output pixel (x, y) samples the input at (x + shear * y, y)."""
     return _shear(images, shear, "x", interpolation, fill)
 
 
-def shear_y(
-    images: Tensor, shear: float | Tensor, interpolation: Interpolation = "nearest", fill: Fill = 0.0
-) -> Tensor:
+def shear_y(images: Tensor, shear: float | Tensor, interpolation: Interpolation = "nearest", fill: Fill = 0.0) -> Tensor:
     """Vertical shear: output pixel (x, y) samples the input at (x, y + shear * x)."""
     return _shear(images, shear, "y", interpolation, fill)
 
@@ -315,15 +307,11 @@ def _translate(images: Tensor, shift: float | Tensor, axis: str, interpolation: 
     return _affine(images, m, interpolation, _fill_tensor(fill, images))
 
 
-def translate_x(
-    images: Tensor, shift: float | Tensor, interpolation: Interpolation = "nearest", fill: Fill = 0.0
-) -> Tensor:
+def translate_x(images: Tensor, shift: float | Tensor, interpolation: Interpolation = "nearest", fill: Fill = 0.0) -> Tensor:
     """Move the content ``shift`` pixels to the right (left when negative)."""
     return _translate(images, shift, "x", interpolation, fill)
 
 
-def translate_y(
-    images: Tensor, shift: float | Tensor, interpolation: Interpolation = "nearest", fill: Fill = 0.0
-) -> Tensor:
+def translate_y(images: Tensor, shift: float | Tensor, interpolation: Interpolation = "nearest", fill: Fill = 0.0) -> Tensor:
     """Move the content ``shift`` pixels down (up when negative)."""
     return _translate(images, shift, "y", interpolation, fill)

@@ -64,9 +64,7 @@ def area_lambda(boxes: Tensor, height: int, width: int) -> Tensor:
     return (1.0 - box_areas(boxes).double() / float(height * width)).float()
 
 
-def mixup(
-    images: Tensor, targets: Tensor, lam: Tensor, perm: Tensor, *, validate: bool = True
-) -> tuple[Tensor, Tensor]:
+def mixup(images: Tensor, targets: Tensor, lam: Tensor, perm: Tensor, *, validate: bool = True) -> tuple[Tensor, Tensor]:
     """``lam * x + (1 - lam) * x[perm]`` and the same mix of the targets.
 
     ``lam`` (B,) in [0, 1]. float32/float64 images are mixed in their own dtype; float16,

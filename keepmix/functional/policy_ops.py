@@ -83,8 +83,20 @@ SIGNED_OPS = frozenset({"Rotate", "Color", "Contrast", "Brightness", "Sharpness"
 
 #: RandAugment's and TrivialAugmentWide's op list (the RandAugment paper's 14 ops).
 RANDAUGMENT_OPS: tuple[str, ...] = (
-    "Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness",
-    "Color", "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize",
+    "Identity",
+    "ShearX",
+    "ShearY",
+    "TranslateX",
+    "TranslateY",
+    "Rotate",
+    "Brightness",
+    "Color",
+    "Contrast",
+    "Sharpness",
+    "Posterize",
+    "Solarize",
+    "AutoContrast",
+    "Equalize",
 )
 
 _Step = tuple[str, float, int | None]
@@ -308,7 +320,13 @@ _NEUTRAL[_OP_ID["Solarize"]] = 256.0
 
 
 def _apply_ops_selecting(
-    images: Tensor, ops: Tensor, mags: Tensor, applied: Tensor, centers: Tensor, fill: Tensor, interpolation: str,
+    images: Tensor,
+    ops: Tensor,
+    mags: Tensor,
+    applied: Tensor,
+    centers: Tensor,
+    fill: Tensor,
+    interpolation: str,
     candidates: Sequence[int],
 ) -> Tensor:
     """The branch-free strategy of :func:`apply_ops` (see there)."""
@@ -436,9 +454,7 @@ def apply_ops(
                 groups.append((count, [k for k in op_ids if op_counts[k]]))
         rows = slice(None) if perm is None else perm
         if len(groups) == 1 and groups[0][0] == b:  # the whole batch is in one family
-            res = _apply_family(
-                cur, ops[rows, n], mags[rows, n], centers[rows, n], warps[rows, n], groups[0][1], fill_t, interpolation
-            )
+            res = _apply_family(cur, ops[rows, n], mags[rows, n], centers[rows, n], warps[rows, n], groups[0][1], fill_t, interpolation)
             if owned and cur.is_contiguous() and res.data_ptr() != cur.data_ptr():
                 spare = cur
             cur, owned = res, True
@@ -459,5 +475,3 @@ def apply_ops(
         inverse[perm] = torch.arange(b, device=device)
         return _take_rows(cur, inverse, spare)
     return cur if owned else images.clone()
-
-

@@ -173,9 +173,7 @@ def candidate_positions(
         xs = torch.arange(0, width, stride, device=dev)[None, :]
         y1 = ys - torch.div(h, 2, rounding_mode="floor")
         x1 = xs - torch.div(w, 2, rounding_mode="floor")
-        return Candidates(
-            y1.clamp(0, height), (y1 + h).clamp(0, height), x1.clamp(0, width), (x1 + w).clamp(0, width), None, None
-        )
+        return Candidates(y1.clamp(0, height), (y1 + h).clamp(0, height), x1.clamp(0, width), (x1 + w).clamp(0, width), None, None)
 
     if static is not None:
         if static[0] > height or static[1] > width:
@@ -197,9 +195,7 @@ def candidate_positions(
     xs = torch.arange(0, width, stride, device=dev)[None, :]
     valid_y = ys <= height - h
     valid_x = xs <= width - w
-    return Candidates(
-        ys.expand(b, -1), (ys + h).clamp(max=height), xs.expand(b, -1), (xs + w).clamp(max=width), valid_y, valid_x
-    )
+    return Candidates(ys.expand(b, -1), (ys + h).clamp(max=height), xs.expand(b, -1), (xs + w).clamp(max=width), valid_y, valid_x)
 
 
 def _center_edges(size: tuple[int, int], height: int, width: int, stride: int) -> Edges:
@@ -430,9 +426,7 @@ def leading_block_quantile(scores: Tensor, grid_width: int, rows: Tensor, cols: 
     return _leading_block_quantile(scores, grid_width, rows, cols, q)
 
 
-def _leading_block_quantile(
-    scores: Tensor, grid_width: int, rows: Tensor, cols: Tensor, q: float, overwrite: bool = False
-) -> Tensor:
+def _leading_block_quantile(scores: Tensor, grid_width: int, rows: Tensor, cols: Tensor, q: float, overwrite: bool = False) -> Tensor:
     """:func:`leading_block_quantile`; ``overwrite``: the selection may reorder ``scores``.
 
     The blocks become a validity mask and go through the masked path (one vectorised

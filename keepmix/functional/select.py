@@ -41,5 +41,3 @@ def _fits(small: tuple[int, ...], big: tuple[int, ...]) -> bool:
     if len(small) > len(big):
         return False
     return all(s == 1 or s == g for s, g in zip(reversed(small), reversed(big), strict=False))  # right-aligned: big may have more dims
-
-

@@ -105,10 +105,15 @@ def _size_stats(sizes: Tensor, empty: Tensor, height: int, width: int, placement
     """
     hs, ws = sizes[:, 0].long(), sizes[:, 1].long()
     big = torch.iinfo(torch.long).max
-    stats = torch.stack([
-        torch.where(empty, big, hs).min(), torch.where(empty, -1, hs).max(),
-        torch.where(empty, big, ws).min(), torch.where(empty, -1, ws).max(), empty.sum(),
-    ])
+    stats = torch.stack(
+        [
+            torch.where(empty, big, hs).min(),
+            torch.where(empty, -1, hs).max(),
+            torch.where(empty, big, ws).min(),
+            torch.where(empty, -1, ws).max(),
+            empty.sum(),
+        ]
+    )
     h_min, h_max, w_min, w_max, n_empty = stats.tolist()
     all_empty = h_max < 0
     common = None
@@ -125,9 +130,7 @@ def _candidate_rows(cand: Candidates, rows: slice | Tensor) -> Candidates:
     def pick(t: Tensor | None) -> Tensor | None:
         return None if t is None else t[rows]
 
-    return Candidates(
-        cand.y1[rows], cand.y2[rows], cand.x1[rows], cand.x2[rows], pick(cand.valid_y), pick(cand.valid_x), cand.edges
-    )
+    return Candidates(cand.y1[rows], cand.y2[rows], cand.x1[rows], cand.x2[rows], pick(cand.valid_y), pick(cand.valid_x), cand.edges)
 
 
 def _draw_candidates(cand: Candidates, u: Tensor) -> Tensor:
@@ -179,9 +182,7 @@ def _thresholds_and_draws(sat: Tensor, cand: Candidates, draws: Tensor, q: float
     return torch.cat(taus), torch.cat(drawn)
 
 
-def _exact_choice(
-    sat: Tensor, cand: Candidates, tau: Tensor, below: bool, u: Tensor, mean: bool
-) -> tuple[Tensor, Tensor]:
+def _exact_choice(sat: Tensor, cand: Candidates, tau: Tensor, below: bool, u: Tensor, mean: bool) -> tuple[Tensor, Tensor]:
     """Index (R,) uniform among all candidates passing ``tau``, or among the extreme-scoring
     ones where none passes; and whether one passed (R,). For the rows the draws missed."""
     scores = _scores(sat, cand, mean)
@@ -294,7 +295,7 @@ def select_boxes(
 def _leading_grid(
     cand: Candidates, draws: Tensor, min_size: tuple[int, int], height: int, width: int, stride: int
 ) -> tuple[Candidates, Tensor]:
-    """"inside" candidates cut to the corners a region of ``min_size`` has, and ``draws``
+    """ "inside" candidates cut to the corners a region of ``min_size`` has, and ``draws``
     (flat indices into the full grid) re-indexed into that smaller grid."""
     hc_full, wc_full = cand.shape
     hc = len(range(0, height - min_size[0] + 1, stride))
@@ -303,16 +304,20 @@ def _leading_grid(
         return cand, draws
     # Per-image "inside" candidates always carry their validity masks.
     assert cand.valid_y is not None and cand.valid_x is not None
-    cut = Candidates(
-        cand.y1[:, :hc], cand.y2[:, :hc], cand.x1[:, :wc], cand.x2[:, :wc], cand.valid_y[:, :hc], cand.valid_x[:, :wc]
-    )
+    cut = Candidates(cand.y1[:, :hc], cand.y2[:, :hc], cand.x1[:, :wc], cand.x2[:, :wc], cand.valid_y[:, :hc], cand.valid_x[:, :wc])
     row, col = torch.div(draws, wc_full, rounding_mode="floor"), draws % wc_full
     return cut, row * wc + col
 
 
 def _choose(
-    sat: Tensor, cand: Candidates, draws: Tensor, q: float, below: bool, empty: Tensor | None,
-    exact_keys: Tensor, mean: bool,
+    sat: Tensor,
+    cand: Candidates,
+    draws: Tensor,
+    q: float,
+    below: bool,
+    empty: Tensor | None,
+    exact_keys: Tensor,
+    mean: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Index (B,) of the chosen candidate, ``tau`` (B,), and whether a candidate passed (B,).
 
@@ -336,5 +341,3 @@ def _choose(
         index = index.index_put((rows,), index_rows)
         found = found.index_put((rows,), found_rows)
     return index, tau, found
-
-

@@ -67,9 +67,7 @@ class AugmentCollate:
 
     def __init__(self, op: Op, seed: int = 0, collate_fn: Callable[[list[Any]], Any] = default_collate) -> None:
         if not isinstance(op, Op):
-            raise TypeError(
-                f"op must be a keepmix op (keepmix.Op, e.g. keepmix.CutMix(num_classes=10)), got {type(op).__name__}"
-            )
+            raise TypeError(f"op must be a keepmix op (keepmix.Op, e.g. keepmix.CutMix(num_classes=10)), got {type(op).__name__}")
         if not callable(collate_fn):
             raise TypeError(f"collate_fn must be callable (list of samples -> (images, labels)), got {type(collate_fn).__name__}")
         self.op = op
@@ -90,8 +88,7 @@ class AugmentCollate:
         if not isinstance(batch, Sequence) or isinstance(batch, (str, bytes)) or len(batch) != 2:
             raise TypeError(
                 "AugmentCollate needs samples of (image, label) so that collate_fn(samples) gives (images, labels); "
-                f"collate_fn returned {type(batch).__name__}"
-                + (f" of length {len(batch)}" if isinstance(batch, Sequence) else "")
+                f"collate_fn returned {type(batch).__name__}" + (f" of length {len(batch)}" if isinstance(batch, Sequence) else "")
             )
         images, labels = batch
         if not isinstance(images, Tensor):

@@ -92,8 +92,7 @@ class AirbenchGroup(nn.Module):
     """conv -> max-pool 2 -> BN -> GELU, then ``depth - 1`` x (conv -> BN [-> GELU]); with
     ``residual`` the last two convs are bridged by a skip and GELU follows the sum."""
 
-    def __init__(self, cin: int, cout: int, depth: int, residual: bool, bn_momentum: float, bn_weight: bool,
-                 ceil_mode: bool) -> None:
+    def __init__(self, cin: int, cout: int, depth: int, residual: bool, bn_momentum: float, bn_weight: bool, ceil_mode: bool) -> None:
         super().__init__()
         if residual and depth < 3:
             raise ValueError(f"a residual group needs depth >= 3 (two convs under the skip), got depth={depth}")

@@ -109,10 +109,17 @@ class KeepmixModel(nn.Module):
         stage = self.stages[early_stage - 1]
         if early_block is not None:
             if type(stage) is not nn.Sequential:  # a plain sequence of blocks (not a block that subclasses it)
-                raise ValueError(f"early_block needs stage {early_stage} to be a sequence of blocks; "
-                                 f"{type(self).__name__}'s is one block (use early_block=None)")
-            check_int(early_block, "early_block", 1, len(stage),
-                      f"an int in [1, {len(stage)}] (blocks of stage {early_stage} before the head) or None")
+                raise ValueError(
+                    f"early_block needs stage {early_stage} to be a sequence of blocks; "
+                    f"{type(self).__name__}'s is one block (use early_block=None)"
+                )
+            check_int(
+                early_block,
+                "early_block",
+                1,
+                len(stage),
+                f"an int in [1, {len(stage)}] (blocks of stage {early_stage} before the head) or None",
+            )
             if early_block == len(stage):
                 early_block = None  # the whole stage: the same as no block index
         self.early_block = early_block
@@ -220,4 +227,3 @@ class KeepmixModel(nn.Module):
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (all, or only those with ``requires_grad``)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-

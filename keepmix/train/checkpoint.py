@@ -97,8 +97,11 @@ def load_checkpoint(path: str | Path, require: tuple[str, ...] = REQUIRED_KEYS) 
     if path.is_dir():
         rd = RunDir(path)
         if not rd.checkpoint.is_file():
-            what = "a run directory without a checkpoint (it never finished an epoch?)" if rd.is_run() else \
-                "not a keepmix run directory (no checkpoint.pt, no config.yaml)"
+            what = (
+                "a run directory without a checkpoint (it never finished an epoch?)"
+                if rd.is_run()
+                else "not a keepmix run directory (no checkpoint.pt, no config.yaml)"
+            )
             raise CheckpointError(f"{str(path)!r} is {what}")
         path = rd.checkpoint
     if not path.is_file():

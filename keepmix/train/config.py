@@ -85,8 +85,9 @@ class TrainConfig:
         "dataset name (cifar10, cifar100) or a path to an ImageFolder directory / .tar.gz; "
         "for cifar10 the KEEPMIX_CIFAR10_JPEG environment variable may point at a local copy",
     )
-    data_dir: str = _f("", "where named datasets (cifar10, cifar100) are downloaded / looked for; "
-                           "empty = $KEEPMIX_DATA_DIR or ~/.cache/keepmix/data")
+    data_dir: str = _f(
+        "", "where named datasets (cifar10, cifar100) are downloaded / looked for; empty = $KEEPMIX_DATA_DIR or ~/.cache/keepmix/data"
+    )
     train_subset: int = _f(0, "train on a class-balanced subset of this many images (0 = all)")
     test_subset: int = _f(0, "evaluate on a class-balanced subset of this many test images (0 = all)")
     crop_padding: int = _f(4, "random-crop padding in pixels before the method (0 = no crop)")
@@ -95,28 +96,41 @@ class TrainConfig:
     model: str = _f("resnet18", "network: resnet18, preact_resnet18, resnet20, resnet56, resnet110, wrn28_10, wrn28_2, small")
     early_head: bool = _f(False, "add the early-exit head (needed by saliency=early; trained jointly)")
     early_loss_weight: float = _f(0.3, "weight of the early head's loss in the training loss")
-    early_block: int = _f(0, "put the early head after this many blocks of the first stage "
-                             "(0 = after the whole stage, the paper's placement; ResNets and WRN only)")
+    early_block: int = _f(
+        0,
+        "put the early head after this many blocks of the first stage "
+        "(0 = after the whole stage, the paper's placement; ResNets and WRN only)",
+    )
     # --- method ----------------------------------------------------------------------------
     method: str = _f("none", "augmentation method applied after crop + flip", METHODS)
-    saliency: str = _f("full", "saliency for Keep* methods: full, lowres (downscale first), early (early head), lowres+early, "
-                    "or uniform (a constant map, no saliency pass: an ablation control)", SALIENCY_MODES)
+    saliency: str = _f(
+        "full",
+        "saliency for Keep* methods: full, lowres (downscale first), early (early head), lowres+early, "
+        "or uniform (a constant map, no saliency pass: an ablation control)",
+        SALIENCY_MODES,
+    )
     saliency_downscale: int = _f(2, "downscale factor of the low-resolution saliency")
     keep_quantile: float = _f(0.6, "KeepAugment threshold: quantile q of the region scores")
     keep_score: str = _f("sum", "KeepAugment's region score: sum (the paper's box sum) or mean (box sum over box area)", ("sum", "mean"))
-    whole_boxes: bool = _f(False, "Cutout / KeepCutout boxes only where they fit whole (no clipping): the same area cut, so "
-                           "Cutout-inside is KeepCutout-inside's exact control")
+    whole_boxes: bool = _f(
+        False,
+        "Cutout / KeepCutout boxes only where they fit whole (no clipping): the same area cut, so "
+        "Cutout-inside is KeepCutout-inside's exact control",
+    )
     keep_paste_size: int = _f(16, "side of the region KeepAutoAugment/KeepRandAugment paste back from the clean image")
     cutout_length: int = _f(16, "Cutout square side in pixels (CIFAR-10: 16, CIFAR-100: 8)")
     erasing_p: float = _f(0.5, "Random Erasing probability per image")
-    erasing_value: str = _f("random_pixel",
-                            "Random Erasing fill: zero (the mean after normalisation), random_box, random_pixel (the paper's)",
-                            ("zero", "random_box", "random_pixel"))
+    erasing_value: str = _f(
+        "random_pixel",
+        "Random Erasing fill: zero (the mean after normalisation), random_box, random_pixel (the paper's)",
+        ("zero", "random_box", "random_pixel"),
+    )
     mixup_alpha: float = _f(1.0, "Mixup Beta(a, a) parameter")
     cutmix_alpha: float = _f(1.0, "CutMix Beta(b, b) parameter")
     cutmix_p: float = _f(0.5, "CutMix probability (CIFAR 0.5, ImageNet 1.0)")
-    cutmix_label_weight: str = _f("area", "KeepCutMix label weight of the patch: area (CutMix's rule) or saliency (its saliency share)",
-                                  ("area", "saliency"))
+    cutmix_label_weight: str = _f(
+        "area", "KeepCutMix label weight of the patch: area (CutMix's rule) or saliency (its saliency share)", ("area", "saliency")
+    )
     autoaugment_policy: str = _f("cifar10", "AutoAugment policy", ("cifar10", "svhn", "imagenet"))
     randaugment_n: int = _f(2, "RandAugment: number of ops per image")
     randaugment_m: int = _f(9, "RandAugment: magnitude (0..30 scale)")
@@ -128,16 +142,20 @@ class TrainConfig:
     gridmask_rotate: float = _f(0.0, "GridMask: the grid's angle is drawn in [0, rotate) degrees per image (0 = no rotation)")
     gridmask_mode: int = _f(1, "GridMask: 1 drops the squares (GridMask), 0 drops the stripes (revised GridMask)")
     gridmask_p: float = _f(0.8, "GridMask: probability P that an image is masked (the schedule's upper bound)")
-    gridmask_ramp: float = _f(0.8, "GridMask: p rises linearly from 0 to P over this fraction of the epochs "
-                                   "(official: 240 of 300 epochs = 0.8; 0 = P from the start)")
+    gridmask_ramp: float = _f(
+        0.8,
+        "GridMask: p rises linearly from 0 to P over this fraction of the epochs (official: 240 of 300 epochs = 0.8; 0 = P from the start)",
+    )
     augmix_severity: int = _f(3, "AugMix: op severity in [1, 10]")
     augmix_width: int = _f(3, "AugMix: number of chains k")
     augmix_depth: int = _f(-1, "AugMix: ops per chain (>= 1), or -1 for a random depth in 1..3 per chain and image")
     augmix_alpha: float = _f(1.0, "AugMix: Dirichlet (chain weights) and Beta (skip weight) concentration")
     augmix_all_ops: bool = _f(False, "AugMix: add color, contrast, brightness, sharpness (torchvision's default; off in the paper)")
     augmix_jsd_weight: float = _f(12.0, "augmix_jsd: weight of the Jensen-Shannon consistency term (paper: 12)")
-    teacher_run: str = _f("", "attentive_cutmix: run directory (or checkpoint) of a finished keepmix run on the same "
-                              "dataset whose trained model is the teacher")
+    teacher_run: str = _f(
+        "",
+        "attentive_cutmix: run directory (or checkpoint) of a finished keepmix run on the same dataset whose trained model is the teacher",
+    )
     attentive_top_k: int = _f(6, "attentive_cutmix: number of teacher grid cells N pasted per image (paper: 6)")
     resizemix_scale_min: float = _f(0.1, "ResizeMix: smallest scale tau of the pasted partner's side")
     resizemix_scale_max: float = _f(0.8, "ResizeMix: largest scale tau of the pasted partner's side")
@@ -147,10 +165,14 @@ class TrainConfig:
     semi_labels: int = _f(0, "semi-supervised UDA: keep the labels of this many training images, the rest unlabelled (0 = supervised)")
     semi_balanced: bool = _f(True, "semi_labels: the same number of labels per class (semi_labels a multiple of the classes)")
     semi_mu: int = _f(5, "semi-supervised: the unlabelled batch is semi_mu x batch_size (UDA's unsup_ratio; CIFAR-10: 5)")
-    uda_augment: str = _f("randaugment", "UDA's augmentation A of the unlabelled batch (keeprandaugment: saliency from the max logit)",
-                          ("randaugment", "keeprandaugment"))
-    uda_tsa: str = _f("none", "training-signal annealing of the supervised loss (UDA's CIFAR-10 GPU recipe: none)",
-                      ("none", "linear", "log", "exp"))
+    uda_augment: str = _f(
+        "randaugment",
+        "UDA's augmentation A of the unlabelled batch (keeprandaugment: saliency from the max logit)",
+        ("randaugment", "keeprandaugment"),
+    )
+    uda_tsa: str = _f(
+        "none", "training-signal annealing of the supervised loss (UDA's CIFAR-10 GPU recipe: none)", ("none", "linear", "log", "exp")
+    )
     uda_temperature: float = _f(0.4, "UDA: softmax temperature that sharpens the target p(y | x) (1 = no sharpening)")
     uda_threshold: float = _f(0.8, "UDA: confidence threshold in [0, 1]: the consistency term counts where max p(y | x) > it (0 = all)")
     uda_weight: float = _f(1.0, "UDA: weight of the consistency term")
@@ -203,11 +225,34 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be {what}, got {getattr(self, name)!r}")
 
         need(bool(self.name) and "/" not in self.name, "name", "a non-empty name without '/'")
-        for n in ("epochs", "batch_size", "eval_every", "checkpoint_every", "log_every", "saliency_downscale",
-                  "keep_paste_size", "cutout_length", "randaugment_n"):
+        for n in (
+            "epochs",
+            "batch_size",
+            "eval_every",
+            "checkpoint_every",
+            "log_every",
+            "saliency_downscale",
+            "keep_paste_size",
+            "cutout_length",
+            "randaugment_n",
+        ):
             need(getattr(self, n) >= 1, n, ">= 1")
-        for n in ("train_subset", "test_subset", "crop_padding", "threads", "max_steps_per_epoch", "randaugment_m", "early_block",
-                  "lr", "weight_decay", "warmup_epochs", "min_lr", "momentum", "early_loss_weight", "recursivemix_omega"):
+        for n in (
+            "train_subset",
+            "test_subset",
+            "crop_padding",
+            "threads",
+            "max_steps_per_epoch",
+            "randaugment_m",
+            "early_block",
+            "lr",
+            "weight_decay",
+            "warmup_epochs",
+            "min_lr",
+            "momentum",
+            "early_loss_weight",
+            "recursivemix_omega",
+        ):
             need(getattr(self, n) >= 0, n, ">= 0")
         need(self.lr > 0, "lr", "> 0")
         need(self.min_lr <= self.lr, "min_lr", f"<= lr ({self.lr})")
@@ -233,8 +278,11 @@ class TrainConfig:
         need(self.augmix_alpha > 0, "augmix_alpha", "> 0")
         need(self.augmix_jsd_weight >= 0, "augmix_jsd_weight", ">= 0")
         need(self.attentive_top_k >= 1, "attentive_top_k", ">= 1")
-        need(0 < self.resizemix_scale_min <= self.resizemix_scale_max, "resizemix_scale_min",
-             f"in (0, resizemix_scale_max = {self.resizemix_scale_max}]")
+        need(
+            0 < self.resizemix_scale_min <= self.resizemix_scale_max,
+            "resizemix_scale_min",
+            f"in (0, resizemix_scale_max = {self.resizemix_scale_max}]",
+        )
         need(self.resizemix_scale_max <= 1, "resizemix_scale_max", "<= 1")
         need(self.fmix_alpha > 0, "fmix_alpha", "> 0")
         need(self.fmix_decay_power > 0, "fmix_decay_power", "> 0")
@@ -244,8 +292,9 @@ class TrainConfig:
         need(self.uda_temperature > 0, "uda_temperature", "> 0")
         need(self.uda_weight >= 0, "uda_weight", ">= 0")
         if self.semi_labels and self.uda_augment == "keeprandaugment" and "early" in self.saliency and not self.early_head:
-            raise ConfigError(f"saliency={self.saliency!r} takes uda_augment=keeprandaugment's saliency through the early "
-                              "head: set early_head=true")
+            raise ConfigError(
+                f"saliency={self.saliency!r} takes uda_augment=keeprandaugment's saliency through the early head: set early_head=true"
+            )
         if self.nesterov and self.momentum == 0:
             raise ConfigError("nesterov needs momentum > 0")
         if self.method in SALIENCY_METHODS and "early" in self.saliency and not self.early_head:
@@ -284,9 +333,20 @@ def field_help() -> dict[str, tuple[str, tuple | None]]:
 
 #: Names other trainers use for a field (the spelling a user is likely to try).
 _ALIASES = {
-    "learning_rate": "lr", "base_lr": "lr", "wd": "weight_decay", "bs": "batch_size", "batchsize": "batch_size",
-    "num_epochs": "epochs", "n_epochs": "epochs", "max_epochs": "epochs", "arch": "model", "network": "model",
-    "warmup": "warmup_epochs", "lr_min": "min_lr", "workers": "threads", "output_dir": "out_dir",
+    "learning_rate": "lr",
+    "base_lr": "lr",
+    "wd": "weight_decay",
+    "bs": "batch_size",
+    "batchsize": "batch_size",
+    "num_epochs": "epochs",
+    "n_epochs": "epochs",
+    "max_epochs": "epochs",
+    "arch": "model",
+    "network": "model",
+    "warmup": "warmup_epochs",
+    "lr_min": "min_lr",
+    "workers": "threads",
+    "output_dir": "out_dir",
 }
 
 

@@ -58,13 +58,17 @@ def prepare_data(train: Split, test: Split, config: TrainConfig) -> TrainData:
     if len(train.labels) == 0 or len(test.labels) == 0:
         raise ConfigError(f"dataset {config.dataset!r} has an empty {'train' if len(train.labels) == 0 else 'test'} split")
     if list(train.classes) != list(test.classes):
-        raise ConfigError(f"dataset {config.dataset!r}: the train and test splits have different class lists "
-                          f"({len(train.classes)} and {len(test.classes)} classes)")
+        raise ConfigError(
+            f"dataset {config.dataset!r}: the train and test splits have different class lists "
+            f"({len(train.classes)} and {len(test.classes)} classes)"
+        )
     absent = sorted(set(test.labels.unique().tolist()) - set(train.labels.unique().tolist()))
     if absent:
         names = ", ".join(repr(train.classes[i]) for i in absent[:5]) + (" ..." if len(absent) > 5 else "")
-        raise ConfigError(f"dataset {config.dataset!r}: class {names} has test images but no training images "
-                          f"({len(absent)} of {len(train.classes)} classes); the model could never predict it")
+        raise ConfigError(
+            f"dataset {config.dataset!r}: class {names} has test images but no training images "
+            f"({len(absent)} of {len(train.classes)} classes); the model could never predict it"
+        )
     if tuple(train.images.shape[1:]) != tuple(test.images.shape[1:]):
         raise ConfigError(f"train images are {tuple(train.images.shape[1:])} but test images are {tuple(test.images.shape[1:])}")
     for split, n, name in ((train, config.train_subset, "train_subset"), (test, config.test_subset, "test_subset")):
@@ -91,9 +95,17 @@ def train_loader(data: TrainData, config: TrainConfig, dist: DistInfo, device: t
 
     try:
         return DeviceLoader(
-            data.train.images, data.train.labels, config.batch_size, train=True, device=device,
-            crop_padding=config.crop_padding, flip=config.flip, seed=config.seed, normalize=False,
-            rank=dist.rank, world_size=dist.world_size,
+            data.train.images,
+            data.train.labels,
+            config.batch_size,
+            train=True,
+            device=device,
+            crop_padding=config.crop_padding,
+            flip=config.flip,
+            seed=config.seed,
+            normalize=False,
+            rank=dist.rank,
+            world_size=dist.world_size,
         )
     except ValueError as e:
         raise ConfigError(

@@ -17,8 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "shutdown_distributed", "all_reduce_sum", "any_rank", "gather_objects",
-           "broadcast_object"]
+__all__ = ["DistInfo", "init_distributed", "shutdown_distributed", "all_reduce_sum", "any_rank", "gather_objects", "broadcast_object"]
 
 
 @dataclass

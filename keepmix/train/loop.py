@@ -132,8 +132,9 @@ def _check_model_config(config: TrainConfig) -> None:
     from keepmix.models import build_model
 
     if config.early_block and not config.early_head:
-        raise ConfigError(f"early_block={config.early_block} places the early head, but early_head is off: "
-                          "add --early-head (or leave early_block at 0)")
+        raise ConfigError(
+            f"early_block={config.early_block} places the early head, but early_head is off: add --early-head (or leave early_block at 0)"
+        )
     try:
         with torch.device("meta"):
             build_model(config.model, num_classes=10, early_head=config.early_head, **early_head_kwargs(config))
@@ -238,8 +239,11 @@ class Trainer:
         # scaling; bfloat16 is the CPU's mixed-precision type.
         on_cpu = self.device.type == "cpu"
         self.amp_dtype = torch.bfloat16 if config.amp_dtype == "bfloat16" or on_cpu else torch.float16
-        self.amp_note = ("amp on the CPU runs in bfloat16 (float16 autocast is slow on the CPU)"
-                         if self.use_amp and on_cpu and config.amp_dtype == "float16" else None)
+        self.amp_note = (
+            "amp on the CPU runs in bfloat16 (float16 autocast is slow on the CPU)"
+            if self.use_amp and on_cpu and config.amp_dtype == "float16"
+            else None
+        )
         self.channels_last = config.channels_last == "on" or (config.channels_last == "auto" and self.device.type == "cuda")
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         # Module.to takes memory_format (it parses its arguments as Tensor.to does); its stubs' overloads omit it.
@@ -395,8 +399,9 @@ class Trainer:
             raise KeyboardInterrupt
         if self._stop_signal is None:
             self._stop_signal = signum
-            self.log(f"\n{signal.Signals(signum).name} received: finishing this step and writing a checkpoint "
-                     "(send it again to stop at once)")
+            self.log(
+                f"\n{signal.Signals(signum).name} received: finishing this step and writing a checkpoint (send it again to stop at once)"
+            )
         else:
             self.log(f"\n{signal.Signals(signum).name} received again: stopping once the checkpoint is written")
 
@@ -426,8 +431,10 @@ class Trainer:
             self.log(f"resuming {self.run_dir} at epoch {self.pos.epoch + 1}, step {self.pos.step_in_epoch}")
         for change in self.schedule_changes[-1:]:
             if change["at_step"] == self.pos.global_step:
-                self.log(f"extending the run from {change['epochs_before']} to {change['epochs_after']} epochs: the cosine "
-                         f"schedule is re-planned over {change['epochs_after']} epochs from step {change['at_step']}")
+                self.log(
+                    f"extending the run from {change['epochs_before']} to {change['epochs_after']} epochs: the cosine "
+                    f"schedule is re-planned over {change['epochs_after']} epochs from step {change['at_step']}"
+                )
         if self.amp_note:
             self.log(self.amp_note)
         bar = None
@@ -475,16 +482,27 @@ class Trainer:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=self.steps_per_epoch, initial=self.pos.step_in_epoch, desc=f"epoch {self.pos.epoch + 1}/{self.config.epochs}",
-                    unit="step", dynamic_ncols=True, leave=True, file=sys.stderr)
+        return tqdm(
+            total=self.steps_per_epoch,
+            initial=self.pos.step_in_epoch,
+            desc=f"epoch {self.pos.epoch + 1}/{self.config.epochs}",
+            unit="step",
+            dynamic_ncols=True,
+            leave=True,
+            file=sys.stderr,
+        )
 
     def _check_and_show(self, bar: Any) -> None:
         loss_sum, correct, n = self._reduced_accum()
         self._check_finite(loss_sum)
         if bar is not None:
             bar.update(self.pos.step_in_epoch - bar.n)
-            bar.set_postfix(loss=f"{loss_sum / max(n, 1):.4f}", acc=f"{100 * correct / max(n, 1):.2f}",
-                            img_s=f"{n / max(1e-9, self.epoch_time):.0f}", lr=f"{self.scheduler.get_last_lr()[0]:.4g}")
+            bar.set_postfix(
+                loss=f"{loss_sum / max(n, 1):.4f}",
+                acc=f"{100 * correct / max(n, 1):.2f}",
+                img_s=f"{n / max(1e-9, self.epoch_time):.0f}",
+                lr=f"{self.scheduler.get_last_lr()[0]:.4g}",
+            )
 
     def _save_for_resume(self) -> Path:
         # The periodic checkpoint of an epoch that just ended is already this position.
@@ -508,8 +526,13 @@ class Trainer:
             t = batch.targets
             cls = t if t.ndim == 1 else t.argmax(dim=1)  # under mixing: the dominant label
             n = cls.shape[0]
-            self.accum += torch.stack([loss.detach().double() * n, (logits.argmax(1) == cls).sum().double(),
-                                       torch.tensor(float(n), dtype=torch.float64, device=self.device)])
+            self.accum += torch.stack(
+                [
+                    loss.detach().double() * n,
+                    (logits.argmax(1) == cls).sum().double(),
+                    torch.tensor(float(n), dtype=torch.float64, device=self.device),
+                ]
+            )
 
     def _forward_loss(self, images: Tensor, labels: Tensor) -> tuple[StepBatch, Tensor, Tensor]:
         """The supervised step's forward: ``(batch, logits, loss)``."""
@@ -548,15 +571,20 @@ class Trainer:
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         bs = max(self.config.batch_size, 256)
         for start in range(0, len(idx), bs):
-            sel = idx[start:start + bs]
+            sel = idx[start : start + bs]
             x = test.images[sel].to(self.device, non_blocking=True)
             y = test.labels[sel].to(self.device, non_blocking=True)
             x = self.method.normalize(x).contiguous(memory_format=self.memory_format)
             with self.autocast():
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y, reduction="sum")
-            sums += torch.stack([loss.double(), (logits.argmax(1) == y).sum().double(),
-                                 torch.tensor(float(len(sel)), dtype=torch.float64, device=self.device)])
+            sums += torch.stack(
+                [
+                    loss.double(),
+                    (logits.argmax(1) == y).sum().double(),
+                    torch.tensor(float(len(sel)), dtype=torch.float64, device=self.device),
+                ]
+            )
         model.train(was_training)
         loss_sum, correct, n = all_reduce_sum(sums, self.dist).tolist()
         return loss_sum / max(n, 1), 100.0 * correct / max(n, 1)
@@ -594,8 +622,10 @@ class Trainer:
             if self.tensorboard is not None:
                 self.tensorboard.epoch(record)
             acc = f", test acc {record['test_acc']:.2f}%" if "test_acc" in record else ""
-            self.log(f"epoch {epoch}/{cfg.epochs}: train loss {record['train_loss']:.4f}, "
-                     f"train acc {record['train_acc']:.2f}%{acc}, {record['images_per_s']:.0f} img/s")
+            self.log(
+                f"epoch {epoch}/{cfg.epochs}: train loss {record['train_loss']:.4f}, "
+                f"train acc {record['train_acc']:.2f}%{acc}, {record['images_per_s']:.0f} img/s"
+            )
         if epoch < cfg.epochs and epoch % cfg.checkpoint_every == 0:
             self.save()
 
@@ -620,8 +650,9 @@ class Trainer:
             "amp_dtype": str(self.amp_dtype).replace("torch.", "") if self.use_amp else None,
             "schedule_changes": self.schedule_changes,
             "lr_schedule": (
-                f"cosine over {cfg.epochs} epochs" if not self.schedule_changes else
-                "cosine, re-planned when the run was extended: at each change's step the lr takes the value of a "
+                f"cosine over {cfg.epochs} epochs"
+                if not self.schedule_changes
+                else "cosine, re-planned when the run was extended: at each change's step the lr takes the value of a "
                 "cosine over the new total and decays from there to min_lr"
             ),
             "wall_time_s": self._elapsed(),
@@ -681,5 +712,6 @@ def train(
     SIGINT/SIGTERM (a checkpoint was written), :class:`NonFiniteLossError` on a NaN loss,
     :class:`FinishedRunError` when resuming a finished run without more epochs.
     """
-    return Trainer(config, resume=resume, epochs=epochs, data=data, run_dir=run_dir, on_step=on_step, log=log,
-                   tensorboard=tensorboard).run()
+    return Trainer(
+        config, resume=resume, epochs=epochs, data=data, run_dir=run_dir, on_step=on_step, log=log, tensorboard=tensorboard
+    ).run()

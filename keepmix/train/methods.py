@@ -36,8 +36,17 @@ if TYPE_CHECKING:  # imported where used (inside the functions) at run time
     from keepmix.augmix import AugMix
     from keepmix.gridmask import GridMask
 
-__all__ = ["StepBatch", "Method", "OpMethod", "RecursiveMixMethod", "GridMaskMethod", "AugMixJSDMethod", "build_method",
-           "build_saliency", "load_teacher"]
+__all__ = [
+    "StepBatch",
+    "Method",
+    "OpMethod",
+    "RecursiveMixMethod",
+    "GridMaskMethod",
+    "AugMixJSDMethod",
+    "build_method",
+    "build_saliency",
+    "load_teacher",
+]
 
 
 @dataclass
@@ -353,14 +362,18 @@ def build_method(
     if m == "gridmask":
         from keepmix.gridmask import GridMask
 
-        op = GridMask((config.gridmask_d_min, config.gridmask_d_max), config.gridmask_ratio, config.gridmask_rotate,
-                      config.gridmask_mode, p=config.gridmask_p)
+        op = GridMask(
+            (config.gridmask_d_min, config.gridmask_d_max),
+            config.gridmask_ratio,
+            config.gridmask_rotate,
+            config.gridmask_mode,
+            p=config.gridmask_p,
+        )
         return GridMaskMethod(config, mean, std, op, round(config.gridmask_ramp * config.epochs))
     if m in ("augmix", "augmix_jsd"):
         from keepmix.augmix import AugMix
 
-        op = AugMix(config.augmix_severity, config.augmix_width, config.augmix_depth, config.augmix_alpha,
-                    config.augmix_all_ops)
+        op = AugMix(config.augmix_severity, config.augmix_width, config.augmix_depth, config.augmix_alpha, config.augmix_all_ops)
         if m == "augmix_jsd":
             # nn.Module's stubs type an unknown attribute Tensor | Module; classify is the model's method (KeepmixModel)
             classify = cast("Callable[[Tensor], Tensor]", model.classify)
@@ -435,8 +448,9 @@ def build_method(
         from keepmix.placers import KeepPlacer
         from keepmix.resizemix import ResizeMix
 
-        op = ResizeMix((config.resizemix_scale_min, config.resizemix_scale_max), num_classes=num_classes,
-                       placer=KeepPlacer(q=q) if keep else None)
+        op = ResizeMix(
+            (config.resizemix_scale_min, config.resizemix_scale_max), num_classes=num_classes, placer=KeepPlacer(q=q) if keep else None
+        )
     elif m in ("saliencymix", "saliencymix_gradient"):
         from keepmix.saliencymix import SaliencyMix
 

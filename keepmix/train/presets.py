@@ -70,19 +70,29 @@ from keepmix.train.config import METHODS, ConfigError, TrainConfig, config_from_
 __all__ = ["PRESETS", "preset_names", "get_preset", "describe_preset"]
 
 _KEEP_SETUP: dict[str, Any] = dict(
-    epochs=300, batch_size=128, lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
-    warmup_epochs=0.0, crop_padding=4, flip=True, keep_quantile=0.6, keep_paste_size=16,
-    early_loss_weight=0.3, saliency_downscale=2,
+    epochs=300,
+    batch_size=128,
+    lr=0.1,
+    momentum=0.9,
+    nesterov=False,
+    weight_decay=5e-4,
+    warmup_epochs=0.0,
+    crop_padding=4,
+    flip=True,
+    keep_quantile=0.6,
+    keep_paste_size=16,
+    early_loss_weight=0.3,
+    saliency_downscale=2,
 )
 _RECURSIVEMIX_SETUP: dict[str, Any] = dict(_KEEP_SETUP, epochs=200, recursivemix_alpha=0.5, recursivemix_omega=0.5)
 
 # Each method's own parameters at its paper's setting (see the module docstring).
 _METHOD_SETUP: dict[str, dict[str, Any]] = {
-    "gridmask": dict(gridmask_d_min=14, gridmask_d_max=32, gridmask_ratio=0.6, gridmask_rotate=0.0, gridmask_mode=1,
-                     gridmask_p=0.8, gridmask_ramp=0.8),
+    "gridmask": dict(
+        gridmask_d_min=14, gridmask_d_max=32, gridmask_ratio=0.6, gridmask_rotate=0.0, gridmask_mode=1, gridmask_p=0.8, gridmask_ramp=0.8
+    ),
     "augmix": dict(augmix_severity=3, augmix_width=3, augmix_depth=-1, augmix_alpha=1.0, augmix_all_ops=False),
-    "augmix_jsd": dict(augmix_severity=3, augmix_width=3, augmix_depth=-1, augmix_alpha=1.0, augmix_all_ops=False,
-                       augmix_jsd_weight=12.0),
+    "augmix_jsd": dict(augmix_severity=3, augmix_width=3, augmix_depth=-1, augmix_alpha=1.0, augmix_all_ops=False, augmix_jsd_weight=12.0),
     "attentive_cutmix": dict(attentive_top_k=6),
     "resizemix": dict(resizemix_scale_min=0.1, resizemix_scale_max=0.8),
     "keepresizemix": dict(resizemix_scale_min=0.1, resizemix_scale_max=0.8),
@@ -99,8 +109,11 @@ _SALIENCY_SUFFIX = {"lowres": "lowres", "early": "early", "lowres-early": "lowre
 _TABLES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("cifar10", "resnet18", tuple(METHODS)),
     ("cifar10", "resnet110", ("cutout", "keepcutout")),
-    ("cifar10", "wrn28-10", ("cutout", "keepcutout", "autoaugment", "keepautoaugment", "gridmask", "augmix", "augmix_jsd",
-                             "attentive_cutmix")),
+    (
+        "cifar10",
+        "wrn28-10",
+        ("cutout", "keepcutout", "autoaugment", "keepautoaugment", "gridmask", "augmix", "augmix_jsd", "attentive_cutmix"),
+    ),
     ("cifar100", "resnet18", ("cutout", "keepcutout")),
 )
 # Saliency-suffixed rows: the Keep methods of KeepAugment's tables (others take --saliency).
@@ -109,16 +122,42 @@ _SUFFIXED = ("keepcutout", "keepautoaugment")
 # The quick CPU set-up: the small net on a class-balanced subset, a few epochs. Sized so the
 # whole run (data loading, training, evaluation, pictures) takes about a minute on 2 cores.
 _QUICK_SETUP: dict[str, Any] = dict(
-    dataset="cifar10", model="small", epochs=4, batch_size=64, lr=0.05, weight_decay=5e-4,
-    warmup_epochs=0.5, train_subset=2000, test_subset=1000, log_every=5, saliency="lowres",
+    dataset="cifar10",
+    model="small",
+    epochs=4,
+    batch_size=64,
+    lr=0.05,
+    weight_decay=5e-4,
+    warmup_epochs=0.5,
+    train_subset=2000,
+    test_subset=1000,
+    log_every=5,
+    saliency="lowres",
 )
 
 
 # UDA's CIFAR-10 GPU recipe (see the module docstring and keepmix.train.uda).
 _UDA_SETUP: dict[str, Any] = dict(
-    dataset="cifar10", model="wrn28_2", method="none", batch_size=64, semi_mu=5, lr=0.03, momentum=0.9, nesterov=True,
-    weight_decay=5e-4, warmup_epochs=0.0, min_lr=0.03 * 0.004, crop_padding=4, flip=True, uda_tsa="none",
-    uda_temperature=0.4, uda_threshold=0.8, uda_weight=1.0, keep_quantile=0.6, keep_paste_size=16, saliency="full",
+    dataset="cifar10",
+    model="wrn28_2",
+    method="none",
+    batch_size=64,
+    semi_mu=5,
+    lr=0.03,
+    momentum=0.9,
+    nesterov=True,
+    weight_decay=5e-4,
+    warmup_epochs=0.0,
+    min_lr=0.03 * 0.004,
+    crop_padding=4,
+    flip=True,
+    uda_tsa="none",
+    uda_temperature=0.4,
+    uda_threshold=0.8,
+    uda_weight=1.0,
+    keep_quantile=0.6,
+    keep_paste_size=16,
+    saliency="full",
 )
 _UDA_STEPS = 500_000
 _UDA_LABELS = (4000, 2500)
@@ -133,12 +172,26 @@ def _uda_presets() -> dict[str, dict[str, Any]]:
         every = max(1, epochs // 160)  # about 160 evaluations and checkpoints per run
         for aug in _UDA_AUGMENTS:
             name = f"cifar10-wrn28-2-uda-{aug}-{labels}"
-            presets[name] = dict(_UDA_SETUP, semi_labels=labels, uda_augment=aug, epochs=epochs, eval_every=every,
-                                 checkpoint_every=every, name=name)
+            presets[name] = dict(
+                _UDA_SETUP, semi_labels=labels, uda_augment=aug, epochs=epochs, eval_every=every, checkpoint_every=every, name=name
+            )
     for aug in _UDA_AUGMENTS:
         name = f"cifar10-small-uda-{aug}-quick"
-        presets[name] = dict(_UDA_SETUP, model="small", semi_labels=1000, batch_size=32, semi_mu=2, epochs=8, lr=0.05,
-                             min_lr=0.0, test_subset=1000, log_every=5, saliency="lowres", uda_augment=aug, name=name)
+        presets[name] = dict(
+            _UDA_SETUP,
+            model="small",
+            semi_labels=1000,
+            batch_size=32,
+            semi_mu=2,
+            epochs=8,
+            lr=0.05,
+            min_lr=0.0,
+            test_subset=1000,
+            log_every=5,
+            saliency="lowres",
+            uda_augment=aug,
+            name=name,
+        )
     return presets
 
 

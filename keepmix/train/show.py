@@ -26,8 +26,16 @@ DEFAULT_SHOW_METHODS = ("cutout", "keepcutout", "cutmix", "keepcutmix", "autoaug
 #: (``keepmix show --methods gridmask augmix attentive_cutmix resizemix keepresizemix saliencymix
 #: saliencymix_gradient fmix``). GridMask and FMix change pixel masks, not boxes, and Attentive
 #: CutMix pastes grid cells: their columns draw no boxes.
-BASELINE_SHOW_METHODS = ("gridmask", "augmix", "attentive_cutmix", "resizemix", "keepresizemix", "saliencymix",
-                         "saliencymix_gradient", "fmix")
+BASELINE_SHOW_METHODS = (
+    "gridmask",
+    "augmix",
+    "attentive_cutmix",
+    "resizemix",
+    "keepresizemix",
+    "saliencymix",
+    "saliencymix_gradient",
+    "fmix",
+)
 
 
 def _spectral_saliencymix(op: SaliencyMix) -> Op:
@@ -43,8 +51,9 @@ def _spectral_saliencymix(op: SaliencyMix) -> Op:
     return SpectralSaliencyMix(alpha=op.alpha, p=op.p, num_classes=op.num_classes, per_sample=op.per_sample)
 
 
-def method_ops(config: TrainConfig, methods: Sequence[str], model: nn.Module, num_classes: int,
-               mean: Sequence[float], std: Sequence[float]) -> dict[str, Op]:
+def method_ops(
+    config: TrainConfig, methods: Sequence[str], model: nn.Module, num_classes: int, mean: Sequence[float], std: Sequence[float]
+) -> dict[str, Op]:
     """Method name -> the op the trainer would run for it (:attr:`Method.op`), with
     ``config``'s settings; ``none`` (no op) is left out. CutMix, KeepCutMix and SaliencyMix mix
     every image here (``p = 1``): CIFAR's p = 0.5 would leave half the pictures unmixed; GridMask
@@ -138,8 +147,16 @@ def show(
     images, labels = data.test.images[pick].to(device), data.test.labels[pick].to(device)
     ops = grid_ops(method_ops(config, list(methods or DEFAULT_SHOW_METHODS), net, len(data.classes), data.mean, data.std))
     grid = save_method_grid(
-        images, labels, ops, out, model=net, mean=data.mean, std=data.std, max_images=num_images,
-        generator=torch.Generator(device=images.device).manual_seed(seed), class_names=data.classes,
+        images,
+        labels,
+        ops,
+        out,
+        model=net,
+        mean=data.mean,
+        std=data.std,
+        max_images=num_images,
+        generator=torch.Generator(device=images.device).manual_seed(seed),
+        class_names=data.classes,
         untrained=state is None,
     )
     return Path(grid.path)
@@ -177,8 +194,16 @@ def save_run_grid(trainer: Any, out: str | Path, num_images: int = 8) -> Path:
         images, labels = test.images[pick].to(trainer.device), test.labels[pick].to(trainer.device)
         ops = grid_ops(method_ops(cfg, methods, model, trainer.num_classes, trainer.data.mean, trainer.data.std))
         grid = save_method_grid(
-            images, labels, ops, out, model=model, mean=trainer.data.mean, std=trainer.data.std, max_images=n,
-            generator=torch.Generator(device=trainer.device).manual_seed(cfg.seed), class_names=trainer.data.classes,
+            images,
+            labels,
+            ops,
+            out,
+            model=model,
+            mean=trainer.data.mean,
+            std=trainer.data.std,
+            max_images=n,
+            generator=torch.Generator(device=trainer.device).manual_seed(cfg.seed),
+            class_names=trainer.data.classes,
             title=f"{cfg.name}: test images after training",
         )
     finally:

@@ -142,8 +142,7 @@ def confidence_mask(logits: Tensor, threshold: float) -> Tensor:
     return (logits.float().softmax(dim=1).amax(dim=1) > threshold).float()
 
 
-def consistency_loss(clean_logits: Tensor, aug_logits: Tensor, temperature: float = 0.4,
-                     threshold: float = 0.8) -> tuple[Tensor, Tensor]:
+def consistency_loss(clean_logits: Tensor, aug_logits: Tensor, temperature: float = 0.4, threshold: float = 0.8) -> tuple[Tensor, Tensor]:
     """``(loss, mask)``: ``mean over the batch of mask * KL(sharpen(clean) || softmax(aug))``.
 
     The target (``clean_logits`` at temperature ``temperature``) carries no gradient; the KL
@@ -152,8 +151,7 @@ def consistency_loss(clean_logits: Tensor, aug_logits: Tensor, temperature: floa
     rows count as 0, as in UDA's code).
     """
     if clean_logits.shape != aug_logits.shape or clean_logits.ndim != 2:
-        raise ValueError(f"clean and augmented logits must both be (B, K), got {tuple(clean_logits.shape)} and "
-                         f"{tuple(aug_logits.shape)}")
+        raise ValueError(f"clean and augmented logits must both be (B, K), got {tuple(clean_logits.shape)} and {tuple(aug_logits.shape)}")
     if not temperature > 0:
         raise ValueError(f"uda_temperature must be > 0, got {temperature!r}")
     with torch.no_grad():
@@ -176,8 +174,18 @@ class UDALoss:
     conf_mask: Tensor
 
 
-def uda_loss(sup_logits: Tensor, labels: Tensor, clean_logits: Tensor, aug_logits: Tensor, *, tsa: float = 1.0,
-             temperature: float = 0.4, threshold: float = 0.8, weight: float = 1.0, label_smoothing: float = 0.0) -> UDALoss:
+def uda_loss(
+    sup_logits: Tensor,
+    labels: Tensor,
+    clean_logits: Tensor,
+    aug_logits: Tensor,
+    *,
+    tsa: float = 1.0,
+    temperature: float = 0.4,
+    threshold: float = 0.8,
+    weight: float = 1.0,
+    label_smoothing: float = 0.0,
+) -> UDALoss:
     """``TSA-CE(sup_logits, labels) + weight * consistency(clean_logits, aug_logits)``;
     ``tsa`` is the threshold of :func:`tsa_threshold` at this step."""
     sup, sup_mask = tsa_cross_entropy(sup_logits, labels, tsa, label_smoothing)
@@ -199,14 +207,17 @@ def build_uda_augment(config: TrainConfig, model: torch.nn.Module, autocast: Cal
     from keepmix.train.methods import build_saliency
 
     if "early" in config.saliency and not getattr(model, "has_early_head", False):
-        raise ConfigError(f"saliency={config.saliency!r} (uda_augment=keeprandaugment) takes the saliency through the "
-                          f"early head, but the model {type(model).__name__} has none: set early_head=true")
+        raise ConfigError(
+            f"saliency={config.saliency!r} (uda_augment=keeprandaugment) takes the saliency through the "
+            f"early head, but the model {type(model).__name__} has none: set early_head=true"
+        )
     op = KeepRandAugment(n, m, size=config.keep_paste_size, q=config.keep_quantile)
     return op, build_saliency(config, model, autocast)
 
 
-def augment_unlabelled(op, images: Tensor, normalize: Callable[[Tensor], Tensor], saliency_fn: Callable | None,
-                       generator: torch.Generator | None) -> Tensor:
+def augment_unlabelled(
+    op, images: Tensor, normalize: Callable[[Tensor], Tensor], saliency_fn: Callable | None, generator: torch.Generator | None
+) -> Tensor:
     """``normalize(A(images))`` for a uint8 unlabelled batch.
 
     With ``saliency_fn`` (KeepRandAugment), the map is ``saliency_fn(normalize(images))``:
@@ -255,12 +266,20 @@ class SemiSupervised:
         method = trainer.method
         op = getattr(method, "op", None)
         if isinstance(method, (RecursiveMixMethod, AugMixJSDMethod)) or (op is not None and op.mixes_labels):
-            raise ConfigError(f"method={cfg.method!r} cannot train the labelled batch of a semi-supervised run (it mixes "
-                              "labels or adds its own loss): use a label-preserving method (none, the paper's set-up)")
+            raise ConfigError(
+                f"method={cfg.method!r} cannot train the labelled batch of a semi-supervised run (it mixes "
+                "labels or adds its own loss): use a label-preserving method (none, the paper's set-up)"
+            )
         try:
             self.stream = UnlabelledStream(
-                unlabelled, cfg.semi_mu * cfg.batch_size, seed=cfg.seed * 7 + 1, crop_padding=cfg.crop_padding,
-                flip=cfg.flip, device=trainer.device, rank=trainer.dist.rank, world_size=trainer.dist.world_size,
+                unlabelled,
+                cfg.semi_mu * cfg.batch_size,
+                seed=cfg.seed * 7 + 1,
+                crop_padding=cfg.crop_padding,
+                flip=cfg.flip,
+                device=trainer.device,
+                rank=trainer.dist.rank,
+                world_size=trainer.dist.world_size,
             )
         except ValueError as e:
             raise ConfigError(f"semi_labels={cfg.semi_labels}, semi_mu={cfg.semi_mu}: {e}") from None
@@ -284,16 +303,33 @@ class SemiSupervised:
         eta = tsa_threshold(cfg.uda_tsa, t.pos.global_step / total_steps, t.num_classes)
         with t.autocast():
             logits, early, _ = t.forward(inputs)
-        out = uda_loss(logits[:b], batch.targets, logits[b:b + u], logits[b + u:], tsa=eta,
-                       temperature=cfg.uda_temperature, threshold=cfg.uda_threshold, weight=cfg.uda_weight,
-                       label_smoothing=cfg.label_smoothing)
+        out = uda_loss(
+            logits[:b],
+            batch.targets,
+            logits[b : b + u],
+            logits[b + u :],
+            tsa=eta,
+            temperature=cfg.uda_temperature,
+            threshold=cfg.uda_threshold,
+            weight=cfg.uda_weight,
+            label_smoothing=cfg.label_smoothing,
+        )
         loss = out.total
         if early is not None:
             loss = loss + cfg.early_loss_weight * t.criterion(early[:b].float(), batch.targets)
         with torch.no_grad():
             one = torch.ones((), dtype=torch.float64, device=self.accum.device)
-            self.accum += torch.stack([out.sup_mask.sum().double(), one * b, out.conf_mask.sum().double(), one * u,
-                                       out.unsup.detach().double() * u, one * eta, one])
+            self.accum += torch.stack(
+                [
+                    out.sup_mask.sum().double(),
+                    one * b,
+                    out.conf_mask.sum().double(),
+                    one * u,
+                    out.unsup.detach().double() * u,
+                    one * eta,
+                    one,
+                ]
+            )
         return batch, logits[:b], loss
 
     def epoch_record(self) -> dict[str, float]:
@@ -304,8 +340,13 @@ class SemiSupervised:
 
         kept, nl, conf, nu, unsup, eta, steps = all_reduce_sum(self.accum, self.trainer.dist).tolist()
         self.accum.zero_()
-        return {"tsa_kept": kept / max(nl, 1), "uda_confident": conf / max(nu, 1), "uda_loss": unsup / max(nu, 1),
-                "tsa_threshold": eta / max(steps, 1), "unlabelled_batches": self.stream.position}
+        return {
+            "tsa_kept": kept / max(nl, 1),
+            "uda_confident": conf / max(nu, 1),
+            "uda_loss": unsup / max(nu, 1),
+            "tsa_threshold": eta / max(steps, 1),
+            "unlabelled_batches": self.stream.position,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {"stream": self.stream.state_dict(), "accum": self.accum}
@@ -314,7 +355,9 @@ class SemiSupervised:
         from keepmix.train.checkpoint import CheckpointError
 
         if not isinstance(state, dict) or set(state) != {"stream", "accum"}:
-            raise CheckpointError("the checkpoint has no semi-supervised state (the unlabelled stream's position): it "
-                                  "was not written by a semi-supervised run of this keepmix")
+            raise CheckpointError(
+                "the checkpoint has no semi-supervised state (the unlabelled stream's position): it "
+                "was not written by a semi-supervised run of this keepmix"
+            )
         self.stream.load_state_dict(state["stream"])
         self.accum = state["accum"].to(self.accum.device, torch.float64)

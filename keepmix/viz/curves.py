@@ -19,6 +19,7 @@ __all__ = ["METRICS_FILE", "load_metrics", "plot_runs"]
 #: The file a training run writes into its directory: one JSON object per epoch.
 METRICS_FILE = RunDir.METRICS
 
+
 def _metrics_path(run: str | Path) -> Path:
     p = Path(run)
     if p.is_dir():
@@ -135,8 +136,15 @@ def plot_runs(
             entry = f"{name} (final {_fmt(float(finals.mean()))} ± {_fmt(float(finals.std()), float(finals.mean()))}, n={len(idx)})"
         for k, i in enumerate(idx):
             xs, ys = curves[i]
-            ax.plot(xs, ys, color=color, linewidth=1.4, marker="o" if len(xs) == 1 else None,
-                    label=entry if k == 0 else None, alpha=1.0 if len(idx) == 1 else 0.8)
+            ax.plot(
+                xs,
+                ys,
+                color=color,
+                linewidth=1.4,
+                marker="o" if len(xs) == 1 else None,
+                label=entry if k == 0 else None,
+                alpha=1.0 if len(idx) == 1 else 0.8,
+            )
     ax.set_xlabel("epoch")
     pretty = _METRIC_LABELS.get(metric, metric)
     ax.set_ylabel(pretty)

@@ -19,8 +19,18 @@ from torch import Tensor
 from keepmix._checks import check_images
 from keepmix.functional.boxes import box_masks, check_boxes
 
-__all__ = ["Color", "REGION_COLORS", "make_grid", "to_uint8_image", "saliency_to_rgb", "overlay", "draw_boxes",
-           "upscale_nearest", "save_png", "colormap"]
+__all__ = [
+    "Color",
+    "REGION_COLORS",
+    "make_grid",
+    "to_uint8_image",
+    "saliency_to_rgb",
+    "overlay",
+    "draw_boxes",
+    "upscale_nearest",
+    "save_png",
+    "colormap",
+]
 
 Color = tuple[int, int, int]
 
@@ -52,9 +62,7 @@ def _as_batch(x: object, name: str) -> tuple[Tensor, bool]:
     return check_images(x, name), False
 
 
-def to_uint8_image(
-    x: Tensor, mean: Sequence[float] | Tensor | None = None, std: Sequence[float] | Tensor | None = None
-) -> Tensor:
+def to_uint8_image(x: Tensor, mean: Sequence[float] | Tensor | None = None, std: Sequence[float] | Tensor | None = None) -> Tensor:
     """Display form of a (B, C, H, W) or (C, H, W) image batch: uint8 in [0, 255], same shape.
 
     Float input is taken to hold values in [0, 1] once the normalisation is undone:
@@ -182,7 +190,7 @@ def saliency_to_rgb(saliency: Tensor, normalize: bool = True) -> Tensor:
     if normalize:
         flat = s.flatten(1)
         lo = flat.amin(1).reshape(-1, 1, 1)
-        span = (flat.amax(1).reshape(-1, 1, 1) - lo)
+        span = flat.amax(1).reshape(-1, 1, 1) - lo
         s = torch.where(span > 0, (s - lo) / span.clamp_min(1e-300), torch.zeros_like(s))
     elif saliency.dtype == torch.uint8:
         s = s / 255.0
@@ -208,9 +216,7 @@ def overlay(image: Tensor, heat: Tensor, alpha: float = 0.5) -> Tensor:
     return ((1 - a) * image.float() + a * heat.to(image.device).float()).round().clamp(0, 255).to(torch.uint8)
 
 
-def draw_boxes(
-    images: Tensor, boxes: Tensor, color: Color | Tensor | int = REGION_COLORS["cut"], width: int = 1
-) -> Tensor:
+def draw_boxes(images: Tensor, boxes: Tensor, color: Color | Tensor | int = REGION_COLORS["cut"], width: int = 1) -> Tensor:
     """A copy of uint8 RGB ``images`` (B, 3, H, W) with each image's box outlined.
 
     ``boxes`` is (B, 4) ``(y1, x1, y2, x2)``, half-open, as everywhere in keepmix. The outline

@@ -284,13 +284,16 @@ def save_method_grid(
         labels = labels[:n].to(x.device)
         if labels.ndim == 2:
             if not labels.dtype.is_floating_point:
-                raise TypeError(f"labels of shape (B, K) are soft targets and must be floating point, got {labels.dtype}; "
-                                "give class ids as shape (B,)")
+                raise TypeError(
+                    f"labels of shape (B, K) are soft targets and must be floating point, got {labels.dtype}; give class ids as shape (B,)"
+                )
             sums = labels.double().sum(1)
             if bool((labels < 0).any()) or not torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
                 bad = int(((sums - 1).abs() > 1e-3).nonzero()[0]) if not torch.allclose(sums, torch.ones_like(sums), atol=1e-3) else 0
-                raise ValueError(f"labels of shape (B, K) are soft targets: each row must be >= 0 and sum to 1, "
-                                 f"but row {bad} sums to {float(sums[bad]):.4g}")
+                raise ValueError(
+                    f"labels of shape (B, K) are soft targets: each row must be >= 0 and sum to 1, "
+                    f"but row {bad} sums to {float(sums[bad]):.4g}"
+                )
     if class_names is not None and labels is not None:
         ids = labels.argmax(1) if labels.ndim == 2 else labels
         if bool((ids < 0).any()) or bool((ids >= len(class_names)).any()):
