@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 import keepmix
@@ -31,26 +30,49 @@ def test_half_precision_batch_with_a_float32_model():
     assert out[0].dtype == torch.float16
 
 
-def test_ddp_wrapped_model(tmp_path):
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        model = _model()
-        ddp = nn.parallel.DistributedDataParallel(model)
-        x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
-        sal = keepmix.Saliency(ddp)
-        assert sal.model is model and sal.logits_fn is model
-        torch.testing.assert_close(sal(x, y), keepmix.Saliency(model)(x, y))
-        # The saliency pass leaves DDP ready for the training step that follows.
-        opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
-        for _ in range(2):
-            keepmix.KeepCutout(4, saliency_fn=sal)(x, y)
-            loss = nn.functional.cross_entropy(ddp(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        assert all(p.grad is not None for p in model.parameters())
-    finally:
-        dist.destroy_process_group()
+_DDP_CHECK = """
+import datetime, socket
+import torch, torch.distributed as dist
+from torch import nn
+import keepmix
+
+with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1,
+                        timeout=datetime.timedelta(seconds=60))
+try:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(4, 5))
+    ddp = nn.parallel.DistributedDataParallel(model)
+    x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    sal = keepmix.Saliency(ddp)
+    assert sal.model is model and sal.logits_fn is model
+    torch.testing.assert_close(sal(x, y), keepmix.Saliency(model)(x, y))
+    # The saliency pass leaves DDP ready for the training step that follows.
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    for _ in range(2):
+        keepmix.KeepCutout(4, saliency_fn=sal)(x, y)
+        loss = nn.functional.cross_entropy(ddp(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert all(p.grad is not None for p in model.parameters())
+finally:
+    dist.destroy_process_group()
+print("ok")
+"""
+
+
+def test_ddp_wrapped_model():
+    """In a fresh process (a process group is process-wide state; the suite's other tests must
+    not see it, nor it theirs), on loopback TCP with a timeout."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", _DDP_CHECK], capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stdout + res.stderr
 
 
 def test_integer_soft_labels_are_refused():
