@@ -1,6 +1,6 @@
 """The lint and type checks, run by the suite so that CI keeps them honest.
 
-``ruff check .`` (ruff.toml) over the whole tree and ``mypy`` over the package (mypy.ini: strict
+``ruff check .`` (pyproject.toml's [tool.ruff]) over the whole tree and ``mypy`` over the package (mypy.ini: strict
 on keepmix.functional, sampling, base, placers and engine; the default level elsewhere), with
 zero findings everywhere (``NOT_YET`` would list a file allowed to lag, and is empty). Both
 tools come with the ``[test]`` extra (through ``[lint]``); a check is skipped only where its
@@ -85,7 +85,7 @@ def test_ruff_check():
 
 
 def test_ruff_format():
-    """The tree is formatted as ``ruff format`` writes it (ruff.toml's line length)."""
+    """The tree is formatted as ``ruff format`` writes it (the line length in pyproject.toml)."""
     res = _run([*_tool("ruff"), "format", "--check", "--no-cache", "."])
     assert res.returncode == 0, f"ruff format --check:\n{res.stdout}{res.stderr}"
 
