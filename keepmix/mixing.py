@@ -21,7 +21,7 @@ from torch import Tensor
 
 from keepmix._checks import check_positive, check_probability
 from keepmix.base import Op, Params, RegionOp, RegionParams
-from keepmix.functional.boxes import box_areas
+from keepmix.functional.boxes import area_sizes, box_areas
 from keepmix.functional.mixing import cutmix, mixup
 from keepmix.functional.regions import box_sums, summed_area_table
 from keepmix.placers import Placer
@@ -193,11 +193,8 @@ class CutMix(RegionOp):
         lam = beta(self.alpha, self.alpha, n, device=dev, generator=generator)
         applied = bernoulli(self.p, n, device=dev, generator=generator)
         # float64 so the floor matches the official int(W * sqrt(1 - lam)) on the same lam.
-        cut = torch.sqrt(1.0 - lam.double())
-        sizes = torch.stack([(h * cut).floor().long(), (w * cut).floor().long()], dim=1)
-        if not self.per_sample:
-            # The official far edge c + s//2: a centred box of the even size 2 (s//2).
-            sizes = sizes - sizes % 2
+        # per_sample=False: the official far edge c + s//2, a centred box of the even size 2 (s//2).
+        sizes = area_sizes(1.0 - lam, h, w, even=not self.per_sample)
         sizes = torch.where(applied[:, None], sizes, torch.zeros_like(sizes)).expand(b, 2).contiguous()
         boxes = self.place(sizes, images, saliency, generator, shared=not self.per_sample)
         perm = permutation(b, device=dev, generator=generator)

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from keepmix._checks import check_probability, check_range_pair
 from keepmix.base import Placement, RegionOp, RegionParams
-from keepmix.functional.boxes import centered_boxes, corner_boxes, paste
+from keepmix.functional.boxes import area_sizes, centered_boxes, corner_boxes, paste
 from keepmix.functional.mixing import area_lambda, mixup
 from keepmix.mixing import check_num_classes
 from keepmix.placers import Placer
@@ -176,9 +176,7 @@ class MixupCutMix(RegionOp):
         n, (h, w), dev = lam.shape[0], images.shape[-2:], lam.device
         placement: Placement
         if self.cutmix_minmax is None:
-            cut = torch.sqrt(1.0 - lam.double())
-            sizes = torch.stack([(h * cut).floor().long(), (w * cut).floor().long()], dim=1)
-            sizes = sizes - sizes % 2  # timm's far edge c + s//2: a centred box of even side
+            sizes = area_sizes(1.0 - lam, h, w, even=True)  # timm's far edge c + s//2: a centred box of even side
             placement = "center"
         else:
             lo, hi = self.cutmix_minmax

@@ -74,6 +74,7 @@ from torch import Tensor
 
 from keepmix._checks import check_images, check_int, check_positive
 from keepmix.base import Params, RegionOp, RegionParams
+from keepmix.functional.boxes import area_sizes
 from keepmix.functional.mixing import area_lambda
 from keepmix.functional.resize_paste import resize_into_boxes
 from keepmix.functional.roi_align import max_sampling_grid, roi_align
@@ -304,10 +305,7 @@ class RecursiveMix(RegionOp):
         dev = images.device
         n = b if self.per_sample else 1
         ratio = uniform(n, 0.0, self.alpha, device=dev, generator=generator)
-        side = torch.sqrt(ratio.double())  # float64: the floor below is the official int(W * sqrt(r))
-        sizes = torch.stack([(h * side).floor().long(), (w * side).floor().long()], dim=1)
-        if not self.per_sample:
-            sizes = sizes - sizes % 2  # the official far edge c + s//2 (see CutMix)
+        sizes = area_sizes(ratio, h, w, even=not self.per_sample)  # official: the far edge c + s//2
         ratio, sizes = ratio.expand(b).contiguous(), sizes.expand(b, 2).contiguous()
         from_history = torch.arange(b, device=dev) < self.history_size
         sizes = torch.where(from_history[:, None], sizes, torch.zeros_like(sizes))

@@ -45,7 +45,7 @@ from torch import Tensor
 
 from keepmix._checks import check_images, check_positive, check_probability
 from keepmix.base import Op, RegionParams, SaliencyFn
-from keepmix.functional.boxes import centered_boxes
+from keepmix.functional.boxes import area_sizes, centered_boxes
 from keepmix.functional.mixing import cutmix
 from keepmix.mixing import check_num_classes
 from keepmix.sampling import bernoulli, beta, permutation
@@ -218,10 +218,7 @@ class SaliencyMix(Op):
         applied = bernoulli(self.p, n, device=dev, generator=generator)
         perm = permutation(b, device=dev, generator=generator)
         # float64 so the floor matches the official int(W * sqrt(1 - lam)) on the same lam.
-        cut = torch.sqrt(1.0 - lam.double())
-        sizes = torch.stack([(h * cut).floor().long(), (w * cut).floor().long()], dim=1)
-        if not self.per_sample:
-            sizes = sizes - sizes % 2  # the official far edge c + s // 2
+        sizes = area_sizes(1.0 - lam, h, w, even=not self.per_sample)  # official: the far edge c + s // 2
         sizes = torch.where(applied[:, None], sizes, torch.zeros_like(sizes)).expand(b, 2).contiguous()
         assert saliency is not None
         flat = saliency.reshape(b, h * w).argmax(dim=1)  # first maximum, row-major

@@ -18,6 +18,7 @@ from keepmix.functional.select import select
 __all__ = [
     "check_boxes",
     "centered_boxes",
+    "area_sizes",
     "corner_boxes",
     "box_areas",
     "box_masks",
@@ -60,6 +61,16 @@ def centered_boxes(cy: Tensor, cx: Tensor, h: Tensor, w: Tensor, height: int, wi
     # One clamp of all four edges against (H, W, H, W): a handful of ops whatever B is.
     limit = torch.tensor([height, width, height, width], device=lo.device)
     return torch.cat([lo, lo + size], dim=-1).clamp_min_(0).minimum(limit)
+
+
+def area_sizes(share: Tensor, height: int, width: int, even: bool = False) -> Tensor:
+    """(B, 2) int64 box sizes ``(floor(H sqrt(share)), floor(W sqrt(share)))`` for an area
+    share per image (CutMix: ``1 - lam``; RecursiveMix: its ratio ``r``), in float64 so the
+    floor matches the official ``int(W * sqrt(...))`` on the same value. ``even``: rounded
+    down to an even side, the official far edge ``c + s // 2`` of a box centred at ``c``."""
+    side = torch.sqrt(share.double())
+    sizes = torch.stack([(height * side).floor().long(), (width * side).floor().long()], dim=1)
+    return sizes - sizes % 2 if even else sizes
 
 
 def corner_boxes(top: Tensor, left: Tensor, h: Tensor, w: Tensor) -> Tensor:
