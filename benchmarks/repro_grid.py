@@ -241,6 +241,23 @@ _COMMON = dict(
     checkpoint_every=1,
 )
 
+# The cpu scale's settings, shared by the inside grid (which changes only the methods).
+_CPU_FIELDS = dict(
+    _COMMON,
+    model="small",
+    train_subset=5000,
+    test_subset=0,
+    epochs=20,
+    batch_size=64,
+    lr=0.05,
+    warmup_epochs=1.0,
+    eval_every=None,
+    log_every=20,
+    device="cpu",
+    amp="off",
+    channels_last="off",
+)
+
 SCALES: dict[str, Scale] = {
     # Seconds: the end-to-end test of this script. A few dozen images, one epoch.
     "tiny": Scale(
@@ -275,21 +292,7 @@ SCALES: dict[str, Scale] = {
     # the paper's 0.1 at batch 128.
     "cpu": Scale(
         "cpu",
-        dict(
-            _COMMON,
-            model="small",
-            train_subset=5000,
-            test_subset=0,
-            epochs=20,
-            batch_size=64,
-            lr=0.05,
-            warmup_epochs=1.0,
-            eval_every=None,
-            log_every=20,
-            device="cpu",
-            amp="off",
-            channels_last="off",
-        ),
+        _CPU_FIELDS,
         seeds=(0, 1),
         methods=tuple(m.key for m in GRID if m.key != "keepcutout_early1" and not m.key.endswith("_inside")),
         description="small CPU net (0.66M params), 5,000-image class-balanced CIFAR-10 subset, full 10k test set, 20 epochs",
@@ -300,21 +303,7 @@ SCALES: dict[str, Scale] = {
     # CPU (a plain cell ~10-15 CPU-min, a full-saliency cell about twice that).
     "inside": Scale(
         "inside",
-        dict(
-            _COMMON,
-            model="small",
-            train_subset=5000,
-            test_subset=0,
-            epochs=20,
-            batch_size=64,
-            lr=0.05,
-            warmup_epochs=1.0,
-            eval_every=None,
-            log_every=20,
-            device="cpu",
-            amp="off",
-            channels_last="off",
-        ),
+        _CPU_FIELDS,
         seeds=(0, 1, 2),
         methods=("cutout_inside", "keepcutout_inside", "keepcutout_lowres_inside"),
         description="saliency isolated: Cutout and KeepCutout with whole boxes only (the same area cut); the cpu scale's "
