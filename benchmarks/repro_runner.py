@@ -172,14 +172,15 @@ def run_grid(
     jobs: int = 1,
     deadline: float | None = None,
     say: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
+    threads: int | None = None,
 ) -> dict[tuple[str, int], str]:
     """Train every cell that is not done, in the order given; returns cell -> outcome.
 
     Outcomes: 'done', 'failed: reason' (the grid goes on), 'interrupted' (the deadline or
     SIGINT/SIGTERM: the cell wrote a checkpoint, the grid stops; a rerun resumes it).
     ``jobs`` = 1 trains in this process (the dataset is decoded once); ``jobs`` > 1 runs that
-    many cells at a time as subprocesses, each with ``threads`` = cores // jobs (on a small
-    CPU net two single-thread processes beat one two-thread process). A cell with a teacher
+    many cells at a time as subprocesses, each with ``threads`` (default cores // jobs: on a
+    small CPU net two single-thread processes beat one two-thread process). A cell with a teacher
     (Attentive CutMix) starts only once its teacher cell has finished: list the teacher first
     (:func:`order_with_teachers`).
     """
@@ -240,7 +241,7 @@ def run_grid(
                 say(f"[{i}/{len(todo)}] {cell_name(*cell)} FAILED: {e}")
         return outcome
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     pending = list(todo)
     running: list[tuple[tuple[str, int], subprocess.Popen]] = []
     done_count = 0
@@ -323,6 +324,7 @@ def estimate(
     steps: int = 8,
     jobs: int = 1,
     say: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Time ``steps`` training steps of each method (after one warm-up epoch of 2 steps) and
     extrapolate to the grid. Returns per-method seconds per step and per run, and the total."""
@@ -336,8 +338,8 @@ def estimate(
     with tempfile.TemporaryDirectory() as tmp:
         for m in methods:
             cfg = cell_config(scale, m, seeds[0], overrides)
-            if cfg.device == "cpu" and jobs > 1:
-                cfg = cfg.replace(threads=max(1, (os.cpu_count() or 1) // jobs))
+            if cfg.device == "cpu" and (jobs > 1 or threads):
+                cfg = cfg.replace(threads=threads or max(1, (os.cpu_count() or 1) // jobs))
             probe = cfg.replace(
                 epochs=2,
                 max_steps_per_epoch=steps,

@@ -142,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--jobs", type=int, default=1, help="cells trained at a time (default 1, in this process; >1: subprocesses, cores split among them)"
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per cell (default: cores // jobs); lets two grids share a machine, one core each",
+    )
     p.add_argument("--epochs", type=int, default=None, help="override the scale's epochs")
     p.add_argument("--train-subset", type=int, default=None, help="override the scale's train subset (0 = all)")
     p.add_argument("--test-subset", type=int, default=None, help="override the scale's test subset (0 = all)")
@@ -175,6 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.jobs < 1:
         print("reproduce: error: --jobs must be >= 1", file=sys.stderr)
         return 2
+    if args.threads is not None and args.threads < 1:
+        print(f"reproduce: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return 2
     overrides: dict[str, Any] = {}
     for opt, fld in (
         ("model", "model"),
@@ -202,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"reproduce: error: {e}", file=sys.stderr)
         return 2
     device = next(iter(configs.values())).device
+    if args.threads is not None and device == "cpu":
+        configs = {c: cfg.replace(threads=args.threads) for c, cfg in configs.items()}
     if device.startswith("cuda"):
         import torch
 
@@ -213,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 2
     if args.estimate:
-        est = estimate(scale, methods, seeds, overrides, data, jobs=args.jobs)
+        est = estimate(scale, methods, seeds, overrides, data, jobs=args.jobs, threads=args.threads)
         print(
             f"estimated grid time: {est['total_s'] / 3600:.2f} h for {len(methods)} methods x {len(seeds)} seeds "
             f"with --jobs {args.jobs} ({est['steps']} timed steps per method)"
@@ -225,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.report_only:
         deadline = time.time() + 60 * args.time_limit if args.time_limit else None
         try:
-            outcome = run_grid(cells, configs, runs_dir, data, jobs=args.jobs, deadline=deadline)
+            outcome = run_grid(cells, configs, runs_dir, data, jobs=args.jobs, deadline=deadline, threads=args.threads)
         except GridError as e:
             print(f"reproduce: error: {e}", file=sys.stderr)
             return 2
@@ -244,7 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine_description(device),
         "jobs": args.jobs,
         "threads": (
-            max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else (next(iter(configs.values())).threads or _torch_threads())
+            args.threads
+            or (max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else (next(iter(configs.values())).threads or _torch_threads()))
         ),
         "runs_dir": str(runs_dir),
         "description": scale.description + (f" (overridden: {overrides})" if overrides else ""),

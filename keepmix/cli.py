@@ -150,9 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--log",
         choices=("jsonl", "tensorboard"),
-        default="jsonl",
+        default=None,
         help="metrics.jsonl is always written; tensorboard also writes event files into RUN_DIR/tensorboard "
-        "(needs the [tensorboard] extra)",
+        "(needs the [tensorboard] extra). Default jsonl; a --resume goes on as the run was logged",
     )
     t.add_argument(
         "--list-presets",
@@ -284,8 +284,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     main_process = _is_main_process()
     try:
-        tensorboard = args.log == "tensorboard"
-        if tensorboard:
+        # None on --resume without --log: the trainer logs as the run was logged.
+        tensorboard = None if args.log is None and args.resume is not None else args.log == "tensorboard"
+        resumed = Path(args.resume) if args.resume is not None else None
+        if resumed is not None and not resumed.is_dir():
+            resumed = resumed.parent  # a checkpoint file: its run directory
+        if tensorboard or tensorboard is None and resumed is not None and (resumed / "tensorboard").is_dir():
             import importlib.util
 
             if importlib.util.find_spec("tensorboard") is None:
@@ -300,7 +304,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 )
             final = train(None, resume=args.resume, epochs=getattr(args, "epochs", None), tensorboard=tensorboard)
         else:
-            final = train(_config_from_args(args), tensorboard=tensorboard)
+            final = train(_config_from_args(args), tensorboard=bool(tensorboard))
     except (ConfigError, CheckpointError, DataError) as e:
         return _error("train", str(e), EXIT_BAD_INPUT)
     except UnicodeDecodeError as e:
@@ -332,7 +336,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"after {final['epochs']} epochs, {final['wall_time_s']:.0f} s"
     )
     print(f"metrics: {files.metrics}  summary: {files.final}  config: {files.config}")
-    if tensorboard:
+    if files.tensorboard.is_dir():
         print(f"tensorboard: tensorboard --logdir {files.tensorboard}")
     for pic in final.get("pictures", []):
         print(f"picture: {pic}")

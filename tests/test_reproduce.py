@@ -105,10 +105,10 @@ def test_a_cell_run_with_other_settings_is_refused(tmp_path, tiny_folder, isolat
 def test_parallel_jobs_run_cells_in_subprocesses(tmp_path, tiny_folder, isolated_env):
     out, runs = tmp_path / "out", tmp_path / "runs"
     argv = ["--scale", "tiny", "--data", str(tiny_folder), "--out", str(out), "--runs-dir", str(runs), "--methods", "cutout", "--jobs", "2"]
-    assert rp.main(argv) == 0
+    assert rp.main([*argv, "--threads", "3"]) == 0
     for s in (0, 1):
         spec = json.loads((runs / f"cutout-seed{s}" / "cell.json").read_text())
-        assert spec["config"]["threads"] >= 1 and spec["config"]["seed"] == s
+        assert spec["config"]["threads"] == 3 and spec["config"]["seed"] == s  # --threads, not cores // jobs
         assert json.loads((runs / f"cutout-seed{s}" / "final.json").read_text())["seed"] == s
     assert len(_table_rows((out / "reproduce_tiny.md").read_text())) == 1
 
@@ -197,6 +197,8 @@ def test_bad_options_exit_2(tmp_path, monkeypatch, capsys):
     assert rp.main(["--scale", "tiny", "--methods", "cutout", "nosuch", "--out", str(tmp_path)]) == 2
     assert "nosuch" in capsys.readouterr().err
     assert rp.main(["--scale", "tiny", "--jobs", "0", "--out", str(tmp_path)]) == 2
+    assert rp.main(["--scale", "tiny", "--threads", "0", "--out", str(tmp_path)]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert rp.main(["--scale", "gpu", "--out", str(tmp_path)]) == 2
     assert "CUDA is not available" in capsys.readouterr().err

@@ -96,3 +96,24 @@ def test_jsonl_is_the_default_and_writes_no_event_files(tmp_path, tiny_folder, m
     )
     (run,) = out.iterdir()
     assert RunDir(run).metrics.is_file() and not RunDir(run).tensorboard.exists()
+
+
+def test_a_resumed_run_goes_on_writing_its_event_files(tmp_path, tiny_folder, monkeypatch, capsys):
+    """`--resume RUN --epochs N` without --log: a run logged to TensorBoard stays logged, and
+    the event files then hold every epoch of metrics.jsonl once."""
+    monkeypatch.setenv("KEEPMIX_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "runs"
+    args = ["train", "cifar10-small-none-quick", "--dataset", str(tiny_folder), "--out-dir", str(out), "--epochs", "1"]
+    args += ["--batch-size", "8", "--train-subset", "0", "--test-subset", "0", "--no-progress", "--threads", "1"]
+    assert main([*args, "--no-pictures", "--log", "tensorboard"]) == 0, capsys.readouterr().err
+    (run,) = out.iterdir()
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0, capsys.readouterr().err
+    assert "tensorboard --logdir" in capsys.readouterr().out
+    files = RunDir(run)
+    records = files.read_metrics()
+    assert [r["epoch"] for r in records] == [1, 2]
+    acc = EventAccumulator(str(files.tensorboard), size_guidance={"scalars": 0})
+    acc.Reload()
+    events = acc.Scalars("train/loss")
+    assert [e.step for e in events] == [r["step"] for r in records]
+    assert [e.value for e in events] == pytest.approx([r["train_loss"] for r in records], rel=1e-6)

@@ -193,7 +193,7 @@ class Trainer:
         run_dir: str | Path | None = None,
         on_step: Callable[[Trainer, int], None] | None = None,
         log: Callable[[str], None] | None = None,
-        tensorboard: bool = False,
+        tensorboard: bool | None = None,
     ) -> None:
         state: dict[str, Any] | None = None
         schedule_change = None
@@ -295,10 +295,15 @@ class Trainer:
         self.run_dir, self.run_id = broadcast_object((rd.path, self.run_id), self.dist)
         self.files = RunDir(self.run_dir)
         self.tensorboard = None
+        if tensorboard is None:  # as the run was: a resumed run that wrote event files goes on writing them
+            tensorboard = resume is not None and self.files.tensorboard.is_dir()
         if tensorboard and self.dist.is_main:
             from keepmix.train.tensorboard import TensorBoardLog
 
-            self.tensorboard = TensorBoardLog(self.files.tensorboard)
+            # Events past the checkpoint (written before an interruption) are dropped, as
+            # metrics.jsonl's records past it are: the resumed run writes those steps again.
+            purge = self.pos.global_step + 1 if resume is not None else None
+            self.tensorboard = TensorBoardLog(self.files.tensorboard, purge_step=purge)
 
     # ------------------------------------------------------------------ helpers
     def autocast(self):
@@ -700,14 +705,15 @@ def train(
     run_dir: str | Path | None = None,
     on_step: Callable[[Trainer, int], None] | None = None,
     log: Callable[[str], None] | None = None,
-    tensorboard: bool = False,
+    tensorboard: bool | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` (or resume the run directory / checkpoint ``resume``) to the end.
 
     ``epochs`` with ``resume`` extends a run (see the module docstring for the schedule).
     ``data`` injects the dataset (a :class:`~keepmix.train.data.TrainData`) instead of loading
     ``config.dataset``; ``on_step(trainer, global_step)`` runs after every step (tests use it
-    to request a stop); ``tensorboard`` also writes event files into ``<run>/tensorboard``.
+    to request a stop); ``tensorboard`` also writes event files into ``<run>/tensorboard``
+(None, the default: off for a new run; for a resumed run, on when its directory has them).
     Returns the final record written to ``final.json``. Raises :class:`RunInterrupted` after
     SIGINT/SIGTERM (a checkpoint was written), :class:`NonFiniteLossError` on a NaN loss,
     :class:`FinishedRunError` when resuming a finished run without more epochs.

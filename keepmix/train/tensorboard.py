@@ -3,7 +3,8 @@
 Written into ``<run>/tensorboard`` next to ``metrics.jsonl`` (which stays the record of the
 run): per epoch ``train/loss``, ``train/acc``, ``test/loss``, ``test/acc`` (epochs that
 evaluate), ``lr`` and ``images_per_s``, with the global step as the x axis; at the end the
-method grid as the image ``methods``. Only rank 0 writes.
+method grid as the image ``methods``. Only rank 0 writes. A resumed run goes on writing the
+event files its run directory already has.
 """
 
 from __future__ import annotations
@@ -27,14 +28,15 @@ SCALARS = {
 class TensorBoardLog:
     """A ``SummaryWriter`` on ``log_dir`` fed with the epoch records of a run."""
 
-    def __init__(self, log_dir: str | Path) -> None:
+    def __init__(self, log_dir: str | Path, purge_step: int | None = None) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             from keepmix.train.config import ConfigError
 
             raise ConfigError("--log tensorboard needs the tensorboard package: pip install 'keepmix[tensorboard]'") from None
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        # purge_step: TensorBoard hides this directory's earlier events at steps >= it.
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
     def epoch(self, record: dict[str, Any]) -> None:
         """Write the scalars of one metrics.jsonl record at its global step."""
