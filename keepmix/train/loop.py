@@ -713,7 +713,7 @@ def train(
     ``data`` injects the dataset (a :class:`~keepmix.train.data.TrainData`) instead of loading
     ``config.dataset``; ``on_step(trainer, global_step)`` runs after every step (tests use it
     to request a stop); ``tensorboard`` also writes event files into ``<run>/tensorboard``
-(None, the default: off for a new run; for a resumed run, on when its directory has them).
+    (None, the default: off for a new run; for a resumed run, on when its directory has them).
     Returns the final record written to ``final.json``. Raises :class:`RunInterrupted` after
     SIGINT/SIGTERM (a checkpoint was written), :class:`NonFiniteLossError` on a NaN loss,
     :class:`FinishedRunError` when resuming a finished run without more epochs.
