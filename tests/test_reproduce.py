@@ -227,9 +227,13 @@ def test_every_method_builds_a_valid_config_at_every_scale():
             for k, v in g.fields.items():
                 assert getattr(cfg, k) == v
     everything = {m.key for m in rp.GRID}
-    inside = {k for k in everything if k.endswith("_inside")}
-    assert len(rp.GRID) == 26 and set(rp.SCALES["gpu"].methods) == everything - inside
-    assert set(rp.SCALES["inside"].methods) == inside
+    inside = {k for k in everything if "_inside" in k}
+    q_sweep = {"keepcutout_inside_q04", "keepcutout_inside_q08"}  # run on request, beside the inside grid
+    assert len(rp.GRID) == 28 and set(rp.SCALES["gpu"].methods) == everything - inside
+    assert set(rp.SCALES["inside"].methods) == inside - q_sweep
+    for key, q in (("keepcutout_inside_q04", 0.4), ("keepcutout_inside_q08", 0.8)):
+        cfg = rp.cell_config(rp.SCALES["inside"], key, 0)
+        assert cfg.keep_quantile == q and cfg.whole_boxes and cfg.saliency == "full"
     # The small net's stages are single blocks: the head-after-one-block variant is refused
     # up front (not a failed cell after the others trained).
     assert set(rp.SCALES["cpu"].methods) == everything - {"keepcutout_early1"} - inside
