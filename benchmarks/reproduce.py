@@ -12,6 +12,7 @@ run, and one plain sentence per comparison saying whether ours shows the paper's
     python benchmarks/reproduce.py --scale cpu --estimate       # time a few steps per method, print the estimate
     python benchmarks/reproduce.py --scale cpu --report-only    # rebuild the table from finished runs
     python benchmarks/reproduce.py --scale gpu --time-limit 9   # stop cleanly after 9 min; rerun to go on
+    python benchmarks/reproduce.py --scale inside --seeds 0 1 2 # whole boxes: the saliency's own effect
 
 Each grid cell (method, seed) trains in its own run directory ``<runs-dir>/<method>-seed<s>/``
 (config.yaml, metrics.jsonl, checkpoint.pt, final.json). A rerun skips cells whose
