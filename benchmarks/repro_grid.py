@@ -192,6 +192,17 @@ GRID: tuple[GridMethod, ...] = (
         "KeepAugment Table 5, CIFAR-10 WRN-28-10: 97.3 (KeepAutoAugment 97.8); teacher: our crop+flip run",
         teacher="none",
     ),
+    # The small net's last map is 4 x 4, so the paper's N = 6 pastes 6 / 16 = 37.5% of the image
+    # (6 / 49 = 12% on ImageNet's 7 x 7): N = 2 pastes 12.5%, the paper's share.
+    GridMethod(
+        "attentive_cutmix_n2",
+        "Attentive CutMix, N = 2 (the paper's pasted share)",
+        {"method": "attentive_cutmix", "attentive_top_k": 2},
+        "none",
+        None,
+        "not in a paper: N scaled so that the pasted share is Table 5's 12%; teacher: our crop+flip run",
+        teacher="none",
+    ),
     GridMethod(
         "resizemix", "ResizeMix", {"method": "resizemix"}, "none", None, "not in KeepAugment's table (OpenMixup / mmpretrain method)"
     ),

@@ -229,7 +229,7 @@ def test_every_method_builds_a_valid_config_at_every_scale():
     everything = {m.key for m in rp.GRID}
     inside = {k for k in everything if "_inside" in k}
     q_sweep = {"keepcutout_inside_q04", "keepcutout_inside_q08"}  # run on request, beside the inside grid
-    assert len(rp.GRID) == 28 and set(rp.SCALES["gpu"].methods) == everything - inside
+    assert len(rp.GRID) == 29 and set(rp.SCALES["gpu"].methods) == everything - inside
     assert set(rp.SCALES["inside"].methods) == inside - q_sweep
     for key, q in (("keepcutout_inside_q04", 0.4), ("keepcutout_inside_q08", 0.8)):
         cfg = rp.cell_config(rp.SCALES["inside"], key, 0)
