@@ -214,6 +214,16 @@ GRID: tuple[GridMethod, ...] = (
         None,
         "not in any paper: KeepAugment's placement for ResizeMix's paste",
     ),
+    # As keepcutout_uniform for KeepCutout: the quantile rule on a constant map favours boxes
+    # the border clips, so a smaller paste; KeepResizeMix over this row is the saliency's part.
+    GridMethod(
+        "keepresizemix_uniform",
+        "KeepResizeMix (uniform map: control)",
+        {"method": "keepresizemix", "saliency": "uniform"},
+        "resizemix",
+        None,
+        "control, not in any paper: KeepResizeMix's rule with no saliency",
+    ),
     GridMethod(
         "saliencymix",
         "SaliencyMix (spectral)",

@@ -207,20 +207,31 @@ def _against(r: Row, ctrl: Row, spread: Spread | None, name: str, same: str, bet
     return f"{r.label}: {diff:+.2f} ± {se:.2f} points over {name}, {what}."
 
 
+def uniform_control(method: str, rows: Sequence[Row]) -> Row | None:
+    """The row of the same Keep method on a constant map (``keepcutout`` -> ``keepcutout_uniform``,
+    ``keepresizemix`` -> ``keepresizemix_uniform``), None when the grid has none."""
+    fields = dict(GRID_BY_KEY[method].fields)
+    if fields.get("saliency") in (None, "uniform"):
+        return None
+    fields["saliency"] = "uniform"
+    return next((r for r in rows if dict(GRID_BY_KEY[r.method].fields) == fields), None)
+
+
 def control_sentences(rows: Sequence[Row]) -> list[str]:
-    """KeepCutout variants against the controls: the uniform map (what the saliency adds beyond
-    the quantile rule's geometry) and, for early-head variants, Cutout + early head instead
-    (their network also trains the head's auxiliary loss, which the uniform control does not,
-    so only that control isolates their saliency). Empty without the controls."""
+    """Keep variants against the controls: the same method on a uniform map (what the saliency
+    adds beyond the quantile rule's geometry) and, for early-head variants, Cutout + early head
+    instead (their network also trains the head's auxiliary loss, which the uniform control
+    does not, so only that control isolates their saliency). Empty without the controls."""
     by = {r.method: r for r in rows}
-    ctrl, early_ctrl = by.get(CONTROL), by.get(EARLY_CONTROL)
+    early_ctrl = by.get(EARLY_CONTROL)
     spread = pooled_spread((r.n, r.acc_std) for r in rows)
     out = []
     for r in rows:
         fields = GRID_BY_KEY[r.method].fields
-        if r.method == CONTROL or fields.get("method") != "keepcutout" or r.acc_mean is None:
+        if r.acc_mean is None or not str(fields.get("method", "")).startswith("keep"):
             continue
-        if not fields.get("early_head") and ctrl is not None and ctrl.acc_mean is not None:
+        ctrl = None if fields.get("early_head") else uniform_control(r.method, rows)
+        if ctrl is not None and ctrl.acc_mean is not None:
             out.append(
                 _against(
                     r,

@@ -229,7 +229,7 @@ def test_every_method_builds_a_valid_config_at_every_scale():
     everything = {m.key for m in rp.GRID}
     inside = {k for k in everything if "_inside" in k}
     q_sweep = {"keepcutout_inside_q04", "keepcutout_inside_q08"}  # run on request, beside the inside grid
-    assert len(rp.GRID) == 29 and set(rp.SCALES["gpu"].methods) == everything - inside
+    assert len(rp.GRID) == 30 and set(rp.SCALES["gpu"].methods) == everything - inside
     assert set(rp.SCALES["inside"].methods) == inside - q_sweep
     for key, q in (("keepcutout_inside_q04", 0.4), ("keepcutout_inside_q08", 0.8)):
         cfg = rp.cell_config(rp.SCALES["inside"], key, 0)
@@ -384,6 +384,23 @@ def test_keepcutout_variants_are_set_against_the_uniform_map_control(tmp_path):
         _fake_run(tmp_path, "keepcutout_lowres", s, 68.0 + 0.4 * s)
     rows = rp.aggregate(rp.collect(tmp_path, methods, [0, 1]), methods)
     assert "worse regions than area alone" in rp.control_sentences(rows)[1]
+
+
+def test_each_keep_method_is_set_against_its_own_uniform_map_control(tmp_path):
+    """KeepResizeMix's control is KeepResizeMix on a constant map, not KeepCutout's."""
+    accs = {
+        "resizemix": [70.0, 70.4],
+        "keepresizemix": [73.0, 73.4],
+        "keepresizemix_uniform": [72.8, 73.2],
+        "keepcutout_uniform": [60.0, 60.4],
+    }
+    for m, values in accs.items():
+        for s, a in enumerate(values):
+            _fake_run(tmp_path, m, s, a)
+    rows = rp.aggregate(rp.collect(tmp_path, list(accs), [0, 1]), list(accs))
+    (sentence,) = rp.control_sentences(rows)
+    # Two seeds 0.4 apart everywhere: pooled s = sqrt(0.08), se = s * sqrt(1/2 + 1/2) = 0.28.
+    assert sentence.startswith("KeepResizeMix: +0.20 ± 0.28 points over the uniform-map control") and "nothing measurable" in sentence
 
 
 def test_unfinished_cells_are_not_collected(tmp_path):
