@@ -195,7 +195,6 @@ def verdict(
     return f"{label}: ours does NOT show the paper's gain: {ours} points over {base_label} is within the seed spread of zero; {also}."
 
 
-CONTROL = "keepcutout_uniform"
 EARLY_CONTROL = "cutout_earlyhead"
 
 

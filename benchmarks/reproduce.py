@@ -89,7 +89,6 @@ from repro_runner import (  # noqa: E402,F401
     teacher_problem,
 )
 from repro_stats import (  # noqa: E402,F401
-    CONTROL,
     EARLY_CONTROL,
     Row,
     RunRecord,

@@ -284,12 +284,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     main_process = _is_main_process()
     try:
-        # None on --resume without --log: the trainer logs as the run was logged.
+        # None on --resume without --log: the trainer logs as the run was logged (and refuses,
+        # as TensorBoardLog does, when that needs a missing tensorboard package).
         tensorboard = None if args.log is None and args.resume is not None else args.log == "tensorboard"
-        resumed = Path(args.resume) if args.resume is not None else None
-        if resumed is not None and not resumed.is_dir():
-            resumed = resumed.parent  # a checkpoint file: its run directory
-        if tensorboard or tensorboard is None and resumed is not None and (resumed / "tensorboard").is_dir():
+        if tensorboard:
             import importlib.util
 
             if importlib.util.find_spec("tensorboard") is None:
