@@ -261,13 +261,6 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _shutdown_distributed() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
     from keepmix.data import DataError
     from keepmix.train.checkpoint import CheckpointError
@@ -321,7 +314,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print("keepmix train: stopped at once by a second interrupt; the last checkpoint written (if any) is intact", file=sys.stderr)
         return 128 + signal.SIGINT
     finally:
-        _shutdown_distributed()
+        from keepmix.train.distributed import shutdown_distributed
+
+        shutdown_distributed()
     if not main_process:
         return 0
     from keepmix.train.run_dir import RunDir

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,38 @@ import torch
 from PIL import Image
 
 N_IMAGES = 64
+_SESSION_CACHE: tempfile.TemporaryDirectory[str] | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Point keepmix's caches at a folder of the test session's own: a run leaves nothing in
+    ``~/.cache/keepmix`` (subprocesses inherit the variables)."""
+    global _SESSION_CACHE
+    _SESSION_CACHE = tempfile.TemporaryDirectory(prefix="keepmix-tests-")
+    os.environ["KEEPMIX_CACHE_DIR"] = os.path.join(_SESSION_CACHE.name, "cache")
+    os.environ["KEEPMIX_DATA_DIR"] = os.path.join(_SESSION_CACHE.name, "data")
+    # No test opens a process group in the pytest process: its teardown can deadlock the whole
+    # run. Spawned workers and tests/isolated.py's fresh interpreters do not see this patch.
+    import torch.distributed as dist
+
+    def _refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a test opened a process group in the pytest process: run it in a fresh process (tests/isolated.py)")
+
+    dist.init_process_group = _refuse  # type: ignore[assignment]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _SESSION_CACHE is not None:
+        _SESSION_CACHE.cleanup()
+
+
+def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    """Name the running test in ``$KEEPMIX_CURRENT_TEST`` (a file), so that a run stopped from
+    outside (.ci/run's time bound) can say which test it was in."""
+    path = os.environ.get("KEEPMIX_CURRENT_TEST")
+    if path:
+        with open(path, "w") as f:
+            f.write(nodeid + "\n")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 

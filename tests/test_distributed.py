@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -17,6 +18,20 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _spawn_with_timeout(fn, args: tuple, nprocs: int, timeout: float) -> None:
+    """``mp.spawn`` bounded in time: the workers are killed and the test fails if they hang."""
+    ctx = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout
+    try:
+        while not ctx.join(timeout=max(0.1, deadline - time.monotonic())):
+            if time.monotonic() >= deadline:
+                pytest.fail(f"{nprocs} gloo workers did not finish in {timeout:.0f} s and were killed")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
 
 
 def _worker(rank: int, world: int, port: int, out: str, train_images, train_labels, test_images, test_labels) -> None:
@@ -55,6 +70,7 @@ def _worker(rank: int, world: int, port: int, out: str, train_images, train_labe
         {"model": trainer.model.state_dict(), "final": final if rank == 0 else None, "seen": trainer.pos.global_step},
         os.path.join(out, f"rank{rank}.pt"),
     )
+    del trainer  # DDP first, then the group (shutdown_distributed collects what is left)
     shutdown_distributed(info)
 
 
@@ -68,7 +84,7 @@ def test_two_gloo_processes_train_one_model(tmp_path, cifar_uint8, cifar_labels)
         cifar_uint8[48:].clone(),
         cifar_labels[48:].clone(),
     )
-    mp.spawn(_worker, args=args, nprocs=2, join=True)
+    _spawn_with_timeout(_worker, args, nprocs=2, timeout=240)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     # DDP: both ranks end with the same weights.

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import io
 import math
-import tempfile
 
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
+from isolated import run_python
 from hypothesis import strategies as st
 from torch import nn
 
@@ -452,41 +452,58 @@ def test_spatial_scale_default_is_side_ratio():
     torch.testing.assert_close(pooled, ref.flatten(1))
 
 
+_DDP_OWN_HEAD = """
+import datetime, gc, socket
+import torch, torch.distributed as dist
+from torch import nn
+from keepmix import RecursiveMix
+from keepmix.targets import soft_target_cross_entropy
+
+K = {K}
+with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{{port}}", rank=0, world_size=1,
+                        timeout=datetime.timedelta(seconds=60))
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Conv2d(3, 8, 3, stride=4, padding=1)
+        self.fc = nn.Linear(8, K)
+        self.roi_head = nn.Linear(8, K)
+
+    def forward(self, x):
+        f = self.body(x)
+        return f, self.fc(f.mean((2, 3)))
+
+
+net = Net()
+ddp = nn.parallel.DistributedDataParallel(net)
+rm = RecursiveMix(K)
+g = torch.Generator().manual_seed(15)
+for _ in range(3):
+    x, y = torch.rand(4, 3, 16, 16, generator=g), torch.randint(0, K, (4,), generator=g)
+    xm, ym = rm(x, y, generator=g)
+    feats, logits = ddp(xm)
+    loss = soft_target_cross_entropy(logits, ym) + rm.consistency_loss(feats, head=net.roi_head)
+    loss.backward()
+    rm.update(xm, ym, logits)
+# Tear down in order: DDP (and its Reducer's hold on the group) first, then the group.
+del ddp, feats, logits, loss
+gc.collect()  # DDP's hooks form cycles: collect them before the group goes
+dist.destroy_process_group()
+print("ok")
+"""
+
+
 def test_ddp_own_head_unused_parameters_check_passes():
     """Single-process gloo DDP without find_unused_parameters: the no-history step must still
-    give the own head a gradient, or the next step raises."""
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        pytest.fail("a process group is already initialised by another test")
-    with tempfile.NamedTemporaryFile() as f:
-        dist.init_process_group("gloo", init_method=f"file://{f.name}", rank=0, world_size=1)
-        try:
-
-            class Net(nn.Module):
-                def __init__(self):
-                    super().__init__()
-                    self.body = nn.Conv2d(3, 8, 3, stride=4, padding=1)
-                    self.fc = nn.Linear(8, K)
-                    self.roi_head = nn.Linear(8, K)
-
-                def forward(self, x):
-                    f = self.body(x)
-                    return f, self.fc(f.mean((2, 3)))
-
-            net = Net()
-            ddp = nn.parallel.DistributedDataParallel(net)
-            rm = RecursiveMix(K)
-            g = _gen(15)
-            for _ in range(3):
-                x, y = torch.rand(4, 3, 16, 16, generator=g), torch.randint(0, K, (4,), generator=g)
-                xm, ym = rm(x, y, generator=g)
-                feats, logits = ddp(xm)
-                loss = soft_target_cross_entropy(logits, ym) + rm.consistency_loss(feats, head=net.roi_head)
-                loss.backward()
-                rm.update(xm, ym, logits)
-        finally:
-            dist.destroy_process_group()
+    give the own head a gradient, or the next step raises. In a fresh process with a timeout
+    (tests/isolated.py: no process group in the pytest process)."""
+    res = run_python(_DDP_OWN_HEAD.format(K=K), timeout=180)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stdout + res.stderr
 
 
 # ------------------------------------------------------------------- KeepRecursiveMix

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import keepmix
+from isolated import run_python
 
 
 def _model() -> nn.Module:
@@ -31,7 +32,7 @@ def test_half_precision_batch_with_a_float32_model():
 
 
 _DDP_CHECK = """
-import datetime, socket
+import datetime, gc, socket
 import torch, torch.distributed as dist
 from torch import nn
 import keepmix
@@ -60,6 +61,9 @@ try:
         opt.step()
     assert all(p.grad is not None for p in model.parameters())
 finally:
+    # Tear down in order: DDP (its Reducer holds the group) first, then the group.
+    ddp = sal = opt = loss = None
+    gc.collect()  # DDP's hooks form cycles: collect them before the group goes
     dist.destroy_process_group()
 print("ok")
 """
@@ -68,10 +72,7 @@ print("ok")
 def test_ddp_wrapped_model():
     """In a fresh process (a process group is process-wide state; the suite's other tests must
     not see it, nor it theirs), on loopback TCP with a timeout."""
-    import subprocess
-    import sys
-
-    res = subprocess.run([sys.executable, "-c", _DDP_CHECK], capture_output=True, text=True, timeout=180)
+    res = run_python(_DDP_CHECK, timeout=180)
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stdout + res.stderr
 
 

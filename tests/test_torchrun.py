@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
+
+from isolated import run_isolated
 
 
 def _free_port() -> int:
@@ -52,7 +53,7 @@ def test_the_cli_under_torchrun_exits_0_and_prints_once(tmp_path, tiny_folder):
         "--no-progress",
         "--no-pictures",
     ]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    res = run_isolated(cmd, env=env, timeout=180)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "FAILED" not in res.stderr and "Traceback" not in res.stderr
     (run,) = out.iterdir()  # one run directory for both ranks

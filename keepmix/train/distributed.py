@@ -10,6 +10,7 @@ checkpoint) goes through a separate gloo group on the CPU, so it never forces a 
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -81,9 +82,16 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return info
 
 
-def shutdown_distributed(info: DistInfo) -> None:
-    """Destroy the process group if this module started one."""
-    if info.enabled and dist.is_initialized():
+def shutdown_distributed(info: DistInfo | None = None) -> None:
+    """Destroy the process group (the one this module started; with None, whichever is up).
+
+    Drop every DDP object first: DDP's hooks form reference cycles, and a Reducer collected
+    after its group is gone can deadlock (its ``~ProcessGroupGloo`` joins a gloo thread that
+    waits for the GIL the collecting thread holds). ``gc.collect()`` frees them while the group
+    still stands.
+    """
+    if (info is None or info.enabled) and dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
