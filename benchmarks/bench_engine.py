@@ -75,10 +75,10 @@ def _forward(op: km.Op, x, y, s, strategy: str, device: str) -> Thunk:
 def _compiled(op: km.Op, x, y, s, device: str) -> Thunk:
     g = torch.Generator(device=device).manual_seed(0)
     labels = y if op.mixes_labels else None
-    # Every op's apply is the same code object (Op.apply): start each from an empty cache, or
+    # Every op's apply is the same code object (Op.transform): start each from an empty cache, or
     # the guards of earlier ops hit Dynamo's recompile limit.
     torch._dynamo.reset()
-    apply = torch.compile(op.apply, fullgraph=True, dynamic=False)
+    apply = torch.compile(op.transform, fullgraph=True, dynamic=False)
 
     def run() -> object:
         with engine.strategy("capture"):

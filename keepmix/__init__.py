@@ -2,7 +2,7 @@
 
 What a user imports. Every op follows one protocol (:mod:`keepmix.base`):
 ``op(images, labels=None, *, saliency=None, generator=None)`` returns ``images`` without
-labels and ``(images, targets)`` with labels; ``op.sample_params`` then ``op.apply`` are the
+labels and ``(images, targets)`` with labels; ``op.sample_params`` then ``op.transform`` are the
 same call in two steps. Ops take a (B, C, H, W) batch (float or uint8, any device), draw their
 random parameters per image from an optional ``torch.Generator``, and never modify their
 input. The pure functions behind the ops are in :mod:`keepmix.functional`.

@@ -199,7 +199,7 @@ class AttentiveCutMix(Op):
         if feats.device != images.device:
             raise ValueError(f"teacher {name} returned a map on {feats.device} for images on {images.device}")
 
-    def _sample(self, images, labels, saliency, generator) -> AttentiveCutMixParams:
+    def make_params(self, images, labels, saliency, generator) -> AttentiveCutMixParams:
         """Draw order: applied (B,), perm (B,); then the teacher's top cells of each partner."""
         b, dev = images.shape[0], images.device
         applied = bernoulli(self.p, b, device=dev, generator=generator)
@@ -221,7 +221,7 @@ class AttentiveCutMix(Op):
         if gh < 1 or gw < 1 or h % gh or w % gw:
             raise ValueError(f"params.cells is a {gh}x{gw} grid, which does not divide the {h}x{w} images")
 
-    def _apply_params(self, images, labels, params):
+    def apply_params(self, images, labels, params):
         """Paste the partners' cells: ``(images, float32 (B, K) targets)``."""
         h, w = images.shape[-2:]
         dev = images.device

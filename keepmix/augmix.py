@@ -238,7 +238,7 @@ class AugMix(Op):
         _fill_tensor(self.fill, images)  # fill must fit the images (channels; uint8 range)
         return images
 
-    def _sample(self, images, labels, saliency, generator) -> AugMixParams:
+    def make_params(self, images, labels, saliency, generator) -> AugMixParams:
         """Draw order: chain lengths (B, width) when depth = -1, ops (B, width, D), levels
         (B, width, D), signs (B, width, D), chain weights, skip weights ``m``."""
         b, _, h, w = images.shape
@@ -275,7 +275,7 @@ class AugMix(Op):
         if params.applied.dtype != torch.bool:
             raise TypeError(f"params.applied must be bool, got {params.applied.dtype}")
 
-    def _apply_params(self, images, labels, params):
+    def apply_params(self, images, labels, params):
         """Run every chain with :func:`apply_ops` (all chains of all images in one call) and
         mix (see the module docstring for the arithmetic)."""
         b, c, h, w = images.shape

@@ -3,8 +3,8 @@
 Every op is an ``nn.Module`` with three methods, and ``forward`` is written once, here::
 
     params = op.sample_params(images, labels=None, *, saliency=None, generator=None)
-    out    = op.apply(images, labels, params)
-    out    = op(images, labels=None, *, saliency=None, generator=None)   # = apply(sample_params(...))
+    out    = op.transform(images, labels, params)
+    out    = op(images, labels=None, *, saliency=None, generator=None)   # = transform(sample_params(...))
 
 ``out`` has the structure of the input: ``images`` when called without labels,
 ``(images, targets)`` with labels. Label-preserving ops hand the labels back unchanged (the
@@ -13,12 +13,17 @@ same object); mixing ops return float32 (B, K) soft targets and need labels.
 * ``sample_params`` draws everything random, per image, from ``generator`` and returns a
   frozen :class:`Params` of small tensors (boxes, lambdas, partners, op ids, label weights).
   It is the only place that reads a saliency map.
-* ``apply`` is deterministic given the params: it never draws a random number, never reads
+* ``transform`` is deterministic given the params: it never draws a random number, never reads
   the saliency and never modifies its inputs.
 
-Checks run once, at this boundary (:meth:`Op.forward`, :meth:`Op.sample_params`,
-:meth:`Op.apply`); the kernels behind them (``_sample`` and ``_apply_params`` of each op, and
-:mod:`keepmix.functional`) are unchecked. ``forward`` also takes a single (C, H, W) image (ops
+No method of ``nn.Module`` is shadowed (``transform`` is torchvision v2's name), so an op is an
+ordinary submodule: a model that holds one takes ``.apply(init_fn)``, ``.to()``,
+``state_dict()`` and ``torch.compile``.
+
+A new op overrides two public methods, :meth:`Op.make_params` (draw) and
+:meth:`Op.apply_params` (apply); checks run once, at the boundary (:meth:`Op.forward`,
+:meth:`Op.sample_params`, :meth:`Op.transform`), so those two and the kernels behind them
+(:mod:`keepmix.functional`) take checked input and check nothing. ``forward`` also takes a single (C, H, W) image (ops
 with ``single_image``) or a PIL image (ops with ``pil_image``) and returns the same type.
 """
 
@@ -121,8 +126,8 @@ def _check_label_rows(labels: object, batch: int) -> Tensor:
 class Op(nn.Module, metaclass=abc.ABCMeta):
     """Base of every keepmix op: the boundary checks, ``forward``, and what the op is.
 
-    Subclasses implement ``_sample(images, labels, saliency, generator) -> Params`` and
-    ``_apply_params(images, labels, params) -> (images, targets)`` on checked input; ``labels`` there
+    Subclasses implement ``make_params(images, labels, saliency, generator) -> Params`` and
+    ``apply_params(images, labels, params) -> (images, targets)`` on checked input; ``labels`` there
     are float32 (B, K) soft targets for mixing ops and the caller's labels (or None) otherwise.
     """
 
@@ -143,19 +148,19 @@ class Op(nn.Module, metaclass=abc.ABCMeta):
     differentiable: ClassVar[bool] = True
     #: What :meth:`regions` marks, for pictures (None: the op has no regions).
     region: ClassVar[Region | None] = None
-    #: The type ``sample_params`` returns (``apply`` refuses anything else).
+    #: The type ``sample_params`` returns (``transform`` refuses anything else).
     params_type: ClassVar[type[Params]] = Params
     #: K for (B,) integer labels of a mixing op (None: soft labels give K).
     num_classes: int | None = None
 
     # ----------------------------------------------------------------- subclass hooks
     @abc.abstractmethod
-    def _sample(self, images: Tensor, labels: Tensor | None, saliency: Tensor | None, generator: torch.Generator | None) -> Params:
-        """Draw the params for checked input (kernel level, unchecked)."""
+    def make_params(self, images: Tensor, labels: Tensor | None, saliency: Tensor | None, generator: torch.Generator | None) -> Params:
+        """Draw every image's params for checked input (override this; unchecked)."""
 
     @abc.abstractmethod
-    def _apply_params(self, images: Tensor, labels: Tensor | None, params: Params) -> tuple[Tensor, Tensor | None]:
-        """Apply checked params; returns ``(images, targets or labels)``."""
+    def apply_params(self, images: Tensor, labels: Tensor | None, params: Params) -> tuple[Tensor, Tensor | None]:
+        """Apply checked params; returns ``(images, targets or labels)`` (override this; pure, unchecked)."""
 
     def _check_params(self, params: object, images: Tensor) -> None:
         """Raise unless ``params`` is this op's kind of params (subclasses add shape checks)."""
@@ -177,7 +182,7 @@ class Op(nn.Module, metaclass=abc.ABCMeta):
         return None
 
     def _after_forward(self, params: Params) -> None:
-        """Called by ``forward`` after ``apply`` (a stateful op records what it needs)."""
+        """Called by ``forward`` after ``apply_params`` (a stateful op records what it needs)."""
 
     # ----------------------------------------------------------------- boundary checks
     def _check_images(self, images: object) -> Tensor:
@@ -190,7 +195,7 @@ class Op(nn.Module, metaclass=abc.ABCMeta):
         return x
 
     def _check_labels(self, images: Tensor, labels: object) -> Tensor | None:
-        """The labels as ``_sample`` / ``_apply_params`` take them."""
+        """The labels as ``make_params`` / ``apply_params`` take them."""
         if labels is None:
             if self.mixes_labels:
                 raise ValueError(
@@ -230,11 +235,9 @@ class Op(nn.Module, metaclass=abc.ABCMeta):
         check_generator(generator)
         checked = None if labels is None else self._check_labels(images, labels)
         sal = self._resolve_saliency(images, labels, saliency)
-        return self._sample(images, checked, sal, generator)
+        return self.make_params(images, checked, sal, generator)
 
-    # The protocol's apply(images, labels, params) replaces nn.Module.apply(fn) on purpose
-    # (an op has no submodules for nn.Module.apply to walk).
-    def apply(self, images: Tensor, labels: Tensor | None, params: Params) -> OpOutput:  # type: ignore[override]
+    def transform(self, images: Tensor, labels: Tensor | None, params: Params) -> OpOutput:
         """Apply ``params`` (deterministic; the inputs are never modified).
 
         Returns ``images`` when ``labels`` is None, else ``(images, targets)``.
@@ -242,7 +245,7 @@ class Op(nn.Module, metaclass=abc.ABCMeta):
         images = self._check_images(images)
         checked = self._check_labels(images, labels)
         self._check_params(params, images)
-        out, targets = self._apply_params(images, checked, params)
+        out, targets = self.apply_params(images, checked, params)
         return _pack(_like(out, images), targets, labels)
 
     def forward(
@@ -253,7 +256,7 @@ class Op(nn.Module, metaclass=abc.ABCMeta):
         saliency: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> Any:
-        """``apply(images, labels, sample_params(images, labels, saliency=..., generator=...))``.
+        """``transform(images, labels, sample_params(images, labels, saliency=..., generator=...))``.
 
         Returns ``images`` when called without labels, ``(images, targets)`` with labels. A
         single (C, H, W) image (with a (H, W) saliency and a scalar label) or a PIL image
@@ -266,8 +269,8 @@ class Op(nn.Module, metaclass=abc.ABCMeta):
         check_generator(generator)
         checked = self._check_labels(batch, batch_labels)
         sal = self._resolve_saliency(batch, batch_labels, batch_saliency)
-        params = self._sample(batch, checked, sal, generator)
-        out, targets = self._apply_params(batch, checked, params)
+        params = self.make_params(batch, checked, sal, generator)
+        out, targets = self.apply_params(batch, checked, params)
         self._after_forward(params)
         out = _like(out, batch)
         if unbatch is not None:  # single images go through label-preserving ops only

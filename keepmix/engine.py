@@ -1,7 +1,7 @@
 """Where the work runs: the capture-safe path, or the CPU's faster data-dependent path.
 
 Every op has one capture-safe path: no host reads and no data-dependent shapes, so that
-``op.apply`` compiles as one graph (``torch.compile(op.apply, fullgraph=True)``) and the whole
+``op.transform`` compiles as one graph (``torch.compile(op.transform, fullgraph=True)``) and the whole
 call runs on a GPU without synchronising. On the CPU some steps have a faster strategy that
 needs host reads (grouping a policy's images by op, numpy selection of quantiles, scoring
 only the images a region op did not skip); a host read costs nothing there.

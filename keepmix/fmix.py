@@ -129,7 +129,7 @@ class FMix(Op):
         self.p = check_probability(p)
         self.num_classes = check_num_classes(num_classes)
 
-    def _sample(self, images, labels, saliency, generator) -> FMixParams:
+    def make_params(self, images, labels, saliency, generator) -> FMixParams:
         """Draw order: the spectrum draws (B, H, W // 2 + 1, 2) float64, lam (B,), the
         rounding coins (B,), applied (B,), perm (B,)."""
         b, _, h, w = images.shape
@@ -157,7 +157,7 @@ class FMix(Op):
             raise ValueError(f"params.masks is on {m.device} but images are on {images.device}")
         check_perm(params.perm, b, "params.perm")
 
-    def _apply_params(self, images, labels, params):
+    def apply_params(self, images, labels, params):
         """Own pixels where ``params.masks``, the partner's elsewhere (both bitwise); targets
         by the mask's exact area."""
         h, w = images.shape[-2:]

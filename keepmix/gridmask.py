@@ -249,7 +249,7 @@ class GridMask(Op):
         return self.p
 
     # ------------------------------------------------------------------ the protocol
-    def _sample(self, images, labels, saliency, generator) -> GridMaskParams:
+    def make_params(self, images, labels, saliency, generator) -> GridMaskParams:
         """Draw order: applied (``p``; nothing when p is 0 or 1), d (B,), offsets (B, 2),
         then the angle (B,) when ``rotate`` is not 0."""
         b, dev = images.shape[0], images.device
@@ -284,7 +284,7 @@ class GridMask(Op):
         """(B, H, W) bool: True where each image is set to ``fill`` (see :func:`grid_masks`)."""
         return grid_masks(params, height, width, self.mode)
 
-    def _apply_params(self, images, labels, params):
+    def apply_params(self, images, labels, params):
         """``images`` with the dropped pixels set to ``fill``; the rest bitwise unchanged."""
         drop = self.masks(params, images.shape[-2], images.shape[-1])
         return select(drop[:, None], fill_tensor(self.fill, images), images), labels

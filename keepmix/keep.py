@@ -81,10 +81,10 @@ class KeepPaste(Op):
     q-quantile ``tau`` is drawn uniformly; ``x' = M * x + (1 - M) * x_aug``.
 
     Args:
-        transform: a keepmix op (its params are drawn in ``sample_params``, so ``apply`` is
+        transform: a keepmix op (its params are drawn in ``sample_params``, so ``transform`` is
             deterministic) or any callable on a (B, C, H, W) batch returning the same shape,
             dtype and device (a kornia augmentation, a lambda; its randomness is its own and
-            it runs in ``apply``).
+            it runs in ``transform``).
         size: the kept region, an int or (h, w) (paper, CIFAR-10: 16).
         q: quantile level of the threshold, in (0, 1) (paper: 0.6).
         score: ``"sum"`` (the paper's box sum) or ``"mean"``.
@@ -115,18 +115,18 @@ class KeepPaste(Op):
             raise TypeError(f"transform must be a keepmix op or a callable on a batch of images, got {type(transform).__name__}")
         if isinstance(transform, Op) and transform.mixes_labels:
             raise TypeError(f"transform must keep labels (an image-level transform); {type(transform).__name__} mixes them")
-        self.transform = transform
+        self.inner = transform
         self.size = _check_size(size)
         self.placer = KeepPlacer(q, score, whole_boxes, saliency_fn, candidate_stride)
 
     # Properties over Op's plain class attributes: the answer depends on the transform.
     @property
     def raw_pixels(self) -> bool:  # type: ignore[override]
-        return isinstance(self.transform, Op) and self.transform.raw_pixels
+        return isinstance(self.inner, Op) and self.inner.raw_pixels
 
     @property  # as raw_pixels: a property over Op's class attribute
     def differentiable(self) -> bool:  # type: ignore[override]
-        return not isinstance(self.transform, Op) or self.transform.differentiable
+        return not isinstance(self.inner, Op) or self.inner.differentiable
 
     def needs_saliency(self, images: Tensor) -> bool:
         return True
@@ -139,18 +139,18 @@ class KeepPaste(Op):
         return params.boxes
 
     def _check_images(self, images: object) -> Tensor:
-        x = self.transform._check_images(images) if isinstance(self.transform, Op) else super()._check_images(images)
+        x = self.inner._check_images(images) if isinstance(self.inner, Op) else super()._check_images(images)
         h, w = x.shape[-2:]
         if self.size[0] > h or self.size[1] > w:
             raise ValueError(f"size {self.size} is larger than the {h}x{w} images")
         return x
 
-    def _sample(self, images, labels, saliency, generator) -> KeepPasteParams:
+    def make_params(self, images, labels, saliency, generator) -> KeepPasteParams:
         """Draw order: the kept regions (the placer), then the transform's params."""
         selection = self.placer.select(saliency, self.size, "center", "above", generator)
         # The same map goes to the transform: a keepmix op that places by saliency (a Keep*
         # op) needs it, the others ignore it.
-        inner = self.transform._sample(images, labels, saliency, generator) if isinstance(self.transform, Op) else None
+        inner = self.inner.make_params(images, labels, saliency, generator) if isinstance(self.inner, Op) else None
         sizes = torch.tensor(self.size, device=images.device).expand(images.shape[0], 2)
         return KeepPasteParams(boxes=selection.boxes, sizes=sizes, inner=inner)
 
@@ -160,15 +160,15 @@ class KeepPaste(Op):
         super()._check_params(params, images)
         assert isinstance(params, KeepPasteParams)
         check_boxes(params.boxes, images.shape[0], images.shape[-2], images.shape[-1], name="params.boxes")
-        if isinstance(self.transform, Op):
-            self.transform._check_params(params.inner, images)
+        if isinstance(self.inner, Op):
+            self.inner._check_params(params.inner, images)
 
-    def _apply_params(self, images, labels, params):
+    def apply_params(self, images, labels, params):
         """``transform(images)`` everywhere except inside ``params.boxes``, where ``images`` is kept."""
-        if isinstance(self.transform, Op):
-            augmented, _ = self.transform._apply_params(images, None, params.inner)
+        if isinstance(self.inner, Op):
+            augmented, _ = self.inner.apply_params(images, None, params.inner)
         else:
-            augmented = self.transform(images)
+            augmented = self.inner(images)
             if not isinstance(augmented, Tensor) or augmented.shape != images.shape:
                 got = tuple(augmented.shape) if isinstance(augmented, Tensor) else type(augmented).__name__
                 raise ValueError(f"the transform must return a batch shaped like its input {tuple(images.shape)}, got {got}")

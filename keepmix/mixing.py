@@ -78,7 +78,7 @@ class Mixup(Op):
         self.p = check_probability(p)
         self.num_classes = check_num_classes(num_classes)
 
-    def _sample(self, images, labels, saliency, generator) -> MixupParams:
+    def make_params(self, images, labels, saliency, generator) -> MixupParams:
         """Draw order: lam (B,), applied (B,), perm (B,)."""
         b, dev = images.shape[0], images.device
         lam = beta(self.alpha, self.alpha, b, device=dev, generator=generator)
@@ -94,7 +94,7 @@ class Mixup(Op):
         check_perm(params.perm, images.shape[0], "params.perm")
         _check_weight(params.lam, images.shape[0], "params.lam")
 
-    def _apply_params(self, images, labels, params):
+    def apply_params(self, images, labels, params):
         """Mix with the given params: ``(images, float32 (B, K) targets)``."""
         return mixup(images, labels, params.lam, params.perm, validate=False)
 
@@ -184,7 +184,7 @@ class CutMix(RegionOp):
     def needs_saliency(self, images: Tensor) -> bool:
         return self.placer.needs_saliency or self.label_weight == "saliency"
 
-    def _sample(self, images, labels, saliency, generator) -> CutMixParams:
+    def make_params(self, images, labels, saliency, generator) -> CutMixParams:
         """Draw order: lam, applied, positions (the placer), perm (B,). With
         ``per_sample=False`` lam, applied and a uniform position are drawn once and shared."""
         b, _, h, w = images.shape
@@ -213,7 +213,7 @@ class CutMix(RegionOp):
         if params.patch_weight is not None:
             _check_weight(params.patch_weight, images.shape[0], "params.patch_weight")
 
-    def _apply_params(self, images, labels, params):
+    def apply_params(self, images, labels, params):
         """Paste ``images[params.perm]`` into ``params.boxes``: ``(images, targets)``."""
         out, mixed, _ = cutmix(images, labels, params.boxes, params.perm, params.patch_weight, validate=False)
         return out, mixed

@@ -201,7 +201,7 @@ class MixupCutMix(RegionOp):
         cx = randint(0, w, n, device=dev, generator=generator)
         return centered_boxes(cy, cx, sizes[:, 0], sizes[:, 1], h, w), sizes
 
-    def _sample(self, images, labels, saliency, generator) -> MixupCutMixParams:
+    def make_params(self, images, labels, saliency, generator) -> MixupCutMixParams:
         b, (h, w), dev = images.shape[0], images.shape[-2:], images.device
         n = {"batch": 1, "pair": b // 2, "elem": b}[self.mode]
         use_cutmix, lam = self._draw(n, dev, generator)
@@ -221,7 +221,7 @@ class MixupCutMix(RegionOp):
         perm = torch.arange(b - 1, -1, -1, device=dev)
         return MixupCutMixParams(boxes=boxes, sizes=sizes, use_cutmix=use_cutmix, lam=lam, perm=perm)
 
-    def _apply_params(self, images, labels, params):
+    def apply_params(self, images, labels, params):
         """Blend the Mixup images, paste the CutMix boxes: ``(images, float32 (B, K) targets)``."""
         own = torch.where(params.use_cutmix, torch.ones_like(params.lam), params.lam)
         out, _ = mixup(images, labels, own, params.perm, validate=False)

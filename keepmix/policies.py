@@ -169,7 +169,7 @@ class _Policy(Op):
         assert isinstance(params, PolicyParams)
         _check_policy_params(params, images)
 
-    def _apply_params(self, images, labels, params):
+    def apply_params(self, images, labels, params):
         """Apply the drawn ops (see :func:`keepmix.functional.policy_ops.apply_ops`)."""
         dev = images.device
         out = apply_ops(
@@ -215,7 +215,7 @@ class AutoAugment(_Policy):
         self.register_buffer("_probs", torch.tensor([[s[1] for s in sub] for sub in steps]), persistent=False)
         self.register_buffer("_bins", torch.tensor([[s[2] or 0 for s in sub] for sub in steps]), persistent=False)
 
-    def _sample(self, images, labels, saliency, generator) -> PolicyParams:
+    def make_params(self, images, labels, saliency, generator) -> PolicyParams:
         """One sub-policy per image, then for each of its two steps: applied with its
         probability, a random sign for signed ops, a Cutout centre."""
         b, dev = images.shape[0], images.device
@@ -278,7 +278,7 @@ class RandAugment(_Policy):
         self.ops = tuple(ops)
         self.register_buffer("_op_ids", _op_ids(self.ops), persistent=False)
 
-    def _sample(self, images, labels, saliency, generator) -> PolicyParams:
+    def make_params(self, images, labels, saliency, generator) -> PolicyParams:
         """``num_ops`` op ids per image (uniform, with repetition), signs and Cutout centres."""
         b, dev = images.shape[0], images.device
         pick = sampling.randint(0, len(self._op_ids), (b, self.num_ops), device=dev, generator=generator)
@@ -327,7 +327,7 @@ class TrivialAugmentWide(_Policy):
         self.ops = tuple(ops)
         self.register_buffer("_op_ids", _op_ids(self.ops), persistent=False)
 
-    def _sample(self, images, labels, saliency, generator) -> PolicyParams:
+    def make_params(self, images, labels, saliency, generator) -> PolicyParams:
         """One op id and one magnitude bin per image, a sign and a Cutout centre."""
         b, dev = images.shape[0], images.device
         pick = sampling.randint(0, len(self._op_ids), (b, 1), device=dev, generator=generator)
@@ -833,7 +833,7 @@ class _TimmPolicy(_Policy):
         centers = torch.zeros(b, n, 2, device=dev)
         return TimmPolicyParams(ids, mags, ones, applied, centers, sub, timm_ops=timm_ops, levels=levels)
 
-    def _apply_params(self, images, labels, params):
+    def apply_params(self, images, labels, params):
         """Step by step: keepmix's PIL-exact kernels (:func:`apply_ops`) for every op, and
         SolarizeAdd / GaussianBlur here, in the drawn order."""
         dev = images.device
@@ -922,7 +922,7 @@ class TimmRandAugment(_TimmPolicy):
             self.weights = None
         self.register_buffer("_timm_ids", torch.tensor([_TIMM_ID[o] for o in ops]), persistent=False)
 
-    def _sample(self, images, labels, saliency, generator) -> TimmPolicyParams:
+    def make_params(self, images, labels, saliency, generator) -> TimmPolicyParams:
         """Draw order: op choices (B, n) (uniform ints, or Gumbel keys for the weighted draw
         without repetition), applied (B, n), levels (the noise, when any), signs, blur draws."""
         b, dev = images.shape[0], images.device
@@ -989,7 +989,7 @@ class TimmAutoAugment(_TimmPolicy):
             "_aa_mags", torch.tensor([pad(s, lambda st: float(st[2]) if st else 0.0) for s in subs], dtype=torch.float64), persistent=False
         )
 
-    def _sample(self, images, labels, saliency, generator) -> TimmPolicyParams:
+    def make_params(self, images, labels, saliency, generator) -> TimmPolicyParams:
         """Draw order: the sub-policy (B,), applied (B, steps), levels (the noise, when any),
         signs, blur draws."""
         b, dev = images.shape[0], images.device

@@ -21,7 +21,7 @@ Usage in a training step (keepmix models expose ``forward_features``, ``classify
         loss.backward(); opt.step(); opt.zero_grad()
 
 ``rm(x, y)`` records its params; ``consistency_loss`` uses the latest call's by default (or
-the ``params=`` of an explicit ``sample_params`` / ``apply``).
+the ``params=`` of an explicit ``sample_params`` / ``transform``).
 
 For any other model, take the feature map with a forward hook on the module that produces
 it (:class:`keepmix.models.FeatureHook`)::
@@ -92,7 +92,7 @@ class RecursiveMixParams(RegionParams):
 
     ``sizes`` (B, 2) int64: the requested box (floor(H sqrt(r)), floor(W sqrt(r))) for the
     drawn area ratio r, (0, 0) for an image with no history row; ``boxes`` (B, 4): where the
-    resized history is pasted (lam is computed from the boxes at ``apply``); ``ratio`` (B,)
+    resized history is pasted (lam is computed from the boxes at ``transform``); ``ratio`` (B,)
     float32: the drawn r; ``from_history`` (B,) bool: images that have a history row to
     receive; ``image_size`` (H, W); ``history_images`` / ``history_targets`` / ``history_logits``: the history row
     each image receives (None on a step without history).
@@ -295,7 +295,7 @@ class RecursiveMix(RegionOp):
     def needs_saliency(self, images: Tensor) -> bool:
         return self.placer.needs_saliency and self.has_history  # the first step pastes nothing
 
-    def _sample(self, images, labels, saliency, generator) -> RecursiveMixParams:
+    def make_params(self, images, labels, saliency, generator) -> RecursiveMixParams:
         """Draw order: r (B, or 1 with ``per_sample=False``), then the positions (the placer).
 
         With a uniform placer the draws do not depend on whether a history exists, so the
@@ -332,7 +332,7 @@ class RecursiveMix(RegionOp):
             history_logits=src_logits,
         )
 
-    def _apply_params(self, images, labels, params):
+    def apply_params(self, images, labels, params):
         """Paste the resized history into ``params.boxes``: ``(images, float32 (B, K) targets)``.
 
         Without a history the images are returned as they are (same tensor) with their

@@ -1,7 +1,7 @@
 """Region-level augmentation: Cutout and Random Erasing, one box per image.
 
 Both are :class:`keepmix.base.RegionOp` s: ``sample_params`` draws every image's box size,
-its position (through the op's ``placer``) and fill values at once; ``apply`` erases them.
+its position (through the op's ``placer``) and fill values at once; ``transform`` erases them.
 Labels pass through unchanged. ``placer=KeepPlacer(...)`` gives KeepAugment's selective-cut
 versions (:class:`keepmix.keep.KeepCutout`, :class:`keepmix.keep.KeepRandomErasing`).
 """
@@ -79,14 +79,14 @@ class Cutout(RegionOp):
             raise ValueError(f"length {self.length} is larger than the {x.shape[-2]}x{x.shape[-1]} images (Cutout would blank them)")
         return x
 
-    def _sample(self, images, labels, saliency, generator) -> CutoutParams:
+    def make_params(self, images, labels, saliency, generator) -> CutoutParams:
         """Draw order: who is cut (``p``), then the position (the placer's draws)."""
         b = images.shape[0]
         applied = bernoulli(self.p, b, device=images.device, generator=generator)
         sizes = (applied.long() * self.length)[:, None].expand(b, 2)
         return CutoutParams(boxes=self.place(sizes, images, saliency, generator), sizes=sizes)
 
-    def _apply_params(self, images, labels, params):
+    def apply_params(self, images, labels, params):
         """``images`` with ``params.boxes`` set to ``fill``; outside them bitwise unchanged."""
         return paste(images, fill_tensor(self.fill, images), params.boxes), labels
 
@@ -204,7 +204,7 @@ class RandomErasing(RegionOp):
             return normal(shape, device=images.device, generator=generator).to(images.dtype)
         return fill_tensor(value, images, "value").expand(b, c, 1, 1)
 
-    def _sample(self, images, labels, saliency, generator) -> RandomErasingParams:
+    def make_params(self, images, labels, saliency, generator) -> RandomErasingParams:
         """Draw order: sizes (applied, areas, ratios), positions (the placer), fill values."""
         sizes = self.sample_sizes(images, generator)
         boxes = self.place(sizes, images, saliency, generator)
@@ -215,7 +215,7 @@ class RandomErasing(RegionOp):
         assert isinstance(params, RandomErasingParams)
         fill_tensor(params.values, images, "params.values")
 
-    def _apply_params(self, images, labels, params):
+    def apply_params(self, images, labels, params):
         """``images`` with ``params.boxes`` set to ``params.values``; elsewhere bitwise unchanged."""
         return paste(images, params.values, params.boxes), labels
 

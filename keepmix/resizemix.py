@@ -108,7 +108,7 @@ class ResizeMix(RegionOp):
             raise ValueError("align_corners only applies to interpolation='bilinear'")
         self.align_corners = align_corners
 
-    def _sample(self, images, labels, saliency, generator) -> ResizeMixParams:
+    def make_params(self, images, labels, saliency, generator) -> ResizeMixParams:
         """Draw order: tau (B,) float64, applied (B,), positions (the placer), perm (B,)."""
         b, _, h, w = images.shape
         dev = images.device
@@ -124,7 +124,7 @@ class ResizeMix(RegionOp):
         assert isinstance(params, ResizeMixParams)
         check_perm(params.perm, images.shape[0], "params.perm")
 
-    def _apply_params(self, images, labels, params):
+    def apply_params(self, images, labels, params):
         """The whole partner resized into each box; ``(images, targets)`` by exact area."""
         h, w = images.shape[-2:]
         out = resize_into_boxes(images, images[params.perm], params.boxes, self.interpolation, self.align_corners)

@@ -208,7 +208,7 @@ class SaliencyMix(Op):
         assert isinstance(params, SaliencyMixParams)
         return params.boxes
 
-    def _sample(self, images, labels, saliency, generator) -> SaliencyMixParams:
+    def make_params(self, images, labels, saliency, generator) -> SaliencyMixParams:
         """Draw order: lam, applied, perm (B,) (one lam and one applied with
         ``per_sample=False``); then the peaks of the partners' maps (no randomness)."""
         b, _, h, w = images.shape
@@ -237,7 +237,7 @@ class SaliencyMix(Op):
         check_boxes(params.boxes, images.shape[0], images.shape[-2], images.shape[-1], name="params.boxes")
         check_perm(params.perm, images.shape[0], "params.perm")
 
-    def _apply_params(self, images, labels, params):
+    def apply_params(self, images, labels, params):
         """Paste ``images[params.perm]`` into ``params.boxes``: ``(images, targets)``."""
         out, mixed, _ = cutmix(images, labels, params.boxes, params.perm, validate=False)
         return out, mixed

@@ -93,7 +93,7 @@ def check_op(make: Callable[[], Op]) -> None:
     _assert_same(_images(_call(op, x, y, s, seed=0)), images, "same seed")
     prime(op, x, y)
     params = op.sample_params(x, y, saliency=s, generator=_gen())
-    applied = op.apply(x, y, params)
+    applied = op.transform(x, y, params)
     _assert_same(applied[0], images, "forward vs apply(sample_params)")
     if op.mixes_labels:
         _assert_same(applied[1], targets, "targets of forward vs apply(sample_params)")
@@ -102,9 +102,9 @@ def check_op(make: Callable[[], Op]) -> None:
     if not op.mixes_labels:
         prime(op, x, y)
         params = op.sample_params(x, saliency=s, generator=_gen(3))
-        whole = op.apply(x, None, params)
+        whole = op.transform(x, None, params)
         for i in range(x.shape[0]):
-            row = op.apply(x[i : i + 1], None, params.rows(slice(i, i + 1)))
+            row = op.transform(x[i : i + 1], None, params.rows(slice(i, i + 1)))
             _assert_same(row[0], whole[i], f"row {i} alone vs in the batch")
 
     # Non-square images and every dtype.
@@ -145,9 +145,9 @@ def check_op(make: Callable[[], Op]) -> None:
     if torch.cuda.is_available():
         prime(op, x, y)
         params = op.sample_params(x, y, saliency=s, generator=_gen())
-        want = op.apply(x, y, params)
+        want = op.transform(x, y, params)
         cuda_params = params.to("cuda")
         op_cuda = make().cuda()
         prime(op_cuda, x.cuda(), y.cuda())
-        got = op_cuda.apply(x.cuda(), y.cuda(), cuda_params)
+        got = op_cuda.transform(x.cuda(), y.cuda(), cuda_params)
         torch.testing.assert_close(got[0].cpu(), want[0], atol=1e-5, rtol=1e-5)

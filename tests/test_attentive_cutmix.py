@@ -48,7 +48,7 @@ def test_matches_per_image_loop(cifar_uint8, dtype):
     y = torch.arange(16) % K
     op = AttentiveCutMix(pool4, num_classes=K)
     params = op.sample_params(x, y, generator=_gen(1))
-    got, targets = op.apply(x, y, params)
+    got, targets = op.transform(x, y, params)
     want, want_t = _reference(x, y, params.perm, pool4(x), 6, K)
     assert torch.equal(got, want)
     torch.testing.assert_close(targets, want_t, rtol=0, atol=1e-7)
@@ -63,7 +63,7 @@ def test_lambda_is_the_exact_cell_area():
     teacher = lambda im: F.avg_pool2d(im, 4)
     op = AttentiveCutMix(teacher, top_k=n, num_classes=b)
     params = op.sample_params(x, y, generator=_gen(3))
-    out, t = op.apply(x, y, params)
+    out, t = op.transform(x, y, params)
     lam = torch.tensor(1.0 - n * 16 / (28 * 28), dtype=torch.float64).float()  # = 1 - 6 / 49
     rows = torch.arange(b)
     moved = params.perm != rows
@@ -186,9 +186,9 @@ def test_bad_teacher_and_params():
     x, y = torch.rand(4, 3, 16, 16), torch.zeros(4, dtype=torch.int64)
     params = op.sample_params(x, y, generator=_gen())
     with pytest.raises(ValueError, match="params.cells"):
-        op.apply(x, y, params.replace(cells=torch.zeros(4, 3, 3, dtype=torch.bool)))
+        op.transform(x, y, params.replace(cells=torch.zeros(4, 3, 3, dtype=torch.bool)))
     with pytest.raises(ValueError, match="params.cells"):
-        op.apply(x, y, params.replace(cells=params.cells.float()))
+        op.transform(x, y, params.replace(cells=params.cells.float()))
     with pytest.raises(ValueError, match="mixes labels"):
         op(x)
     assert "teacher=pool4" in repr(op) and "top_k=6" in repr(op)

@@ -94,7 +94,7 @@ def test_matches_per_image_reference(cifar_uint8, dtype, interpolation, all_ops,
         x = x.float() / 255.0
     op = AugMix(all_ops=all_ops, depth=depth, interpolation=interpolation)
     params = op.sample_params(x, generator=_gen(1))
-    got = op.apply(x, None, params)
+    got = op.transform(x, None, params)
     want = _reference(x, params, interpolation)
     assert torch.equal(got, want)
     # Every op of the list was exercised somewhere in these draws.
@@ -107,7 +107,7 @@ def test_forward_is_apply_of_sample_params_and_input_untouched(cifar_uint8):
     x0 = x.clone()
     op = AugMix()
     out = op(x, generator=_gen(2))
-    assert torch.equal(out, op.apply(x, None, op.sample_params(x, generator=_gen(2))))
+    assert torch.equal(out, op.transform(x, None, op.sample_params(x, generator=_gen(2))))
     assert torch.equal(x, x0) and out.dtype == torch.uint8 and not torch.equal(out, x)
 
 
@@ -116,7 +116,7 @@ def test_no_skip_weight_gives_the_image_back(cifar_uint8):
     op = AugMix()
     params = op.sample_params(x, generator=_gen(3))
     params = params.replace(mix=torch.zeros(4))
-    assert torch.equal(op.apply(x, None, params), x)
+    assert torch.equal(op.transform(x, None, params), x)
 
 
 # ------------------------------------------------------------------ draws and magnitudes
@@ -309,11 +309,11 @@ def test_bad_input():
     with pytest.raises(ValueError, match="fill"):
         AugMix(fill=300)(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
     with pytest.raises(TypeError, match="AugMixParams"):
-        AugMix().apply(torch.zeros(2, 3, 8, 8), None, object())
+        AugMix().transform(torch.zeros(2, 3, 8, 8), None, object())
     x = torch.zeros(2, 3, 8, 8)
     params = AugMix().sample_params(x, generator=_gen())
     with pytest.raises(ValueError, match="params.weights"):
-        AugMix().apply(x, None, params.replace(weights=torch.ones(2, 2)))
+        AugMix().transform(x, None, params.replace(weights=torch.ones(2, 2)))
 
 
 def test_repr_and_flags():

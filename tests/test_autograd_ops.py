@@ -54,7 +54,7 @@ def _directional_check(name: str, seed: int) -> None:
     params = op.sample_params(x, y, saliency=s, generator=torch.Generator().manual_seed(seed))
 
     def f(images):
-        return _images(op.apply(images, y if op.mixes_labels else None, params))
+        return _images(op.transform(images, y if op.mixes_labels else None, params))
 
     v = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(7))
     d = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(8))

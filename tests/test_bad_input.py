@@ -111,6 +111,6 @@ def test_apply_refuses_params_of_another_op():
     x = torch.rand(2, 3, 8, 8)
     params = keepmix.Cutout(4).sample_params(x)
     with pytest.raises(TypeError, match="params must be a RandomErasingParams"):
-        keepmix.RandomErasing().apply(x, None, params)
+        keepmix.RandomErasing().transform(x, None, params)
     with pytest.raises(ValueError, match=r"params.boxes\[0\]"):
-        keepmix.Cutout(4).apply(x, None, params.replace(boxes=torch.tensor([[0, 0, 9, 9], [0, 0, 1, 1]])))
+        keepmix.Cutout(4).transform(x, None, params.replace(boxes=torch.tensor([[0, 0, 9, 9], [0, 0, 1, 1]])))

@@ -90,14 +90,14 @@ def test_machine_info_names_cpu_threads_and_versions():
 def test_erase_loop_matches_cutout_and_random_erasing(images):
     for op in (Cutout(16), RandomErasing(p=0.7, value=0.0)):
         params = op.sample_params(images, generator=_gen(1))
-        assert torch.equal(L.erase_apply_loop(images, params.boxes, 0.0), op.apply(images, None, params))
+        assert torch.equal(L.erase_apply_loop(images, params.boxes, 0.0), op.transform(images, None, params))
 
 
 def test_mixup_loop_matches_keepmix(images, cifar_labels):
     y = cifar_labels[: images.shape[0]]
     op = Mixup(1.0, num_classes=K)
     params = op.sample_params(images, y, generator=_gen(2))
-    want_x, want_t = op.apply(images, y, params)
+    want_x, want_t = op.transform(images, y, params)
     got_x, got_t = L.mixup_apply_loop(images, torch.nn.functional.one_hot(y, K).float(), params.lam, params.perm)
     assert torch.equal(got_x, want_x)
     assert torch.equal(got_t, want_t)
@@ -107,7 +107,7 @@ def test_cutmix_loop_matches_keepmix(images, cifar_labels):
     y = cifar_labels[: images.shape[0]]
     op = CutMix(1.0, 1.0, K)
     params = op.sample_params(images, y, generator=_gen(3))
-    want_x, want_t = op.apply(images, y, params)
+    want_x, want_t = op.transform(images, y, params)
     got_x, got_t = L.cutmix_apply_loop(images, torch.nn.functional.one_hot(y, K).float(), params.boxes, params.perm)
     assert torch.equal(got_x, want_x)
     assert torch.equal(got_t, want_t)
@@ -121,7 +121,7 @@ def test_cutmix_loop_matches_keepmix(images, cifar_labels):
 def test_policy_loop_matches_keepmix(images, make):
     op = make()
     params = op.sample_params(images, generator=_gen(4))
-    assert torch.equal(L.policy_apply_loop(images, params), op.apply(images, None, params))
+    assert torch.equal(L.policy_apply_loop(images, params), op.transform(images, None, params))
 
 
 def test_paste_loop_matches_keep_paste(images):
@@ -129,7 +129,7 @@ def test_paste_loop_matches_keep_paste(images):
     op = KeepPaste(lambda t: t.flip(-1), size=12)
     params = op.sample_params(images, saliency=sal, generator=_gen(6))
     augmented = images.flip(-1)
-    assert torch.equal(L.paste_apply_loop(images, augmented, params.boxes), op.apply(images, None, params))
+    assert torch.equal(L.paste_apply_loop(images, augmented, params.boxes), op.transform(images, None, params))
 
 
 @pytest.mark.parametrize("placement,side", [("center", "below"), ("inside", "below"), ("inside", "above")])
@@ -292,7 +292,7 @@ def test_loop_references_agree_on_cuda(cifar_uint8):
     x = cifar_uint8[:8].cuda()
     op = Cutout(16)
     params = op.sample_params(x, generator=torch.Generator(device="cuda").manual_seed(0))
-    assert torch.equal(L.erase_apply_loop(x, params.boxes, 0), op.apply(x, None, params))
+    assert torch.equal(L.erase_apply_loop(x, params.boxes, 0), op.transform(x, None, params))
     sal = torch.rand(8, 32, 32, device="cuda")
     out = L.keep_cutout_loop(x, sal, np.random.RandomState(0))
     assert out.device.type == "cuda" and out.dtype == torch.uint8
@@ -317,28 +317,28 @@ def test_new_op_loops_match_keepmix_given_its_params(images, cifar_labels):
     t = torch.nn.functional.one_hot(y, K).float()
     g = GridMask(p=1.0)
     params = g.sample_params(images, generator=_gen(1))
-    assert torch.equal(L.gridmask_apply_loop(images, params), g.apply(images, None, params))
+    assert torch.equal(L.gridmask_apply_loop(images, params), g.transform(images, None, params))
     a = AugMix()
     params = a.sample_params(images, generator=_gen(2))
-    assert torch.equal(L.augmix_apply_loop(images, params), a.apply(images, None, params))
+    assert torch.equal(L.augmix_apply_loop(images, params), a.transform(images, None, params))
     torch.manual_seed(0)
     teacher = torch.nn.Conv2d(3, 4, 8, stride=8).eval()
     ac = AttentiveCutMix(teacher, num_classes=K)
     params = ac.sample_params(images, y, generator=_gen(3))
     got = L.attentive_apply_loop(images, t, params.cells, params.perm)
-    want = ac.apply(images, y, params)
+    want = ac.transform(images, y, params)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     r = ResizeMix(num_classes=K)
     params = r.sample_params(images, y, generator=_gen(4))
-    got, want = L.resizemix_apply_loop(images, t, params.boxes, params.perm), r.apply(images, y, params)
+    got, want = L.resizemix_apply_loop(images, t, params.boxes, params.perm), r.transform(images, y, params)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     sm = SaliencyMix(num_classes=K)
     params = sm.sample_params(images, y, generator=_gen(5))
-    got, want = L.cutmix_apply_loop(images, t, params.boxes, params.perm), sm.apply(images, y, params)
+    got, want = L.cutmix_apply_loop(images, t, params.boxes, params.perm), sm.transform(images, y, params)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     f = FMix(num_classes=K)
     params = f.sample_params(images, y, generator=_gen(6))
-    got, want = L.fmix_apply_loop(images, t, params.masks, params.perm), f.apply(images, y, params)
+    got, want = L.fmix_apply_loop(images, t, params.masks, params.perm), f.transform(images, y, params)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 

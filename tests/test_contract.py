@@ -76,15 +76,15 @@ def test_check_op(name):
 
 
 class _ModifiesInput(keepmix.Cutout):
-    def _apply_params(self, images, labels, params):
-        out, labels = super()._apply_params(images, labels, params)
+    def apply_params(self, images, labels, params):
+        out, labels = super().apply_params(images, labels, params)
         images.mul_(1.0)  # an in-place op on the caller's tensor (values unchanged) ...
         images[:, :, 0, 0] = 0.5  # ... and one that changes them
         return out, labels
 
 
 class _DrawsInApply(keepmix.Cutout):
-    def _apply_params(self, images, labels, params):
+    def apply_params(self, images, labels, params):
         jitter = torch.rand(images.shape[0], 1, 1, 1).to(images.dtype)  # randomness outside sample_params
         return images * 0 + jitter if images.is_floating_point() else images, labels
 

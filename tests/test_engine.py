@@ -3,7 +3,7 @@
 * Under ``keepmix.engine.strategy("capture")`` the whole call, ``sample_params`` included,
   runs on fake tensors (``FakeTensorMode``): any host read or data-dependent shape raises.
 * The capture-safe path gives bitwise the CPU fast path's results for the same seed.
-* ``torch.compile(op.apply, fullgraph=True, dynamic=False)`` succeeds and matches eager
+* ``torch.compile(op.transform, fullgraph=True, dynamic=False)`` succeeds and matches eager
   (bitwise on uint8, to float tolerance otherwise).
 * ``sample_params`` issues a fixed number of ops, independent of B and of the op kinds.
 """
@@ -76,8 +76,8 @@ def test_compiled_apply_matches_eager(backend, name):
     labels = _labels_for(op, y)
     params = op.sample_params(x, labels, saliency=s, generator=torch.Generator().manual_seed(0))
     torch._dynamo.reset()
-    compiled = torch.compile(op.apply, fullgraph=True, dynamic=False, backend=backend)
-    got, want = compiled(x, labels, params), op.apply(x, labels, params)
+    compiled = torch.compile(op.transform, fullgraph=True, dynamic=False, backend=backend)
+    got, want = compiled(x, labels, params), op.transform(x, labels, params)
     got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
     for g, w in zip(got, want, strict=True):
         if g.is_floating_point():

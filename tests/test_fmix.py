@@ -134,7 +134,7 @@ def test_images_and_targets_by_exact_area():
     x = torch.rand(b, 3, h, w, generator=_gen(6))
     y = torch.randint(0, k, (b,), generator=_gen(7))
     params = op.sample_params(x, y, generator=_gen(8))
-    out, targets = op.apply(x, y, params)
+    out, targets = op.transform(x, y, params)
     onehot = torch.nn.functional.one_hot(y, k).float()
     for i in range(b):
         j = int(params.perm[i])
@@ -192,10 +192,10 @@ def test_bad_calls_and_params():
         op(x[0], y[0])
     params = op.sample_params(x, y, generator=_gen(0))
     with pytest.raises(ValueError, match="params.masks"):
-        op.apply(x, y, params.replace(masks=params.masks.float()))
+        op.transform(x, y, params.replace(masks=params.masks.float()))
     with pytest.raises(ValueError, match="params.masks"):
-        op.apply(x, y, params.replace(masks=params.masks[:, :4]))
+        op.transform(x, y, params.replace(masks=params.masks[:, :4]))
     with pytest.raises(ValueError, match="params.perm"):
-        op.apply(x, y, params.replace(perm=torch.tensor([0, 1, 2, 9])))
+        op.transform(x, y, params.replace(perm=torch.tensor([0, 1, 2, 9])))
     assert op.region is None and op.regions(params) is None
     assert "decay_power=3.0" in repr(op)

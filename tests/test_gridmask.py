@@ -61,7 +61,7 @@ def test_unrotated_masks_match_the_per_image_reference(mode, hw, ratio):
     op = GridMask(d_range=(3, 40), ratio=ratio, mode=mode, fill=-1.0, p=0.75)
     x = torch.rand(48, 3, h, w, generator=_gen(1))
     params = op.sample_params(x, generator=_gen(2))
-    out = op.apply(x, None, params)
+    out = op.transform(x, None, params)
     dropped = op.masks(params, h, w)
     assert torch.equal(grid_masks(params, h, w, mode, rotated=True), dropped)  # the accelerator path
     assert params.unit.min() >= 3 and params.unit.max() < 40 and len(set(params.unit.tolist())) > 5  # per image
@@ -224,8 +224,8 @@ def test_bad_fill_and_params():
     x = torch.rand(2, 3, 8, 8)
     params = op.sample_params(x, generator=_gen(0))
     with pytest.raises(ValueError, match="params.offsets"):
-        op.apply(x, None, params.replace(offsets=params.offsets[:, :1]))
+        op.transform(x, None, params.replace(offsets=params.offsets[:, :1]))
     with pytest.raises(ValueError, match="params.unit"):
-        op.apply(x, None, params.replace(unit=torch.zeros(2, dtype=torch.long)))
+        op.transform(x, None, params.replace(unit=torch.zeros(2, dtype=torch.long)))
     with pytest.raises(TypeError, match="GridMaskParams"):
-        op.apply(x, None, object())
+        op.transform(x, None, object())

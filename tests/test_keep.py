@@ -76,14 +76,14 @@ class PaintBox(RegionOp):
 
     placement = "inside"
 
-    def _sample(self, images, labels, saliency, generator):
+    def make_params(self, images, labels, saliency, generator):
         b, _, h, w = images.shape
         hs = torch.randint(1, h + 1, (b,), generator=generator)
         ws = torch.randint(1, w + 1, (b,), generator=generator)
         sizes = torch.stack([hs, ws], 1)
         return RegionParams(boxes=self.place(sizes, images, saliency, generator), sizes=sizes)
 
-    def _apply_params(self, images, labels, params):
+    def apply_params(self, images, labels, params):
         mask = box_masks(params.boxes, *images.shape[-2:])[:, None]
         return torch.where(mask, torch.full_like(images, -7.0), images), labels
 
@@ -98,7 +98,7 @@ def test_keep_cutout_boxes_score_below_tau_and_only_the_box_changes(batch):
     op = KeepCutout(length=16, q=0.6)
     assert isinstance(op, Cutout) and isinstance(op.placer, KeepPlacer) and op.placer.q == 0.6
     params, sel = _sample(op, x, sal, _gen(0))
-    out = op.apply(x, None, params)
+    out = op.transform(x, None, params)
     # Cutout with p = 1 draws nothing before the placer: its keys are the generator's first draws.
     assert torch.equal(op.placer.select(sal, params.sizes, "center", generator=_gen(0)).boxes, params.boxes)
     assert torch.equal(x, x0)  # input untouched
@@ -111,7 +111,7 @@ def test_keep_cutout_boxes_score_below_tau_and_only_the_box_changes(batch):
     mask = box_masks(sel.boxes, 32, 32)[:, None].expand_as(x)
     assert torch.equal(out[~mask], x[~mask]) and bool((out[mask] == 0).all())
     # Same as the plain op applied to KeepAugment's boxes (the placer changes where, not what).
-    assert torch.equal(out, Cutout(16).apply(x, None, params))
+    assert torch.equal(out, Cutout(16).transform(x, None, params))
     # forward == sample_params + apply for the same seed; KeepCutout == Cutout(placer=KeepPlacer).
     assert torch.equal(op(x, saliency=sal, generator=_gen(0)), out)
     assert torch.equal(Cutout(16, placer=KeepPlacer(q=0.6))(x, saliency=sal, generator=_gen(0)), out)
@@ -145,7 +145,7 @@ def test_user_region_op(batch):
     out = op(x, saliency=sal, generator=_gen(2))
     params, sel = _sample(op, x, sal, _gen(2))
     assert torch.equal(params.boxes, sel.boxes)
-    assert torch.equal(out, PaintBox().apply(x, None, params))
+    assert torch.equal(out, PaintBox().transform(x, None, params))
     assert torch.equal(sel.boxes[:, 2:] - sel.boxes[:, :2], params.sizes)  # "inside": whole boxes
     passed = ~sel.fallback
     assert bool(passed.any())
@@ -163,7 +163,7 @@ def test_skipped_images_keep_empty_boxes(batch):
     area = (sel.boxes[:, 2] - sel.boxes[:, 0]) * (sel.boxes[:, 3] - sel.boxes[:, 1])
     assert bool((area[skipped] == 0).all()) and bool((area[~skipped] > 0).all())
     assert not bool(sel.fallback[skipped].any())
-    out = op.apply(x, None, params)
+    out = op.transform(x, None, params)
     assert torch.equal(out[skipped], x[skipped])
 
 
@@ -223,7 +223,7 @@ def test_keep_paste_keeps_the_salient_region_and_augments_the_rest(batch):
     out = op(x, saliency=sal, generator=_gen(8))
     params, sel = _sample(op, x, sal, _gen(8))
     assert torch.equal(params.boxes, sel.boxes) and params.inner is None  # a plain callable has no params
-    assert torch.equal(op.apply(x, None, params), out)
+    assert torch.equal(op.transform(x, None, params), out)
     out_l, same = op(x, y, saliency=sal, generator=_gen(8))
     assert same is y and torch.equal(out_l, out)
     assert bool((_scores(sal, sel.boxes) > sel.tau).all())
@@ -244,7 +244,7 @@ def test_keep_paste_draws_a_keepmix_transform_and_is_reproducible(batch):
     b = op(x, saliency=sal, generator=_gen(9))
     assert torch.equal(a, b) and not torch.equal(a, op(x, saliency=sal, generator=_gen(10)))
     params = op.sample_params(x, saliency=sal, generator=_gen(9))
-    assert torch.equal(op.apply(x, None, params), a) and torch.equal(op.apply(x, None, params), a)
+    assert torch.equal(op.transform(x, None, params), a) and torch.equal(op.transform(x, None, params), a)
     # draw order: the kept regions (the placer's keys), then the transform's params
     g = _gen(9)
     sel = op.placer.select(sal, (8, 12), "center", "above", generator=g)
@@ -252,7 +252,7 @@ def test_keep_paste_draws_a_keepmix_transform_and_is_reproducible(batch):
     assert torch.equal(sel.boxes, params.boxes)
     for field in ("boxes", "sizes", "values"):
         assert torch.equal(getattr(params.inner, field), getattr(inner, field))
-    augmented = RandomErasing(p=1.0, value="random_pixel").apply(x, None, inner)
+    augmented = RandomErasing(p=1.0, value="random_pixel").transform(x, None, inner)
     mask = box_masks(params.boxes, 32, 32)[:, None].expand_as(x)
     assert torch.equal(a[mask], x[mask]) and torch.equal(a[~mask], augmented[~mask])
     # whole_boxes=False: centred candidates, clipped at the border (never larger than asked)
@@ -271,14 +271,14 @@ def test_keep_policies_on_real_uint8_images(cifar_uint8, make):
     op = make()
     out = op(x, saliency=sal, generator=_gen(21))
     params, sel = _sample(op, x, sal, _gen(21))
-    assert op.raw_pixels and op.transform.raw_pixels
+    assert op.raw_pixels and op.inner.raw_pixels
     # same draw order as forward: the kept regions first, then the policy's params
     g = _gen(21)
     op.placer.select(sal, op.size, "center", "above", generator=g)
-    inner = op.transform.sample_params(x, generator=g)
+    inner = op.inner.sample_params(x, generator=g)
     assert torch.equal(inner.ops, params.inner.ops) and torch.equal(inner.signs, params.inner.signs)
-    augmented = op.transform.apply(x, None, params.inner)
-    assert torch.equal(out, op.apply(x, None, params))
+    augmented = op.inner.transform(x, None, params.inner)
+    assert torch.equal(out, op.transform(x, None, params))
     assert bool((_scores(sal, sel.boxes) > sel.tau).all())
     mask = box_masks(sel.boxes, 32, 32)[:, None].expand_as(x)
     assert torch.equal(out[mask], x[mask]) and torch.equal(out[~mask], augmented[~mask])
@@ -291,7 +291,7 @@ def test_keep_cutmix_lambda_is_exact_area_and_box_below_tau(batch):
     images, targets = op(x, y, saliency=sal, generator=_gen(11))
     params, sel = _sample(op, x, sal, _gen(11), labels=y)
     assert torch.equal(params.boxes, sel.boxes)
-    imgs2, t2 = op.apply(x, y, params)
+    imgs2, t2 = op.transform(x, y, params)
     assert torch.equal(imgs2, images) and torch.equal(t2, targets)
     assert bool((_scores(sal, sel.boxes) < sel.tau).all())
     lam = area_lambda(params.boxes, 32, 32)
@@ -734,7 +734,7 @@ def test_keep_placer_whole_boxes_on_cutout(batch):
     assert bool((boxes[:, :2] >= 0).all()) and bool((boxes[:, 2:] <= 32).all())
     assert torch.equal(boxes[:, 2:] - boxes[:, :2], torch.full((16, 2), length))
     assert bool((box_areas(boxes) == length * length).all())
-    out = op.apply(x, None, params)
+    out = op.transform(x, None, params)
     assert bool(((out == 0).all(1).flatten(1).sum(1) == length * length).all())  # no exact zeros in x
     cand = candidate_positions((length, length), 32, 32, "inside", batch_size=16)
     assert torch.equal(sel.tau, torch.quantile(candidate_scores(summed_area_table(sal), cand), 0.6, dim=1))
@@ -801,7 +801,7 @@ def test_keep_paste_around_a_keep_op_hands_it_the_saliency(batch):
     op = KeepPaste(KeepCutout(6, q=0.5, fill=9.0), size=10)
     out = op(x, saliency=sal, generator=_gen(46))
     params = op.sample_params(x, saliency=sal, generator=_gen(46))
-    assert torch.equal(op.apply(x, None, params), out)
+    assert torch.equal(op.transform(x, None, params), out)
     g = _gen(46)
     op.placer.select(sal, op.size, "center", "above", generator=g)  # the kept regions first
     inner = KeepCutout(6, q=0.5, fill=9.0).sample_params(x, saliency=sal, generator=g)

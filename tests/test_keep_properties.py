@@ -110,10 +110,10 @@ def test_keep_cut_region_scores_below_tau_and_outside_is_untouched(shape, dtype,
     if kind == "zero":
         assert bool(sel.fallback[nonempty].all())
     if op_name == "cutmix":
-        out, targets = keep.apply(x, labels, params)
+        out, targets = keep.transform(x, labels, params)
         assert targets.shape == (b, 5) and targets.dtype == torch.float32
     else:
-        out = keep.apply(x, None, params)
+        out = keep.transform(x, None, params)
     assert torch.equal(x, x_before)  # the input is never modified
     outside = ~box_masks(sel.boxes, h, w)[:, None].expand_as(x)
     assert torch.equal(out[outside], x[outside])
@@ -140,7 +140,7 @@ def test_keep_paste_region_scores_above_tau_and_holds_the_original(shape, dtype,
     keep = KeepPaste(lambda t: t.flip(-1), size=size, q=q, score=score, whole_boxes=whole_boxes)  # any callable
     params, sel = _sample(keep, x, sal, seed)
     assert torch.equal(params.boxes, sel.boxes)
-    out = keep.apply(x, None, params)
+    out = keep.transform(x, None, params)
     box_score = _box_scores(sel, sel.boxes, score)
     sizes = torch.tensor([size] * b)
     placement = keep.placer.candidates("center")

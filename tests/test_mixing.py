@@ -43,7 +43,7 @@ def test_mixup_matches_float64_reference(dtype):
     op = Mixup(alpha=0.4, num_classes=5)
     params = op.sample_params(x, generator=gen(1))
     assert isinstance(params, MixupParams)
-    out, t = op.apply(x, y, params)
+    out, t = op.transform(x, y, params)
     assert out.dtype == dtype and out.shape == x.shape and t.dtype == torch.float32
     lam = params.lam.double().view(-1, 1, 1, 1)
     ref = lam * x.double() + (1 - lam) * x.double()[params.perm]
@@ -65,7 +65,7 @@ def test_mixup_real_images_per_image_lam_and_permutation(cifar_uint8, cifar_labe
     params = op.sample_params(cifar_uint8, generator=gen(2))
     assert torch.equal(params.perm.sort().values, torch.arange(64))
     assert params.lam.unique().numel() == 64  # one lam per image
-    out, t = op.apply(cifar_uint8, cifar_labels, params)
+    out, t = op.transform(cifar_uint8, cifar_labels, params)
     assert torch.equal(op(cifar_uint8, cifar_labels, generator=gen(2))[0], out)
     # each target row puts lam on the own class, 1 - lam on the partner's
     i = torch.arange(64)
@@ -79,7 +79,7 @@ def test_mixup_p_keeps_images_bitwise():
     x, y = batch(64, 3, 8, 8, torch.bfloat16), labels(64, 4)
     op = Mixup(p=0.5, num_classes=4)
     params = op.sample_params(x, generator=gen(3))
-    out, t = op.apply(x, y, params)
+    out, t = op.transform(x, y, params)
     skipped = params.lam == 1
     assert 16 < int(skipped.sum()) < 48
     assert torch.equal(out[skipped], x[skipped])
@@ -139,7 +139,7 @@ def test_cutmix_invariants(dtype):
     op = CutMix(num_classes=7)
     params = op.sample_params(x, generator=gen(6))
     assert isinstance(params, CutMixParams) and isinstance(params, RegionParams)
-    out, t = op.apply(x, y, params)
+    out, t = op.transform(x, y, params)
     assert out.dtype == dtype and t.dtype == torch.float32 and t.shape == (32, 7)
     check_cutmix(x, out, t, F.one_hot(y, 7).float(), params.boxes, params.perm)
     assert torch.equal(x, x0)
@@ -161,7 +161,7 @@ def test_cutmix_sizes_follow_lam():
 def test_cutmix_real_images(cifar_uint8, cifar_labels):
     op = CutMix(num_classes=10, p=0.5)
     params = op.sample_params(cifar_uint8, generator=gen(8))
-    out, t = op.apply(cifar_uint8, cifar_labels, params)
+    out, t = op.transform(cifar_uint8, cifar_labels, params)
     check_cutmix(cifar_uint8, out, t, F.one_hot(cifar_labels, 10).float(), params.boxes, params.perm)
     skipped = (params.sizes == 0).all(1)
     assert 16 < int(skipped.sum()) < 48
@@ -175,7 +175,7 @@ def test_cutmix_per_batch_matches_official_shape():
     params = op.sample_params(x, generator=gen(9))
     assert (params.boxes == params.boxes[0]).all() and (params.sizes == params.sizes[0]).all()
     assert torch.equal(params.perm.sort().values, torch.arange(16))
-    out, t = op.apply(x, y, params)
+    out, t = op.transform(x, y, params)
     check_cutmix(x, out, t, F.one_hot(y, 10).float(), params.boxes, params.perm)
     # p applies to the whole batch: either all mixed or none
     for seed in range(20):
@@ -223,19 +223,19 @@ def test_cutmix_patch_weight_hook():
     perm = torch.tensor([1, 2, 3, 0])
     pw = torch.tensor([0.0, 0.9, 0.7, 0.25])
     params = CutMixParams(boxes=boxes, sizes=boxes[:, 2:] - boxes[:, :2], perm=perm)
-    out, t = CutMix(num_classes=5).apply(x, y, params.replace(patch_weight=pw))
+    out, t = CutMix(num_classes=5).transform(x, y, params.replace(patch_weight=pw))
     one = F.one_hot(y, 5).float()
     w = torch.tensor([0.0, 0.9, 0.0, 0.25])  # an empty box gets weight 0 whatever it was given
     assert torch.allclose(t, (1 - w)[:, None] * one + w[:, None] * one[perm], atol=1e-7)
     # pixels do not depend on the label weight
-    out_area, t_area = CutMix(num_classes=5).apply(x, y, params)
+    out_area, t_area = CutMix(num_classes=5).transform(x, y, params)
     assert torch.equal(out, out_area)
     _, _, lam = cutmix(x, one, boxes, perm, pw)
     assert torch.equal(lam, torch.tensor([0.75, 1 - 36 / 64, 1.0, 0.0]))
     with pytest.raises(ValueError, match="patch_weight must lie in"):
-        CutMix(num_classes=5).apply(x, y, params.replace(patch_weight=torch.tensor([0.0, 1.2, 0.0, 0.0])))
+        CutMix(num_classes=5).transform(x, y, params.replace(patch_weight=torch.tensor([0.0, 1.2, 0.0, 0.0])))
     with pytest.raises(ValueError, match="patch_weight must have shape"):
-        CutMix(num_classes=5).apply(x, y, params.replace(patch_weight=torch.zeros(3)))
+        CutMix(num_classes=5).transform(x, y, params.replace(patch_weight=torch.zeros(3)))
 
 
 def test_cutmix_replaced_boxes_keep_exact_lam():
@@ -246,7 +246,7 @@ def test_cutmix_replaced_boxes_keep_exact_lam():
     h = params.sizes[:, 0].clamp(max=10)
     w = params.sizes[:, 1].clamp(max=10)
     moved = params.replace(boxes=torch.stack([torch.zeros_like(h), torch.zeros_like(w), h, w], 1))
-    out, t = op.apply(x, y, moved)
+    out, t = op.transform(x, y, moved)
     check_cutmix(x, out, t, F.one_hot(y, 4).float(), moved.boxes, params.perm)
 
 
@@ -263,7 +263,7 @@ def test_label_errors(op_cls):
     with pytest.raises(ValueError, match="mixes labels"):
         op_cls(num_classes=3)(x)
     with pytest.raises(ValueError, match="mixes labels"):
-        op_cls(num_classes=3).apply(x, None, op_cls(num_classes=3).sample_params(x, generator=gen(0)))
+        op_cls(num_classes=3).transform(x, None, op_cls(num_classes=3).sample_params(x, generator=gen(0)))
     with pytest.raises(ValueError, match="num_classes is needed"):
         op_cls()(x, labels(4, 3))
     with pytest.raises(ValueError, match=r"must lie in \[0, 3\)"):
@@ -286,9 +286,9 @@ def test_cutmix_bad_params():
     x, y = batch(2, 3, 8, 8, torch.float32), labels(2, 3)
     params = CutMix(num_classes=3).sample_params(x, generator=gen(0))
     with pytest.raises(TypeError, match="CutMixParams"):
-        CutMix(num_classes=3).apply(x, y, RegionParams(boxes=params.boxes, sizes=params.sizes))
+        CutMix(num_classes=3).transform(x, y, RegionParams(boxes=params.boxes, sizes=params.sizes))
     with pytest.raises(ValueError, match="inside"):
-        CutMix(num_classes=3).apply(x, y, params.replace(boxes=torch.tensor([[0, 0, 9, 1], [0, 0, 1, 1]])))
+        CutMix(num_classes=3).transform(x, y, params.replace(boxes=torch.tensor([[0, 0, 9, 1], [0, 0, 1, 1]])))
     with pytest.raises(TypeError, match="per_sample"):
         CutMix(per_sample=1)
 
@@ -309,7 +309,7 @@ def test_property_cutmix(b, c, h, w, dtype, alpha, p, per_sample, seed):
     x, y = batch(b, c, h, w, dtype, seed), labels(b, 4, seed)
     op = CutMix(alpha=alpha, p=p, num_classes=4, per_sample=per_sample)
     params = op.sample_params(x, generator=gen(seed))
-    out, t = op.apply(x, y, params)
+    out, t = op.transform(x, y, params)
     check_cutmix(x, out, t, F.one_hot(y, 4).float(), params.boxes, params.perm)
     m_out, m_t = Mixup(alpha=alpha, p=p, num_classes=4)(x, y, generator=gen(seed))
     assert m_out.dtype == dtype and torch.allclose(m_t.sum(1), torch.ones(b), atol=1e-6)

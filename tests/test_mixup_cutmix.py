@@ -49,7 +49,7 @@ def test_apply_matches_the_per_image_reference(mode, minmax):
     g = torch.Generator().manual_seed(1)
     for _ in range(6):
         params = op.sample_params(x, y, generator=g)
-        got_x, got_t = op.apply(x, y, params)
+        got_x, got_t = op.transform(x, y, params)
         want_x, want_t = _reference_apply(x, y, params, 0.1)
         torch.testing.assert_close(got_x, want_x, atol=1e-6, rtol=0)
         torch.testing.assert_close(got_t, want_t, atol=1e-6, rtol=0)

@@ -96,7 +96,7 @@ def test_translate_moves_whole_pixels_as_torchvision():
     x = torch.arange(32 * 32, dtype=torch.float32).reshape(1, 1, 32, 32).expand(1, 3, 32, 32) / 1024
     op = keepmix.RandAugment(num_ops=1, magnitude=30, ops=["TranslateX"])
     params = op.sample_params(x, generator=torch.Generator().manual_seed(0))
-    out = op.apply(x, None, params)
+    out = op.transform(x, None, params)
     shift = int(params.signed_magnitudes[0, 0])
     assert abs(shift) == int(150.0 / 331.0 * 32)
     # PIL's convention, which torchvision follows: a positive offset moves the content right.

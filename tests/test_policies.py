@@ -109,7 +109,7 @@ def pil_reference(x: torch.Tensor, p: PolicyParams) -> torch.Tensor:
 def test_policy_equals_per_image_pil_loop_on_uint8(cifar_uint8, policy):
     g = torch.Generator().manual_seed(3)
     params = policy.sample_params(cifar_uint8, generator=g)
-    ours = policy.apply(cifar_uint8, None, params)
+    ours = policy.transform(cifar_uint8, None, params)
     assert torch.equal(ours, pil_reference(cifar_uint8, params))
     # translations: whole pixels by default (torchvision's int()), the float value otherwise
     translate = torch.isin(params.ops, torch.tensor([OP_NAMES.index("TranslateX"), OP_NAMES.index("TranslateY")]))
@@ -145,7 +145,7 @@ def test_whole_pixel_translate_moves_whole_pixels_and_false_keeps_the_float(cifa
         op = RandAugment(1, 9, num_magnitude_bins=10, ops=("TranslateX",), fill=FILL, whole_pixel_translate=flag)
         params = op.sample_params(x, generator=torch.Generator().manual_seed(0))
         assert torch.equal(params.magnitudes, torch.full((4, 1), want, dtype=torch.float32))
-        out = op.apply(x, None, params)
+        out = op.transform(x, None, params)
         assert torch.equal(out, pil_reference(x, params))
         for i in range(4):  # each image's own sign: right by +m or left by -m
             ref_i = (out_whole if flag else out_float)[i] if params.signs[i, 0] > 0 else None
@@ -161,8 +161,8 @@ def test_whole_pixel_translate_moves_whole_pixels_and_false_keeps_the_float(cifa
 def test_float_images_follow_the_uint8_result(cifar_uint8):
     policy = RandAugment(2, 14, fill=0)
     params = policy.sample_params(cifar_uint8, generator=torch.Generator().manual_seed(0))
-    out_u = policy.apply(cifar_uint8, None, params)
-    out_f = policy.apply(cifar_uint8.float() / 255, None, params)
+    out_u = policy.transform(cifar_uint8, None, params)
+    out_f = policy.transform(cifar_uint8.float() / 255, None, params)
     assert out_f.dtype == torch.float32
     diff = (out_f * 255 - out_u.float()).abs()
     # Enhance ops truncate on uint8 and a second op can amplify that slightly (autocontrast).
@@ -205,10 +205,10 @@ def test_same_generator_seed_gives_same_output(cifar_uint8):
 def test_batch_result_equals_single_image_results(cifar_uint8):
     policy = RandAugment(2, 20, ops=OP_NAMES)
     p = policy.sample_params(cifar_uint8, generator=torch.Generator().manual_seed(4))
-    out = policy.apply(cifar_uint8, None, p)
+    out = policy.transform(cifar_uint8, None, p)
     for i in range(0, 64, 9):
         single = PolicyParams(*(t[i : i + 1] for t in (p.ops, p.magnitudes, p.signs, p.applied, p.centers)))
-        assert torch.equal(out[i : i + 1], policy.apply(cifar_uint8[i : i + 1], None, single))
+        assert torch.equal(out[i : i + 1], policy.transform(cifar_uint8[i : i + 1], None, single))
 
 
 def test_published_policies_have_25_two_step_sub_policies():
@@ -283,7 +283,7 @@ def test_bad_arguments_are_rejected(cifar_uint8):
         RandAugment()(cifar_uint8, generator=0)
     p = RandAugment().sample_params(cifar_uint8)
     with pytest.raises(ValueError, match="params.ops"):
-        RandAugment().apply(cifar_uint8[:3], None, p)
+        RandAugment().transform(cifar_uint8[:3], None, p)
     with pytest.raises(ValueError, match="outside"):
         apply_ops(cifar_uint8, p.replace(ops=torch.full_like(p.ops, len(OP_NAMES))))
     with pytest.raises(ValueError, match="fill"):
@@ -294,8 +294,8 @@ def test_bad_arguments_are_rejected(cifar_uint8):
 def test_cuda_gives_the_cpu_result(cifar_uint8):
     policy = RandAugment(2, 15, ops=OP_NAMES)
     p = policy.sample_params(cifar_uint8, generator=torch.Generator().manual_seed(0))
-    cpu = policy.apply(cifar_uint8, None, p)
-    gpu = policy.apply(cifar_uint8.cuda(), None, p)
+    cpu = policy.transform(cifar_uint8, None, p)
+    gpu = policy.transform(cifar_uint8.cuda(), None, p)
     assert gpu.device.type == "cuda" and torch.equal(gpu.cpu(), cpu)
     # a CPU generator gives the same params whatever the device of the batch
     q = policy.sample_params(cifar_uint8.cuda(), generator=torch.Generator().manual_seed(0))
@@ -413,7 +413,7 @@ def test_pil_and_single_images_equal_the_batched_result(cifar_uint8, make):
     for i, seed in ((0, 0), (5, 1), (11, 2), (20, 3), (33, 4), (47, 5)):
         one = cifar_uint8[i : i + 1]
         params = policy.sample_params(one, generator=torch.Generator().manual_seed(seed))
-        want = policy.apply(one, None, params)
+        want = policy.transform(one, None, params)
         assert torch.equal(want, policy(one, generator=torch.Generator().manual_seed(seed)))
         single = policy(one[0], generator=torch.Generator().manual_seed(seed))
         assert single.shape == (3, 32, 32) and single.dtype == torch.uint8 and torch.equal(single, want[0])

@@ -280,7 +280,7 @@ def test_levels_map_as_timm_and_apply_exactly_as_pil(config, cifar_uint8):
     x = cifar_uint8[:24]
     op = RandAugment.from_timm(config, interpolation="nearest")
     params = op.sample_params(x, generator=torch.Generator().manual_seed(3))
-    out = op.apply(x, None, params)
+    out = op.transform(x, None, params)
     h, w = x.shape[-2:]
     names = [[TIMM_OPS[int(i)] for i in row] for row in params.timm_ops.tolist()]
     mags = params.magnitudes.double().numpy()
@@ -337,7 +337,7 @@ def test_bilinear_geometric_ops_agree_with_pil_to_one_grey_level(cifar_uint8):
     x = cifar_uint8[:32]
     op = RandAugment.from_timm("rand-m9-mstd0.5-n1-p1.0")
     params = op.sample_params(x, generator=torch.Generator().manual_seed(6))
-    out = op.apply(x, None, params)
+    out = op.transform(x, None, params)
     for i in range(x.shape[0]):
         name = TIMM_OPS[int(params.timm_ops[i, 0])]
         mag = float(params.magnitudes[i, 0])

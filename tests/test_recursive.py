@@ -355,7 +355,7 @@ def test_consistency_loss_value_on_cell_boxes():
     assert isinstance(drawn, RecursiveMixParams) and drawn.image_size == (32, 32)
     assert torch.equal(drawn.history_logits, hist_logits)
     params = drawn.replace(boxes=boxes, sizes=torch.tensor([[8, 8], [8, 8]]), ratio=torch.full((2,), 1 / 16))
-    out, _ = rm.apply(x, y, params)
+    out, _ = rm.transform(x, y, params)
     assert torch.equal(out[:, :, 8:16, 16:24][0], torch.zeros(3, 8, 8)) and torch.equal(out[1, :, 8:, 8:], x[1, :, 8:, 8:])
     info = rm.info(params)
     assert torch.equal(info.boxes, boxes) and torch.equal(info.lam, torch.full((2,), 1 - 64 / 1024))
@@ -535,7 +535,7 @@ def test_keep_recursive_mix_avoids_the_salient_region():
     assert torch.equal(boxes[:, 2:] - boxes[:, :2] <= params.sizes, torch.ones_like(params.sizes, dtype=torch.bool))
     xm, ym, info = _mix(krm, x, y, saliency=sal, generator=_gen(18))
     assert torch.equal(info.boxes, boxes)
-    ref_x, ref_y = RecursiveMix(K, alpha=0.3).apply(x, y, params)  # the placer changes only the boxes
+    ref_x, ref_y = RecursiveMix(K, alpha=0.3).transform(x, y, params)  # the placer changes only the boxes
     assert torch.equal(xm, ref_x) and torch.equal(ym, ref_y)
     assert torch.equal(info.lam, (1 - box_areas(boxes).double() / 1024).float())
     # Plain RecursiveMix, same sizes: its boxes hit the object far more.

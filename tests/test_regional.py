@@ -108,7 +108,7 @@ def test_cutout_erases_exactly_its_boxes(dtype):
     op = Cutout(length=8, fill=7)
     params = op.sample_params(x, generator=gen(1))
     assert isinstance(params, CutoutParams) and isinstance(params, RegionParams)
-    out = op.apply(x, None, params)
+    out = op.transform(x, None, params)
     check_erased(x, out, params.boxes, torch.tensor(7, dtype=dtype))
     assert torch.equal(x, x0)  # input untouched
     assert (params.sizes == 8).all()
@@ -121,7 +121,7 @@ def test_cutout_erases_exactly_its_boxes(dtype):
 def test_cutout_on_real_images_with_per_channel_fill(cifar_uint8):
     op = Cutout(length=16, fill=(10, 20, 30))
     params = op.sample_params(cifar_uint8, generator=gen(2))
-    out = op.apply(cifar_uint8, None, params)
+    out = op.transform(cifar_uint8, None, params)
     check_erased(cifar_uint8, out, params.boxes, torch.tensor([10, 20, 30], dtype=torch.uint8).view(1, 3, 1, 1))
     # forward with the same seed = sample_params + apply
     assert torch.equal(op(cifar_uint8, generator=gen(2)), out)
@@ -185,7 +185,7 @@ def test_cutout_labels_pass_through_unchanged():
     assert same is labels
     assert torch.equal(out, op(x, generator=gen(1)))
     params = op.sample_params(x, generator=gen(1))
-    out2, same2 = op.apply(x, labels, params)
+    out2, same2 = op.transform(x, labels, params)
     assert same2 is labels and torch.equal(out2, out)
 
 
@@ -201,7 +201,7 @@ def test_cutout_whole_boxes_are_unclipped_and_uniform():
     assert (b[:, :2] >= 0).all() and (b[:, 2] <= h).all() and (b[:, 3] <= w).all()
     assert torch.equal(b[:, 2:] - b[:, :2], torch.full((9000, 2), length))
     assert (box_areas(b) == length * length).all()
-    out = op.apply(x, None, params)
+    out = op.transform(x, None, params)
     check_erased(x, out, b, torch.tensor(0.0))
     assert ((out == 0).flatten(1).sum(1) == length * length).all()
     ny, nx = h - length + 1, w - length + 1
@@ -227,7 +227,7 @@ def test_random_erasing_invariants(value, dtype):
     op = RandomErasing(p=1.0, value=value)
     params = op.sample_params(x, generator=gen(7))
     assert isinstance(params, RandomErasingParams)
-    out = op.apply(x, None, params)
+    out = op.transform(x, None, params)
     assert params.values.dtype == dtype
     check_erased(x, out, params.boxes, params.values)
     assert torch.equal(x, x0)
@@ -244,7 +244,7 @@ def test_random_erasing_invariants(value, dtype):
     assert params.values.shape in ((32, 3, 1, 1), (32, 3, 24, 17))
     sub = params.rows(torch.tensor([3, 5]))
     assert sub.values.shape[0] == 2 and torch.equal(sub.values, params.values[[3, 5]])
-    assert torch.equal(op.apply(x[[3, 5]], None, sub), out[[3, 5]])
+    assert torch.equal(op.transform(x[[3, 5]], None, sub), out[[3, 5]])
 
 
 def test_random_erasing_random_values_distribution():
@@ -301,7 +301,7 @@ def test_random_erasing_fallback_leaves_image_unchanged():
     op = RandomErasing(p=1.0, scale=(0.3, 0.4), ratio=(50.0, 60.0))
     params = op.sample_params(x, generator=gen(11))
     assert (params.sizes == 0).all() and (box_areas(params.boxes) == 0).all()
-    assert torch.equal(op.apply(x, None, params), x)
+    assert torch.equal(op.transform(x, None, params), x)
 
 
 def test_random_erasing_p():
@@ -316,7 +316,7 @@ def test_random_erasing_seed():
     x = batch(8, 3, 16, 16, torch.float32)
     op = RandomErasing(p=1.0, value="random_pixel")
     assert torch.equal(op(x, generator=gen(13)), op(x, generator=gen(13)))
-    assert torch.equal(op(x, generator=gen(13)), op.apply(x, None, op.sample_params(x, generator=gen(13))))
+    assert torch.equal(op(x, generator=gen(13)), op.transform(x, None, op.sample_params(x, generator=gen(13))))
     assert not torch.equal(op(x, generator=gen(13)), op(x, generator=gen(14)))
 
 
@@ -358,7 +358,7 @@ def test_property_regional_ops(b, c, h, w, dtype, value, p, seed):
     x = batch(b, c, h, w, dtype, seed)
     for op in (Cutout(length=max(1, min(h, w) // 2), fill=3, p=p), RandomErasing(p=p, value=value)):
         params = op.sample_params(x, generator=gen(seed))
-        out = op.apply(x, None, params)
+        out = op.transform(x, None, params)
         values = params.values if isinstance(params, RandomErasingParams) else torch.tensor(3, dtype=dtype)
         check_erased(x, out, params.boxes, values)
         assert torch.equal(box_areas(params.boxes) == 0, (params.sizes == 0).all(1))

@@ -61,7 +61,7 @@ def test_nearest_matches_the_per_image_loop_bitwise(hw, dtype):
     y = torch.randint(0, 10, (b,), generator=_gen(2))
     op = ResizeMix(p=0.9, num_classes=10)
     params = op.sample_params(x, y, generator=_gen(3))
-    out, targets = op.apply(x, y, params)
+    out, targets = op.transform(x, y, params)
     assert torch.equal(out, reference(x, params.boxes, params.perm, "nearest"))
     # the area lambda: the exact unpasted share of each image
     lam = 1.0 - box_areas(params.boxes).double() / (h * w)
@@ -76,10 +76,10 @@ def test_bilinear_matches_the_per_image_loop():
     y = torch.randint(0, 5, (16,), generator=_gen(5))
     op = ResizeMix(num_classes=5, interpolation="bilinear")
     params = op.sample_params(x, y, generator=_gen(6))
-    out, _ = op.apply(x, y, params)
+    out, _ = op.transform(x, y, params)
     torch.testing.assert_close(out, reference(x, params.boxes, params.perm, "bilinear"), rtol=1e-5, atol=1e-5)
     xu = (x * 255).round().to(torch.uint8)
-    outu, _ = op.apply(xu, y, params)
+    outu, _ = op.transform(xu, y, params)
     diff = (outu.int() - reference(xu, params.boxes, params.perm, "bilinear").int()).abs()
     assert diff.max() <= 1  # PyTorch's uint8 kernel uses fixed-point weights
 
@@ -125,7 +125,7 @@ def test_keep_placer_places_the_paste_on_low_saliency():
     scores = box_sums(sel.sat, params.boxes)
     ok = ~sel.fallback
     assert ok.any() and (scores[ok] < sel.tau[ok]).all()
-    out, _ = op.apply(x, y, params)
+    out, _ = op.transform(x, y, params)
     assert torch.equal(out, reference(x, params.boxes, params.perm, "nearest"))
     # and the saliency function route
     op_fn = ResizeMix(num_classes=4, placer=KeepPlacer(saliency_fn=lambda im, lab: sal))
@@ -179,8 +179,8 @@ def test_bad_types_and_calls():
         op(x)
     params = op.sample_params(x, y, generator=_gen(0))
     with pytest.raises(ValueError, match="params.perm"):
-        op.apply(x, y, params.replace(perm=torch.tensor([0, 5])))
+        op.transform(x, y, params.replace(perm=torch.tensor([0, 5])))
     with pytest.raises(ValueError, match="params.boxes"):
-        op.apply(x, y, params.replace(boxes=torch.tensor([[0, 0, 9, 4], [0, 0, 1, 1]])))
+        op.transform(x, y, params.replace(boxes=torch.tensor([[0, 0, 9, 4], [0, 0, 1, 1]])))
     with pytest.raises(ValueError, match="saliency"):
         ResizeMix(num_classes=3, placer=KeepPlacer())(x, y)

@@ -129,7 +129,7 @@ def test_box_is_centred_on_the_partners_peak(cifar_uint8):
         assert params.boxes[i].tolist() == want
     assert torch.equal(op.regions(params), params.boxes) and op.region == "pasted"
     # The mix itself against the loop, lambda exact.
-    got, targets = op.apply(x, y, params)
+    got, targets = op.transform(x, y, params)
     want_x, want_t = _reference(x, y, params)
     assert torch.equal(got, want_x)
     torch.testing.assert_close(targets, want_t, rtol=0, atol=1e-7)
@@ -146,7 +146,7 @@ def test_sizes_follow_lambda_and_lambda_is_the_exact_area():
 
     cut = torch.sqrt(1 - beta(1.0, 1.0, b, generator=_gen(4)).double())
     assert torch.equal(params.sizes, torch.stack([(h * cut).floor().long(), (w * cut).floor().long()], 1))
-    _, t = op.apply(x, y, params)
+    _, t = op.transform(x, y, params)
     areas = (params.boxes[:, 2] - params.boxes[:, 0]) * (params.boxes[:, 3] - params.boxes[:, 1])
     lam = (1.0 - areas.double() / (h * w)).float()  # the float32 nearest the exact unpasted share
     rows = torch.arange(b)
@@ -167,7 +167,7 @@ def test_official_per_batch_mode(cifar_uint8):
     py, px = _peak(sal[int(params.perm[0])])  # saliency_bbox(images[rand_index[0]], lam)
     sh, sw = params.sizes[0].tolist()
     assert params.boxes[0].tolist() == [max(py - sh // 2, 0), max(px - sw // 2, 0), min(py + sh // 2, 32), min(px + sw // 2, 32)]
-    got, targets = op.apply(x, y, params)
+    got, targets = op.transform(x, y, params)
     want_x, want_t = _reference(x, y, params)
     assert torch.equal(got, want_x)
     torch.testing.assert_close(targets, want_t, rtol=0, atol=1e-7)

@@ -522,10 +522,10 @@ class _PolicyLike(Op):
 
     raw_pixels = True
 
-    def _sample(self, images, labels, saliency, generator):
+    def make_params(self, images, labels, saliency, generator):
         return Params()
 
-    def _apply_params(self, images, labels, params):
+    def apply_params(self, images, labels, params):
         assert images.dtype == torch.uint8
         return 255 - images, labels
 
@@ -583,9 +583,9 @@ def test_inner_transform_draws_the_keep_paste_policy(cifar):
     assert inner.raw_pixels and inner.region is None
     res = viz.run_method(inner, images, labels, sal, torch.Generator().manual_seed(5))
     params = keep.sample_params(images, labels, saliency=sal, generator=torch.Generator().manual_seed(5))
-    assert res.boxes is None and torch.equal(res.images, keep.transform.apply(images, None, params.inner))
+    assert res.boxes is None and torch.equal(res.images, keep.inner.transform(images, None, params.inner))
     # The same policy draw as an AutoAugment given those params; identical to the Keep column outside its box.
-    assert torch.equal(res.images, AutoAugment("cifar10").apply(images, None, params.inner))
+    assert torch.equal(res.images, AutoAugment("cifar10").transform(images, None, params.inner))
     kept = viz.run_method(keep, images, labels, sal, torch.Generator().manual_seed(5))
     outside = ~box_masks(kept.boxes, 32, 32)[:, None]
     assert torch.equal(kept.images * outside, res.images * outside)

@@ -101,7 +101,7 @@ def grid_ops(ops: Mapping[str, Op]) -> dict[str, Op]:
     out = dict(ops)
     for name, op in ops.items():
         keep = ops.get(f"keep{name}")
-        if isinstance(keep, KeepPaste) and type(keep.transform) is type(op):
+        if isinstance(keep, KeepPaste) and type(keep.inner) is type(op):
             out[name] = InnerTransform(keep)
     return out
 

@@ -2,7 +2,7 @@
 
 The only part of keepmix.viz that knows about augmentation: it runs ops through the op
 protocol of :mod:`keepmix.base` and asks it, never the op's type, what to draw:
-``sample_params`` + ``apply`` for the output, ``op.region`` / ``op.regions(params)`` for the
+``sample_params`` + ``transform`` for the output, ``op.region`` / ``op.regions(params)`` for the
 boxes and their colour, ``op.mixes_labels`` for whether labels go in, ``op.raw_pixels`` for
 whether the op runs on the uint8 batch (before normalisation, as in training). The drawing
 itself is :mod:`keepmix.viz.draw`.
@@ -110,7 +110,7 @@ def run_method(
       that its regions are at hand::
 
           params = op.sample_params(images, labels, saliency=saliency, generator=generator)
-          out = op.apply(images, labels if op.mixes_labels else None, params)
+          out = op.transform(images, labels if op.mixes_labels else None, params)
           boxes = op.regions(params)          # (B, 4) or None; what they are: op.region
 
       ``forward`` is exactly these two steps, so the output equals
@@ -121,7 +121,7 @@ def run_method(
     """
     if isinstance(op, Op):
         params = op.sample_params(images, labels, saliency=saliency, generator=generator)
-        result = op.apply(images, labels if op.mixes_labels else None, params)
+        result = op.transform(images, labels if op.mixes_labels else None, params)
         out = result[0] if isinstance(result, tuple) else result  # a tuple exactly when op.mixes_labels
         boxes = op.regions(params) if op.region is not None else None
         return MethodOutput(out, boxes, op.region if boxes is not None else None)
@@ -137,8 +137,8 @@ class InnerTransform(Op):
     """A :class:`keepmix.keep.KeepPaste`'s transform alone, drawn exactly as the KeepPaste draws it.
 
     ``sample_params`` is the KeepPaste's (the kept boxes, then the transform's own params,
-    from the same generator); ``apply`` runs only the transform with those inner params,
-    ``paste.transform.apply(images, None, params.inner)``. Given the same generator state,
+    from the same generator); ``transform`` runs only the transform with those inner params,
+    ``paste.inner.transform(images, None, params.inner)``. Given the same generator state,
     a column of ``InnerTransform(keep)`` and one of ``keep`` then show the same policy draw:
     the two pictures are identical outside the kept box (where ``keep`` restores the
     original). For a plain-callable transform (its randomness is its own) the transform is
@@ -174,12 +174,12 @@ class InnerTransform(Op):
     def _check_params(self, params: object, images: Tensor) -> None:
         self.paste._check_params(params, images)
 
-    def _sample(self, images, labels, saliency, generator):
-        return self.paste._sample(images, labels, saliency, generator)
+    def make_params(self, images, labels, saliency, generator):
+        return self.paste.make_params(images, labels, saliency, generator)
 
-    def _apply_params(self, images, labels, params):
-        t = self.paste.transform
-        out = t.apply(images, None, params.inner) if isinstance(t, Op) else t(images)
+    def apply_params(self, images, labels, params):
+        t = self.paste.inner
+        out = t.transform(images, None, params.inner) if isinstance(t, Op) else t(images)
         return out, labels
 
 
@@ -197,7 +197,7 @@ def _prime_history(
     does in training (at the first step it does nothing). Step k's batch is the shown batch
     rolled by k images (with its saliency rolled alike, for a KeepRecursiveMix), so each image
     receives other images, pasted recursively; the history logits (only used by the
-    consistency loss, never drawn) are zeros. ``sample_params`` + ``apply`` rather than the
+    consistency loss, never drawn) are zeros. ``sample_params`` + ``transform`` rather than the
     op's ``forward``, so that its ``last_params`` are left as they were."""
     if labels is None:
         raise ValueError("RecursiveMix needs labels to be shown")
@@ -205,7 +205,7 @@ def _prime_history(
     for k in range(steps, 0, -1):
         xb, yb = images.roll(k, 0), labels.roll(k, 0)
         sb = None if saliency is None else saliency.roll(k, 0)
-        mixed, targets = rm.apply(xb, yb, rm.sample_params(xb, yb, saliency=sb, generator=generator))
+        mixed, targets = rm.transform(xb, yb, rm.sample_params(xb, yb, saliency=sb, generator=generator))
         rm.update(mixed, targets, torch.zeros(b, rm.num_classes, device=images.device))
 
 
