@@ -36,6 +36,9 @@ class RunRecord:
     # Where the cell was trained: the code version and machine it came from, as far as its run
     # summary tells (see :func:`run_origin`). Cells of different origins are never pooled.
     origin: str = ""
+    # Set when the cell's run summary was rebuilt from a results CSV row because the trainer's
+    # own files were not kept: what it was rebuilt from.
+    reconstructed_from: str = ""
 
 
 def run_origin(final: dict) -> str:
@@ -60,8 +63,11 @@ def read_run(cell_dir: Path, method: str, seed: int) -> RunRecord | None:
     mpath = cell_dir / "metrics.jsonl"
     if mpath.is_file():
         metrics = [json.loads(ln) for ln in mpath.read_text().splitlines() if ln.strip()]
-    train_time = sum(float(r.get("epoch_time_s", 0.0)) for r in metrics) or float(final["wall_time_s"])
+    # A summary rebuilt from a CSV row has no metrics.jsonl but keeps the row's train time and rate.
+    train_time = sum(float(r.get("epoch_time_s", 0.0)) for r in metrics) or float(final.get("train_time_s", final["wall_time_s"]))
     rates = [float(r["images_per_s"]) for r in metrics if "images_per_s" in r]
+    if not rates and final.get("images_per_s") is not None:
+        rates = [float(final["images_per_s"])]
     return RunRecord(
         method=method,
         seed=seed,
@@ -74,6 +80,7 @@ def read_run(cell_dir: Path, method: str, seed: int) -> RunRecord | None:
         images_per_s=statistics.fmean(rates) if rates else None,
         run_dir=str(cell_dir),
         origin=run_origin(final),
+        reconstructed_from=str(final.get("reconstructed_from", "")),
     )
 
 
