@@ -48,6 +48,8 @@ from keepmix.functional.geometry import (
     shear_matrix,
     translation_matrix,
 )
+from keepmix.functional.policy_layers import OP_IDS as _LAYER_IDS
+from keepmix.functional.policy_layers import apply_layers_uint8
 from keepmix.functional.select import select as _select
 
 __all__ = [
@@ -190,38 +192,49 @@ Space = Literal["standard", "wide"]
 
 
 def magnitude_table(space: Space, num_bins: int, height: int, width: int, whole_pixel_translate: bool = True) -> Tensor:
-    """(len(OP_NAMES), num_bins) float64: the unsigned magnitude of every op at every bin.
+    """(len(OP_NAMES), num_bins) float32: the unsigned magnitude of every op at every bin.
 
-    Units: degrees (Rotate), pixels (Translate, Cutout side), shear factor, enhance offset
-    (factor = 1 +- value), bits (Posterize), grey level (Solarize); 0 for ops without one.
-    ``whole_pixel_translate``: translations truncated to whole pixels (torchvision's
-    ``int(magnitude)``; the sign is applied after, so ``int`` toward zero is this floor).
+    Built as torchvision builds its tables, in float32 (``torch.linspace`` in the default
+    dtype), so every bin holds torchvision's value to the bit (RandAugment's Brightness bin 9
+    is 0.26999998, not the float64 0.27 rounded to 0.27000001). Units: degrees (Rotate),
+    pixels (Translate, Cutout side), shear factor, enhance offset (factor = 1 +- value), bits
+    (Posterize), grey level (Solarize); 0 for ops without one. ``whole_pixel_translate``:
+    translations truncated to whole pixels as torchvision's ``int(magnitude)`` truncates the
+    float32 value (TrivialAugmentWide's bin 15 of 31 is 15.999999: 15 px).
     """
     if space not in ("standard", "wide"):
         raise ValueError(f"space must be 'standard' or 'wide', got {space!r}")
     if num_bins < 2:
         raise ValueError(f"num_magnitude_bins must be >= 2, got {num_bins}")
     wide = space == "wide"
+    f32 = torch.float32
 
     def lin(hi: float) -> Tensor:
-        return torch.linspace(0.0, hi, num_bins, dtype=torch.float64)
+        return torch.linspace(0.0, hi, num_bins, dtype=f32)
 
-    table = torch.zeros(len(OP_NAMES), num_bins, dtype=torch.float64)
-    for name in ("ShearX", "ShearY"):
-        table[_OP_ID[name]] = lin(0.99 if wide else 0.3)
-    table[_OP_ID["TranslateX"]] = lin(32.0 if wide else 150.0 / 331.0 * width)
-    table[_OP_ID["TranslateY"]] = lin(32.0 if wide else 150.0 / 331.0 * height)
+    shear = lin(0.99 if wide else 0.3)
+    enhance = lin(0.99 if wide else 0.9)
+    tx = lin(32.0 if wide else 150.0 / 331.0 * width)
+    ty = lin(32.0 if wide else 150.0 / 331.0 * height)
     if whole_pixel_translate:
-        for name in ("TranslateX", "TranslateY"):
-            table[_OP_ID[name]] = table[_OP_ID[name]].floor()
-    table[_OP_ID["Rotate"]] = lin(135.0 if wide else 30.0)
-    for name in ("Brightness", "Color", "Contrast", "Sharpness"):
-        table[_OP_ID[name]] = lin(0.99 if wide else 0.9)
+        tx, ty = tx.floor(), ty.floor()
     max_drop = 6 if wide else 4
-    table[_OP_ID["Posterize"]] = 8 - (torch.arange(num_bins, dtype=torch.float64) / ((num_bins - 1) / max_drop)).round()
-    table[_OP_ID["Solarize"]] = torch.linspace(255.0, 0.0, num_bins, dtype=torch.float64)
-    table[_OP_ID["Cutout"]] = (lin(0.5 if wide else 0.2) * min(height, width)).round()
-    return table
+    rows = {
+        "Rotate": lin(135.0 if wide else 30.0),
+        "Posterize": 8 - (torch.arange(num_bins, dtype=f32) / ((num_bins - 1) / max_drop)).round(),
+        "Solarize": torch.linspace(255.0, 0.0, num_bins, dtype=f32),
+        "Color": enhance,
+        "Contrast": enhance,
+        "Brightness": enhance,
+        "Sharpness": enhance,
+        "ShearX": shear,
+        "ShearY": shear,
+        "TranslateX": tx,
+        "TranslateY": ty,
+        "Cutout": (lin(0.5 if wide else 0.2) * min(height, width)).round(),
+    }
+    zero = torch.zeros(num_bins, dtype=f32)
+    return torch.stack([rows.get(name, zero) for name in OP_NAMES])
 
 
 def _apply_one(op: str, x: Tensor, mag: Tensor, centers: Tensor, fill: Tensor, interpolation: str) -> Tensor:
@@ -410,6 +423,10 @@ def apply_ops(
     fill_t = _fill_tensor(fill, images)
     if capture_safe(images.device):
         ids = range(len(OP_NAMES)) if candidates is None else sorted(set(int(k) for k in candidates))
+        if images.dtype == torch.uint8:
+            # A lookup table, a warp and a blend per layer (keepmix.functional.policy_layers).
+            check_values(~applied | ((ops >= 0) & (ops < len(OP_NAMES))), f"params.ops holds ids outside [0, {len(OP_NAMES)})")
+            return apply_layers_uint8(images, ops, magnitudes, applied, centers, fill_t, interpolation, ids)
         return _apply_ops_selecting(images, ops, magnitudes, applied, centers, fill_t, interpolation, ids)
     device = images.device
     b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
@@ -475,3 +492,8 @@ def apply_ops(
         inverse[perm] = torch.arange(b, device=device)
         return _take_rows(cur, inverse, spare)
     return cur if owned else images.clone()
+
+
+# policy_layers names the op ids as constants (it cannot import this module: a cycle).
+if _LAYER_IDS != _OP_ID:
+    raise AssertionError("keepmix.functional.policy_layers numbers the ops otherwise than OP_NAMES")
