@@ -42,9 +42,9 @@ def _flag(name: str) -> str:
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field; unset flags leave the preset's value (SUPPRESS)."""
-    from keepmix.train.config import TrainConfig, field_help, field_types
+    from keepmix.train.config import field_defaults, field_help, field_types
 
-    defaults = TrainConfig().to_dict()
+    defaults = field_defaults()
     groups: dict[str, argparse._ArgumentGroup] = {}
     sections = {
         "run": ("name", "out_dir", "seed", "device", "threads"),
@@ -222,38 +222,21 @@ def _error(command: str, msg: str, code: int) -> int:
 
 
 def _config_from_args(args: argparse.Namespace):
-    from keepmix.train.config import TrainConfig, config_from_dict, field_types, load_config
-    from keepmix.train.presets import PRESETS, get_preset
+    """The run's config: the preset, the --config file, the options; validated once, here."""
+    from keepmix.train.config import ConfigError, config_from_dict, field_types, read_config_file
+    from keepmix.train.presets import PRESETS, check_preset_name
 
-    overrides = {k: getattr(args, k) for k in field_types() if hasattr(args, k)}
-    if args.preset is not None:
-        get_preset(args.preset)  # unknown preset: a clear error before anything else
-        values = dict(PRESETS[args.preset])
-    else:
-        values = {}
-    if args.config is not None:
-        file_cfg = load_config(args.config)
-        given = _keys_in_file(args.config)
-        values.update({k: v for k, v in file_cfg.to_dict().items() if k in given})
     if args.preset is None and args.config is None:
-        from keepmix.train.config import ConfigError
-
         raise ConfigError("give a preset (see `keepmix train --list-presets`), --config FILE, or --resume RUN_DIR")
-    values.update(overrides)
-    if "name" not in values:
-        values["name"] = args.preset or Path(args.config).stem
-    return config_from_dict(values, where="the command line") if values else TrainConfig()
-
-
-def _keys_in_file(path: str) -> set[str]:
-    p = Path(path)
-    if p.suffix == ".toml":
-        import tomllib
-
-        return set(tomllib.loads(p.read_text()))
-    import yaml
-
-    return set(yaml.safe_load(p.read_text()) or {})
+    values: dict = {}
+    if args.preset is not None:
+        check_preset_name(args.preset)  # unknown preset: a clear error before anything else
+        values.update(PRESETS[args.preset])
+    if args.config is not None:
+        values.update(read_config_file(args.config))
+    values.update({k: getattr(args, k) for k in field_types() if hasattr(args, k)})
+    values.setdefault("name", args.preset or Path(args.config).stem)
+    return config_from_dict(values, where="the command line")
 
 
 def _is_main_process() -> bool:
@@ -261,46 +244,108 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+#: What each command imports from the ``[train]`` extra (module -> its pip package).
+_NEEDS = {"train": {"yaml": "pyyaml", "tqdm": "tqdm", "matplotlib": "matplotlib"}, "plot": {"matplotlib": "matplotlib"}}
+
+
+def _missing_extra(command: str) -> str | None:
+    """The one-line error when the ``[train]`` extra is not installed, else None (checked before any work)."""
+    import importlib.util
+
+    missing = []
+    for module, package in _NEEDS.get(command, {}).items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a module set to None in sys.modules, a broken install
+            found = False
+        if not found:
+            missing.append(package)
+    if not missing:
+        return None
+    return (
+        f"keepmix {command} needs the [train] extra ({', '.join(missing)} missing): "
+        'pip install "keepmix[train]" (from a clone: pip install -e ".[train]")'
+    )
+
+
+def _list_presets(pattern: str) -> int:
+    from keepmix.train.presets import describe_preset, preset_names
+
+    names = preset_names(pattern)
+    if not names:
+        return _error("train", f"no preset matches {pattern!r}; `keepmix train --list-presets` lists them all", 2)
+    for name in names:
+        print(f"{name}\n    {describe_preset(name)}")
+    return 0
+
+
+def _tensorboard_choice(args: argparse.Namespace) -> bool | None:
+    """None on --resume without --log: the trainer logs as the run was logged (and refuses, as
+    TensorBoardLog does, when that needs a missing tensorboard package)."""
+    import importlib.util
+
+    from keepmix.train.config import ConfigError
+
+    tensorboard = None if args.log is None and args.resume is not None else args.log == "tensorboard"
+    if tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("--log tensorboard needs the tensorboard package: pip install 'keepmix[tensorboard]'")
+    return tensorboard
+
+
+def _run_training(args: argparse.Namespace) -> dict:
+    from keepmix.train.config import ConfigError, field_types
+    from keepmix.train.loop import train
+
+    tensorboard = _tensorboard_choice(args)
+    if args.resume is None:
+        return train(_config_from_args(args), tensorboard=bool(tensorboard))
+    given = [k for k in field_types() if hasattr(args, k) and k != "epochs"]
+    if args.preset or args.config or given:
+        got = [x for x in (args.preset, args.config and f"--config {args.config}") if x] + [_flag(k) for k in given]
+        raise ConfigError(
+            "--resume continues a run with its saved config: do not give a preset, --config "
+            f"or options other than --epochs with it (got {', '.join(got)})"
+        )
+    return train(None, resume=args.resume, epochs=getattr(args, "epochs", None), tensorboard=tensorboard)
+
+
+def _report(final: dict) -> None:
+    from keepmix.train.run_dir import RunDir
+
+    run = RunDir(final["run_dir"]).path.resolve()
+    files = RunDir(run)
+    print(f"run directory: {run}")
+    print(
+        f"final test accuracy: {final['test_acc']:.2f}% (best {final['best_test_acc']:.2f}%) "
+        f"after {final['epochs']} epochs, {final['wall_time_s']:.0f} s"
+    )
+    print(f"metrics: {files.metrics}  summary: {files.final}  config: {files.config}")
+    if files.tensorboard.is_dir():
+        print(f"tensorboard: tensorboard --logdir {files.tensorboard}")
+    for pic in final.get("pictures", []):
+        print(f"picture: {pic}")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from keepmix.data import DataError
     from keepmix.train.checkpoint import CheckpointError
-    from keepmix.train.config import ConfigError, field_types
-    from keepmix.train.loop import NonFiniteLossError, RunInterrupted, train
-    from keepmix.train.presets import describe_preset, preset_names
+    from keepmix.train.config import ConfigError
+    from keepmix.train.loop import NonFiniteLossError, RunInterrupted
+    from keepmix.train.run_dir import RunDirBusy
 
     if args.list_presets is not None:
-        names = preset_names(args.list_presets)
-        if not names:
-            return _error("train", f"no preset matches {args.list_presets!r}; `keepmix train --list-presets` lists them all", 2)
-        for name in names:
-            print(f"{name}\n    {describe_preset(name)}")
-        return 0
+        return _list_presets(args.list_presets)
+    missing = _missing_extra("train")
+    if missing:
+        return _error("train", missing, EXIT_BAD_INPUT)
     main_process = _is_main_process()
     try:
-        # None on --resume without --log: the trainer logs as the run was logged (and refuses,
-        # as TensorBoardLog does, when that needs a missing tensorboard package).
-        tensorboard = None if args.log is None and args.resume is not None else args.log == "tensorboard"
-        if tensorboard:
-            import importlib.util
-
-            if importlib.util.find_spec("tensorboard") is None:
-                raise ConfigError("--log tensorboard needs the tensorboard package: pip install 'keepmix[tensorboard]'")
-        if args.resume is not None:
-            given = [k for k in field_types() if hasattr(args, k) and k != "epochs"]
-            if args.preset or args.config or given:
-                got = [x for x in (args.preset, args.config and f"--config {args.config}") if x] + [_flag(k) for k in given]
-                raise ConfigError(
-                    "--resume continues a run with its saved config: do not give a preset, --config "
-                    f"or options other than --epochs with it (got {', '.join(got)})"
-                )
-            final = train(None, resume=args.resume, epochs=getattr(args, "epochs", None), tensorboard=tensorboard)
-        else:
-            final = train(_config_from_args(args), tensorboard=bool(tensorboard))
-    except (ConfigError, CheckpointError, DataError) as e:
+        final = _run_training(args)
+    except (ConfigError, CheckpointError, DataError, RunDirBusy) as e:
         return _error("train", str(e), EXIT_BAD_INPUT)
     except UnicodeDecodeError as e:
         return _error("train", f"cannot read {args.config or 'the config file'}: it is not UTF-8 text ({e.reason})", EXIT_BAD_INPUT)
-    except OSError as e:  # a full disk, a read-only folder, a file that vanished
+    except OSError as e:  # a read-only folder, a file that vanished
         where = f" ({e.filename})" if e.filename else ""
         return _error("train", f"{e.strerror or e}{where}", EXIT_BAD_INPUT)
     except NonFiniteLossError as e:
@@ -317,26 +362,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from keepmix.train.distributed import shutdown_distributed
 
         shutdown_distributed()
-    if not main_process:
-        return 0
-    from keepmix.train.run_dir import RunDir
-
-    run = RunDir(final["run_dir"]).path.resolve()
-    files = RunDir(run)
-    print(f"run directory: {run}")
-    print(
-        f"final test accuracy: {final['test_acc']:.2f}% (best {final['best_test_acc']:.2f}%) "
-        f"after {final['epochs']} epochs, {final['wall_time_s']:.0f} s"
-    )
-    print(f"metrics: {files.metrics}  summary: {files.final}  config: {files.config}")
-    if files.tensorboard.is_dir():
-        print(f"tensorboard: tensorboard --logdir {files.tensorboard}")
-    for pic in final.get("pictures", []):
-        print(f"picture: {pic}")
+    if main_process:
+        _report(final)
     return 0
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
+    missing = _missing_extra("plot")
+    if missing:
+        return _error("plot", missing, EXIT_BAD_INPUT)
     from keepmix.viz import plot_runs
 
     try:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from keepmix.train.registry import METHOD_REGISTRY, UDA_AUGMENTS
+
 __all__ = ["TrainConfig", "ConfigError", "METHODS", "SALIENCY_METHODS", "SALIENCY_MODES", "load_config", "save_config", "config_from_dict"]
 
 
@@ -23,37 +25,12 @@ class ConfigError(ValueError):
     """A configuration that cannot run: unknown field, bad value, unknown preset."""
 
 
-#: Augmentation methods the trainer offers (applied after crop + flip).
-METHODS = (
-    "none",
-    "cutout",
-    "keepcutout",
-    "random_erasing",
-    "keeprandomerasing",
-    "mixup",
-    "cutmix",
-    "keepcutmix",
-    "autoaugment",
-    "keepautoaugment",
-    "randaugment",
-    "keeprandaugment",
-    "trivialaugment",
-    "recursivemix",
-    "keeprecursivemix",
-    "gridmask",
-    "augmix",
-    "augmix_jsd",
-    "attentive_cutmix",
-    "resizemix",
-    "keepresizemix",
-    "saliencymix",
-    "saliencymix_gradient",
-    "fmix",
-)
+#: Augmentation methods the trainer offers (applied after crop + flip): the registry's entries.
+METHODS = tuple(METHOD_REGISTRY)
 
 #: Methods that compute a saliency map of the training model (the Keep variants and
 #: SaliencyMix with the gradient map): they read ``saliency`` / ``saliency_downscale``.
-SALIENCY_METHODS = tuple(m for m in METHODS if m.startswith("keep")) + ("saliencymix_gradient",)
+SALIENCY_METHODS = tuple(n for n, e in METHOD_REGISTRY.items() if e.saliency)
 
 #: How Keep* methods compute the saliency map (KeepAugment's three variants); "uniform" is the ablation control (a
 #: constant map: the quantile rule's choice of positions without any image content).
@@ -168,7 +145,7 @@ class TrainConfig:
     uda_augment: str = _f(
         "randaugment",
         "UDA's augmentation A of the unlabelled batch (keeprandaugment: saliency from the max logit)",
-        ("randaugment", "keeprandaugment"),
+        tuple(UDA_AUGMENTS),
     )
     uda_tsa: str = _f(
         "none", "training-signal annealing of the supervised loss (UDA's CIFAR-10 GPU recipe: none)", ("none", "linear", "log", "exp")
@@ -291,14 +268,26 @@ class TrainConfig:
         need(0 <= self.uda_threshold <= 1, "uda_threshold", "in [0, 1]")
         need(self.uda_temperature > 0, "uda_temperature", "> 0")
         need(self.uda_weight >= 0, "uda_weight", ">= 0")
-        if self.semi_labels and self.uda_augment == "keeprandaugment" and "early" in self.saliency and not self.early_head:
+        if self.semi_labels and UDA_AUGMENTS[self.uda_augment].saliency and "early" in self.saliency and not self.early_head:
             raise ConfigError(
-                f"saliency={self.saliency!r} takes uda_augment=keeprandaugment's saliency through the early head: set early_head=true"
+                f"saliency={self.saliency!r} takes uda_augment={self.uda_augment}'s saliency through the early head: set early_head=true"
             )
         if self.nesterov and self.momentum == 0:
             raise ConfigError("nesterov needs momentum > 0")
         if self.method in SALIENCY_METHODS and "early" in self.saliency and not self.early_head:
             raise ConfigError(f"saliency={self.saliency!r} takes the saliency through the early head: set early_head=true")
+        object.__setattr__(self, "_validated", self._values())
+        return self
+
+    def _values(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+
+    def validated(self) -> TrainConfig:
+        """``self``, validated: :meth:`validate` runs again only when a field changed since the
+        last validation (a config is validated once when it is made; a caller that changes a
+        field afterwards gets it checked here)."""
+        if getattr(self, "_validated", None) != self._values():
+            self.validate()
         return self
 
     # -- conversion -------------------------------------------------------------------------
@@ -413,8 +402,9 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
-def load_config(path: str | Path) -> TrainConfig:
-    """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) config file; every key must be a known field."""
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The ``option: value`` mapping of a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file,
+    not yet validated (its keys are checked when a config is made of it)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
@@ -434,7 +424,26 @@ def load_config(path: str | Path) -> TrainConfig:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of option: value, got {type(data).__name__}")
-    return config_from_dict(data, where=str(path))
+    known = field_types()
+    unknown = [k for k in data if k not in known]
+    if unknown:
+        config_from_dict(data, where=str(path))  # raises, naming the unknown keys and their close matches
+    return data
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) config file; every key must be a known field."""
+    return config_from_dict(read_config_file(path), where=str(path))
+
+
+def field_defaults() -> dict[str, Any]:
+    """Field name -> its default (without making, or validating, a config)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(TrainConfig):
+        out[f.name] = (
+            f.default_factory() if f.default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING else f.default
+        )
+    return out
 
 
 def early_head_kwargs(config: TrainConfig) -> dict:

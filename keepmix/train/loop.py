@@ -7,8 +7,10 @@ One step, on the batch's device::
     -> soft-target cross-entropy (label smoothing) -> SGD step -> per-step lr schedule
 
 A semi-supervised run (``semi_labels > 0``) trains the loader on the labelled subset, and its
-forward and loss come from :class:`keepmix.train.uda.SemiSupervised` (a labelled batch plus an
-unlabelled one, the UDA loss); the backward, the update and the bookkeeping stay here.
+forward and loss come from :class:`keepmix.train.uda.UDAStep` (a labelled batch plus an
+unlabelled one, the UDA loss), the supervised step's from :class:`keepmix.train.steps.SupervisedStep`;
+the backward, the update and the bookkeeping stay here. The run is assembled from the set-up
+functions of :mod:`keepmix.train.setup`.
 
 The loop (:meth:`Trainer.run`) reads top to bottom: one step, the end of an epoch when the
 step finished one, then the single place where a stop request (SIGINT, SIGTERM,
@@ -43,23 +45,34 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from keepmix.targets import SoftTargetCrossEntropy
-from keepmix.train.checkpoint import REQUIRED_KEYS, RESUME_KEYS, CheckpointError, check_model_state, load_checkpoint, save_checkpoint
-from keepmix.train.config import ConfigError, TrainConfig, config_from_dict, early_head_kwargs, save_config
-from keepmix.train.data import TrainData, load_data, steps_per_epoch, train_loader
+from keepmix.train.checkpoint import CheckpointError, check_model_state, save_checkpoint
+from keepmix.train.config import ConfigError, TrainConfig, save_config
 from keepmix.train.distributed import DistInfo, all_reduce_sum, any_rank, broadcast_object, gather_objects, init_distributed
-from keepmix.train.methods import Method, StepBatch, build_method
-from keepmix.train.optim import build_optimizer, build_scheduler
-from keepmix.train.run_dir import RunDir, new_run_id
+from keepmix.train.run_dir import RunDir, RunLock, is_main_process, new_run_id
+from keepmix.train.setup import (
+    FinishedRunError,
+    check_model_config,
+    resume_state,
+    setup_data,
+    setup_forward,
+    setup_logging,
+    setup_method,
+    setup_model,
+    setup_optim,
+    setup_step,
+)
+from keepmix.train.steps import StepContext, StepStrategy, SupervisedStep, TrainForward
 
 if TYPE_CHECKING:
-    from keepmix.models.base import KeepmixModel
+    from keepmix.train.data import TrainData
+    from keepmix.train.methods import Method
 
 __all__ = ["Trainer", "train", "NonFiniteLossError", "RunInterrupted", "FinishedRunError", "TrainForward"]
 
@@ -74,10 +87,6 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite: the run stops without writing a checkpoint."""
 
 
-class FinishedRunError(CheckpointError):
-    """``--resume`` of a run that already finished (without more ``epochs``)."""
-
-
 class RunInterrupted(Exception):
     """SIGINT/SIGTERM (or :meth:`Trainer.request_stop`): a checkpoint was written, resume from it."""
 
@@ -88,35 +97,6 @@ class RunInterrupted(Exception):
         super().__init__(f"interrupted by {name}; checkpoint at {checkpoint}")
 
 
-class TrainForward(nn.Module):
-    """The training forward as one module, so DDP sees (and syncs) everything it runs.
-
-    Returns ``(logits, early_logits or None, extra_loss or None)``. ``feature_loss`` (a
-    function of the last feature map, e.g. RecursiveMix's consistency loss) is evaluated
-    inside the forward, so its use of ``model.fc`` is part of the same DDP step.
-    """
-
-    def __init__(self, model: nn.Module, early: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.early = early
-
-    def forward(self, x: Tensor, feature_loss: Callable[[Tensor], Tensor] | None = None):
-        # nn.Module's stubs type an unknown attribute Tensor | Module: the model is one of build_model's (KeepmixModel)
-        m = cast("KeepmixModel", self.model)
-        early: Tensor | None
-        if feature_loss is None:
-            if self.early:
-                logits, early = m.forward_with_early(x)
-                return logits, early, None
-            return m(x), None, None
-        if self.early:
-            feats, early = m.forward_features_with_early(x)  # one pass for both
-        else:
-            early, feats = None, m.forward_features(x)
-        return m.classify(feats), early, feature_loss(feats)
-
-
 @dataclass
 class _Position:
     """Where the run is: completed epochs, batches done in the current one, global step."""
@@ -124,60 +104,6 @@ class _Position:
     epoch: int = 0
     step_in_epoch: int = 0
     global_step: int = 0
-
-
-def _check_model_config(config: TrainConfig) -> None:
-    """Build the model on the meta device (no memory, no time) so that a bad ``model`` or
-    early-head option fails before the data are loaded."""
-    from keepmix.models import build_model
-
-    if config.early_block and not config.early_head:
-        raise ConfigError(
-            f"early_block={config.early_block} places the early head, but early_head is off: add --early-head (or leave early_block at 0)"
-        )
-    try:
-        with torch.device("meta"):
-            build_model(config.model, num_classes=10, early_head=config.early_head, **early_head_kwargs(config))
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"model={config.model!r}: {e}") from None
-
-
-def _resume_state(resume: str | Path, epochs: int | None) -> tuple[dict[str, Any], TrainConfig, RunDir, dict | None]:
-    """Read the checkpoint to resume; check that it belongs to this run directory and can go on.
-
-    Returns the state, the config to run (with ``epochs`` changed when extending) and the
-    schedule change this makes (None when the plan stays).
-    """
-    state = load_checkpoint(resume, require=REQUIRED_KEYS + RESUME_KEYS)
-    rd = RunDir.of(resume)
-    ck_id, dir_id = state.get("run_id"), rd.read_run_id()
-    if ck_id is not None and dir_id is not None and ck_id != dir_id:
-        raise CheckpointError(
-            f"the checkpoint in {str(rd)!r} belongs to run {ck_id}, but this folder is run {dir_id}: it was copied "
-            "from another run. Resume that run in its own folder, or copy the whole run folder, not only checkpoint.pt"
-        )
-    if ck_id is not None and dir_id is None and (rd.metrics.is_file() or rd.config.is_file()):
-        raise CheckpointError(
-            f"{str(rd)!r} holds the records of another run (metrics.jsonl / config.yaml without a run_id) next to a "
-            f"checkpoint of run {ck_id}: resuming would splice the two. Resume run {ck_id} in its own folder"
-        )
-    try:
-        config = config_from_dict(state["config"], where=f"checkpoint {resume}")
-    except ConfigError as e:
-        raise CheckpointError(f"the checkpoint's config cannot run here: {e}") from None
-    done = int(state["epoch"])
-    change = None
-    if epochs is not None and epochs != config.epochs:
-        if epochs < done + (1 if state.get("step_in_epoch") else 0):
-            raise ConfigError(f"epochs={epochs}: the run in {str(rd)!r} has already trained {done} epochs; give more")
-        change = {"at_step": int(state["global_step"]), "at_epoch": done, "epochs_before": config.epochs, "epochs_after": epochs}
-        config = config.replace(epochs=epochs)
-    elif state.get("finished"):
-        raise FinishedRunError(
-            f"the run in {str(rd)!r} already finished all {config.epochs} epochs; to train it longer give a larger "
-            f"--epochs with --resume (the schedule is re-planned), or start a new run"
-        )
-    return state, config, rd, change
 
 
 class Trainer:
@@ -197,82 +123,66 @@ class Trainer:
     ) -> None:
         state: dict[str, Any] | None = None
         schedule_change = None
+        self._lock: RunLock | None = None
         if resume is not None:
-            state, config, rd, schedule_change = _resume_state(resume, epochs)
+            rd = RunDir.of(resume)
+            self._lock = RunLock.acquire(rd) if is_main_process() else None  # before any work: a second run is refused
+            state, config, rd, schedule_change = resume_state(resume, epochs)
             run_dir = rd.path
         elif config is None:
             raise ConfigError("give a config, or resume= a run directory")
         elif epochs is not None:
             config = config.replace(epochs=epochs)
-        self.config = config = config.validate()
+        try:
+            self._set_up(config.validated(), state, schedule_change, data, run_dir, tensorboard, resume is not None)
+        except BaseException:
+            self._release()
+            raise
         self.on_step = on_step
         self._log = log
+
+    def _set_up(self, config, state, schedule_change, data, run_dir, tensorboard, resumed) -> None:
+        """Assemble the run from its parts (:mod:`keepmix.train.setup`), in this order."""
+        self.config = config
         self._stop_signal: int | None = None
         self._stop_requested = False
         self._writing = False  # inside a checkpoint write: a second signal waits for it
         self._t_start: float | None = None
         self._saved_step: int | None = None  # the global step of the last checkpoint written
-        _check_model_config(config)
+        check_model_config(config)
         self.dist: DistInfo = init_distributed(config.device)
         self.device = self.dist.device
         if config.threads:
             torch.set_num_threads(config.threads)
-
         # Data before anything is written: a bad path fails first.
-        self.data = data if data is not None else load_data(config, self.dist)
-        unlabelled = None
-        if config.semi_labels:  # semi-supervised: the loader trains on the labelled subset only
-            from keepmix.train.uda import split_semi_data
-
-            self.data, unlabelled = split_semi_data(self.data, config)
+        self.data, unlabelled, self.loader, self.steps_per_epoch = setup_data(config, self.dist, self.device, data)
         self.num_classes = len(self.data.classes)
-        self.loader = train_loader(self.data, config, self.dist, self.device)
-        self.steps_per_epoch = steps_per_epoch(self.loader, config)
-
-        # Same seed on every rank: identical initial weights (DDP also broadcasts them).
-        torch.manual_seed(config.seed)
-        from keepmix.models import build_model
-
-        model = build_model(config.model, num_classes=self.num_classes, early_head=config.early_head, **early_head_kwargs(config))
-        self.use_amp = config.amp == "on" or (config.amp == "auto" and self.device.type == "cuda")
-        # float16 autocast on the CPU is many times slower than float32 and needs loss
-        # scaling; bfloat16 is the CPU's mixed-precision type.
-        on_cpu = self.device.type == "cpu"
-        self.amp_dtype = torch.bfloat16 if config.amp_dtype == "bfloat16" or on_cpu else torch.float16
-        self.amp_note = (
-            "amp on the CPU runs in bfloat16 (float16 autocast is slow on the CPU)"
-            if self.use_amp and on_cpu and config.amp_dtype == "float16"
-            else None
-        )
-        self.channels_last = config.channels_last == "on" or (config.channels_last == "auto" and self.device.type == "cuda")
-        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        # Module.to takes memory_format (it parses its arguments as Tensor.to does); its stubs' overloads omit it.
-        self.model: nn.Module = model.to(self.device, memory_format=self.memory_format)  # type: ignore[call-overload]
+        ms = setup_model(config, self.num_classes, self.device)
+        self.model, self.use_amp, self.amp_dtype, self.amp_note = ms.model, ms.use_amp, ms.amp_dtype, ms.amp_note
+        self.channels_last, self.memory_format = ms.channels_last, ms.memory_format
         if state is not None:
             check_model_state(self.model, state["model"])
-
-        self.method: Method = build_method(config, self.model, self.num_classes, self.data.mean, self.data.std, self.autocast)
-        self.method.loop_calls_loss = True  # a method's own loss (AugMix's JSD) is used as such
-        forward: nn.Module = TrainForward(self.model, early=config.early_head and config.early_loss_weight > 0)
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            forward = DDP(forward, device_ids=[self.device] if self.device.type == "cuda" else None)
-        if config.compile:
-            forward = cast(nn.Module, torch.compile(forward))  # a Module compiles to an OptimizedModule (an nn.Module)
-        self.forward = forward
-        self.semi = None  # the semi-supervised (UDA) step of keepmix.train.uda, None when supervised
-        if unlabelled is not None:
-            from keepmix.train.uda import SemiSupervised
-
-            self.semi = SemiSupervised(self, unlabelled)
+        self.method: Method = setup_method(config, self.model, self.data, self.autocast, self.device)
+        self.forward = setup_forward(self.model, config, self.dist, self.device)
         self.criterion = SoftTargetCrossEntropy(label_smoothing=config.label_smoothing)
-        self.optimizer = build_optimizer(self.model, config)
-        self.scheduler = build_scheduler(self.optimizer, config, self.steps_per_epoch)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp and self.amp_dtype == torch.float16)
-        # The augmentation stream: its own generator per rank, on the batch's device.
-        self.generator = torch.Generator(device=self.device)
+        self.generator = torch.Generator(device=self.device)  # the augmentation stream: its own per rank
         self.generator.manual_seed(config.seed * 1_000_003 + 7919 * (self.dist.rank + 1))
+        self.step_context = StepContext(
+            config,
+            self.method,
+            self.forward,
+            self.criterion,
+            self.autocast,
+            self.generator,
+            self.memory_format,
+            self.num_classes,
+            config.epochs * self.steps_per_epoch,
+            self.device,
+            self.dist,
+        )
+        self.strategy: StepStrategy = setup_step(self.step_context, unlabelled, self.model, tuple(self.data.train.images.shape[1:]))
+        scaled = self.use_amp and self.amp_dtype == torch.float16
+        self.optimizer, self.scheduler, self.scaler = setup_optim(self.model, config, self.steps_per_epoch, self.device, scaled)
         self.pos = _Position()
         self.accum = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, count
         self.epoch_time = 0.0
@@ -280,30 +190,33 @@ class Trainer:
         self.last_record: dict[str, Any] = {}
         self.elapsed_before = 0.0
         self.schedule_changes: list[dict[str, Any]] = []
+        self.run_id = new_run_id()
         if state is not None:
             self._load_state(state)
-            self.run_id = str(state.get("run_id") or new_run_id())
-        else:
-            self.run_id = new_run_id()
+            self.run_id = str(state.get("run_id") or self.run_id)
         if schedule_change is not None:
-            self.schedule_changes.append(schedule_change)
-            # The step about to run takes its lr from the new plan (LambdaLR sets it only on step()).
-            for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):  # one base lr per group
-                group["lr"] = base * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+            self._replan(schedule_change)
         # One run directory and id for every rank: rank 0's.
         rd = RunDir(Path(run_dir)) if run_dir is not None else RunDir.new(config.out_dir, config.name)
         self.run_dir, self.run_id = broadcast_object((rd.path, self.run_id), self.dist)
         self.files = RunDir(self.run_dir)
-        self.tensorboard = None
-        if tensorboard is None:  # as the run was: a resumed run that wrote event files goes on writing them
-            tensorboard = resume is not None and self.files.tensorboard.is_dir()
-        if tensorboard and self.dist.is_main:
-            from keepmix.train.tensorboard import TensorBoardLog
+        self.tensorboard = setup_logging(self.files, tensorboard, resumed, self.pos.global_step, self.dist.is_main)
 
-            # Events past the checkpoint (written before an interruption) are dropped, as
-            # metrics.jsonl's records past it are: the resumed run writes those steps again.
-            purge = self.pos.global_step + 1 if resume is not None else None
-            self.tensorboard = TensorBoardLog(self.files.tensorboard, purge_step=purge)
+    def _replan(self, change: dict[str, Any]) -> None:
+        self.schedule_changes.append(change)
+        # The step about to run takes its lr from the new plan (LambdaLR sets it only on step()).
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):  # one base lr per group
+            group["lr"] = base * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+
+    @property
+    def semi(self) -> StepStrategy | None:
+        """The UDA step strategy of a semi-supervised run, None when supervised."""
+        return None if isinstance(self.strategy, SupervisedStep) else self.strategy
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # ------------------------------------------------------------------ helpers
     def autocast(self):
@@ -332,8 +245,9 @@ class Trainer:
             "accum": self.accum,
             "epoch_time": self.epoch_time,
         }
-        if self.semi is not None:
-            state["semi"] = self.semi.state_dict()
+        strategy_state = self.strategy.state_dict()
+        if strategy_state is not None:
+            state["semi"] = strategy_state
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
@@ -381,8 +295,8 @@ class Trainer:
         if self.device.type == "cuda" and "cuda_rng" in mine:
             torch.cuda.set_rng_state(mine["cuda_rng"], self.device)
         self.method.load_state_dict(mine["method"])
-        if self.semi is not None:
-            self.semi.load_state_dict(mine.get("semi"))
+        if "semi" in mine or self.strategy.state_dict() is not None:
+            self.strategy.load_state_dict(mine.get("semi"))
         self.accum = mine["accum"].to(self.device)
         self.epoch_time = float(mine["epoch_time"])
 
@@ -426,10 +340,24 @@ class Trainer:
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict[str, Any]:
-        """Train to the end; returns the final record (also written to final.json)."""
-        cfg = self.config
-        self._start_run_dir()
+        """Train to the end; returns the final record (also written to final.json).
+
+        The run directory's lock (:class:`~keepmix.train.run_dir.RunLock`) is held until the
+        run ends, however it ends: a second process training in the same directory is refused."""
+        try:
+            if self._lock is None and self.dist.is_main:
+                self._lock = RunLock.acquire(self.files)
+            self._start_run_dir()
+            self._announce()
+            self._train_epochs()
+            return self._finish()
+        finally:
+            self._release()
+
+    def _announce(self) -> None:
         self._t_start = time.perf_counter()
+        if self._lock is not None and self._lock.stale:
+            self.log(f"took over the stale lock of process {self._lock.stale}, which is no longer running")
         if self.pos.global_step == 0:
             self.log(f"run directory: {self.run_dir}")
         else:
@@ -442,22 +370,19 @@ class Trainer:
                 )
         if self.amp_note:
             self.log(self.amp_note)
+
+    def _train_epochs(self) -> None:
+        """The step loop: one step, the end of an epoch when the step finished one, then the
+        one place a stop request is honoured."""
+        cfg = self.config
         bar = None
         try:
             with self._signals():
                 while self.pos.epoch < cfg.epochs:
                     if self.pos.step_in_epoch == 0:
                         self.method.on_epoch_start()
-                    if bar is None:
-                        bar = self._progress_bar()
-                    t0 = time.perf_counter()
-                    images, labels = self.loader.batch(self.pos.epoch, self.pos.step_in_epoch)  # cropped + flipped uint8
-                    self._step(images, labels)
-                    self.pos.step_in_epoch += 1
-                    self.pos.global_step += 1
-                    self.epoch_time += time.perf_counter() - t0
-                    if self.on_step is not None:
-                        self.on_step(self, self.pos.global_step)
+                    bar = bar or self._progress_bar()
+                    self._one_step()
                     epoch_done = self.pos.step_in_epoch == self.steps_per_epoch
                     if self.pos.step_in_epoch % cfg.log_every == 0 or epoch_done:
                         self._check_and_show(bar)
@@ -466,13 +391,21 @@ class Trainer:
                             bar.close()
                             bar = None
                         self._end_epoch()
-                    # The one place a stop request is honoured.
                     if self.pos.epoch < cfg.epochs and any_rank(self._stop_signal is not None or self._stop_requested, self.dist):
                         raise RunInterrupted(self._stop_signal, self._save_for_resume())
         finally:
             if bar is not None:
                 bar.close()
-        return self._finish()
+
+    def _one_step(self) -> None:
+        t0 = time.perf_counter()
+        images, labels = self.loader.batch(self.pos.epoch, self.pos.step_in_epoch)  # cropped + flipped uint8
+        self._step(images, labels)
+        self.pos.step_in_epoch += 1
+        self.pos.global_step += 1
+        self.epoch_time += time.perf_counter() - t0
+        if self.on_step is not None:
+            self.on_step(self, self.pos.global_step)
 
     def _start_run_dir(self) -> None:
         if not self.dist.is_main:
@@ -516,10 +449,7 @@ class Trainer:
         return path
 
     def _step(self, images: Tensor, labels: Tensor) -> None:
-        if self.semi is not None:  # a labelled and an unlabelled batch, the UDA loss
-            batch, logits, loss = self.semi.forward_loss(images, labels)
-        else:
-            batch, logits, loss = self._forward_loss(images, labels)
+        batch, logits, loss = self.strategy.forward_loss(self.step_context, images, labels, self.pos.global_step)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -538,20 +468,6 @@ class Trainer:
                     torch.tensor(float(n), dtype=torch.float64, device=self.device),
                 ]
             )
-
-    def _forward_loss(self, images: Tensor, labels: Tensor) -> tuple[StepBatch, Tensor, Tensor]:
-        """The supervised step's forward: ``(batch, logits, loss)``."""
-        cfg = self.config
-        batch: StepBatch = self.method.prepare(images, labels, self.generator)
-        inputs = batch.inputs.contiguous(memory_format=self.memory_format)
-        with self.autocast():
-            logits, early, extra = self.forward(inputs, batch.feature_loss)
-            loss = self.criterion(logits, batch.targets) if batch.loss is None else batch.loss(logits, batch.targets)
-            if early is not None:
-                loss = loss + cfg.early_loss_weight * self.criterion(early, batch.targets)
-            if extra is not None:
-                loss = loss + extra
-        return batch, logits, loss
 
     def _reduced_accum(self) -> tuple[float, float, float]:
         loss_sum, correct, n = all_reduce_sum(self.accum, self.dist).tolist()
@@ -610,8 +526,7 @@ class Trainer:
             "epoch_time_s": self.epoch_time,
             "planned_epochs": cfg.epochs,
         }
-        if self.semi is not None:
-            record.update(self.semi.epoch_record())
+        record.update(self.strategy.epoch_record())
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             t0 = time.perf_counter()
             record["test_loss"], record["test_acc"] = self.evaluate()

@@ -23,18 +23,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from keepmix.base import Op
 from keepmix.recursive import RecursiveMix
-from keepmix.train.config import ConfigError, TrainConfig
 
 if TYPE_CHECKING:  # imported where used (inside the functions) at run time
     from keepmix.augmix import AugMix
     from keepmix.gridmask import GridMask
+    from keepmix.train.config import TrainConfig
 
 __all__ = [
     "StepBatch",
@@ -86,6 +86,18 @@ class Method:
     #: Set True by a training loop that calls :attr:`StepBatch.loss` itself (in place of its
     #: criterion); False (default): the method folds its loss into ``feature_loss``.
     loop_calls_loss: bool = False
+    #: Whether the method adds a loss of its own (RecursiveMix's consistency, AugMix's JSD):
+    #: such a method cannot train the labelled batch of a semi-supervised run.
+    adds_loss: bool = False
+
+    @classmethod
+    def build(
+        cls, config: TrainConfig, mean: Sequence[float], std: Sequence[float], op: Op | None, saliency: Callable | None, model: nn.Module
+    ) -> Method:
+        """The method from its registry entry's parts (:meth:`keepmix.train.registry.MethodEntry.make`)."""
+        if op is not None:
+            raise TypeError(f"{cls.__name__} takes no op, got {type(op).__name__}")
+        return cls(config, mean, std)
 
     def __init__(self, config: TrainConfig, mean: Sequence[float], std: Sequence[float]) -> None:
         self.config = config
@@ -137,6 +149,10 @@ class OpMethod(Method):
             raise TypeError(f"op must be a keepmix op (keepmix.base.Op), got {type(op).__name__}")
         self.op, self.saliency = op, saliency
 
+    @classmethod
+    def build(cls, config, mean, std, op, saliency, model):
+        return cls(config, mean, std, op, saliency)
+
     def prepare(self, images, labels, generator):
         op = self.op
         x = images if op.raw_pixels else self.normalize(images)
@@ -156,6 +172,12 @@ class RecursiveMixMethod(OpMethod):
     checkpoints)."""
 
     op: RecursiveMix
+    adds_loss = True
+
+    @classmethod
+    def build(cls, config, mean, std, op, saliency, model):
+        # nn.Module's stubs type an unknown attribute Tensor | Module; fc is the model's nn.Linear (KeepmixModel)
+        return cls(config, mean, std, op, cast(nn.Module, model.fc), saliency)
 
     def __init__(self, config, mean, std, rm: RecursiveMix, head: nn.Module, saliency: Callable | None = None) -> None:
         if not isinstance(rm, RecursiveMix):
@@ -205,6 +227,10 @@ class GridMaskMethod(OpMethod):
 
     op: GridMask
 
+    @classmethod
+    def build(cls, config, mean, std, op, saliency, model):
+        return cls(config, mean, std, op, round(config.gridmask_ramp * config.epochs))
+
     def __init__(self, config, mean, std, op, ramp_epochs: int) -> None:
         from keepmix.gridmask import GridMask
 
@@ -253,6 +279,12 @@ class AugMixJSDMethod(OpMethod):
     """
 
     op: AugMix
+    adds_loss = True
+
+    @classmethod
+    def build(cls, config, mean, std, op, saliency, model):
+        # nn.Module's stubs type an unknown attribute Tensor | Module; classify is the model's method (KeepmixModel)
+        return cls(config, mean, std, op, cast("Callable[[Tensor], Tensor]", model.classify), config.augmix_jsd_weight)
 
     def __init__(self, config, mean, std, op, classify: Callable[[Tensor], Tensor], weight: float = 12.0) -> None:
         from keepmix.augmix import AugMix
@@ -294,6 +326,7 @@ def load_teacher(run: str, num_classes: int, device: torch.device) -> nn.Module:
     """The trained model of the keepmix run ``run`` (a run directory or checkpoint), in eval
     mode on ``device``, with its parameters frozen: Attentive CutMix's teacher."""
     from keepmix.train.checkpoint import CheckpointError, load_trained_model
+    from keepmix.train.config import ConfigError
 
     if not run:
         raise ConfigError(
@@ -333,133 +366,8 @@ def build_saliency(config: TrainConfig, model: nn.Module, autocast: Callable[[],
     return Saliency(fn, downscale=downscale, model=model)
 
 
-_ERASING_VALUE: dict[str, float | str] = {"zero": 0.0, "random_box": "random_box", "random_pixel": "random_pixel"}
+def build_method(*args: Any, **kwargs: Any) -> Method:
+    """:func:`keepmix.train.registry.build_method` (the registry builds every method)."""
+    from keepmix.train.registry import build_method as build
 
-
-def build_method(
-    config: TrainConfig,
-    model: nn.Module,
-    num_classes: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    autocast: Callable[[], AbstractContextManager] | None = None,
-    teacher: nn.Module | Callable[[Tensor], Tensor] | None = None,
-) -> Method:
-    """The :class:`Method` for ``config.method`` (its ops built from the config's fields).
-
-    ``teacher`` (attentive_cutmix only): the feature-map teacher to use instead of loading
-    ``config.teacher_run`` (a module with ``forward_features``, or ``images -> (B, C, h, w)``).
-    """
-    from keepmix.train.config import SALIENCY_METHODS
-
-    m = config.method
-    keep = m.startswith("keep")
-    sal = build_saliency(config, model, autocast) if m in SALIENCY_METHODS else None
-    q = config.keep_quantile
-    op: Op  # the branches below build different op classes
-    if m == "none":
-        return Method(config, mean, std)
-    if m == "gridmask":
-        from keepmix.gridmask import GridMask
-
-        op = GridMask(
-            (config.gridmask_d_min, config.gridmask_d_max),
-            config.gridmask_ratio,
-            config.gridmask_rotate,
-            config.gridmask_mode,
-            p=config.gridmask_p,
-        )
-        return GridMaskMethod(config, mean, std, op, round(config.gridmask_ramp * config.epochs))
-    if m in ("augmix", "augmix_jsd"):
-        from keepmix.augmix import AugMix
-
-        op = AugMix(config.augmix_severity, config.augmix_width, config.augmix_depth, config.augmix_alpha, config.augmix_all_ops)
-        if m == "augmix_jsd":
-            # nn.Module's stubs type an unknown attribute Tensor | Module; classify is the model's method (KeepmixModel)
-            classify = cast("Callable[[Tensor], Tensor]", model.classify)
-            return AugMixJSDMethod(config, mean, std, op, classify, config.augmix_jsd_weight)
-        return OpMethod(config, mean, std, op)
-    if m == "attentive_cutmix":
-        from keepmix.attentive_cutmix import AttentiveCutMix, FeatureTeacher
-
-        if teacher is None:
-            device = next(model.parameters()).device
-            teacher = load_teacher(config.teacher_run, num_classes, device)
-        fn = FeatureTeacher(teacher) if isinstance(teacher, nn.Module) else teacher
-        op = AttentiveCutMix(fn, top_k=config.attentive_top_k, num_classes=num_classes)
-        return OpMethod(config, mean, std, op)
-    if m in ("cutout", "keepcutout"):
-        from keepmix.keep import KeepCutout
-        from keepmix.placers import UniformPlacer
-        from keepmix.regional import Cutout
-
-        if keep:
-            op = KeepCutout(config.cutout_length, q=q, score=config.keep_score, whole_boxes=config.whole_boxes)
-        else:
-            op = Cutout(config.cutout_length, placer=UniformPlacer(whole_boxes=config.whole_boxes))
-    elif m in ("random_erasing", "keeprandomerasing"):
-        from keepmix.keep import KeepRandomErasing
-        from keepmix.regional import RandomErasing
-
-        value = _ERASING_VALUE[config.erasing_value]
-        op = KeepRandomErasing(config.erasing_p, value=value, q=q) if keep else RandomErasing(config.erasing_p, value=value)
-    elif m == "mixup":
-        from keepmix.mixing import Mixup
-
-        op = Mixup(config.mixup_alpha, num_classes=num_classes)
-    elif m in ("cutmix", "keepcutmix"):
-        from keepmix.keep import KeepCutMix
-        from keepmix.mixing import CutMix
-
-        alpha, p = config.cutmix_alpha, config.cutmix_p
-        if keep:
-            op = KeepCutMix(alpha=alpha, p=p, num_classes=num_classes, label_weight=config.cutmix_label_weight, q=q)
-        else:
-            op = CutMix(alpha=alpha, p=p, num_classes=num_classes)
-    elif m in ("autoaugment", "keepautoaugment"):
-        from keepmix.keep import KeepAutoAugment
-        from keepmix.policies import AutoAugment
-
-        # TrainConfig validates autoaugment_policy against these choices
-        policy = cast('Literal["cifar10", "svhn", "imagenet"]', config.autoaugment_policy)
-        op = KeepAutoAugment(policy, size=config.keep_paste_size, q=q) if keep else AutoAugment(policy)
-    elif m in ("randaugment", "keeprandaugment"):
-        from keepmix.keep import KeepRandAugment
-        from keepmix.policies import RandAugment
-
-        n, mag = config.randaugment_n, config.randaugment_m
-        op = KeepRandAugment(n, mag, size=config.keep_paste_size, q=q) if keep else RandAugment(n, mag)
-    elif m == "trivialaugment":
-        from keepmix.policies import TrivialAugmentWide
-
-        op = TrivialAugmentWide()
-    elif m in ("recursivemix", "keeprecursivemix"):
-        from keepmix.recursive import KeepRecursiveMix
-
-        alpha, omega = config.recursivemix_alpha, config.recursivemix_omega
-        rm: RecursiveMix
-        if keep:
-            rm = KeepRecursiveMix(q=q, alpha=alpha, omega=omega, num_classes=num_classes)
-        else:
-            rm = RecursiveMix(alpha=alpha, omega=omega, num_classes=num_classes)
-        # nn.Module's stubs type an unknown attribute Tensor | Module; fc is the model's nn.Linear (KeepmixModel)
-        return RecursiveMixMethod(config, mean, std, rm, cast(nn.Module, model.fc), sal)
-    elif m in ("resizemix", "keepresizemix"):
-        from keepmix.placers import KeepPlacer
-        from keepmix.resizemix import ResizeMix
-
-        op = ResizeMix(
-            (config.resizemix_scale_min, config.resizemix_scale_max), num_classes=num_classes, placer=KeepPlacer(q=q) if keep else None
-        )
-    elif m in ("saliencymix", "saliencymix_gradient"):
-        from keepmix.saliencymix import SaliencyMix
-
-        mode: Literal["gradient", "spectral"] = "gradient" if m == "saliencymix_gradient" else "spectral"
-        op = SaliencyMix(alpha=config.cutmix_alpha, p=config.cutmix_p, num_classes=num_classes, saliency=mode)
-    elif m == "fmix":
-        from keepmix.fmix import FMix
-
-        op = FMix(alpha=config.fmix_alpha, decay_power=config.fmix_decay_power, num_classes=num_classes)
-    else:
-        raise ConfigError(f"unknown method {m!r}")  # config validation lists the known ones
-    return OpMethod(config, mean, std, op, sal)
+    return build(*args, **kwargs)

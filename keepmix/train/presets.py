@@ -67,7 +67,7 @@ from typing import Any
 
 from keepmix.train.config import METHODS, ConfigError, TrainConfig, config_from_dict
 
-__all__ = ["PRESETS", "preset_names", "get_preset", "describe_preset"]
+__all__ = ["PRESETS", "preset_names", "get_preset", "check_preset_name", "describe_preset"]
 
 _KEEP_SETUP: dict[str, Any] = dict(
     epochs=300,
@@ -227,14 +227,19 @@ def preset_names(pattern: str | None = None) -> list[str]:
     return [n for n in names if pattern in n or fnmatch.fnmatchcase(n, pattern)]
 
 
-def get_preset(name: str, **overrides: Any) -> TrainConfig:
-    """The validated config of preset ``name`` with ``overrides`` applied on top."""
+def check_preset_name(name: str) -> None:
+    """Raise :class:`ConfigError` (with the closest names) unless ``name`` is a preset."""
     if name not in PRESETS:
         import difflib
 
         close = difflib.get_close_matches(name, PRESETS, n=3)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise ConfigError(f"unknown preset {name!r}.{hint} `keepmix train --list-presets` lists them all.")
+
+
+def get_preset(name: str, **overrides: Any) -> TrainConfig:
+    """The validated config of preset ``name`` with ``overrides`` applied on top."""
+    check_preset_name(name)
     return config_from_dict({**PRESETS[name], **overrides}, where="overrides")
 
 

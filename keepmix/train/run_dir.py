@@ -8,6 +8,7 @@ A run directory holds::
     metrics.jsonl   one JSON object per epoch
     checkpoint.pt   written each ``checkpoint_every`` epochs, on SIGINT/SIGTERM and at the end
     final.json      the final record (written last: its presence means the run finished)
+    lock            held (an advisory lock) while a process trains in the directory
     accuracy.png, methods.png    pictures (``pictures=True``)
     tensorboard/    event files (``log=tensorboard``)
 
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunDir", "new_run_id"]
+__all__ = ["RunDir", "RunLock", "RunDirBusy", "new_run_id", "is_main_process"]
 
 
 def new_run_id() -> str:
@@ -53,6 +54,7 @@ class RunDir:
     ACCURACY_PNG = "accuracy.png"
     METHODS_PNG = "methods.png"
     TENSORBOARD = "tensorboard"
+    LOCK = "lock"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
@@ -105,6 +107,10 @@ class RunDir:
     def tensorboard(self) -> Path:
         return self.path / self.TENSORBOARD
 
+    @property
+    def lock(self) -> Path:
+        return self.path / self.LOCK
+
     def __str__(self) -> str:
         return str(self.path)
 
@@ -153,3 +159,76 @@ class RunDir:
 
     def read_final(self) -> dict[str, Any]:
         return json.loads(self.final.read_text())
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun (RANK is set there), or the only process."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+class RunDirBusy(RuntimeError):
+    """Another process trains in this run directory (its lock is held)."""
+
+
+class RunLock:
+    """The run directory's ``lock`` file, held with ``fcntl.flock`` while one process trains there.
+
+    The kernel releases an flock when its holder exits, however it exits, so a lock file left
+    by a dead process (killed, out of memory, a crash) is stale: it is recognised as such
+    (the pid it names is gone) and taken over. A live holder's lock refuses the second run
+    with :class:`RunDirBusy` naming the process. The file holds the holder's pid and host.
+    """
+
+    def __init__(self, path: Path, fd: int, stale: str | None) -> None:
+        self.path = path
+        self._fd: int | None = fd
+        #: The pid a stale lock file named (its process is gone), else None.
+        self.stale = stale
+
+    @classmethod
+    def acquire(cls, run: RunDir | str | os.PathLike) -> RunLock:
+        import fcntl
+        import socket
+
+        rd = run if isinstance(run, RunDir) else RunDir(Path(run))
+        rd.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(rd.lock, os.O_RDWR | os.O_CREAT, 0o644)
+        before = os.read(fd, 200).decode(errors="replace").split()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            who = f"process {before[0]}" + (f" on {before[1]}" if len(before) > 1 else "") if before else "another process"
+            raise RunDirBusy(
+                f"run directory {str(rd)!r} is in use: {who} is training in it (its lock file {str(rd.lock)!r} is held); "
+                "wait for it to finish or stop it, then resume"
+            ) from None
+        stale = before[0] if before and before[0].isdigit() and not _pid_alive(int(before[0])) else None
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        return cls(rd.lock, fd, stale)
+
+    def release(self) -> None:
+        """Empty the lock file (no holder) and release the lock (idempotent). The file stays:
+        removing it would let a process that opened it just before lock a file no longer there."""
+        if self._fd is None:
+            return
+        import fcntl
+
+        try:
+            os.ftruncate(self._fd, 0)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

@@ -1,23 +1,21 @@
 """Pictures of what the methods do (``keepmix show`` and the grid at the end of a run).
 
-The ops are built exactly as the trainer builds them (:func:`keepmix.train.methods.build_method`)
-and drawn with :func:`keepmix.viz.save_method_grid`.
+The ops are built exactly as the trainer builds them (by their entries in
+:mod:`keepmix.train.registry`) and drawn with :func:`keepmix.viz.save_method_grid`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from keepmix.base import Op
-from keepmix.train.config import METHODS, ConfigError, TrainConfig, early_head_kwargs
-
-if TYPE_CHECKING:
-    from keepmix.saliencymix import SaliencyMix
+from keepmix.train.config import ConfigError, TrainConfig, early_head_kwargs
+from keepmix.train.registry import build_method
 
 __all__ = ["DEFAULT_SHOW_METHODS", "BASELINE_SHOW_METHODS", "method_ops", "grid_ops", "show", "save_run_grid"]
 
@@ -38,56 +36,36 @@ BASELINE_SHOW_METHODS = (
 )
 
 
-def _spectral_saliencymix(op: SaliencyMix) -> Op:
-    """A SaliencyMix with the spectral map that keeps it in the picture: the method grid passes
-    every op the shown model's gradient saliency, which a SaliencyMix would use (a map passed
-    to a call wins); this one computes its own spectral map, as it does in training."""
-    from keepmix.saliencymix import SaliencyMix
-
-    class SpectralSaliencyMix(SaliencyMix):
-        def _resolve_saliency(self, images, labels, saliency):
-            return super()._resolve_saliency(images, labels, None)
-
-    return SpectralSaliencyMix(alpha=op.alpha, p=op.p, num_classes=op.num_classes, per_sample=op.per_sample)
-
-
 def method_ops(
     config: TrainConfig, methods: Sequence[str], model: nn.Module, num_classes: int, mean: Sequence[float], std: Sequence[float]
 ) -> dict[str, Op]:
     """Method name -> the op the trainer would run for it (:attr:`Method.op`), with
-    ``config``'s settings; ``none`` (no op) is left out. CutMix, KeepCutMix and SaliencyMix mix
-    every image here (``p = 1``): CIFAR's p = 0.5 would leave half the pictures unmixed; GridMask
-    masks every image (its ``p`` starts at 0 under the schedule). Attentive CutMix's teacher is
+    ``config``'s settings, as its registry entry pictures it (``MethodEntry.picture``: CutMix,
+    KeepCutMix, SaliencyMix and GridMask mix / mask every image, SaliencyMix keeps its
+    spectral map); ``none`` (no op) is left out. Attentive CutMix's teacher is
     ``config.teacher_run`` when set, else ``model`` itself. ``augmix_jsd`` shows its AugMix op
     (one of the two views it trains on)."""
-    from keepmix.gridmask import GridMask
-    from keepmix.mixing import CutMix
-    from keepmix.saliencymix import SaliencyMix
-    from keepmix.train.methods import build_method
+    from keepmix.train.registry import get_entry
 
     ops: dict[str, Op] = {}
     for name in methods:
-        if name not in METHODS:
-            raise ConfigError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+        entry = get_entry(name)
         fields = dict(config.to_dict(), method=name)
         if "early" in config.saliency and not config.early_head:
             fields["saliency"] = "full"
-        teacher = model if name == "attentive_cutmix" and not config.teacher_run else None
+        teacher = model if "teacher_run" in entry.options and not config.teacher_run else None
         op = build_method(TrainConfig(**fields), model, num_classes, mean, std, teacher=teacher).op
         if op is None:
             continue
-        if isinstance(op, (CutMix, SaliencyMix, GridMask)):  # KeepCutMix is a CutMix too
-            op.p = 1.0
-        if isinstance(op, SaliencyMix) and op.saliency == "spectral":
-            op = _spectral_saliencymix(op)
-        ops[name] = op
+        ops[name] = entry.picture(op) if entry.picture is not None else op
     return ops
 
 
 def grid_ops(ops: Mapping[str, Op]) -> dict[str, Op]:
     """The columns of a method grid: ``ops``, except that a plain policy shown next to its
-    Keep version (``autoaugment`` and ``keepautoaugment``, ``randaugment`` and
-    ``keeprandaugment``) is drawn as :class:`keepmix.viz.InnerTransform` of the Keep op.
+    Keep counterpart (the registry's ``counterpart``: ``autoaugment`` and ``keepautoaugment``,
+    ``randaugment`` and ``keeprandaugment``) is drawn as :class:`keepmix.viz.InnerTransform`
+    of the Keep op.
 
     Every column of :func:`keepmix.viz.save_method_grid` starts from the same generator
     state, but a KeepPaste draws its kept boxes before its policy's params, so the plain
@@ -96,11 +74,13 @@ def grid_ops(ops: Mapping[str, Op]) -> dict[str, Op]:
     policy draw and differ only inside the kept box.
     """
     from keepmix.keep import KeepPaste
+    from keepmix.train.registry import METHOD_REGISTRY
     from keepmix.viz import InnerTransform
 
     out = dict(ops)
     for name, op in ops.items():
-        keep = ops.get(f"keep{name}")
+        entry = METHOD_REGISTRY.get(name)
+        keep = ops.get(entry.counterpart) if entry is not None and entry.counterpart else None
         if isinstance(keep, KeepPaste) and type(keep.inner) is type(op):
             out[name] = InnerTransform(keep)
     return out
@@ -129,6 +109,7 @@ def show(
 
     if num_images < 1:
         raise ConfigError(f"num_images must be >= 1, got {num_images}")
+    _check_device(device)
     state = None
     if run is not None:
         state = load_checkpoint(run)
@@ -162,6 +143,20 @@ def show(
     return Path(grid.path)
 
 
+def _check_device(device: str) -> None:
+    """A one-line ConfigError for a device this machine does not have (``--device cuda`` without a GPU)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {device!r} is not a device: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: no CUDA GPU is available here (torch.cuda.is_available() is False); use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: there are only {torch.cuda.device_count()} GPUs (cuda:0 ..)")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device}: keepmix show runs on cpu or cuda")
+
+
 def _one_per_class(labels: torch.Tensor, n: int) -> torch.Tensor:
     """The first ``n`` test indices taken round-robin over the classes (the first image of
     each class, then the second, ...), so the picture shows several classes, not the first
@@ -178,12 +173,13 @@ def _one_per_class(labels: torch.Tensor, n: int) -> torch.Tensor:
 def save_run_grid(trainer: Any, out: str | Path, num_images: int = 8) -> Path:
     """The end-of-run grid: the run's method (and its plain / Keep counterpart) on test images,
     with the trained model's saliency."""
+    from keepmix.train.registry import get_entry
     from keepmix.viz import save_method_grid
 
     cfg = trainer.config
-    m = cfg.method
-    pair = [m[4:] if m.startswith("keep") else m, m if m.startswith("keep") else f"keep{m}"]
-    methods = [x for x in dict.fromkeys(pair) if x in METHODS and x != "none"] or ["cutout", "keepcutout"]
+    entry = get_entry(cfg.method)
+    pair = [entry.counterpart, cfg.method] if entry.saliency else [cfg.method, entry.counterpart]  # the plain one first
+    methods = [x for x in dict.fromkeys(pair) if x and x != "none"] or ["cutout", "keepcutout"]
     model = trainer.model
     was_training = model.training
     model.eval()

@@ -66,8 +66,8 @@ from keepmix.train.config import ConfigError, TrainConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from keepmix.train.data import TrainData
-    from keepmix.train.loop import Trainer
     from keepmix.train.methods import StepBatch
+    from keepmix.train.steps import StepContext
 
 __all__ = [
     "TSA_SCHEDULES",
@@ -82,7 +82,7 @@ __all__ = [
     "build_uda_augment",
     "augment_unlabelled",
     "split_semi_data",
-    "SemiSupervised",
+    "UDAStep",
 ]
 
 #: The training-signal annealing schedules (``uda_tsa``).
@@ -195,23 +195,23 @@ def uda_loss(
 
 # ----------------------------------------------------------------------------- A, label-free
 def build_uda_augment(config: TrainConfig, model: torch.nn.Module, autocast: Callable | None = None):
-    """``(op, saliency_fn)``: UDA's A from the config (RandAugment, or KeepRandAugment with
-    ``saliency_fn`` a :class:`keepmix.saliency.Saliency` of the maximum logit; None for
-    RandAugment). ``saliency`` with ``early`` needs a model built with its early head."""
-    from keepmix.policies import RandAugment
-
-    n, m = config.randaugment_n, config.randaugment_m
-    if config.uda_augment == "randaugment":
-        return RandAugment(n, m), None
-    from keepmix.keep import KeepRandAugment
+    """``(op, saliency_fn)``: UDA's A from the config, built by its registry entry
+    (:data:`keepmix.train.registry.UDA_AUGMENTS`): RandAugment, or KeepRandAugment with
+    ``saliency_fn`` a :class:`keepmix.saliency.Saliency` of the maximum logit (None for an
+    entry without saliency). ``saliency`` with ``early`` needs a model built with its early head."""
     from keepmix.train.methods import build_saliency
+    from keepmix.train.registry import UDA_AUGMENTS, BuildContext
 
+    entry = UDA_AUGMENTS[config.uda_augment]
+    assert entry.build_op is not None  # every UDA entry has an op
+    op = entry.build_op(BuildContext(config, model, 0))
+    if not entry.saliency:
+        return op, None
     if "early" in config.saliency and not getattr(model, "has_early_head", False):
         raise ConfigError(
-            f"saliency={config.saliency!r} (uda_augment=keeprandaugment) takes the saliency through the "
+            f"saliency={config.saliency!r} (uda_augment={config.uda_augment}) takes the saliency through the "
             f"early head, but the model {type(model).__name__} has none: set early_head=true"
         )
-    op = KeepRandAugment(n, m, size=config.keep_paste_size, q=config.keep_quantile)
     return op, build_saliency(config, model, autocast)
 
 
@@ -249,23 +249,20 @@ def split_semi_data(data: TrainData, config: TrainConfig) -> tuple[TrainData, Te
     return dataclasses.replace(data, train=train.subset(labelled)), train.images[unlabelled]
 
 
-class SemiSupervised:
-    """The semi-supervised step of a :class:`~keepmix.train.loop.Trainer` (``semi_labels > 0``).
+class UDAStep:
+    """The semi-supervised step strategy (``semi_labels > 0``; :mod:`keepmix.train.steps`).
 
     Holds the unlabelled stream (its position and the epoch's UDA statistics are its state,
     saved in every checkpoint) and A; :meth:`forward_loss` is the step's forward and loss,
-    the loop does the backward and the update.
+    the loop does the backward and the update. It reads of the run only its
+    :class:`~keepmix.train.steps.StepContext`.
     """
 
-    def __init__(self, trainer: Trainer, unlabelled: Tensor) -> None:
+    def __init__(self, ctx: StepContext, unlabelled: Tensor, model: torch.nn.Module) -> None:
         from keepmix.data.semi import UnlabelledStream
-        from keepmix.train.methods import AugMixJSDMethod, RecursiveMixMethod
 
-        cfg = self.config = trainer.config
-        self.trainer = trainer
-        method = trainer.method
-        op = getattr(method, "op", None)
-        if isinstance(method, (RecursiveMixMethod, AugMixJSDMethod)) or (op is not None and op.mixes_labels):
+        cfg = ctx.config
+        if ctx.method.adds_loss or (ctx.method.op is not None and ctx.method.op.mixes_labels):
             raise ConfigError(
                 f"method={cfg.method!r} cannot train the labelled batch of a semi-supervised run (it mixes "
                 "labels or adds its own loss): use a label-preserving method (none, the paper's set-up)"
@@ -277,32 +274,32 @@ class SemiSupervised:
                 seed=cfg.seed * 7 + 1,
                 crop_padding=cfg.crop_padding,
                 flip=cfg.flip,
-                device=trainer.device,
-                rank=trainer.dist.rank,
-                world_size=trainer.dist.world_size,
+                device=ctx.device,
+                rank=ctx.dist.rank,
+                world_size=ctx.dist.world_size,
             )
         except ValueError as e:
             raise ConfigError(f"semi_labels={cfg.semi_labels}, semi_mu={cfg.semi_mu}: {e}") from None
-        self.op, self.saliency = build_uda_augment(cfg, trainer.model, trainer.autocast)
-        self.op.to(trainer.device)
+        self.dist = ctx.dist
+        self.op, self.saliency = build_uda_augment(cfg, model, ctx.autocast)
+        self.op.to(ctx.device)
         # Epoch sums: TSA-kept labelled examples, labelled examples, confident unlabelled
         # examples, unlabelled examples, consistency loss x rows, TSA threshold x steps, steps.
-        self.accum = torch.zeros(7, dtype=torch.float64, device=trainer.device)
+        self.accum = torch.zeros(7, dtype=torch.float64, device=ctx.device)
 
-    def forward_loss(self, images: Tensor, labels: Tensor) -> tuple[StepBatch, Tensor, Tensor]:
+    def forward_loss(self, ctx: StepContext, images: Tensor, labels: Tensor, global_step: int) -> tuple[StepBatch, Tensor, Tensor]:
         """``(labelled batch, labelled logits, loss)`` of one step: the labelled uint8 batch
         from the loop's loader and the stream's next unlabelled batch."""
-        t, cfg = self.trainer, self.config
-        batch = t.method.prepare(images, labels, t.generator)
+        cfg, method = ctx.config, ctx.method
+        batch = method.prepare(images, labels, ctx.generator)
         clean_u8, base_u8 = self.stream.next()
-        x_clean = t.method.normalize(clean_u8)
-        x_aug = augment_unlabelled(self.op, base_u8, t.method.normalize, self.saliency, t.generator)
+        x_clean = method.normalize(clean_u8)
+        x_aug = augment_unlabelled(self.op, base_u8, method.normalize, self.saliency, ctx.generator)
         b, u = batch.inputs.shape[0], x_clean.shape[0]
-        inputs = torch.cat([batch.inputs, x_clean, x_aug]).contiguous(memory_format=t.memory_format)
-        total_steps = max(cfg.epochs * t.steps_per_epoch, 1)
-        eta = tsa_threshold(cfg.uda_tsa, t.pos.global_step / total_steps, t.num_classes)
-        with t.autocast():
-            logits, early, _ = t.forward(inputs)
+        inputs = torch.cat([batch.inputs, x_clean, x_aug]).contiguous(memory_format=ctx.memory_format)
+        eta = tsa_threshold(cfg.uda_tsa, global_step / max(ctx.total_steps, 1), ctx.num_classes)
+        with ctx.autocast():
+            logits, early, _ = ctx.forward(inputs)
         out = uda_loss(
             logits[:b],
             batch.targets,
@@ -316,7 +313,7 @@ class SemiSupervised:
         )
         loss = out.total
         if early is not None:
-            loss = loss + cfg.early_loss_weight * t.criterion(early[:b].float(), batch.targets)
+            loss = loss + cfg.early_loss_weight * ctx.criterion(early[:b].float(), batch.targets)
         with torch.no_grad():
             one = torch.ones((), dtype=torch.float64, device=self.accum.device)
             self.accum += torch.stack(
@@ -338,7 +335,7 @@ class SemiSupervised:
         the mean consistency loss and TSA threshold, the unlabelled batches drawn so far."""
         from keepmix.train.distributed import all_reduce_sum
 
-        kept, nl, conf, nu, unsup, eta, steps = all_reduce_sum(self.accum, self.trainer.dist).tolist()
+        kept, nl, conf, nu, unsup, eta, steps = all_reduce_sum(self.accum, self.dist).tolist()
         self.accum.zero_()
         return {
             "tsa_kept": kept / max(nl, 1),

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -227,6 +227,7 @@ def save_method_grid(
     title: str | None = None,
     pad: int = 2,
     history_steps: int = 3,
+    saliency_note: str | None = None,
 ) -> MethodGrid:
     """Draw a batch before and after each method into one PNG, like Figure 1 of KeepAugment.
 
@@ -262,9 +263,13 @@ def save_method_grid(
         untrained: say in the title that the saliency comes from an untrained model.
         title: the first title line (default: a description of the batch).
         pad: pixels between cells.
-        history_steps: a RecursiveMix (or KeepRecursiveMix) is first run this many times on
-            the batch rolled by 1, 2, ... images, so that it has a recursive history to paste
-            (its own history is saved and restored: the op is left as it was).
+        history_steps: an op that keeps a history of earlier steps (RecursiveMix,
+            KeepRecursiveMix: one with ``reset``, ``update`` and ``get_extra_state`` /
+            ``set_extra_state``) is first run this many times on the batch rolled by 1, 2, ...
+            images, so that it has a recursive history to paste (its own history is saved and
+            restored: the op is left as it was).
+        saliency_note: the subtitle's description of the saliency map (default: the
+            full-resolution gradient map that ``model`` gives).
 
     Returns a :class:`MethodGrid` with the picture, its layout and every method's output.
     """
@@ -274,77 +279,22 @@ def save_method_grid(
         raise TypeError(f"methods must be a mapping name -> op, got {type(methods).__name__}")
     if isinstance(max_images, bool) or int(max_images) != max_images or max_images < 1:
         raise ValueError(f"max_images must be a positive integer, got {max_images}")
+    if isinstance(history_steps, bool) or int(history_steps) != history_steps or history_steps < 0:
+        raise ValueError(f"history_steps must be an integer >= 0, got {history_steps}")
     if saliency is not None and model is not None:
         raise ValueError("give either model (to compute the saliency) or saliency (precomputed), not both")
     n = min(int(max_images), x.shape[0])
     x = x[:n]
-    if labels is not None:
-        if not isinstance(labels, Tensor) or labels.ndim not in (1, 2) or labels.shape[0] < n:
-            raise ValueError(f"labels must be (B,) class ids or (B, K) soft targets for the {x.shape[0]} images")
-        labels = labels[:n].to(x.device)
-        if labels.ndim == 2:
-            if not labels.dtype.is_floating_point:
-                raise TypeError(
-                    f"labels of shape (B, K) are soft targets and must be floating point, got {labels.dtype}; give class ids as shape (B,)"
-                )
-            sums = labels.double().sum(1)
-            if bool((labels < 0).any()) or not torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
-                bad = int(((sums - 1).abs() > 1e-3).nonzero()[0]) if not torch.allclose(sums, torch.ones_like(sums), atol=1e-3) else 0
-                raise ValueError(
-                    f"labels of shape (B, K) are soft targets: each row must be >= 0 and sum to 1, "
-                    f"but row {bad} sums to {float(sums[bad]):.4g}"
-                )
-    if class_names is not None and labels is not None:
-        ids = labels.argmax(1) if labels.ndim == 2 else labels
-        if bool((ids < 0).any()) or bool((ids >= len(class_names)).any()):
-            raise ValueError(f"labels must lie in [0, {len(class_names)}) to index class_names")
+    labels = _check_labels(labels, x, n, class_names)
+    work = _working_form(x, mean, std)
+    show = _Display(mean is not None or std is not None, mean, std, scale)
+    sal = _saliency_of(model, saliency, work, labels, x, n)
 
-    # The working form every method and the model see.
-    normalised = mean is not None or std is not None
-    if x.dtype == torch.uint8:
-        work = x.float() / 255.0
-        if normalised:
-            if mean is None or std is None:
-                raise ValueError("mean and std must be given together or both left out")
-            m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).reshape(1, -1, 1, 1)
-            s = torch.as_tensor(std, dtype=torch.float32, device=x.device).reshape(1, -1, 1, 1)
-            work = (work - m) / s
-    else:
-        work = x
-
-    def display(t: Tensor) -> Tensor:
-        if t.dtype == torch.uint8 or not normalised:
-            u8 = to_uint8_image(t.detach())
-        else:
-            u8 = to_uint8_image(t.detach(), mean, std)
-        u8 = u8.expand(-1, 3, -1, -1) if u8.shape[1] == 1 else u8
-        return upscale_nearest(u8, scale).cpu()
-
-    sal = None
-    if model is not None:
-        from keepmix.saliency import Saliency
-
-        sal = Saliency(model)(work, labels).detach()
-    elif saliency is not None:
-        if not isinstance(saliency, Tensor) or saliency.ndim != 3 or saliency.shape[0] < n or saliency.shape[1:] != x.shape[2:]:
-            raise ValueError(f"saliency must be a (B, H, W) map of the images' size {tuple(x.shape[2:])}")
-        sal = saliency[:n].detach().to(x.device)
-
-    columns = ["original"]
-    cells = [display(work)]
+    columns, cells = ["original"], [show(work)]
     if sal is not None:
         columns.append("saliency" + (" (untrained model)" if untrained else ""))
-        # The map over a dimmed grey copy of the image: the object stays recognisable while
-        # the colours remain those of the map.
-        base = display(work).float().mean(1, keepdim=True).mul(0.5).round().to(torch.uint8).expand(-1, 3, -1, -1)
-        heat = upscale_nearest(saliency_to_rgb(sal).cpu(), scale)
-        cells.append(overlay(base.contiguous(), heat, 0.75))
+        cells.append(_saliency_cell(show(work), sal, scale))
     outputs: dict[str, MethodOutput] = {}
-    line = max(1, int(scale) // 2)
-    if isinstance(history_steps, bool) or int(history_steps) != history_steps or history_steps < 0:
-        raise ValueError(f"history_steps must be an integer >= 0, got {history_steps}")
-    from keepmix.recursive import RecursiveMix
-
     # Every column starts from the same generator state, so two columns that draw alike
     # (an op and its Keep version, a policy and its KeepPaste through InnerTransform) show
     # the same draw.
@@ -353,69 +303,196 @@ def save_method_grid(
         if generator is not None and start is not None:  # start is None exactly without a generator
             generator.set_state(start)
         inp = x if x.dtype == torch.uint8 and _runs_on_raw_pixels(op) else work
-        if not isinstance(op, RecursiveMix):  # KeepRecursiveMix is one too
-            res = run_method(op, inp, labels, sal, generator, name=str(name))
-        else:
-            saved = op.get_extra_state()
-            try:
-                op.reset()
-                _prime_history(op, inp, labels, sal, int(history_steps), generator)
-                res = run_method(op, inp, labels, sal, generator, name=str(name))
-            finally:
-                op.set_extra_state(saved)
+        res = _run_column(op, inp, labels, sal, generator, str(name), int(history_steps))
         if res.images.shape != work.shape:
             raise ValueError(f"method {name!r} returned shape {tuple(res.images.shape)}, expected {tuple(work.shape)}")
         outputs[str(name)] = res
-        cell = display(res.images)
-        if res.boxes is not None:
-            assert res.region is not None  # run_method gives boxes only with their region
-            cell = draw_boxes(cell, res.boxes.cpu() * int(scale), REGION_COLORS[res.region], width=line)
         columns.append(str(name))
-        cells.append(cell)
+        cells.append(_method_cell(show(res.images), res, scale))
 
-    # Cells row-major (image i, column j) into one grid, then the text around it with PIL.
-    ncol = len(cells)
+    size = (int(x.shape[-2]), int(x.shape[-1]))
+    texts = _Texts(title, _subtitle(sal, untrained, saliency_note), columns, _row_names(labels, class_names), size, n)
+    picture, origin = _compose(cells, texts, outputs, pad)
+    path = save_png(picture, out_path)
+    cell = (int(cells[0].shape[-2]), int(cells[0].shape[-1]))
+    return MethodGrid(path, picture, columns, outputs, sal, origin, cell, pad)
+
+
+def _check_labels(labels: Tensor | None, x: Tensor, n: int, class_names: Sequence[str] | None) -> Tensor | None:
+    """The first ``n`` labels on the images' device, checked: (B,) ids or (B, K) soft targets
+    whose rows sum to 1, within ``class_names`` when given."""
+    if labels is None:
+        return None
+    if not isinstance(labels, Tensor) or labels.ndim not in (1, 2) or labels.shape[0] < n:
+        raise ValueError(f"labels must be (B,) class ids or (B, K) soft targets for the {x.shape[0]} images")
+    labels = labels[:n].to(x.device)
+    if labels.ndim == 2:
+        if not labels.dtype.is_floating_point:
+            raise TypeError(
+                f"labels of shape (B, K) are soft targets and must be floating point, got {labels.dtype}; give class ids as shape (B,)"
+            )
+        sums = labels.double().sum(1)
+        off = (sums - 1).abs() > 1e-3
+        if bool((labels < 0).any()) or bool(off.any()):
+            bad = int(off.nonzero()[0]) if bool(off.any()) else 0
+            raise ValueError(
+                f"labels of shape (B, K) are soft targets: each row must be >= 0 and sum to 1, but row {bad} sums to {float(sums[bad]):.4g}"
+            )
+    if class_names is not None:
+        ids = labels.argmax(1) if labels.ndim == 2 else labels
+        if bool((ids < 0).any()) or bool((ids >= len(class_names)).any()):
+            raise ValueError(f"labels must lie in [0, {len(class_names)}) to index class_names")
+    return labels
+
+
+def _working_form(x: Tensor, mean: Sequence[float] | None, std: Sequence[float] | None) -> Tensor:
+    """The float batch every method and the model see: uint8 to [0, 1], normalised when
+    ``mean``/``std`` are given; float input as it is."""
+    if x.dtype != torch.uint8:
+        return x
+    work = x.float() / 255.0
+    if mean is None and std is None:
+        return work
+    if mean is None or std is None:
+        raise ValueError("mean and std must be given together or both left out")
+    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).reshape(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=x.device).reshape(1, -1, 1, 1)
+    return (work - m) / s
+
+
+@dataclass
+class _Display:
+    """A batch in working form -> uint8 RGB cells, enlarged ``scale`` times, on the CPU."""
+
+    normalised: bool
+    mean: Sequence[float] | None
+    std: Sequence[float] | None
+    scale: int
+
+    def __call__(self, t: Tensor) -> Tensor:
+        if t.dtype == torch.uint8 or not self.normalised:
+            u8 = to_uint8_image(t.detach())
+        else:
+            u8 = to_uint8_image(t.detach(), self.mean, self.std)
+        u8 = u8.expand(-1, 3, -1, -1) if u8.shape[1] == 1 else u8
+        return upscale_nearest(u8, self.scale).cpu()
+
+
+def _saliency_of(
+    model: Callable[[Tensor], Tensor] | None, saliency: Tensor | None, work: Tensor, labels: Tensor | None, x: Tensor, n: int
+) -> Tensor | None:
+    """The (n, H, W) map shown and passed to the ops: the model's gradient saliency, or the given one."""
+    if model is not None:
+        from keepmix.saliency import Saliency
+
+        return Saliency(model)(work, labels).detach()
+    if saliency is None:
+        return None
+    if not isinstance(saliency, Tensor) or saliency.ndim != 3 or saliency.shape[0] < n or saliency.shape[1:] != x.shape[2:]:
+        raise ValueError(f"saliency must be a (B, H, W) map of the images' size {tuple(x.shape[2:])}")
+    return saliency[:n].detach().to(x.device)
+
+
+def _saliency_cell(shown: Tensor, sal: Tensor, scale: int) -> Tensor:
+    """The map over a dimmed grey copy of the image: the object stays recognisable while the
+    colours remain those of the map."""
+    base = shown.float().mean(1, keepdim=True).mul(0.5).round().to(torch.uint8).expand(-1, 3, -1, -1)
+    heat = upscale_nearest(saliency_to_rgb(sal).cpu(), scale)
+    return overlay(base.contiguous(), heat, 0.75)
+
+
+def _keeps_history(op: object) -> bool:
+    """Whether ``op`` keeps a history of earlier steps to paste from (the protocol RecursiveMix
+    follows: ``reset``, ``update``, ``get_extra_state`` / ``set_extra_state``)."""
+    return all(callable(getattr(op, a, None)) for a in ("reset", "update", "get_extra_state", "set_extra_state"))
+
+
+def _run_column(
+    op: Callable[..., Any], inp: Tensor, labels: Tensor | None, sal: Tensor | None, generator: torch.Generator | None, name: str, steps: int
+) -> MethodOutput:
+    """One method's column: :func:`run_method`, after ``steps`` primed steps for an op with a
+    history (its own history is restored afterwards)."""
+    if not _keeps_history(op):
+        return run_method(op, inp, labels, sal, generator, name=name)
+    h = cast(Any, op)
+    saved = h.get_extra_state()
+    try:
+        h.reset()
+        _prime_history(h, inp, labels, sal, steps, generator)
+        return run_method(op, inp, labels, sal, generator, name=name)
+    finally:
+        h.set_extra_state(saved)
+
+
+def _method_cell(shown: Tensor, res: MethodOutput, scale: int) -> Tensor:
+    """A method's output with its regions outlined in their colour."""
+    if res.boxes is None or res.region is None:
+        return shown
+    return draw_boxes(shown, res.boxes.cpu() * int(scale), REGION_COLORS[res.region], width=max(1, int(scale) // 2))
+
+
+def _row_names(labels: Tensor | None, class_names: Sequence[str] | None) -> list[str]:
+    if labels is None:
+        return []
+    ids = (labels.argmax(1) if labels.ndim == 2 else labels).tolist()
+    return [class_names[i] if class_names is not None else f"class {i}" for i in ids]
+
+
+def _subtitle(sal: Tensor | None, untrained: bool, note: str | None) -> str:
+    if sal is None:
+        return "no saliency (no model given)"
+    text = note or "saliency: max over channels of |d label logit / d input|"
+    if untrained:
+        text += ", from an UNTRAINED model (random weights): it shows the mechanism, not a trained map"
+    return text
+
+
+@dataclass
+class _Texts:
+    """The words around the grid: title, subtitle, column headers, row names."""
+
+    title: str | None
+    subtitle: str
+    columns: list[str]
+    rows: list[str]
+    size: tuple[int, int]
+    n: int
+
+
+def _compose(cells: list[Tensor], texts: _Texts, outputs: Mapping[str, MethodOutput], pad: int) -> tuple[Tensor, tuple[int, int]]:
+    """Cells row-major (image i, column j) into one grid, then the text around it with PIL.
+    Returns the picture (uint8 (3, H, W)) and the grid's top-left corner ``(top, left)``."""
+    from PIL import Image, ImageDraw
+
+    n, ncol = texts.n, len(cells)
     stacked = torch.stack(cells, dim=1).reshape(n * ncol, 3, *cells[0].shape[-2:])
     grid = make_grid(stacked, nrow=ncol, padding=pad, pad_value=_BG)
     cell_h, cell_w = cells[0].shape[-2:]
-
-    from PIL import Image, ImageDraw
-
     font = _font()
-    row_names = []
-    if labels is not None:
-        id_list = (labels.argmax(1) if labels.ndim == 2 else labels).tolist()
-        row_names = [class_names[i] if class_names is not None else f"class {i}" for i in id_list]
-    left = (max(int(font.getlength(s)) for s in row_names) + 10) if row_names else 0
+    left = (max(int(font.getlength(s)) for s in texts.rows) + 10) if texts.rows else 0
     top = _TITLE_H + _HEADER_H
     canvas = Image.new("RGB", (left + grid.shape[2], top + grid.shape[1] + _LEGEND_H), _BG)
     canvas.paste(Image.fromarray(grid.permute(1, 2, 0).numpy()), (left, top))
     draw = ImageDraw.Draw(canvas)
-    h, w = x.shape[-2:]
-    head = title or f"keepmix show: {n} images of {h}x{w}, each method applied to the same batch"
-    if sal is not None:
-        sub = "saliency: max over channels of |d label logit / d input|" + (
-            ", from an UNTRAINED model (random weights): it shows the mechanism, not a trained map" if untrained else ""
-        )
-    else:
-        sub = "no saliency (no model given)"
-    lines = _wrap(head, font, canvas.width - 8, 1) + _wrap(sub, font, canvas.width - 8, 2)
+    h, w = texts.size
+    head = texts.title or f"keepmix show: {n} images of {h}x{w}, each method applied to the same batch"
+    lines = _wrap(head, font, canvas.width - 8, 1) + _wrap(texts.subtitle, font, canvas.width - 8, 2)
     for k, text in enumerate(lines):
         draw.text((4, 4 + k * _LINE_H), text, fill=_TEXT, font=font)
-    for j, name in enumerate(columns):
+    for j, name in enumerate(texts.columns):
         x0 = left + pad + j * (cell_w + pad)
         for k, text in enumerate(_wrap(name, font, cell_w, 2)):
             draw.text((x0 + (cell_w - font.getlength(text)) / 2, _TITLE_H + 2 + k * _LINE_H), text, fill=_TEXT, font=font)
-    for i, text in enumerate(row_names):
-        y0 = top + pad + i * (cell_h + pad) + (cell_h - _LINE_H) // 2
-        draw.text((4, y0), text, fill=_TEXT, font=font)
-    # Legend: one coloured swatch per region kind present in the picture.
-    xl, yl = 4, top + grid.shape[1] + 4
+    for i, text in enumerate(texts.rows):
+        draw.text((4, top + pad + i * (cell_h + pad) + (cell_h - _LINE_H) // 2), text, fill=_TEXT, font=font)
+    _legend(draw, font, outputs, 4, top + grid.shape[1] + 4)
+    return torch.from_numpy(np.array(canvas)).permute(2, 0, 1).contiguous(), (top, left)
+
+
+def _legend(draw: Any, font: Any, outputs: Mapping[str, MethodOutput], xl: int, yl: int) -> None:
+    """One coloured swatch per region kind present in the picture."""
     for kind, desc in (("cut", "region cut / changed"), ("kept", "region kept from the original"), ("pasted", "patch from another image")):
         if any(o.boxes is not None and o.region == kind for o in outputs.values()):
             draw.rectangle((xl, yl + 2, xl + 10, yl + 12), outline=REGION_COLORS[kind], width=2)
             draw.text((xl + 14, yl), desc, fill=_TEXT, font=font)
             xl += 14 + int(font.getlength(desc)) + 16
-    picture = torch.from_numpy(np.array(canvas)).permute(2, 0, 1).contiguous()
-    path = save_png(picture, out_path)
-    return MethodGrid(path, picture, columns, outputs, sal, (top, left), (cell_h, cell_w), pad)
