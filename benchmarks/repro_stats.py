@@ -135,7 +135,7 @@ def t975(df: float) -> float:
 
 def t_quantile(q: float, df: float) -> float:
     """The ``q`` quantile of Student's t with ``df`` > 0 degrees of freedom (``scipy.stats.t``)."""
-    from scipy.stats import t
+    from scipy.stats import t  # type: ignore[import-untyped]  # no scipy-stubs in the [test] extra
 
     if not df > 0:
         raise ValueError(f"df must be > 0, got {df!r}")
@@ -439,16 +439,23 @@ def power(effect: float, se: float, df: float, alpha: float = ALPHA) -> float:
         raise ValueError(f"se and df must be > 0, got se={se!r}, df={df!r}")
     crit = t_quantile(1.0 - alpha / 2, df)
     nc = effect / se
-    return float(nct.sf(crit, df, nc) + nct.cdf(-crit, df, nc))
+    # The lower tail as the mirrored upper one: scipy's nct.cdf far below the mean can give nan.
+    out = float(nct.sf(crit, df, nc) + nct.sf(crit, df, -nc))
+    if not math.isfinite(out):
+        raise ValueError(f"scipy's noncentral t gave {out} at noncentrality {nc:.1f} with {df} df")
+    return out
 
 
 def detectable(se: float, df: float, target: float = 0.8, alpha: float = ALPHA) -> float:
     """The smallest true difference a two-sided t test (``se``, ``df``) finds with power ``target``."""
-    from scipy.optimize import brentq
+    from scipy.optimize import brentq  # type: ignore[import-untyped]  # no scipy-stubs in the [test] extra
 
     if not 0.0 < target < 1.0:
         raise ValueError(f"target power must lie in (0, 1), got {target!r}")
-    return float(brentq(lambda e: power(e, se, df, alpha) - target, 0.0, 100.0 * se))
+    hi = se
+    while power(hi, se, df, alpha) < target:  # bracket by doubling: scipy's nct fails far out
+        hi *= 2.0
+    return float(brentq(lambda e: power(e, se, df, alpha) - target, 0.0, hi))
 
 
 def difference(mean_a: float, n_a: int, mean_b: float, n_b: int, spread: Spread | None) -> tuple[float, float | None, float | None]:
