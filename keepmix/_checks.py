@@ -17,11 +17,10 @@ IMAGE_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch
 
 
 def check_images(x: object, name: str = "images", channels: int | Sequence[int] | None = None) -> Tensor:
-    """Check that ``x`` is a non-empty (B, C, H, W) float or uint8 tensor and return it.
+    """Check that ``x`` is a (B, C, H, W) float or uint8 tensor with a non-empty image size and return it.
 
-    An empty batch is an error: an op on nothing is almost always a bug upstream (a data
-    loader that ran dry, a boolean mask that selected nothing), and hiding it would only move
-    the failure somewhere harder to read.
+    B = 0 is allowed: DDP's last uneven batch or a filtered batch can be empty, and an empty
+    batch passes through every op (as in torchvision and kornia).
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
@@ -29,8 +28,6 @@ def check_images(x: object, name: str = "images", channels: int | Sequence[int] 
         raise ValueError(f"{name} must have shape (B, C, H, W) (4 dimensions), got shape {tuple(x.shape)}")
     if x.dtype not in IMAGE_DTYPES:
         raise TypeError(f"{name} must be uint8 or floating point (float16/bfloat16/float32/float64), got {x.dtype}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (B = 0); every op needs at least one image")
     if x.shape[2] == 0 or x.shape[3] == 0:
         raise ValueError(f"{name} has an empty spatial size {tuple(x.shape[2:])}")
     if channels is not None:

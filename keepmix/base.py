@@ -38,8 +38,8 @@ from typing import Any, ClassVar, Literal, TypeVar
 import torch
 from torch import Tensor, nn
 
-from keepmix._checks import check_generator, check_images, check_same_device
-from keepmix.targets import to_soft_targets
+from keepmix._checks import check_images
+from keepmix.targets import check_soft_targets, to_soft_targets
 
 __all__ = ["Params", "RegionParams", "Op", "RegionOp", "Placement", "Region", "SaliencyFn", "check_saliency", "OpOutput"]
 
@@ -115,14 +115,6 @@ def check_saliency(saliency: object, images: Tensor, name: str = "saliency") -> 
     return saliency
 
 
-def _check_label_rows(labels: object, batch: int) -> Tensor:
-    if not isinstance(labels, Tensor):
-        raise TypeError(f"labels must be a torch.Tensor of shape (B,) or (B, K), got {type(labels).__name__}")
-    if labels.ndim not in (1, 2) or labels.shape[0] != batch:
-        raise ValueError(f"labels must have shape (B,) or (B, K) with B = {batch} (the images' batch), got {tuple(labels.shape)}")
-    return labels
-
-
 class Op(nn.Module, metaclass=abc.ABCMeta):
     """Base of every keepmix op: the boundary checks, ``forward``, and what the op is.
 
@@ -184,8 +176,11 @@ class Op(nn.Module, metaclass=abc.ABCMeta):
     def _after_forward(self, params: Params) -> None:
         """Called by ``forward`` after ``apply_params`` (a stateful op records what it needs)."""
 
-    # ----------------------------------------------------------------- boundary checks
+    # ----------------------------------------------------------------- the one boundary
+    # Every public entry (forward, sample_params, transform) checks its input here, once; the
+    # hooks and the kernels behind them check nothing.
     def _check_images(self, images: object) -> Tensor:
+        """The images check (ops with more to say about their images extend it)."""
         x = check_images(images, channels=self.channels)
         if x.requires_grad and not self.differentiable:
             raise TypeError(
@@ -195,31 +190,54 @@ class Op(nn.Module, metaclass=abc.ABCMeta):
         return x
 
     def _check_labels(self, images: Tensor, labels: object) -> Tensor | None:
-        """The labels as ``make_params`` / ``apply_params`` take them."""
+        """The labels as ``make_params`` / ``apply_params`` take them: checked once, and float32
+        (B, K) soft targets for a mixing op."""
         if labels is None:
             if self.mixes_labels:
                 raise ValueError(
                     f"{type(self).__name__} mixes labels: call it with labels, op(images, labels), (B,) class ids or (B, K) soft targets"
                 )
             return None
-        labels = _check_label_rows(labels, images.shape[0])
-        check_same_device(images=images, labels=labels)
+        if not isinstance(labels, Tensor):
+            raise TypeError(f"labels must be a torch.Tensor of shape (B,) or (B, K), got {type(labels).__name__}")
+        batch = images.shape[0]
+        if labels.ndim not in (1, 2) or labels.shape[0] != batch:
+            raise ValueError(f"labels must have shape (B,) or (B, K) with B = {batch} (the images' batch), got {tuple(labels.shape)}")
+        if labels.device != images.device:
+            raise ValueError(f"labels is on {labels.device} but images are on {images.device}; move them to one device")
         if self.mixes_labels:
-            return to_soft_targets(labels, self.num_classes, images.shape[0])
+            return to_soft_targets(labels, self.num_classes)
+        if labels.ndim == 2 and labels.dtype.is_floating_point:
+            check_soft_targets(labels)
         return labels
 
     def _resolve_saliency(self, images: Tensor, labels: Tensor | None, saliency: object) -> Tensor | None:
+        """The saliency map ``make_params`` reads: the caller's, or the op's source's; detached
+        (a map is never differentiated through), or None when the op needs none."""
         if saliency is not None:
-            return check_saliency(saliency, images)
-        if not self.needs_saliency(images):
+            sal = check_saliency(saliency, images)
+        elif not self.needs_saliency(images):
             return None
-        fn = self.saliency_source()
-        if fn is None:
-            raise ValueError(
-                f"{type(self).__name__} needs a saliency map: pass saliency=(B, H, W) tensor, "
-                "or give its placer saliency_fn=Saliency(model)"
-            )
-        return check_saliency(fn(images, labels), images, name="saliency_fn(images, labels)")
+        else:
+            fn = self.saliency_source()
+            if fn is None:
+                raise ValueError(
+                    f"{type(self).__name__} needs a saliency map: pass saliency=(B, H, W) tensor, "
+                    "or give its placer saliency_fn=Saliency(model)"
+                )
+            sal = check_saliency(fn(images, labels), images, name="saliency_fn(images, labels)")
+        return sal.detach() if sal.requires_grad else sal
+
+    def _validate(
+        self, images: object, labels: object, saliency: object, generator: object
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """The one validator: ``(images, labels as the hooks take them, saliency or None)``."""
+        x = self._check_images(images)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        y = self._check_labels(x, labels)
+        sal = self._resolve_saliency(x, labels, saliency) if x.shape[0] else None  # type: ignore[arg-type]
+        return x, y, sal
 
     # ----------------------------------------------------------------- the protocol
     def sample_params(
@@ -231,22 +249,19 @@ class Op(nn.Module, metaclass=abc.ABCMeta):
         generator: torch.Generator | None = None,
     ) -> Params:
         """Draw every image's parameters from ``generator`` (eager; the only random step)."""
-        images = self._check_images(images)
-        check_generator(generator)
-        checked = None if labels is None else self._check_labels(images, labels)
-        sal = self._resolve_saliency(images, labels, saliency)
-        return self.make_params(images, checked, sal, generator)
+        x, y, sal = self._validate(images, labels, saliency, generator)
+        return self.make_params(x, y, sal, generator)
 
     def transform(self, images: Tensor, labels: Tensor | None, params: Params) -> OpOutput:
         """Apply ``params`` (deterministic; the inputs are never modified).
 
         Returns ``images`` when ``labels`` is None, else ``(images, targets)``.
         """
-        images = self._check_images(images)
-        checked = self._check_labels(images, labels)
-        self._check_params(params, images)
-        out, targets = self.apply_params(images, checked, params)
-        return _pack(_like(out, images), targets, labels)
+        x = self._check_images(images)
+        y = self._check_labels(x, labels)
+        self._check_params(params, x)
+        out, targets = self.apply_params(x, y, params)
+        return _finish(out, x, targets, labels)
 
     def forward(
         self,
@@ -260,22 +275,39 @@ class Op(nn.Module, metaclass=abc.ABCMeta):
 
         Returns ``images`` when called without labels, ``(images, targets)`` with labels. A
         single (C, H, W) image (with a (H, W) saliency and a scalar label) or a PIL image
-        comes back as the same type, for the ops that take one.
+        comes back as the same type, for the ops that take one. An empty batch (B = 0) comes
+        back as it went in, with (0, K) targets from a mixing op.
         """
+        if not isinstance(images, Tensor) or images.ndim != 4:
+            return self._forward_one(images, labels, saliency, generator)
+        x, y, sal = self._validate(images, labels, saliency, generator)
+        if x.shape[0] == 0:
+            return _finish(x, x, y, labels)
+        params = self.make_params(x, y, sal, generator)
+        out, targets = self.apply_params(x, y, params)
+        if type(self)._after_forward is not Op._after_forward:
+            self._after_forward(params)
+        return _finish(out, x, targets, labels)
+
+    def _forward_one(self, image: Any, label: Any, saliency: Any, generator: torch.Generator | None) -> Any:
+        """``forward`` on one (C, H, W) or PIL image (or a bad input: ``as_batch`` names it)."""
         from keepmix.single import as_batch
 
-        batch, batch_labels, batch_saliency, unbatch = as_batch(self, images, labels, saliency)
-        batch = self._check_images(batch)
-        check_generator(generator)
-        checked = self._check_labels(batch, batch_labels)
-        sal = self._resolve_saliency(batch, batch_labels, batch_saliency)
-        params = self.make_params(batch, checked, sal, generator)
-        out, targets = self.apply_params(batch, checked, params)
-        self._after_forward(params)
-        out = _like(out, batch)
-        if unbatch is not None:  # single images go through label-preserving ops only
-            return _pack(unbatch(out), labels, labels)
-        return _pack(out, targets, labels)
+        batch, batch_labels, batch_saliency, unbatch = as_batch(self, image, label, saliency)
+        if unbatch is None:  # a tensor that is not 4-D and not one image: the batch check says why
+            self._check_images(batch)
+        out = self.forward(batch, batch_labels, saliency=batch_saliency, generator=generator)
+        images = out if batch_labels is None else out[0]
+        # Single images go through label-preserving ops only: the caller's label comes back.
+        return unbatch(images) if label is None else (unbatch(images), label)  # type: ignore[misc]
+
+
+def _finish(out: Tensor, images: Tensor, targets: Tensor | None, labels: Any) -> OpOutput:
+    """The output in the input's structure and memory format."""
+    out = _like(out, images)
+    if labels is None:
+        return out
+    return out, targets if targets is not None else labels
 
 
 def _like(out: Tensor, images: Tensor) -> Tensor:
@@ -289,12 +321,6 @@ def _like(out: Tensor, images: Tensor) -> Tensor:
     ):
         return out.contiguous(memory_format=torch.channels_last)
     return out
-
-
-def _pack(out: Tensor, targets: Tensor | None, labels: Any) -> OpOutput:
-    if labels is None:
-        return out
-    return out, targets if targets is not None else labels
 
 
 class RegionOp(Op):

@@ -8,7 +8,25 @@ from torch import Tensor, nn
 
 from keepmix.engine import check_values
 
-__all__ = ["to_soft_targets", "mix_targets", "soft_target_cross_entropy", "SoftTargetCrossEntropy"]
+__all__ = ["check_soft_targets", "to_soft_targets", "mix_targets", "soft_target_cross_entropy", "SoftTargetCrossEntropy"]
+
+
+#: How far a soft target row's sum may stray from 1: float16/bfloat16 rows and label smoothing
+#: round, and a wrong row (a sum of 5, or of -1) is far outside it.
+SOFT_TARGET_TOLERANCE = 1e-2
+
+
+def check_soft_targets(targets: Tensor, name: str = "labels") -> None:
+    """Raise unless every row of the (B, K) ``targets`` is a distribution: finite, non-negative,
+    summing to 1 within :data:`SOFT_TARGET_TOLERANCE` (a device-side assertion on the
+    capture-safe path, see :mod:`keepmix.engine`)."""
+    t = targets.float()
+    ok = torch.isfinite(t).all(1) & (t >= 0).all(1) & ((t.sum(1) - 1).abs() <= SOFT_TARGET_TOLERANCE)
+    check_values(
+        ok,
+        f"{name} of shape (B, K) must be soft targets: finite, non-negative rows that sum to 1 (within {SOFT_TARGET_TOLERANCE})",
+        lambda: f"row {int((~ok).nonzero()[0])} is {t[int((~ok).nonzero()[0])].tolist()}",
+    )
 
 
 def to_soft_targets(labels: Tensor, num_classes: int | None = None, batch_size: int | None = None, name: str = "labels") -> Tensor:
@@ -37,6 +55,7 @@ def to_soft_targets(labels: Tensor, num_classes: int | None = None, batch_size: 
             raise TypeError(f"{name} of shape (B, K) must be floating point soft targets, got dtype {labels.dtype}")
         if num_classes is not None and labels.shape[1] != num_classes:
             raise ValueError(f"{name} of shape (B, K) must have K = num_classes = {num_classes}, got K = {labels.shape[1]}")
+        check_soft_targets(labels, name)
         out = labels.float()
     else:
         raise ValueError(f"{name} must have shape (B,) or (B, K), got shape {tuple(labels.shape)}")

@@ -5,9 +5,10 @@ For one op it checks, on small batches:
 * the inputs (images, labels, saliency) are untouched;
 * dtype, device and channels_last are kept; labels pass through (the same object) for a
   label-preserving op, and a mixing op returns float32 (B, K) rows that sum to 1;
-* the same seed gives the same output, and ``forward`` equals ``apply(sample_params)``;
+* the same seed gives the same output, and ``forward`` equals ``transform(sample_params)``;
 * a batch of one equals a row of the batch run with the same parameters (not for ops that
   mix images of the batch);
+* an empty batch (B = 0) passes through;
 * non-square images, and uint8 / float16 / bfloat16 / float32 images work;
 * the (C, H, W) path, and the PIL path, where the op offers them;
 * CPU equals CUDA for the same parameters when a GPU is present.
@@ -121,6 +122,16 @@ def check_op(make: Callable[[], Op]) -> None:
     res = _images(_call(op, xc, y, s))
     assert res.is_contiguous(memory_format=torch.channels_last), "channels_last was not kept"
     _assert_same(res.contiguous(), images, "channels_last vs contiguous")
+
+    # An empty batch (B = 0) passes through, with (0, K) targets from a mixing op.
+    xe, ye, se = x[:0], y[:0], s[:0]
+    empty = op(xe, ye, saliency=se, generator=_gen())
+    assert isinstance(empty, tuple) and empty[0].shape == xe.shape and empty[0].dtype == xe.dtype, "B = 0 images"
+    if op.mixes_labels:
+        assert empty[1].shape == (0, K) and empty[1].dtype == torch.float32, f"B = 0 targets: {tuple(empty[1].shape)}"
+    else:
+        assert empty[1] is ye, "B = 0: a label-preserving op returns the labels it was given"
+        assert op(xe, saliency=se, generator=_gen()).shape == xe.shape
 
     # Single images and PIL images.
     if op.single_image:
