@@ -139,12 +139,18 @@ def test_collate_errors_name_the_argument() -> None:
 
 
 def test_integrations_import_without_lightning() -> None:
+    """Neither Lightning package is needed to import the mixin; using it outside a
+    LightningModule is refused with the class line to write."""
     code = (
-        "import sys; sys.modules['pytorch_lightning'] = None\n"
+        "import sys; sys.modules['pytorch_lightning'] = None; sys.modules['lightning'] = None\n"
         "import keepmix, keepmix.integrations\n"
         "from keepmix.integrations import AugmentCollate\n"
-        "try:\n    keepmix.integrations.KeepmixAugmentation\nexcept ImportError as e:\n    assert 'keepmix[lightning]' in str(e), e\n"
-        "else:\n    raise SystemExit('no ImportError')\n"
+        "from torch import nn\n"
+        "class M(keepmix.integrations.KeepmixAugmentation, nn.Module):\n    pass\n"
+        "try:\n    M().set_augmentation(keepmix.Cutout(2))\n"
+        "except TypeError as e:\n    assert 'M(KeepmixAugmentation, L.LightningModule)' in str(e), e\n"
+        "else:\n    raise SystemExit('no TypeError')\n"
+        "assert 'pytorch_lightning' not in sys.modules or sys.modules['pytorch_lightning'] is None\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
 
@@ -154,7 +160,7 @@ def _lightning():
     pl = pytest.importorskip("pytorch_lightning")
     from keepmix.integrations.lightning import KeepmixAugmentation
 
-    class Recorder(KeepmixAugmentation):
+    class Recorder(KeepmixAugmentation, pl.LightningModule):
         def __init__(self, op: keepmix.Op | None, seed: int = 0) -> None:
             super().__init__()
             self.net = nn.Linear(64, 4)

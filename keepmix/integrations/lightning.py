@@ -2,7 +2,9 @@
 
 ::
 
-    class Model(KeepmixAugmentation, pl.LightningModule):   # or just (KeepmixAugmentation)
+    import lightning.pytorch as L              # or: import pytorch_lightning as L
+
+    class Model(KeepmixAugmentation, L.LightningModule):
         def __init__(self):
             super().__init__()
             self.net = ...
@@ -12,9 +14,13 @@
             images, targets = batch          # augmented, on the device
             return keepmix.SoftTargetCrossEntropy()(self.net(images), targets)
 
-Importing this module imports ``pytorch_lightning`` (``pip install "keepmix[lightning]"``);
-``import keepmix`` does not. A subclass that overrides ``on_after_batch_transfer``,
-``on_save_checkpoint`` or ``on_load_checkpoint`` must call ``super()`` there.
+The mixin has no Lightning base class of its own, so it works with either package Lightning
+ships (``lightning.pytorch``, the one Lightning documents, and the standalone
+``pytorch_lightning``): list it before the ``LightningModule`` of the package the Trainer comes
+from. (A mixin built on one package's ``LightningModule`` combined with the other's gives a
+module with two LightningModule bases, which the Trainer refuses.) This module imports neither
+package. A subclass that overrides ``on_after_batch_transfer``, ``on_save_checkpoint`` or
+``on_load_checkpoint`` must call ``super()`` there.
 """
 
 from __future__ import annotations
@@ -27,13 +33,6 @@ from torch import Tensor
 
 from keepmix._checks import check_int
 from keepmix.base import Op
-
-try:
-    import pytorch_lightning as pl
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        'keepmix.integrations.lightning needs PyTorch Lightning: pip install "keepmix[lightning]" (pytorch-lightning>=2.0)'
-    ) from exc
 
 __all__ = ["KeepmixAugmentation", "rank_seed"]
 
@@ -59,10 +58,19 @@ def _check_op(op: object, name: str) -> Op:
     return op
 
 
-class KeepmixAugmentation(pl.LightningModule):
+# The packages whose LightningModule the mixin pairs with.
+_LIGHTNING_MODULES = ("lightning.pytorch", "pytorch_lightning")
+
+
+def _is_lightning_module(cls: type) -> bool:
+    return any(c.__name__ == "LightningModule" and c.__module__.startswith(_LIGHTNING_MODULES) for c in cls.__mro__)
+
+
+class KeepmixAugmentation:
     """Applies a keepmix op to each training batch on the device, with a resumable stream.
 
-    Set the op with :meth:`set_augmentation` (after ``super().__init__()``; assigning
+    A mixin: ``class Model(KeepmixAugmentation, L.LightningModule)`` with ``L`` either
+    ``lightning.pytorch`` or ``pytorch_lightning``. Set the op with :meth:`set_augmentation` (after ``super().__init__()``; assigning
     ``self.keepmix_op`` and ``self.keepmix_seed`` works too). In ``on_after_batch_transfer``,
     while ``self.trainer.training``, a batch ``(images, labels)`` becomes
     ``op(images, labels, generator=g)``: ``(images, float32 (B, K) soft targets)`` for a mixing
@@ -82,9 +90,17 @@ class KeepmixAugmentation(pl.LightningModule):
     """
 
     keepmix_seed: int = 0
+    # Given by the LightningModule the mixin is combined with (declared for the type checker).
+    trainer: Any
+    all_gather: Any
 
     def set_augmentation(self, op: Op | None, seed: int = 0) -> None:
         """Augment training batches with ``op`` (None: no augmentation), seeded by ``seed``."""
+        if not _is_lightning_module(type(self)):
+            raise TypeError(
+                f"{type(self).__name__}: KeepmixAugmentation is a mixin for a LightningModule; declare "
+                f"class {type(self).__name__}(KeepmixAugmentation, L.LightningModule) with L = lightning.pytorch or pytorch_lightning"
+            )
         self.keepmix_op = op
         self.keepmix_seed = check_int(seed, "seed", low=0, what="a non-negative int")
         self._keepmix_generator: torch.Generator | None = None
@@ -131,7 +147,7 @@ class KeepmixAugmentation(pl.LightningModule):
 
     # ----------------------------------------------------------------- Lightning hooks
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        batch = super().on_after_batch_transfer(batch, dataloader_idx)
+        batch = super().on_after_batch_transfer(batch, dataloader_idx)  # type: ignore[misc]  # the LightningModule's
         op = getattr(self, "keepmix_op", None)
         if op is None or not self.trainer.training:
             return batch
@@ -149,7 +165,7 @@ class KeepmixAugmentation(pl.LightningModule):
         return type(batch)(out) if isinstance(batch, list) else tuple(out)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
+        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
         g = getattr(self, "_keepmix_generator", None)
         states, device = None, None
         if g is not None:
@@ -165,7 +181,7 @@ class KeepmixAugmentation(pl.LightningModule):
         checkpoint["keepmix"] = {"seed": self.keepmix_seed, "batches": self._keepmix_batches(), "device": device, "states": states}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
+        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
         saved = checkpoint.get("keepmix")
         if saved is None:
             return
