@@ -255,15 +255,17 @@ def checked_spread(groups: Sequence[tuple[int, float | None]], alpha: float = AL
 # Comparisons: one primary per grid, Holm for the others, paired differences where seeds match
 # --------------------------------------------------------------------------------------------
 # The primary comparison of each grid, named before its result was read where the grid was
-# budgeted (the inside pair) and otherwise the comparison the grid was built to make: KeepCutout
-# against Cutout (3.1, the paper's Table 1 row), the saliency at a constant area cut (3.5), the
-# paper's early head against the head alone (3.3), the one Keep method of the Table 5 rows
-# (5.2). A family (the comparisons of one origin) takes the first pair of this list it holds.
-PRIMARY: tuple[tuple[str, str], ...] = (
-    ("keepcutout_inside", "cutout_inside"),
-    ("keepcutout", "cutout"),
-    ("keepcutout_early", "cutout_earlyhead"),
-    ("keepresizemix", "resizemix"),
+# budgeted (the inside pair) and otherwise the comparison the grid was built to make: the
+# saliency at a constant area cut (3.5), the paper's early head against the head alone in the
+# early-head placement grid (3.3, the grid that holds ``keepcutout_early1``), KeepCutout against
+# Cutout (3.1, the paper's Table 1 row), the one Keep method of the Table 5 rows (5.2). A family
+# (the comparisons of one origin) takes the first ``(method, base, marker)`` whose pair it holds
+# and, when ``marker`` is given, whose grid has a row of that method.
+PRIMARY: tuple[tuple[str, str, str | None], ...] = (
+    ("keepcutout_inside", "cutout_inside", None),
+    ("keepcutout_early", "cutout_earlyhead", "keepcutout_early1"),
+    ("keepcutout", "cutout", None),
+    ("keepresizemix", "resizemix", None),
 )
 
 
@@ -393,8 +395,14 @@ def compare(
     return c
 
 
-def correct(comparisons: Sequence[Comparison], primary: Sequence[tuple[str, str]] = PRIMARY, alpha: float = ALPHA) -> None:
-    """In place: per family, mark its primary (the first pair of ``primary`` it holds) and give
+def correct(
+    comparisons: Sequence[Comparison],
+    primary: Sequence[tuple[str, str, str | None]] = PRIMARY,
+    alpha: float = ALPHA,
+    grid: Iterable[str] = (),
+) -> None:
+    """In place: per family, mark its primary (the first entry of ``primary`` whose pair it holds
+    and whose marker, if any, is in ``grid``, the grid's methods) and give
     every other tested comparison its Holm-adjusted p and its Bonferroni interval over the family's
     secondary comparisons (simultaneous 95% coverage); the primary's adjusted interval is its raw one."""
     families: dict[str, list[Comparison]] = {}
@@ -403,7 +411,8 @@ def correct(comparisons: Sequence[Comparison], primary: Sequence[tuple[str, str]
             families.setdefault(c.family, []).append(c)
     for members in families.values():
         pairs = {(c.method, c.base): c for c in members}
-        head = next((pairs[p] for p in primary if p in pairs), None)
+        methods = set(grid)
+        head = next((pairs[(m, b)] for m, b, marker in primary if (m, b) in pairs and (marker is None or marker in methods)), None)
         if head is not None:
             head.primary, head.ci_adj = True, head.ci
         rest = [c for c in members if c is not head]
@@ -416,14 +425,16 @@ def correct(comparisons: Sequence[Comparison], primary: Sequence[tuple[str, str]
             head.family_size = len(rest)
 
 
-def grid_comparisons(rows: Sequence[Row], primary: Sequence[tuple[str, str]] = PRIMARY, alpha: float = ALPHA) -> list[Comparison]:
+def grid_comparisons(
+    rows: Sequence[Row], primary: Sequence[tuple[str, str, str | None]] = PRIMARY, alpha: float = ALPHA
+) -> list[Comparison]:
     """Every comparison of a grid (each method against its base, each Keep method against its
     controls, see :func:`control_pairs`), corrected per family (:func:`correct`)."""
     by = {r.method: r for r in rows}
     spreads = grid_spreads(rows, alpha)
     out = [compare(r, by[r.base], spreads) for r in rows if r.base is not None and r.base in by]
     out += [compare(r, ctrl, spreads, "control") for r, ctrl, _ in control_pairs(rows)]
-    correct(out, primary, alpha)
+    correct(out, primary, alpha, by)
     return out
 
 
