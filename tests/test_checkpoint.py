@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -149,22 +151,39 @@ def test_a_folder_that_is_not_a_run_is_named_as_such(tmp_path):
         load_checkpoint(tmp_path)
 
 
-def test_full_disk_is_a_checkpoint_error_and_keeps_the_old_checkpoint(tmp_path, monkeypatch):
-    import errno
+def _dev_full_mkstemp(real_mkstemp):
+    """mkstemp that returns a descriptor of /dev/full (every write fails with a real ENOSPC
+    from the kernel), while the named temporary file exists as mkstemp made it."""
     import os
+
+    def mkstemp(*a, **k):
+        fd, name = real_mkstemp(*a, **k)
+        os.close(fd)
+        return os.open("/dev/full", os.O_WRONLY), name
+
+    return mkstemp
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full to make a real ENOSPC")
+def test_full_disk_names_the_folder_and_the_space_needed_and_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    import tempfile
 
     from keepmix.train.checkpoint import CheckpointWriteError
 
+    # What the checkpoint must not do: torch.save straight into a full file hides ENOSPC in a RuntimeError.
+    f = open("/dev/full", "wb")  # noqa: SIM115 (closing it flushes into the full device, which raises too)
+    with pytest.raises(RuntimeError):
+        torch.save({"x": torch.zeros(100_000)}, f)
+    with pytest.raises(OSError):
+        f.close()
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(_state(1), path)
-
-    def full_disk(obj, f, *a, **k):
-        f.write(b"partial")
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(CheckpointWriteError, match="No space left on device; the previous checkpoint is unchanged"):
+    monkeypatch.setattr(tempfile, "mkstemp", _dev_full_mkstemp(tempfile.mkstemp))
+    with pytest.raises(CheckpointWriteError) as e:
         save_checkpoint(_state(2), path)
     monkeypatch.undo()
+    msg = str(e.value)
+    assert "\n" not in msg and "disk is full" in msg and f"the folder {str(tmp_path)!r} needs " in msg and " MiB for it" in msg
+    assert msg.endswith("the previous checkpoint is unchanged")
     assert load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]

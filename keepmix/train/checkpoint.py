@@ -60,18 +60,25 @@ def to_cpu(obj: Any) -> Any:
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Atomically write ``state`` to ``path`` (temporary file + fsync + rename).
 
-    An ``OSError`` (a full disk, a read-only folder) becomes a :class:`CheckpointWriteError`
-    naming the file and the reason; the previous checkpoint at ``path`` is then unchanged
-    and no temporary file is left behind (also on KeyboardInterrupt).
+    The checkpoint is serialised in memory first and then written with plain ``write``
+    calls, so that a full disk surfaces as ``ENOSPC`` (``torch.save`` writing to the file
+    itself would hide it in a RuntimeError of its zip writer). An ``OSError`` (a full disk, a
+    read-only folder) becomes a :class:`CheckpointWriteError` naming the file, the reason
+    and, for a full disk, the folder and the space needed; the previous checkpoint at
+    ``path`` is then unchanged and no temporary file is left behind (also on KeyboardInterrupt).
     """
+    import io
+
     path = Path(path)
-    state = {"format_version": FORMAT_VERSION, **to_cpu(state)}
+    buffer = io.BytesIO()
+    torch.save({"format_version": FORMAT_VERSION, **to_cpu(state)}, buffer)
+    data = buffer.getbuffer()
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -79,10 +86,30 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(e, OSError):
-            kept = "the previous checkpoint is unchanged" if path.is_file() else "no checkpoint was written"
-            raise CheckpointWriteError(f"cannot write checkpoint {str(path)!r}: {e.strerror or e}; {kept}") from None
+            raise CheckpointWriteError(_write_failure(e, path, len(data))) from None
         raise
     return path
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _write_failure(e: OSError, path: Path, size: int) -> str:
+    import errno
+    import shutil
+
+    kept = "the previous checkpoint is unchanged" if path.is_file() else "no checkpoint was written"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            free = f", {_mib(shutil.disk_usage(path.parent).free)} free"
+        except OSError:
+            free = ""
+        return (
+            f"cannot write checkpoint {str(path)!r}: the disk is full ({e.strerror}): the folder {str(path.parent)!r} needs "
+            f"{_mib(size)} for it{free}; free some space and resume the run; {kept}"
+        )
+    return f"cannot write checkpoint {str(path)!r}: {e.strerror or e}; {kept}"
 
 
 def load_checkpoint(path: str | Path, require: tuple[str, ...] = REQUIRED_KEYS) -> dict[str, Any]:

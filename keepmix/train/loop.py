@@ -121,25 +121,29 @@ class Trainer:
         log: Callable[[str], None] | None = None,
         tensorboard: bool | None = None,
     ) -> None:
-        state: dict[str, Any] | None = None
-        schedule_change = None
         self._lock: RunLock | None = None
-        if resume is not None:
-            rd = RunDir.of(resume)
-            self._lock = RunLock.acquire(rd) if is_main_process() else None  # before any work: a second run is refused
-            state, config, rd, schedule_change = resume_state(resume, epochs)
-            run_dir = rd.path
-        elif config is None:
-            raise ConfigError("give a config, or resume= a run directory")
-        elif epochs is not None:
-            config = config.replace(epochs=epochs)
+        if resume is not None:  # the lock first, before any work: a second run in the directory is refused
+            self._lock = RunLock.acquire(RunDir.of(resume)) if is_main_process() else None
         try:
-            self._set_up(config.validated(), state, schedule_change, data, run_dir, tensorboard, resume is not None)
+            state, config, run_dir, schedule_change = self._plan(config, resume, epochs, run_dir)
+            self._set_up(config, state, schedule_change, data, run_dir, tensorboard, resume is not None)
         except BaseException:
             self._release()
             raise
         self.on_step = on_step
         self._log = log
+
+    @staticmethod
+    def _plan(config: TrainConfig | None, resume: str | Path | None, epochs: int | None, run_dir: str | Path | None):
+        """``(state or None, the validated config to run, run_dir, schedule change or None)``."""
+        if resume is not None:
+            state, config, rd, schedule_change = resume_state(resume, epochs)
+            return state, config, rd.path, schedule_change
+        if config is None:
+            raise ConfigError("give a config, or resume= a run directory")
+        if epochs is not None:
+            config = config.replace(epochs=epochs)
+        return None, config.validated(), run_dir, None
 
     def _set_up(self, config, state, schedule_change, data, run_dir, tensorboard, resumed) -> None:
         """Assemble the run from its parts (:mod:`keepmix.train.setup`), in this order."""
