@@ -1,13 +1,6 @@
-"""PyTorch Lightning: the KeepmixAugmentation mixin augments each training batch on the device.
+"""PyTorch Lightning: the KeepmixAugmentation mixin augments each training batch on the device."""
 
-The mixin pairs with the LightningModule of either package: ``lightning.pytorch`` (what
-Lightning documents today) or the standalone ``pytorch_lightning``.
-"""
-
-try:
-    import lightning.pytorch as pl
-except ImportError:
-    import pytorch_lightning as pl
+import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
