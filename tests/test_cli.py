@@ -151,6 +151,9 @@ def test_checkpoint_of_another_model_is_refused(tmp_path, folder, capsys):
     ck["finished"] = False
     ck["config"]["model"] = "resnet20"
     torch.save(ck, run / "checkpoint.pt")
+    from keepmix.train.config import config_from_dict, save_config
+
+    save_config(config_from_dict(ck["config"]), run / "config.yaml")  # the run's record agrees with its checkpoint
     assert main(["train", "--resume", str(run)]) == 2
     assert "another model" in capsys.readouterr().err
 

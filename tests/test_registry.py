@@ -231,3 +231,34 @@ def test_the_harness_modules_load_no_tqdm_yaml_or_matplotlib_at_import():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_the_run_grid_draws_the_saliency_at_the_runs_resolution(tmp_path, monkeypatch, cifar_uint8, cifar_labels):
+    from types import SimpleNamespace
+
+    import keepmix.viz
+    from keepmix.data.split import Split
+    from keepmix.models import build_model
+    from keepmix.saliency import Saliency
+    from keepmix.train.data import prepare_data
+    from keepmix.train.methods import build_saliency
+    from keepmix.train.show import _one_per_class, save_run_grid
+
+    classes = [str(i) for i in range(10)]
+    cfg = TrainConfig(name="t", method="keepcutout", model="small", saliency="lowres", saliency_downscale=2, out_dir=str(tmp_path))
+    data = prepare_data(Split(cifar_uint8[:48], cifar_labels[:48], classes), Split(cifar_uint8[48:], cifar_labels[48:], classes), cfg)
+    model = build_model("small", num_classes=10).eval()
+    trainer = SimpleNamespace(config=cfg, model=model, data=data, device=torch.device("cpu"), num_classes=10)
+    seen = []
+    real = keepmix.viz.save_method_grid
+    monkeypatch.setattr(keepmix.viz, "save_method_grid", lambda *a, **k: seen.append(k) or real(*a, **k))
+    save_run_grid(trainer, tmp_path / "methods.png", num_images=4)
+    (kw,) = seen
+    assert "at 1/2 resolution, upsampled, as this run (lowres) computes it" in kw["saliency_note"]
+    grid_sal = kw["saliency"]
+    pick = _one_per_class(data.test.labels, 4)  # the grid's images: recompute the map on them
+    images, labels = data.test.images[pick], data.test.labels[pick]
+    mean, std = torch.tensor(data.mean).view(1, -1, 1, 1), torch.tensor(data.std).view(1, -1, 1, 1)
+    x = (images.float() / 255 - mean) / std
+    assert torch.allclose(grid_sal, build_saliency(cfg, model)(x, labels))
+    assert not torch.allclose(grid_sal, Saliency(model)(x, labels))  # not the full-resolution map

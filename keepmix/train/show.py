@@ -170,9 +170,25 @@ def _one_per_class(labels: torch.Tensor, n: int) -> torch.Tensor:
     return order[torch.argsort(key, stable=True)][: min(n, len(labels))]
 
 
+def _run_saliency(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """The saliency map as the run computes it (its ``saliency`` mode: a lowres run's map is
+    taken at 1 / ``saliency_downscale`` of the resolution and upsampled) and the caption saying
+    so; the full-resolution map for a run whose method takes none (or the uniform control)."""
+    from keepmix.saliency import Saliency
+    from keepmix.train.methods import build_saliency
+    from keepmix.train.registry import get_entry
+
+    full = "saliency: max over channels of |d label logit / d input|"
+    if not get_entry(cfg.method).saliency or cfg.saliency == "uniform":
+        return Saliency(model)(x, labels).detach(), full + " at full resolution (the trained model's)"
+    where = f"at 1/{cfg.saliency_downscale} resolution, upsampled" if "lowres" in cfg.saliency else "at full resolution"
+    head = " of the early head" if "early" in cfg.saliency else ""
+    return build_saliency(cfg, model)(x, labels).detach(), f"{full}{head} {where}, as this run ({cfg.saliency}) computes it"
+
+
 def save_run_grid(trainer: Any, out: str | Path, num_images: int = 8) -> Path:
     """The end-of-run grid: the run's method (and its plain / Keep counterpart) on test images,
-    with the trained model's saliency."""
+    with the trained model's saliency as the run computes it (see :func:`_run_saliency`)."""
     from keepmix.train.registry import get_entry
     from keepmix.viz import save_method_grid
 
@@ -189,12 +205,16 @@ def save_run_grid(trainer: Any, out: str | Path, num_images: int = 8) -> Path:
         n = len(pick)
         images, labels = test.images[pick].to(trainer.device), test.labels[pick].to(trainer.device)
         ops = grid_ops(method_ops(cfg, methods, model, trainer.num_classes, trainer.data.mean, trainer.data.std))
+        mean = torch.tensor(trainer.data.mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(trainer.data.std, device=images.device).view(1, -1, 1, 1)
+        saliency, note = _run_saliency(cfg, model, (images.float() / 255.0 - mean) / std, labels)
         grid = save_method_grid(
             images,
             labels,
             ops,
             out,
-            model=model,
+            saliency=saliency,
+            saliency_note=note,
             mean=trainer.data.mean,
             std=trainer.data.std,
             max_images=n,
