@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from keepmix._checks import check_int, check_probability
 from keepmix.base import Op, Params
+from keepmix.engine import check_values
 from keepmix.functional.mixing import check_perm
 from keepmix.functional.select import select
 from keepmix.mixing import check_num_classes
@@ -198,6 +199,11 @@ class AttentiveCutMix(Op):
             raise ValueError(f"top_k={self.top_k} exceeds the {fh}x{fw} = {fh * fw} cells of teacher {name}'s feature map")
         if feats.device != images.device:
             raise ValueError(f"teacher {name} returned a map on {feats.device} for images on {images.device}")
+        # A NaN cell would sort as the largest and always be pasted (cells 0 and 1 of a NaN map).
+        check_values(
+            torch.isfinite(feats).all(),
+            f"teacher {name} returned a feature map with NaN or infinite values (a diverged teacher?); Attentive CutMix needs a finite map",
+        )
 
     def make_params(self, images, labels, saliency, generator) -> AttentiveCutMixParams:
         """Draw order: applied (B,), perm (B,); then the teacher's top cells of each partner."""

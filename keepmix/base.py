@@ -229,13 +229,14 @@ class Op(nn.Module, metaclass=abc.ABCMeta):
         return sal.detach() if sal.requires_grad else sal
 
     def _validate(
-        self, images: object, labels: object, saliency: object, generator: object
+        self, images: object, labels: object, saliency: object, generator: object, need_labels: bool = True
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """The one validator: ``(images, labels as the hooks take them, saliency or None)``."""
         x = self._check_images(images)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-        y = self._check_labels(x, labels)
+        # sample_params draws without labels too (a mixing op's draws do not depend on them).
+        y = None if labels is None and not need_labels else self._check_labels(x, labels)
         sal = self._resolve_saliency(x, labels, saliency) if x.shape[0] else None  # type: ignore[arg-type]
         return x, y, sal
 
@@ -249,7 +250,7 @@ class Op(nn.Module, metaclass=abc.ABCMeta):
         generator: torch.Generator | None = None,
     ) -> Params:
         """Draw every image's parameters from ``generator`` (eager; the only random step)."""
-        x, y, sal = self._validate(images, labels, saliency, generator)
+        x, y, sal = self._validate(images, labels, saliency, generator, need_labels=False)
         return self.make_params(x, y, sal, generator)
 
     def transform(self, images: Tensor, labels: Tensor | None, params: Params) -> OpOutput:

@@ -321,6 +321,15 @@ class RecursiveMix(RegionOp):
                 f"images have {images.shape[1]} channels but the history has {self._images.shape[1]}; call reset() when the input changes"
             )
         src, src_targets, src_logits = self._history_rows(b, dev)
+        if src.dtype != images.dtype:
+            if src.dtype.is_floating_point != images.dtype.is_floating_point:
+                # uint8 (0-255) and float images live on different scales: pasting one into the
+                # other would be all-zero or out of range while the targets still weight it.
+                raise ValueError(
+                    f"images are {images.dtype} but the history is {src.dtype} (from the previous update): uint8 and float "
+                    "images have different value ranges; feed one kind throughout, or call reset() when the input changes"
+                )
+            src = src.to(images.dtype)  # float to float: the same scale, only the precision changes
         return RecursiveMixParams(
             boxes=boxes,
             sizes=sizes,

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from keepmix._checks import check_images
+from keepmix.targets import check_soft_targets
 
 __all__ = ["Saliency", "saliency_map", "uniform_saliency"]
 
@@ -218,6 +219,8 @@ class Saliency:
                 raise TypeError(
                     f"labels of shape (B, K) are soft targets and must be floating point, got {labels.dtype}; give class ids as shape (B,)"
                 )
+            if labels.ndim == 2:  # the argmax of a row that is not a distribution picks an arbitrary class
+                check_soft_targets(labels)
         h, w = images.shape[-2:]
         x = images.to(_input_dtype(self.model, images))
         if self.downscale > 1:

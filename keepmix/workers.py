@@ -30,8 +30,14 @@ def worker_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gen
     Call it inside the worker, e.g. the first time a ``collate_fn`` runs (see the README's
     collate recipe); a generator made before the workers start is copied into all of them.
     """
-    check_int(seed, "seed", low=0, what="a non-negative int")
-    g = torch.Generator(device=device)
+    check_int(seed, "seed", low=0, high=_MASK, what="an int in [0, 2**63) (a torch.Generator seed)")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be a torch.device or a device string such as 'cpu' or 'cuda', got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}: CUDA is not available on this machine; use device='cpu'")
+    g = torch.Generator(device=dev)
     info = get_worker_info()
     if info is None:
         return g.manual_seed(seed)
