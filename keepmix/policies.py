@@ -134,6 +134,8 @@ class _Policy(Op):
     raw_pixels = True
     differentiable = False  # PIL-exact integer arithmetic: refuse requires_grad images
     params_type = PolicyParams
+    #: The op ids the policy can draw (the capture-safe kernel leaves the others out).
+    candidates: tuple[int, ...] = tuple(range(len(OP_NAMES)))
 
     def __init__(self, fill: float | Sequence[float], interpolation: str, whole_pixel_translate: bool) -> None:
         super().__init__()
@@ -146,6 +148,7 @@ class _Policy(Op):
             raise ValueError(f"fill must be a finite number or 3 numbers (one per channel), got {fill!r}")
         self.fill = fill
         self.interpolation = interpolation
+        self._tables: dict[tuple, Tensor] = {}
 
     def _check_images(self, images: object) -> Tensor:
         images = super()._check_images(images)
@@ -161,8 +164,16 @@ class _Policy(Op):
         return signs, centers
 
     def _table(self, space: Literal["standard", "wide"], num_bins: int, images: Tensor) -> Tensor:
+        """The magnitude table for this image size, built once per size and device (a dozen
+        kernels otherwise on every call). Not kept while compiling or on fake tensors."""
         h, w = images.shape[-2:]
-        return magnitude_table(space, num_bins, h, w, self.whole_pixel_translate).to(images.device)
+        key = (space, num_bins, h, w, self.whole_pixel_translate, images.device)
+        table = self._tables.get(key)
+        if table is None:
+            table = magnitude_table(space, num_bins, h, w, self.whole_pixel_translate).to(images.device)
+            if type(table) is Tensor and not torch.compiler.is_compiling():
+                self._tables[key] = table
+        return table
 
     def _check_params(self, params: object, images: Tensor) -> None:
         super()._check_params(params, images)
@@ -180,6 +191,8 @@ class _Policy(Op):
             params.centers.to(dev),
             self.fill,
             self.interpolation,
+            self.candidates,
+            self.whole_pixel_translate,
         )
         return out, labels
 
@@ -214,6 +227,7 @@ class AutoAugment(_Policy):
         self.register_buffer("_ops", torch.tensor([[_OP_ID[s[0]] for s in sub] for sub in steps]), persistent=False)
         self.register_buffer("_probs", torch.tensor([[s[1] for s in sub] for sub in steps]), persistent=False)
         self.register_buffer("_bins", torch.tensor([[s[2] or 0 for s in sub] for sub in steps]), persistent=False)
+        self.candidates = tuple(sorted({_OP_ID[s[0]] for sub in steps for s in sub}))
 
     def make_params(self, images, labels, saliency, generator) -> PolicyParams:
         """One sub-policy per image, then for each of its two steps: applied with its
@@ -277,6 +291,7 @@ class RandAugment(_Policy):
         self.num_ops, self.magnitude, self.num_magnitude_bins = num_ops, magnitude, num_magnitude_bins
         self.ops = tuple(ops)
         self.register_buffer("_op_ids", _op_ids(self.ops), persistent=False)
+        self.candidates = tuple(sorted({_OP_ID[o] for o in self.ops}))
 
     def make_params(self, images, labels, saliency, generator) -> PolicyParams:
         """``num_ops`` op ids per image (uniform, with repetition), signs and Cutout centres."""
@@ -326,6 +341,7 @@ class TrivialAugmentWide(_Policy):
         self.num_magnitude_bins = num_magnitude_bins
         self.ops = tuple(ops)
         self.register_buffer("_op_ids", _op_ids(self.ops), persistent=False)
+        self.candidates = tuple(sorted({_OP_ID[o] for o in self.ops}))
 
     def make_params(self, images, labels, saliency, generator) -> PolicyParams:
         """One op id and one magnitude bin per image, a sign and a Cutout centre."""

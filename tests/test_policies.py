@@ -430,3 +430,17 @@ def test_pil_and_single_images_equal_the_batched_result(cifar_uint8, make):
         assert label == 3 and torch.equal(out_l, want[0])
         changed += int(not torch.equal(want, one))
     assert changed >= 3  # the comparisons are not all of unchanged images
+
+
+def test_magnitude_tables_are_torchvision_float32_values():
+    """Built in float32 as torchvision builds them (issue 21): not a float64 table rounded."""
+    op = {n: i for i, n in enumerate(OP_NAMES)}
+    t = magnitude_table("standard", 31, 32, 32)
+    assert t.dtype == torch.float32
+    assert t[op["Brightness"], 9].item() == torch.linspace(0.0, 0.9, 31)[9].item() != float(torch.tensor(0.27, dtype=torch.float32))
+    w = magnitude_table("wide", 31, 32, 32)
+    # float32 linspace(0, 32, 31)[15] is 15.999999: int() truncates it to 15 px, as torchvision moves.
+    assert w[op["TranslateX"], 15] == 15.0 and w[op["TranslateY"], 15] == 15.0
+    assert magnitude_table("wide", 31, 32, 32, whole_pixel_translate=False)[op["TranslateX"], 15].item() < 16.0
+    ta = TrivialAugmentWide(ops=("TranslateX",)).sample_params(torch.zeros(256, 3, 8, 8, dtype=torch.uint8))
+    assert not bool((ta.magnitudes == 16.0).any())  # bin 15 gives 15 px, and no bin gives 16

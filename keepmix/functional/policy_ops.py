@@ -400,6 +400,7 @@ def apply_ops(
     fill: float | Sequence[float] = 0.0,
     interpolation: str = "nearest",
     candidates: Sequence[int] | None = None,
+    integer_translations: bool = False,
 ) -> Tensor:
     """Apply each image's own op sequence; the input is not modified.
 
@@ -417,7 +418,10 @@ def apply_ops(
     the relative (y, x) centres of Cutout squares. For each step, images are grouped by op (Rotate and the shears together, the translations
     together: one warp each), each group is transformed at once with its per-image ops and
     magnitudes; images whose step is not applied (or is Identity) pass through unchanged.
-    One host sync for all steps.
+    One host sync for all steps. On the capture-safe path a uint8 batch takes
+    :func:`keepmix.functional.policy_layers.apply_layers_uint8` (a lookup table, one warp and
+    one blend per step); ``integer_translations`` promises that every translation moves whole
+    pixels (the policies' default), which spares that path one of PIL's two warp engines.
     """
     _check_interpolation(interpolation)
     fill_t = _fill_tensor(fill, images)
@@ -426,7 +430,7 @@ def apply_ops(
         if images.dtype == torch.uint8:
             # A lookup table, a warp and a blend per layer (keepmix.functional.policy_layers).
             check_values(~applied | ((ops >= 0) & (ops < len(OP_NAMES))), f"params.ops holds ids outside [0, {len(OP_NAMES)})")
-            return apply_layers_uint8(images, ops, magnitudes, applied, centers, fill_t, interpolation, ids)
+            return apply_layers_uint8(images, ops, magnitudes, applied, centers, fill_t, interpolation, ids, integer_translations)
         return _apply_ops_selecting(images, ops, magnitudes, applied, centers, fill_t, interpolation, ids)
     device = images.device
     b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
