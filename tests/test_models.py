@@ -22,6 +22,7 @@ from keepmix.models import (
     count_parameters,
     list_models,
 )
+from keepmix.models.hooks import tokens_to_map
 
 torch.set_num_threads(1)
 
@@ -583,3 +584,63 @@ def test_early_block_errors():
         build_model("small", early_head=True, early_block=1)
     # The whole stage is the default placement.
     assert build_model("resnet18", early_head=True, early_block=2).early_block is None
+
+
+# ----------------------------------------------------------------- ViT tokens
+class _TinyViT(nn.Module):
+    """A ViT's token layout: patch embedding (4 px patches), ``prefix`` tokens first, blocks, norm."""
+
+    def __init__(self, prefix: int = 1, dim: int = 6) -> None:
+        super().__init__()
+        self.num_prefix_tokens = prefix
+        self.patch_embed = nn.Conv2d(3, dim, 4, stride=4)
+        self.prefix = nn.Parameter(torch.randn(1, prefix, dim))
+        self.blocks = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 5)
+
+    def forward(self, x):
+        t = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, h*w, C), row-major
+        t = torch.cat([self.prefix.expand(x.shape[0], -1, -1), t], dim=1)
+        t = self.norm(self.blocks(t))
+        return self.head(t[:, 0])
+
+
+@pytest.mark.parametrize("prefix", [0, 1, 5])
+@pytest.mark.parametrize("hw", [(16, 16), (8, 24), (28, 12)])
+def test_tokens_to_map_is_the_patch_grid(prefix, hw):
+    torch.manual_seed(0)
+    vit = _TinyViT(prefix)
+    x = torch.randn(2, 3, *hw)
+    patch_map = vit.patch_embed(x)  # (B, C, h, w): where each patch token came from
+    tokens = torch.cat([vit.prefix.expand(2, -1, -1), patch_map.flatten(2).transpose(1, 2)], dim=1)
+    assert torch.equal(tokens_to_map(tokens, prefix, grid=patch_map.shape[-2:]), patch_map)
+    assert torch.equal(tokens_to_map(tokens, prefix, image_size=hw), patch_map)
+    if hw[0] == hw[1]:
+        assert torch.equal(tokens_to_map(tokens, prefix), patch_map)
+    assert tokens_to_map(patch_map) is patch_map  # a map passes through
+    with FeatureHook(vit, "norm") as hook:  # the model's own prefix count, the grid from its input
+        vit(x)
+    want = vit.norm(vit.blocks(tokens))[:, prefix:].transpose(1, 2).reshape(patch_map.shape)
+    assert hook.features.shape == patch_map.shape
+    torch.testing.assert_close(hook.features, want)
+    hook.features.sum().backward()  # still on the graph
+    assert vit.norm.weight.grad is not None
+    with FeatureHook(vit, "norm", tokens=False) as raw:
+        vit(x)
+    assert raw.features.shape == tokens.shape
+
+
+def test_tokens_to_map_errors():
+    t = torch.randn(2, 1 + 12, 4)
+    with pytest.raises(ValueError, match=r"12 patch tokens.*square grid.*grid=\(h, w\)"):
+        tokens_to_map(t)
+    assert tokens_to_map(t, grid=(3, 4)).shape == (2, 4, 3, 4)
+    with pytest.raises(ValueError, match="none left"):
+        tokens_to_map(t, num_prefix_tokens=13)
+    with pytest.raises(ValueError, match="num_prefix_tokens"):
+        tokens_to_map(t, num_prefix_tokens=-1)
+    with pytest.raises(ValueError, match=r"\(B, N, C\)"):
+        tokens_to_map(torch.randn(3, 4))
+    with pytest.raises(TypeError, match="tokens must be a Tensor"):
+        tokens_to_map([1, 2])  # type: ignore[arg-type]
