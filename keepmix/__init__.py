@@ -11,19 +11,6 @@ input. The pure functions behind the ops are in :mod:`keepmix.functional`.
 from keepmix.attentive_cutmix import AttentiveCutMix, AttentiveCutMixParams
 from keepmix.augmix import AugMix, AugMixJSDLoss, AugMixParams, jensen_shannon_consistency
 from keepmix.base import Op, Params, RegionOp, RegionParams
-from keepmix.data import (
-    CIFAR10_MEAN,
-    CIFAR10_STD,
-    CIFAR100_MEAN,
-    CIFAR100_STD,
-    DeviceLoader,
-    Split,
-    class_balanced_subset,
-    get_dataset,
-    load_cifar,
-    load_image_folder,
-    normalize,
-)
 from keepmix.fmix import FMix, FMixParams
 from keepmix.functional.selection import KeepSelection
 from keepmix.gridmask import GridMask, GridMaskParams
@@ -38,7 +25,6 @@ from keepmix.keep import (
 )
 from keepmix.mixing import CutMix, CutMixParams, Mixup, MixupParams
 from keepmix.mixup_cutmix import MixupCutMix, MixupCutMixParams
-from keepmix.models import FeatureHook, KeepmixModel, build_model, list_models
 from keepmix.placers import KeepPlacer, Placer, UniformPlacer
 from keepmix.policies import AutoAugment, PolicyParams, RandAugment, TrivialAugmentWide
 from keepmix.recursive import KeepRecursiveMix, RecursiveMix, RecursiveMixInfo, RecursiveMixParams
@@ -47,12 +33,51 @@ from keepmix.resizemix import ResizeMix, ResizeMixParams
 from keepmix.saliency import Saliency, saliency_map, uniform_saliency
 from keepmix.saliencymix import SaliencyMix, SaliencyMixParams, spectral_residual_saliency
 from keepmix.targets import SoftTargetCrossEntropy, mix_targets, soft_target_cross_entropy, to_soft_targets
-
-# `train` (the function) stays in keepmix.train: re-exported here it would hide the subpackage.
-from keepmix.train import TrainConfig, get_preset
 from keepmix.workers import worker_generator
 
 __version__ = "0.1.0"
+
+# `import keepmix` loads the ops only. The models, the data helpers and the harness load on
+# first use of one of their names (PEP 562): the harness pulls in tqdm, yaml and matplotlib,
+# which an op user should not pay for. `train` (the function) stays in keepmix.train:
+# re-exported here it would hide the subpackage.
+_LAZY = {
+    **dict.fromkeys(
+        (
+            "CIFAR10_MEAN",
+            "CIFAR10_STD",
+            "CIFAR100_MEAN",
+            "CIFAR100_STD",
+            "DeviceLoader",
+            "Split",
+            "class_balanced_subset",
+            "get_dataset",
+            "load_cifar",
+            "load_image_folder",
+            "normalize",
+        ),
+        "keepmix.data",
+    ),
+    **dict.fromkeys(("FeatureHook",), "keepmix.models.hooks"),
+    **dict.fromkeys(("KeepmixModel", "build_model", "list_models"), "keepmix.models"),
+    **dict.fromkeys(("TrainConfig", "get_preset"), "keepmix.train"),
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'keepmix' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     # the protocol and the placers

@@ -248,6 +248,15 @@ class GridMask(Op):
         self.p = self.p_max * min(1.0, float(progress))
         return self.p
 
+    def get_extra_state(self) -> dict[str, float]:
+        """The scheduled ``p`` travels in ``state_dict()``, so a resumed run goes on where the ramp was."""
+        return {"p": self.p}
+
+    def set_extra_state(self, state: dict[str, float]) -> None:
+        if not isinstance(state, dict) or set(state) != {"p"}:
+            raise ValueError(f"GridMask state must be a dict with the key 'p', got {state!r}")
+        self.p = check_probability(state["p"], "state['p']")
+
     # ------------------------------------------------------------------ the protocol
     def make_params(self, images, labels, saliency, generator) -> GridMaskParams:
         """Draw order: applied (``p``; nothing when p is 0 or 1), d (B,), offsets (B, 2),

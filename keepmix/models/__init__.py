@@ -28,72 +28,86 @@ name                    model                                 params(10)  C     
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
-from keepmix.models.airbench import AirbenchNet, airbench94, airbench95, airbench96
-from keepmix.models.base import KeepmixModel, count_parameters, init_weights
-from keepmix.models.early_head import EarlyHead
-from keepmix.models.hooks import FeatureHook
-from keepmix.models.resnet import PreActResNet18, ResNet18
-from keepmix.models.resnet_cifar import CifarResNet, resnet20, resnet56, resnet110
-from keepmix.models.small import SmallConvNet
-from keepmix.models.wrn import WideResNet, wrn28_2, wrn28_10
+    from keepmix.models.base import KeepmixModel
 
-__all__ = [
-    "MODELS",
-    "build_model",
-    "list_models",
-    "KeepmixModel",
-    "EarlyHead",
-    "FeatureHook",
-    "ResNet18",
-    "PreActResNet18",
-    "CifarResNet",
-    "WideResNet",
-    "SmallConvNet",
-    "AirbenchNet",
-    "airbench94",
-    "airbench95",
-    "airbench96",
-    "resnet20",
-    "resnet56",
-    "resnet110",
-    "wrn28_10",
-    "wrn28_2",
-    "count_parameters",
-    "init_weights",
-]
-
-#: Model name -> constructor ``(num_classes, early_head, **kwargs) -> KeepmixModel``.
-MODELS: dict[str, Callable[..., KeepmixModel]] = {
-    "resnet18": ResNet18,
-    "preact_resnet18": PreActResNet18,
-    "resnet20": resnet20,
-    "resnet56": resnet56,
-    "resnet110": resnet110,
-    "wrn28_10": wrn28_10,
-    "wrn28_2": wrn28_2,
-    "small": SmallConvNet,
-    "airbench94": airbench94,
-    "airbench95": airbench95,
-    "airbench96": airbench96,
+# The networks load on first use (PEP 562): an op that only needs FeatureHook (Attentive CutMix,
+# RecursiveMix) imports keepmix.models.hooks without building every architecture's module.
+_WHERE = {
+    "KeepmixModel": "base",
+    "count_parameters": "base",
+    "init_weights": "base",
+    "EarlyHead": "early_head",
+    "FeatureHook": "hooks",
+    "ResNet18": "resnet",
+    "PreActResNet18": "resnet",
+    "CifarResNet": "resnet_cifar",
+    "resnet20": "resnet_cifar",
+    "resnet56": "resnet_cifar",
+    "resnet110": "resnet_cifar",
+    "WideResNet": "wrn",
+    "wrn28_10": "wrn",
+    "wrn28_2": "wrn",
+    "SmallConvNet": "small",
+    "AirbenchNet": "airbench",
+    "airbench94": "airbench",
+    "airbench95": "airbench",
+    "airbench96": "airbench",
 }
+#: Model name -> the constructor's name in this package (see :data:`MODELS`).
+_NAMES = {
+    "resnet18": "ResNet18",
+    "preact_resnet18": "PreActResNet18",
+    "resnet20": "resnet20",
+    "resnet56": "resnet56",
+    "resnet110": "resnet110",
+    "wrn28_10": "wrn28_10",
+    "wrn28_2": "wrn28_2",
+    "small": "SmallConvNet",
+    "airbench94": "airbench94",
+    "airbench95": "airbench95",
+    "airbench96": "airbench96",
+}
+
+__all__ = ["MODELS", "build_model", "list_models", *_WHERE]
+
+
+def __getattr__(name: str) -> Any:
+    """``MODELS`` (model name -> constructor ``(num_classes, early_head, **kwargs) -> KeepmixModel``)
+    and the model classes, imported on first use."""
+    if name == "MODELS":
+        value: Any = {k: __getattr__(v) for k, v in _NAMES.items()}
+    elif name in _WHERE:
+        value = getattr(importlib.import_module(f"keepmix.models.{_WHERE[name]}"), name)
+    else:
+        raise AttributeError(f"module 'keepmix.models' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def list_models() -> list[str]:
     """The names :func:`build_model` accepts, sorted."""
-    return sorted(MODELS)
+    return sorted(_NAMES)
 
 
-def build_model(name: str, num_classes: int = 10, early_head: bool = False, **kwargs) -> nn.Module:
-    """Build the model registered as ``name`` (see :data:`MODELS`).
+def build_model(name: str, num_classes: int = 10, early_head: bool = False, **kwargs: Any) -> nn.Module:
+    """Build the model registered as ``name`` (see ``MODELS``).
 
     ``kwargs`` go to the model's constructor, e.g. ``dropout=0.3`` for ``wrn28_10``,
     ``shortcut="B"`` for the CIFAR ResNets, ``early_stage`` / ``early_grid`` for where and
     how wide the early head is, ``in_channels`` for non-RGB input.
     """
-    if not isinstance(name, str) or name not in MODELS:
+    if not isinstance(name, str) or name not in _NAMES:
         raise ValueError(f"unknown model name {name!r}; valid names: {', '.join(list_models())}")
-    return MODELS[name](num_classes=num_classes, early_head=early_head, **kwargs)
+    make: Callable[..., KeepmixModel] = __getattr__(_NAMES[name])
+    return make(num_classes=num_classes, early_head=early_head, **kwargs)
