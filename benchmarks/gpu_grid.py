@@ -54,9 +54,11 @@ from torch import Tensor
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import keepmix  # noqa: E402
 from keepmix.models import build_model  # noqa: E402
 from keepmix.targets import soft_target_cross_entropy  # noqa: E402
+from keepmix.train.config import TrainConfig  # noqa: E402
+from keepmix.train.methods import build_saliency  # noqa: E402
+from keepmix.train.registry import BuildContext, get_entry  # noqa: E402
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "gpu_grid"
 SHARED_CIFAR10 = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -198,26 +200,33 @@ def grid_runs(cells: list[Cell] = CELLS, seeds=SEEDS) -> list[tuple[Cell, int]]:
     return [(c, s) for s in seeds for c in cells]
 
 
-def build_op(cell: Cell, recipe: Recipe, num_classes: int):
-    """The keepmix op of ``cell`` (None for crop+flip)."""
-    q, k = recipe.keep_q, cell.kind
-    if k == "none":
+def cell_config(cell: Cell, recipe: Recipe) -> TrainConfig:
+    """The harness config of ``cell``'s method (only the method's fields matter here): the
+    op and its saliency source are built by the harness's method registry, as in ``keepmix train``."""
+    return TrainConfig(
+        method=cell.kind,
+        model=recipe.model,
+        cutout_length=cell.length,
+        whole_boxes=cell.inside,
+        keep_quantile=recipe.keep_q,
+        keep_paste_size=recipe.keep_paste_size,
+        cutmix_alpha=recipe.cutmix_alpha,
+        cutmix_p=recipe.cutmix_p,
+        autoaugment_policy="cifar10",
+        recursivemix_alpha=recipe.recursivemix_alpha,
+        recursivemix_omega=recipe.recursivemix_omega,
+        saliency=cell.saliency or "full",
+        saliency_downscale=recipe.saliency_downscale,
+        early_head=cell.early,
+    )
+
+
+def build_op(cell: Cell, recipe: Recipe, num_classes: int, model: torch.nn.Module | None = None):
+    """The keepmix op of ``cell`` (None for crop+flip), from its registry entry."""
+    entry = get_entry(cell.kind)
+    if entry.build_op is None:
         return None
-    if k == "cutout":
-        return keepmix.Cutout(cell.length, placer=keepmix.UniformPlacer(whole_boxes=True) if cell.inside else None)
-    if k == "keepcutout":
-        return keepmix.KeepCutout(cell.length, q=q, whole_boxes=cell.inside)
-    if k == "cutmix":
-        return keepmix.CutMix(alpha=recipe.cutmix_alpha, p=recipe.cutmix_p, num_classes=num_classes)
-    if k == "keepcutmix":
-        return keepmix.KeepCutMix(alpha=recipe.cutmix_alpha, p=recipe.cutmix_p, num_classes=num_classes, q=q)
-    if k == "autoaugment":
-        return keepmix.AutoAugment("cifar10")
-    if k == "keepautoaugment":
-        return keepmix.KeepAutoAugment("cifar10", size=recipe.keep_paste_size, q=q)
-    if k == "recursivemix":
-        return keepmix.RecursiveMix(num_classes=num_classes, alpha=recipe.recursivemix_alpha, omega=recipe.recursivemix_omega)
-    raise ValueError(f"unknown cell kind {k!r}")
+    return entry.build_op(BuildContext(cell_config(cell, recipe), model if model is not None else torch.nn.Identity(), num_classes))
 
 
 # ------------------------------------------------------------------------------------ data
@@ -363,18 +372,10 @@ class Engine:
         return self._fwd[key]
 
     def saliency(self, cell: Cell, net):
+        """The cell's saliency source, built as the harness builds it (:func:`keepmix.train.methods.build_saliency`)."""
         if cell.saliency is None:
             return None
-        if cell.saliency == "uniform":
-            return keepmix.uniform_saliency
-        inner = net.early_logits if cell.early else net
-
-        def fn(x):
-            with self.autocast():
-                return inner(x)
-
-        down = self.recipe.saliency_downscale if "lowres" in cell.saliency else 1
-        return keepmix.Saliency(fn, downscale=down, model=net)
+        return build_saliency(cell_config(cell, self.recipe), net, self.autocast)
 
     def optimizer(self, net):
         """SGD (Nesterov) in airbench's decoupled form: the lr and weight decay are given per

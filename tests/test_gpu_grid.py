@@ -141,3 +141,29 @@ def test_summary_pools_the_spread_over_seeds():
     assert math.isclose(comp["diff"], 0.5, rel_tol=1e-6)
     assert math.isclose(comp["ci"], G.t_quantile(0.975, 4) * 0.2 * math.sqrt(2 / 3), rel_tol=1e-6)
     assert s["detectable"] > s["ci_halfwidth"] > 0
+
+
+def test_the_grid_builds_its_ops_with_the_harness_registry_as_the_cells_say():
+    import keepmix
+
+    r = G.tiny_recipe()
+    direct = {
+        "cutout16": keepmix.Cutout(16),
+        "cutout16_inside": keepmix.Cutout(16, placer=keepmix.UniformPlacer(whole_boxes=True)),
+        "keepcutout24": keepmix.KeepCutout(24, q=r.keep_q),
+        "keepcutout16_inside": keepmix.KeepCutout(16, q=r.keep_q, whole_boxes=True),
+        "cutmix": keepmix.CutMix(alpha=r.cutmix_alpha, p=r.cutmix_p, num_classes=10),
+        "keepautoaugment": keepmix.KeepAutoAugment("cifar10", size=r.keep_paste_size, q=r.keep_q),
+    }
+    x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    y = torch.arange(6) % 10
+    sal = torch.rand(6, 32, 32, generator=torch.Generator().manual_seed(1))
+    assert G.build_op(G.CELL_BY_NAME["crop+flip"], r, 10) is None
+    for name, ref in direct.items():
+        op = G.build_op(G.CELL_BY_NAME[name], r, 10)
+        assert type(op) is type(ref), name
+        xi = x if op.raw_pixels else x.float() / 255
+        kw = {"saliency": sal} if op.needs_saliency(xi) else {}
+        a = op(xi, y, generator=torch.Generator().manual_seed(0), **kw)
+        b = ref(xi, y, generator=torch.Generator().manual_seed(0), **kw)
+        assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True)) if isinstance(a, tuple) else torch.equal(a, b), name

@@ -262,3 +262,12 @@ def test_the_run_grid_draws_the_saliency_at_the_runs_resolution(tmp_path, monkey
     x = (images.float() / 255 - mean) / std
     assert torch.allclose(grid_sal, build_saliency(cfg, model)(x, labels))
     assert not torch.allclose(grid_sal, Saliency(model)(x, labels))  # not the full-resolution map
+
+
+def test_resuming_what_is_not_a_run_leaves_it_untouched(tmp_path, capsys):
+    from keepmix.cli import main
+
+    (tmp_path / "plain").mkdir()
+    assert main(["train", "--resume", str(tmp_path / "plain")]) == 2
+    assert main(["train", "--resume", str(tmp_path / "absent")]) == 2
+    assert list((tmp_path / "plain").iterdir()) == [] and not (tmp_path / "absent").exists()

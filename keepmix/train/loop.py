@@ -122,8 +122,10 @@ class Trainer:
         tensorboard: bool | None = None,
     ) -> None:
         self._lock: RunLock | None = None
-        if resume is not None:  # the lock first, before any work: a second run in the directory is refused
-            self._lock = RunLock.acquire(RunDir.of(resume)) if is_main_process() else None
+        if resume is not None and is_main_process() and RunDir.of(resume).is_run():
+            # The lock first, before any work: a second run in the directory is refused. (What
+            # is not a run directory is left untouched: resume_state names the problem.)
+            self._lock = RunLock.acquire(RunDir.of(resume))
         try:
             state, config, run_dir, schedule_change = self._plan(config, resume, epochs, run_dir)
             self._set_up(config, state, schedule_change, data, run_dir, tensorboard, resume is not None)
