@@ -16,4 +16,10 @@ if [ -z "${KEEPMIX_CIFAR10_JPEG:-}" ] && [ -f "$repo/../shared/data/cifar10-jpeg
   export KEEPMIX_CIFAR10_JPEG="$(cd "$repo/../shared/data" && pwd)/cifar10-jpeg.tar.gz"
 fi
 cd "$here"
-exec python3 -m keepmix train cifar10-small-keepcutout-quick --out-dir "$here/runs" "$@"
+status=0
+python3 -m keepmix train cifar10-small-keepcutout-quick --out-dir "$here/runs" "$@" || status=$?
+if [ -n "${KEEPMIX_CIFAR10_JPEG:-}" ]; then
+  # The variable was set for this script only: keepmix show / train in your shell need it too (offline).
+  echo "to use the same data in your shell (keepmix show, keepmix train): export KEEPMIX_CIFAR10_JPEG=$KEEPMIX_CIFAR10_JPEG" >&2
+fi
+exit "$status"
