@@ -315,7 +315,7 @@ class RandAugment(_Policy):
         """timm's RandAugment string (``"rand-m9-mstd0.5-inc1"``: sections ``m`` magnitude out
         of 10, ``n`` ops, ``p`` per-op probability, ``mstd`` magnitude noise (> 100: uniform in
         [0, m]), ``mmax`` upper clip, ``inc`` the increasing ops, ``t<name>`` an op set:
-        ``weights``, ``3a``, ``3aw``; ``w0``, older timm's weights), as :class:`TimmRandAugment`:
+        ``weights``, ``3a``, ``3aw``), as :class:`TimmRandAugment`:
         the same augmentation distribution as timm's ``rand_augment_transform``. ``hparams``:
         ``fill``, ``translate_pct``, ``translate_const``, ``interpolation``. See the module
         docstring for how timm's magnitude scale relates to ``RandAugment(magnitude=...)``."""
@@ -483,24 +483,6 @@ _RAND_WEIGHTED_0 = {
     "PosterizeIncreasing": 0.05,
     "Invert": 0.05,
 }
-# Older timm's 'w0' (removed in timm 0.9): weights over the non-increasing op set.
-_RAND_CHOICE_WEIGHTS_0 = {
-    "Rotate": 0.3,
-    "ShearX": 0.2,
-    "ShearY": 0.2,
-    "TranslateXRel": 0.1,
-    "TranslateYRel": 0.1,
-    "Color": 0.025,
-    "Sharpness": 0.025,
-    "AutoContrast": 0.025,
-    "Solarize": 0.005,
-    "SolarizeAdd": 0.005,
-    "Contrast": 0.005,
-    "Brightness": 0.005,
-    "Equalize": 0.005,
-    "Posterize": 0,
-    "Invert": 0,
-}
 
 _V0 = (
     (("Equalize", 0.8, 1), ("ShearY", 0.8, 4)),
@@ -588,9 +570,9 @@ def _sections(config_str: str, what: str):
 
 def parse_timm_rand(config_str: str) -> dict:
     """The :class:`TimmRandAugment` arguments of a timm RandAugment string (its parser's rules:
-    unknown numeric sections are an error, sections without a digit are ignored; ``inc<any
-    digits>`` turns the increasing ops on, since timm tests ``bool(val)`` of the string, so
-    ``inc0`` does too)."""
+    unknown numeric sections are an error, ``w0`` among them as in timm 1.0.31, sections
+    without a digit are ignored; ``inc<n>`` sets the increasing ops to ``bool(int(n))``, the
+    last such section winning, so ``inc0`` keeps the standard op set)."""
     if not isinstance(config_str, str) or config_str.split("-")[0] != "rand":
         raise ValueError(f"config_str must be a timm RandAugment string starting with 'rand', got {config_str!r}")
     magnitude, num_layers, prob, mstd, mmax, increasing = _LEVEL_DENOM, 2, 0.5, 0.0, None, False
@@ -604,18 +586,14 @@ def parse_timm_rand(config_str: str) -> dict:
                 mstd = math.inf if mstd > 100 else mstd
             elif key == "mmax":
                 mmax = int(val)
-            elif key == "inc":
-                increasing = increasing or bool(val)
+            elif key == "inc":  # timm 1.0.31: bool(int(val)), the last section wins
+                increasing = bool(int(val))
             elif key == "m":
                 magnitude = int(val)
             elif key == "n":
                 num_layers = int(val)
             elif key == "p":
                 prob = float(val)
-            elif key == "w":
-                if int(val) != 0:
-                    raise ValueError
-                transforms = "w0"
             else:
                 raise ValueError(f"config_str {config_str!r}: unknown RandAugment section {key + val!r}")
         except ValueError as e:
@@ -630,8 +608,6 @@ def parse_timm_rand(config_str: str) -> dict:
         ops, weights = tuple(_RAND_WEIGHTED_3A), tuple(_RAND_WEIGHTED_3A.values())
     elif transforms == "3a":
         ops, weights = _RAND_3A, None
-    elif transforms == "w0":
-        ops, weights = _RAND_TRANSFORMS, tuple(_RAND_CHOICE_WEIGHTS_0[k] for k in _RAND_TRANSFORMS)
     else:
         raise ValueError(f"config_str {config_str!r}: unknown op set t{transforms} (known: tweights, t3a, t3aw)")
     return dict(ops=ops, num_ops=num_layers, magnitude=float(magnitude), prob=prob, magnitude_std=mstd, magnitude_max=mmax, weights=weights)

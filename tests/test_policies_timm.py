@@ -70,16 +70,17 @@ def test_rand_strings_parse_as_timm_does():
     assert b["ops"] == STD and (b["num_ops"], b["prob"], b["magnitude_max"]) == (3, 1.0, 15)
     assert b["magnitude_std"] == math.inf  # > 100: uniform in [0, m]
     assert parse_timm_rand("rand")["magnitude"] == 10.0  # timm's default M is _LEVEL_DENOM
-    assert parse_timm_rand("rand-inc0")["ops"] == INC  # timm tests bool("0"), which is True
+    assert parse_timm_rand("rand-inc0")["ops"] == STD  # timm 1.0.31: bool(int("0"))
+    assert parse_timm_rand("rand-inc1-inc0")["ops"] == STD and parse_timm_rand("rand-inc0-inc1")["ops"] == INC  # the last wins
     w = parse_timm_rand("rand-m9-tweights")
     assert len(w["ops"]) == 15 and w["weights"][w["ops"].index("Rotate")] == 3
     assert parse_timm_rand("rand-t3a")["ops"] == ("SolarizeIncreasing", "Desaturate", "GaussianBlur")
-    assert parse_timm_rand("rand-w0")["ops"] == STD
     for bad, match in [
         ("rand-x5", "unknown RandAugment section 'x5'"),
         ("auto-m9", "starting with 'rand'"),
         ("rand-tfoo", "unknown op set tfoo"),
         ("rand-w1", "w1"),
+        ("rand-mstd1-w0", "unknown RandAugment section 'w0'"),  # timm raises too
     ]:
         with pytest.raises(ValueError, match=match):
             RandAugment.from_timm(bad)
