@@ -304,24 +304,17 @@ class Op(nn.Module, metaclass=abc.ABCMeta):
 
 
 def _finish(out: Tensor, images: Tensor, targets: Tensor | None, labels: Any) -> OpOutput:
-    """The output in the input's structure and memory format."""
-    out = _like(out, images)
-    if labels is None:
-        return out
-    return out, targets if targets is not None else labels
-
-
-def _like(out: Tensor, images: Tensor) -> Tensor:
-    """Keep the caller's memory format (channels_last in, channels_last out)."""
+    """The output in the input's structure and memory format (channels_last in, channels_last out)."""
     if (
-        images.ndim == 4
-        and images.shape[1] > 1
+        images.shape[1] > 1
         and images.is_contiguous(memory_format=torch.channels_last)
         and not images.is_contiguous()
         and not out.is_contiguous(memory_format=torch.channels_last)
     ):
-        return out.contiguous(memory_format=torch.channels_last)
-    return out
+        out = out.contiguous(memory_format=torch.channels_last)
+    if labels is None:
+        return out
+    return out, targets if targets is not None else labels
 
 
 class RegionOp(Op):
