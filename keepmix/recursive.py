@@ -370,12 +370,26 @@ class RecursiveMix(RegionOp):
         return RecursiveMixInfo(params.boxes, lam, self.omega * (1.0 - lam), params.from_history, params.history_logits, (h, w))
 
     # --------------------------------------------------------- consistency loss
-    def roi_features(self, features: Tensor, info: RecursiveMixInfo, spatial_scale: float | tuple[float, float] | None = None) -> Tensor:
+    def roi_features(
+        self,
+        features: Tensor,
+        info: RecursiveMixInfo,
+        spatial_scale: float | tuple[float, float] | None = None,
+        num_prefix_tokens: int = 1,
+    ) -> Tensor:
         """RoIAlign (aligned) of ``features`` over each image's box: (B, C * oh * ow).
 
-        ``spatial_scale`` defaults to feature side / image side per axis (pass
-        ``1 / model.feature_stride`` to use the network's stride instead).
+        ``features`` is a (B, C, h, w) map, or a ViT's (B, N, C) tokens: the first
+        ``num_prefix_tokens`` (the class token; timm's ``model.num_prefix_tokens``) are
+        dropped and the patch tokens laid out on the patch grid
+        (:func:`keepmix.models.hooks.tokens_to_map`). ``spatial_scale`` defaults to feature
+        side / image side per axis (pass ``1 / model.feature_stride`` to use the network's
+        stride instead).
         """
+        if isinstance(features, Tensor) and features.ndim == 3:
+            from keepmix.models.hooks import tokens_to_map
+
+            features = tokens_to_map(features, num_prefix_tokens, image_size=info.image_size)
         if not isinstance(features, Tensor) or features.ndim != 4 or not features.is_floating_point():
             got = getattr(features, "shape", type(features))
             raise ValueError(f"features must be a float (B, C, h, w) feature map before pooling, got {got}")
@@ -399,11 +413,13 @@ class RecursiveMix(RegionOp):
         head: Callable[[Tensor], Tensor],
         params: RecursiveMixParams | None = None,
         spatial_scale: float | tuple[float, float] | None = None,
+        num_prefix_tokens: int = 1,
     ) -> Tensor:
         """``mean_i omega (1 - lam_i) CE(head(RoIAlign(features_i, box_i)), softmax(logits_hist_i))``.
 
         ``features``: the model's last feature map before pooling for the *mixed* batch
-        (attached to the graph); ``head``: ``model.fc`` or an own ``nn.Linear``; ``params``:
+        (attached to the graph), or a ViT's (B, N, C) token output with ``num_prefix_tokens``
+        leading class/register tokens (see :meth:`roi_features`); ``head``: ``model.fc`` or an own ``nn.Linear``; ``params``:
         the step's params (default: those of the latest ``forward``). Returns a
         float32 scalar. The targets come from the detached history, so no gradient reaches
         it. On a step without history the head still runs (times 0): an own head gets a
@@ -412,7 +428,7 @@ class RecursiveMix(RegionOp):
         if not callable(head):
             raise TypeError(f"head must be callable (e.g. model.fc), got {type(head).__name__}")
         info = self.info(params)
-        out = head(self.roi_features(features, info, spatial_scale))
+        out = head(self.roi_features(features, info, spatial_scale, num_prefix_tokens))
         if out.ndim != 2 or out.shape[1] != self.num_classes:
             raise ValueError(f"head must return (B, num_classes={self.num_classes}) logits, got shape {tuple(out.shape)}")
         if info.history_logits is None:

@@ -607,3 +607,16 @@ def test_cuda_history_loaded_on_cpu_moves_to_the_batch_device():
     rm2.load_state_dict(rm.state_dict())
     out, y, info = _mix(rm2, torch.rand(4, 3, 8, 8, device="cuda"), torch.tensor([0, 1, 2, 3], device="cuda"))
     assert out.is_cuda and rm2.history[0].is_cuda
+
+
+def test_consistency_loss_takes_vit_tokens():
+    """A ViT's (B, 1 + h*w, C) tokens: the class token dropped, the patches laid on the grid,
+    the same loss as the equivalent (B, C, h, w) map."""
+    rm = RecursiveMix(K, alpha=1.0)
+    x, y = torch.rand(2, 3, 16, 16, generator=_gen(31)), torch.tensor([0, 1])
+    rm.update(x, y, torch.randn(2, K, generator=_gen(32)))
+    rm(x, y.roll(1), generator=_gen(33))
+    fmap = torch.randn(2, 6, 4, 4, generator=_gen(34))
+    tokens = torch.cat([torch.randn(2, 1, 6, generator=_gen(35)), fmap.flatten(2).transpose(1, 2)], dim=1)
+    head = nn.Linear(6, K)
+    torch.testing.assert_close(rm.consistency_loss(tokens, head=head), rm.consistency_loss(fmap, head=head))
