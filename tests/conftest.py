@@ -52,6 +52,8 @@ def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) 
     if path:
         with open(path, "w") as f:
             f.write(nodeid + "\n")
+
+
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 

@@ -30,9 +30,7 @@ def run_isolated(
     Unlike ``subprocess.run(timeout=...)``, grandchildren that still hold the output pipes (the
     workers of a torchrun that was killed) cannot keep the test waiting: the whole session is killed.
     """
-    proc = subprocess.Popen(
-        list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd, start_new_session=True
-    )
+    proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
-from isolated import run_python
 from hypothesis import strategies as st
+from isolated import run_python
 from torch import nn
 
 from keepmix.functional.boxes import box_areas, box_masks

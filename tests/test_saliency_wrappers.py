@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
+from isolated import run_python
 from torch import nn
 
 import keepmix
-from isolated import run_python
 
 
 def _model() -> nn.Module:
