@@ -127,8 +127,8 @@ def read_draws(out: torch.Tensor, targets: torch.Tensor, smoothing: float):
         if own != partner and bool(pasted.any()) and bool((pasted | (out[i, 0] == own)).all()):
             ys, xs = pasted.any(1).nonzero().flatten(), pasted.any(0).nonzero().flatten()
             rows.append((2, lam, (int(ys[0]), int(xs[0]), int(ys[-1]) + 1, int(xs[-1]) + 1)))
-        elif bool((out[i, 0] == own).all()):
-            rows.append((0, 1.0, None))
+        elif bool((out[i, 0] == own).all()):  # untouched (a CutMix box of no area may still move the label)
+            rows.append((0, lam, None))
         else:
             rows.append((1, lam, None))
     return rows

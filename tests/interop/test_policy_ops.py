@@ -10,6 +10,8 @@ differs. Real CIFAR-10 images at 32 px, at 224 px and at 36 x 52.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from interop_helpers import SIZES, from_pil
@@ -47,6 +49,7 @@ BILINEAR_MAX_DIFF = 1
 BILINEAR_MAX_FRACTION = 0.01
 
 
+@functools.cache
 def tv_space(space: str, num_bins: int, hw: tuple[int, int]) -> dict[str, tuple[torch.Tensor, bool]]:
     """torchvision's own magnitude tables (float32) for a space at an image size."""
     if space == "wide":
@@ -65,9 +68,13 @@ def km_magnitude(space: str, op: str, b: int, sign: int, hw: tuple[int, int], nu
     """What keepmix's policies draw for the same bin: their table's value, as float32, signed."""
     if op in NO_MAGNITUDE:
         return 0.0
-    table = magnitude_table(space, num_bins, hw[0], hw[1])  # type: ignore[arg-type]
-    m = float(table[_OP_ID[op], b].to(torch.float32))
+    m = float(_km_table(space, num_bins, hw)[_OP_ID[op], b].to(torch.float32))
     return -m if (op in SIGNED and sign < 0) else m
+
+
+@functools.cache
+def _km_table(space: str, num_bins: int, hw: tuple[int, int]) -> torch.Tensor:
+    return magnitude_table(space, num_bins, hw[0], hw[1])  # type: ignore[arg-type]
 
 
 def run_keepmix(images: torch.Tensor, op: str, magnitude: float, interpolation: str) -> torch.Tensor:
