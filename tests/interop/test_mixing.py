@@ -229,8 +229,8 @@ def test_mixupcutmix_same_draws_same_output_as_timm(name, cifar_uint8, cifar_lab
             boxes=boxes, sizes=boxes[:, 2:] - boxes[:, :2], use_cutmix=use_cutmix, lam=lam, perm=torch.arange(b - 1, -1, -1)
         )
         got_x, got_t = op.transform(real, labels, params)
-        torch.testing.assert_close(got_x, want_x, rtol=0, atol=1e-6, msg=lambda m: f"{name}, timm's draws {rows}: images: {m}")
-        torch.testing.assert_close(got_t, want_t, rtol=0, atol=1e-6, msg=lambda m: f"{name}, timm's draws {rows}: targets: {m}")
+        torch.testing.assert_close(got_x, want_x, rtol=0, atol=1e-6, msg=lambda m, rows=rows: f"{name}, timm's draws {rows}: images: {m}")
+        torch.testing.assert_close(got_t, want_t, rtol=0, atol=1e-6, msg=lambda m, rows=rows: f"{name}, timm's draws {rows}: targets: {m}")
 
 
 def test_mixup_enabled_false_turns_mixing_off():
