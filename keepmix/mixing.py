@@ -21,11 +21,14 @@ from torch import Tensor
 
 from keepmix._checks import check_positive, check_probability
 from keepmix.base import Op, Params, RegionOp, RegionParams
-from keepmix.functional.boxes import area_sizes, box_areas
-from keepmix.functional.mixing import cutmix, mixup
+from keepmix.functional.boxes import area_sizes, box_areas, centre_boxes
+from keepmix.functional.constants import line
+from keepmix.functional.mixing import cutmix_kernel, mixup_kernel
 from keepmix.functional.regions import box_sums, summed_area_table
-from keepmix.placers import Placer
-from keepmix.sampling import bernoulli, beta, permutation
+from keepmix.placers import Placer, UniformPlacer
+from keepmix.sampling import bernoulli, beta, beta_columns, rand
+
+_F64 = torch.float64
 
 __all__ = ["MixupParams", "Mixup", "CutMixParams", "CutMix", "check_num_classes"]
 
@@ -79,12 +82,15 @@ class Mixup(Op):
         self.num_classes = check_num_classes(num_classes)
 
     def make_params(self, images, labels, saliency, generator) -> MixupParams:
-        """Draw order: lam (B,), applied (B,), perm (B,)."""
+        """Draw order: lam (B,) (Beta(1, 1): one uniform), who is mixed (B,, only when p < 1), perm (B,)."""
         b, dev = images.shape[0], images.device
-        lam = beta(self.alpha, self.alpha, b, device=dev, generator=generator)
-        applied = bernoulli(self.p, b, device=dev, generator=generator)
-        lam = torch.where(applied, lam, torch.ones_like(lam))
-        return MixupParams(lam=lam, perm=permutation(b, device=dev, generator=generator))
+        lam = _draw_lam(self.alpha, b, dev, generator).float()
+        if self.p < 1.0:
+            lam = torch.where(rand((b,), dev, generator, torch.float32) < self.p, lam, 1.0)
+        perm = (
+            torch.randperm(b, device=dev) if generator is None else torch.randperm(b, generator=generator, device=generator.device).to(dev)
+        )
+        return MixupParams(lam=lam, perm=perm)
 
     def _check_params(self, params: object, images: Tensor) -> None:
         from keepmix.functional.mixing import _check_weight, check_perm
@@ -96,7 +102,7 @@ class Mixup(Op):
 
     def apply_params(self, images, labels, params):
         """Mix with the given params: ``(images, float32 (B, K) targets)``."""
-        return mixup(images, labels, params.lam, params.perm, validate=False)
+        return mixup_kernel(images, labels, params.lam.float(), params.perm)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, p={self.p}, num_classes={self.num_classes}"
@@ -189,20 +195,48 @@ class CutMix(RegionOp):
         ``per_sample=False`` lam, applied and a uniform position are drawn once and shared."""
         b, _, h, w = images.shape
         dev = images.device
-        n = b if self.per_sample else 1
-        lam = beta(self.alpha, self.alpha, n, device=dev, generator=generator)
-        applied = bernoulli(self.p, n, device=dev, generator=generator)
-        # float64 so the floor matches the official int(W * sqrt(1 - lam)) on the same lam.
-        # per_sample=False: the official far edge c + s//2, a centred box of the even size 2 (s//2).
-        sizes = area_sizes(1.0 - lam, h, w, even=not self.per_sample)
-        sizes = torch.where(applied[:, None], sizes, torch.zeros_like(sizes)).expand(b, 2).contiguous()
-        boxes = self.place(sizes, images, saliency, generator, shared=not self.per_sample)
-        perm = permutation(b, device=dev, generator=generator)
+        if self.per_sample and type(self.placer) is UniformPlacer and not self.placer.whole_boxes:
+            sizes, boxes = self._draw_boxes(b, h, w, dev, generator)
+        else:
+            n = b if self.per_sample else 1
+            # Beta(1, 1) stays the float32 uniform the official mode's draw order documents.
+            lam = beta(self.alpha, self.alpha, n, device=dev, generator=generator, dtype=torch.float32 if self.alpha == 1.0 else _F64)
+            applied = bernoulli(self.p, n, device=dev, generator=generator)
+            # 1 - lam in float64, so the floor matches the official int(W * sqrt(1 - lam)) on the same lam.
+            # per_sample=False: the official far edge c + s//2, a centred box of the even size 2 (s//2).
+            sizes = area_sizes(1.0 - lam.double(), h, w, even=not self.per_sample)
+            sizes = torch.where(applied[:, None], sizes, torch.zeros_like(sizes)).expand(b, 2).contiguous()
+            boxes = self.place(sizes, images, saliency, generator, shared=not self.per_sample)
+        perm = (
+            torch.randperm(b, device=dev) if generator is None else torch.randperm(b, generator=generator, device=generator.device).to(dev)
+        )
         weight = None
         if self.label_weight == "saliency":
             assert saliency is not None
             weight = saliency_patch_weight(saliency, boxes, perm)
         return CutMixParams(boxes=boxes, sizes=sizes, perm=perm, patch_weight=weight)
+
+    def _draw_boxes(self, b: int, h: int, w: int, dev: torch.device, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """Per-image (B, 2) sizes and (B, 4) boxes with the default placer, from one (B, 1, k)
+        uniform draw: the centre's row and column, then (alpha = 1) lam, then (p < 1) who is
+        mixed; a Beta(alpha, alpha) lam otherwise comes first, from one Dirichlet draw."""
+        k = 2 + (self.alpha == 1.0) + (self.p < 1.0)
+        if self.alpha == 1.0:
+            lam = None
+        else:
+            lam = _draw_lam(self.alpha, b, dev, generator).view(b, 1, 1)
+        # One addcmul: the centre scaled to (H, W), 1 - lam and u + p (floored: 1 with probability p).
+        scale = line((float(h), float(w)) + ((-1.0,) if lam is None else ()) + ((1.0,) if self.p < 1.0 else ()), (1, k), _F64, dev)
+        offset = line((0.0, 0.0) + ((1.0,) if lam is None else ()) + ((self.p,) if self.p < 1.0 else ()), (1, k), _F64, dev)
+        drawn = torch.addcmul(offset, rand((b, 1, k), dev, generator), scale)
+        parts = drawn.split([2] + [1] * (k - 2), 2)
+        centre = parts[0].floor()
+        share = (1.0 - lam) if lam is not None else parts[1]  # 1 - lam in float64, before the sqrt
+        if self.p < 1.0:
+            share = share * parts[-1].floor_()  # an image not mixed gets a (0, 0) box
+        # float64 so the floor matches the official int(W * sqrt(1 - lam)) on the same lam.
+        size = (share.sqrt() * line((float(h), float(w)), (1, 2), _F64, dev)).floor_()
+        return size.long().view(b, 2), centre_boxes(centre, size, h, w)
 
     def _check_params(self, params: object, images: Tensor) -> None:
         from keepmix.functional.mixing import _check_weight, check_perm
@@ -215,14 +249,20 @@ class CutMix(RegionOp):
 
     def apply_params(self, images, labels, params):
         """Paste ``images[params.perm]`` into ``params.boxes``: ``(images, targets)``."""
-        out, mixed, _ = cutmix(images, labels, params.boxes, params.perm, params.patch_weight, validate=False)
-        return out, mixed
+        return cutmix_kernel(images, labels, params.boxes, params.perm, params.patch_weight)
 
     def extra_repr(self) -> str:
         return (
             f"alpha={self.alpha}, p={self.p}, num_classes={self.num_classes}, per_sample={self.per_sample}, "
             f"label_weight={self.label_weight!r}"
         )
+
+
+def _draw_lam(alpha: float, n: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
+    """(n,) float64 lam ~ Beta(alpha, alpha): one uniform for alpha = 1, else one Dirichlet draw."""
+    if alpha == 1.0:
+        return rand((n,), device, generator)
+    return beta_columns(((alpha, alpha),), (n,), device, generator)[:, 0]
 
 
 def saliency_patch_weight(saliency: Tensor, boxes: Tensor, perm: Tensor) -> Tensor:

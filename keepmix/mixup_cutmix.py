@@ -10,11 +10,15 @@
 What it draws is timm's (``timm/data/mixup.py``): per batch, per pair or per image, with
 probability ``prob``, CutMix (probability ``switch_prob`` when both are enabled) or Mixup;
 lam ~ Beta(alpha, alpha) of the chosen one; the partner of image i is image B - 1 - i (the
-batch reversed); a CutMix box of side ``int(H sqrt(1 - lam))`` with timm's edges
-``[c - s//2, c + s//2)`` at a uniform centre, or with ``cutmix_minmax`` a box of sides drawn
-in ``[int(H min), int(H max))`` at a uniform corner in ``[0, H - h)``; lam corrected to the
-pasted area when ``correct_lam`` (always, with ``cutmix_minmax``); targets
-``lam y + (1 - lam) y[flip]``, label-smoothed by ``label_smoothing``.
+batch reversed); a CutMix box of side ``int(H sqrt(1 - lam))`` (``1 - lam`` in float64) with
+timm 1.0.31's edges ``[c - s//2, c + (s + 1)//2)`` (the exact side) at a uniform centre,
+clipped, or with ``cutmix_minmax`` a box of sides drawn in ``[int(H min), int(H max))`` at a
+uniform corner in ``[0, H - h]`` (so it can reach the last row and column); lam corrected to
+the pasted area when ``correct_lam`` (always, with ``cutmix_minmax``); targets
+``lam y + (1 - lam) y[flip]``, label-smoothed by ``label_smoothing``. Setting
+``mixup_enabled = False`` (timm's ``train.py`` does for its mixup-off epochs) turns mixing
+off: the images come back unmixed and the targets are the (smoothed) one-hot labels, as
+timm returns them.
 
 Where keepmix differs from timm (the defaults are timm's otherwise):
 
@@ -22,9 +26,13 @@ Where keepmix differs from timm (the defaults are timm's otherwise):
   nothing is modified in place (timm's ``"batch"`` mode mixes the caller's tensor).
 * ``num_classes`` defaults to None: it is needed for (B,) class ids, and (B, K) soft labels
   give K themselves (timm requires it and takes class ids only).
-* ``label_smoothing`` defaults to 0, as in current timm; smoothing in the loss instead
-  (:class:`keepmix.SoftTargetCrossEntropy` ``(label_smoothing=...)``) gives the same
-  targets, since smoothing is linear. Do one or the other, not both.
+* ``label_smoothing`` defaults to 0; timm's ``Mixup`` defaults to 0.1 (and its ``train.py``
+  passes ``--smoothing``, default 0.1), so pass ``label_smoothing=0.1`` for timm's targets.
+  Smoothing in the loss instead (:class:`keepmix.SoftTargetCrossEntropy`
+  ``(label_smoothing=...)``) gives the same targets, since smoothing is linear. Do one or
+  the other, not both.
+* timm up to 1.0.29 rounded a CutMix box down to an even side and never let a
+  ``cutmix_minmax`` box touch the last row or column; keepmix follows 1.0.31.
 * An odd batch is allowed in ``"batch"`` and ``"elem"`` modes (the middle image is its own
   partner and comes back unchanged); ``"pair"`` needs an even batch. timm asserts even.
 * Random draws come from ``generator``, not numpy's global state.
@@ -42,12 +50,13 @@ from torch import Tensor
 
 from keepmix._checks import check_probability, check_range_pair
 from keepmix.base import Placement, RegionOp, RegionParams
-from keepmix.functional.boxes import area_sizes, centered_boxes, corner_boxes, paste
-from keepmix.functional.mixing import area_lambda, mixup
+from keepmix.functional.boxes import box_mask, where
+from keepmix.functional.constants import cached, line
 from keepmix.mixing import check_num_classes
 from keepmix.placers import Placer
-from keepmix.sampling import beta, randint, uniform
-from keepmix.targets import mix_targets
+from keepmix.sampling import beta_columns, rand
+
+_F64 = torch.float64
 
 __all__ = ["MixupCutMixParams", "MixupCutMix"]
 
@@ -89,9 +98,12 @@ class MixupCutMix(RegionOp):
         mode: ``"batch"`` (one draw for the batch), ``"pair"`` (images i and B - 1 - i share
             a draw and swap), ``"elem"`` (one draw per image).
         correct_lam: lam is the exact unpasted area of a clipped CutMix box.
-        label_smoothing: ``t' = (1 - eps) t + eps / K`` on the mixed targets.
+        label_smoothing: ``t' = (1 - eps) t + eps / K`` on the mixed targets (keepmix's
+            default 0; timm's is 0.1).
         num_classes: K, needed for (B,) integer labels.
         placer: where CutMix boxes go (default: timm's uniform rule).
+
+    Attribute ``mixup_enabled`` (True): False turns mixing off, as in timm (see the module docstring).
 
     ``op(images, labels) -> (mixed images, float32 (B, K) targets)``. See the module
     docstring for where keepmix differs from timm.
@@ -135,6 +147,8 @@ class MixupCutMix(RegionOp):
             raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing!r}")
         self.label_smoothing = ls
         self.num_classes = check_num_classes(num_classes)
+        #: timm's switch: False (timm's train.py sets it for the mixup-off epochs) mixes nothing.
+        self.mixup_enabled = True
 
     def _check_images(self, images: object) -> Tensor:
         x = super()._check_images(images)
@@ -150,85 +164,146 @@ class MixupCutMix(RegionOp):
                     )
         return x
 
-    def _draw(self, n: int, device: torch.device, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        """(n,) CutMix-or-not and lam (1 where not mixed). Draw order: switch, CutMix lam,
-        Mixup lam, prob (each only when it matters)."""
-        both = self.mixup_alpha > 0 and self.cutmix_alpha > 0
-        if both:
-            use_cutmix = uniform(n, device=device, generator=generator) < self.switch_prob
-        else:
-            use_cutmix = torch.full((n,), self.cutmix_alpha > 0, dtype=torch.bool, device=device)
-        lam = torch.ones(n, device=device)
-        if self.cutmix_alpha > 0:
-            lam_c = beta(self.cutmix_alpha, self.cutmix_alpha, n, device=device, generator=generator)
-            lam = torch.where(use_cutmix, lam_c, lam)
-        if self.mixup_alpha > 0:
-            lam_m = beta(self.mixup_alpha, self.mixup_alpha, n, device=device, generator=generator)
-            lam = torch.where(use_cutmix, lam, lam_m)
-        if self.prob < 1.0:
-            mixed = uniform(n, device=device, generator=generator) < self.prob
-            lam = torch.where(mixed, lam, torch.ones_like(lam))
-            use_cutmix = use_cutmix & mixed
-        return use_cutmix, lam
+    def needs_saliency(self, images: Tensor) -> bool:
+        # No CutMix, no boxes to place: a saliency placer has nothing to do.
+        return self.placer.needs_saliency and self.mixup_enabled and self.cutmix_alpha > 0
 
-    def _boxes(self, lam: Tensor, images: Tensor, saliency: Tensor | None, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        """(n, 4) boxes and (n, 2) sizes for the n draws (timm's two box rules)."""
-        n, (h, w), dev = lam.shape[0], images.shape[-2:], lam.device
-        placement: Placement
-        if self.cutmix_minmax is None:
-            sizes = area_sizes(1.0 - lam, h, w, even=True)  # timm's far edge c + s//2: a centred box of even side
-            placement = "center"
-        else:
-            lo, hi = self.cutmix_minmax
-            sizes = torch.stack(
-                [
-                    randint(int(h * lo), int(h * hi), n, device=dev, generator=generator),
-                    randint(int(w * lo), int(w * hi), n, device=dev, generator=generator),
-                ],
-                dim=1,
-            )
-            placement = "inside"
-        if self.placer.needs_saliency:
-            full = sizes[_expand_index(self.mode, images.shape[0], dev)]
-            return self.placer.place(full, h, w, placement, saliency=saliency, generator=generator), full
-        if self.placer.whole_boxes or placement == "inside":
-            if placement == "inside":  # timm: a corner uniform in [0, H - h) (never the last one)
-                top = randint(0, h - sizes[:, 0], n, device=dev, generator=generator, check=False)
-                left = randint(0, w - sizes[:, 1], n, device=dev, generator=generator, check=False)
-                return corner_boxes(top, left, sizes[:, 0], sizes[:, 1]), sizes
-            return self.placer.place(sizes, h, w, "center", generator=generator), sizes
-        cy = randint(0, h, n, device=dev, generator=generator)
-        cx = randint(0, w, n, device=dev, generator=generator)
-        return centered_boxes(cy, cx, sizes[:, 0], sizes[:, 1], h, w), sizes
+    def _unmixed(self, b: int, dev: torch.device) -> MixupCutMixParams:
+        """Every image its own: empty boxes, lam 1 (``mixup_enabled = False``)."""
+        zeros, false, ones, perm = cached(
+            ("mixup_cutmix_unmixed", b, dev),
+            lambda: (
+                torch.zeros(1, 4, dtype=torch.long, device=dev).expand(b, 4),
+                torch.zeros(1, dtype=torch.bool, device=dev).expand(b),
+                torch.ones(1, device=dev).expand(b),
+                torch.arange(b - 1, -1, -1, device=dev),
+            ),
+        )
+        return MixupCutMixParams(boxes=zeros, sizes=zeros[:, :2], use_cutmix=false, lam=ones, perm=perm)
 
     def make_params(self, images, labels, saliency, generator) -> MixupCutMixParams:
+        """Draw order: one (n, k) uniform draw (switch, prob, then the CutMix box: centre row
+        and column, or with ``cutmix_minmax`` side fractions and corner fractions), then the
+        lam of each enabled mix (one Dirichlet draw); n is 1, B / 2 or B by ``mode``."""
         b, (h, w), dev = images.shape[0], images.shape[-2:], images.device
+        if not self.mixup_enabled:
+            return self._unmixed(b, dev)
         n = {"batch": 1, "pair": b // 2, "elem": b}[self.mode]
-        use_cutmix, lam = self._draw(n, dev, generator)
-        boxes, sizes = self._boxes(lam, images, saliency, generator)
-        if boxes.shape[0] != n:  # a saliency placer gave every image its own box
-            expand = _expand_index(self.mode, b, dev)
-            use_cutmix, lam = use_cutmix[expand], lam[expand]
-            n = b
-        keep = use_cutmix[:, None]
-        boxes = torch.where(keep, boxes, torch.zeros_like(boxes))
-        sizes = torch.where(keep, sizes, torch.zeros_like(sizes))
-        if self.correct_lam or self.cutmix_minmax is not None:
-            lam = torch.where(use_cutmix, area_lambda(boxes, h, w), lam)
-        if n != b:
-            expand = _expand_index(self.mode, b, dev)
-            boxes, sizes, use_cutmix, lam = boxes[expand], sizes[expand], use_cutmix[expand], lam[expand]
-        perm = torch.arange(b - 1, -1, -1, device=dev)
-        return MixupCutMixParams(boxes=boxes, sizes=sizes, use_cutmix=use_cutmix, lam=lam, perm=perm)
+        mix, cut = self.mixup_alpha > 0, self.cutmix_alpha > 0
+        both = mix and cut
+        minmax = self.cutmix_minmax
+        box_cols = 0 if not cut else (2 if minmax is None else 4)
+        widths = [1] * both + [1] * (self.prob < 1.0) + [box_cols] * (box_cols > 0)
+        # Every per-draw quantity is (n, 1, 1) or (n, 1, 2): no reshaping between the steps.
+        columns = list(rand((n, 1, sum(widths)), dev, generator).split(widths, 2)) if widths else []
+        alphas = ((self.cutmix_alpha,) * 2,) * (cut and minmax is None) + ((self.mixup_alpha,) * 2,) * mix
+        lams: tuple[Tensor, ...] = beta_columns(alphas, (n, 1), dev, generator).split(1, 2) if alphas else ()
+        use_cutmix = columns.pop(0) < self.switch_prob if both else None
+        mixed = columns.pop(0) < self.prob if self.prob < 1.0 else None
+        lam_m = lams[-1] if mix else None
+        ones = cached(("ones", n, dev), lambda: torch.ones(n, 1, 1, dtype=_F64, device=dev))
+        boxes = sizes = None
+        if cut:
+            if use_cutmix is None:
+                use_cutmix = cached(("true", n, dev), lambda: torch.ones(n, 1, 1, dtype=torch.bool, device=dev))
+            if mixed is not None:
+                use_cutmix = use_cutmix & mixed
+            lam_c = lams[0] if minmax is None else ones
+            if self.placer.needs_saliency:
+                boxes, sizes, area = self._placed(lam_c, columns[0], use_cutmix, images, saliency, generator)
+                if n != b:  # every image has its own box: the draws go per image from here
+                    use_cutmix, lam_c = _expand(self.mode, b, use_cutmix), _expand(self.mode, b, lam_c)
+                    lam_m = None if lam_m is None else _expand(self.mode, b, lam_m)
+                    mixed = None if mixed is None else _expand(self.mode, b, mixed)
+                    ones = cached(("ones", b, dev), lambda: torch.ones(b, 1, 1, dtype=_F64, device=dev))
+            else:
+                boxes, sizes, area = self._boxes(lam_c, columns[0], use_cutmix, h, w)
+            if self.correct_lam or minmax is not None:
+                lam_c = area.mul(-1.0 / (h * w)).add_(1.0)  # float64: exact for the integer area
+            lam = lam_c if lam_m is None else torch.where(use_cutmix, lam_c, lam_m)
+        else:
+            assert lam_m is not None  # Mixup or CutMix is enabled (__init__)
+            lam = lam_m
+            use_cutmix = cached(("false", n, dev), lambda: torch.zeros(n, 1, 1, dtype=torch.bool, device=dev))
+        if mixed is not None:
+            lam = torch.where(mixed, lam, ones)
+        lam = lam.float()
+        if boxes is None:
+            boxes, sizes = cached(("zeros4", b, dev), lambda: (torch.zeros(b, 4, dtype=torch.long, device=dev),) * 2)
+            sizes = sizes[:, :2]
+        assert sizes is not None
+        perm = cached(("reversed", b, dev), lambda: torch.arange(b - 1, -1, -1, device=dev))
+        if boxes.shape[0] != b:  # "batch" or "pair": every image takes its draw
+            boxes, sizes = _expand(self.mode, b, boxes), _expand(self.mode, b, sizes)
+        if lam.shape[0] != b:
+            lam = _expand(self.mode, b, lam)
+        if use_cutmix.shape[0] != b:
+            use_cutmix = _expand(self.mode, b, use_cutmix)
+        return MixupCutMixParams(boxes=boxes, sizes=sizes, use_cutmix=use_cutmix.view(b), lam=lam.view(b), perm=perm)
+
+    def _size_and_corner(self, lam_c: Tensor, u: Tensor, h: int, w: int) -> tuple[Tensor, Tensor, Placement]:
+        """(n, 1, 2) float64 box sizes and their centre (``"center"``) or corner (``"inside"``)."""
+        dev = u.device
+        hw = line((float(h), float(w)), (1, 1, 2), _F64, dev)
+        if self.cutmix_minmax is None:
+            # 1 - lam in float64 before the sqrt (the official rule: int(H sqrt(1 - lam))).
+            size = (lam_c.neg().add_(1.0).sqrt_() * hw).floor_()
+            return size, (u * hw).floor_(), "center"
+        lo, hi = self.cutmix_minmax
+        # Sides uniform in [int(H lo), int(H hi)); the corner uniform in [0, H - side].
+        low = line((float(int(h * lo)), float(int(w * lo))), (1, 1, 2), _F64, dev)
+        span = line((float(int(h * hi) - int(h * lo)), float(int(w * hi) - int(w * lo))), (1, 1, 2), _F64, dev)
+        side_u, corner_u = u.split(2, 2)
+        size = torch.addcmul(low, side_u, span).floor_()
+        return size, (corner_u * (hw + 1.0 - size)).floor_(), "inside"
+
+    def _boxes(self, lam_c: Tensor, u: Tensor, use_cutmix: Tensor, h: int, w: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(n, 4) boxes, (n, 2) sizes and (n, 1) float64 clipped areas, timm's rules (empty where not CutMix)."""
+        n, dev = u.shape[0], u.device
+        size, at, placement = self._size_and_corner(lam_c, u, h, w)
+        size = size * use_cutmix
+        if placement == "center":
+            # ceil(c -/+ s / 2) is c - s // 2 and c + (s + 1) // 2 (timm 1.0.31), then clipped.
+            edges = torch.addcmul(at, size, line((-0.5, 0.5), (2, 1), _F64, dev)).ceil_()
+            edges = edges.clamp_(line((0.0,), (1,), _F64, dev), line((float(h), float(w)), (1, 2), _F64, dev))
+        else:
+            edges = torch.addcmul(at, size, line((0.0, 1.0), (2, 1), _F64, dev))
+        low, high = edges.split(1, 1)
+        area = (high - low).prod(2, keepdim=True)  # (n, 1, 1)
+        return edges.long().view(n, 4), size.long().view(n, 2), area
+
+    def _placed(
+        self, lam_c: Tensor, u: Tensor, use_cutmix: Tensor, images: Tensor, saliency: Tensor | None, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """A saliency placer's boxes: per image, on each image's own map (``n`` becomes B)."""
+        b, (h, w), dev = images.shape[0], images.shape[-2:], images.device
+        size, _, placement = self._size_and_corner(lam_c, u, h, w)
+        size = (size * use_cutmix).long().view(-1, 2)
+        if size.shape[0] != b:
+            size = size[_expand_index(self.mode, b, dev)]
+        boxes = self.placer.place(size, h, w, placement, saliency=saliency, generator=generator)
+        area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).to(_F64).view(b, 1, 1)
+        return boxes, size, area
 
     def apply_params(self, images, labels, params):
         """Blend the Mixup images, paste the CutMix boxes: ``(images, float32 (B, K) targets)``."""
-        own = torch.where(params.use_cutmix, torch.ones_like(params.lam), params.lam)
-        out, _ = mixup(images, labels, own, params.perm, validate=False)
-        out = paste(out, images[params.perm], params.boxes)
-        targets = mix_targets(labels, labels[params.perm], params.lam)
+        b = images.shape[0]
+        exact = images.dtype in (torch.float32, torch.float64)
+        work = images if exact else images.float()
+        partner = work[params.perm]
+        # A CutMix image's blend weight is 1 (itself); its box then takes the partner's pixels.
+        own = params.lam.masked_fill(params.use_cutmix, 1.0).view(b, 1, 1, 1)
+        out = partner.lerp(work, own.to(work.dtype))
+        if images.dtype == torch.uint8:
+            out = out.round_().to(images.dtype)
+        elif not exact:
+            out = out.to(images.dtype)
+        if self.cutmix_alpha > 0:
+            mask = box_mask(params.boxes, images.shape[-2], images.shape[-1])
+            out = where(mask, partner if exact else images[params.perm], out)
+        targets = labels[params.perm].lerp_(labels, params.lam.view(b, 1))
         if self.label_smoothing > 0:
-            targets = targets * (1.0 - self.label_smoothing) + self.label_smoothing / targets.shape[1]
+            targets = targets.mul_(1.0 - self.label_smoothing).add_(self.label_smoothing / targets.shape[1])
         return out, targets
 
     def extra_repr(self) -> str:
@@ -239,9 +314,20 @@ class MixupCutMix(RegionOp):
         )
 
 
+def _expand(mode: Mode, batch: int, t: Tensor) -> Tensor:
+    """Rows of one draw per batch ("batch") or per pair ("pair") given to every image."""
+    if mode == "batch":
+        return t.expand(batch, *t.shape[1:])
+    return t[_expand_index(mode, batch, t.device)]
+
+
 def _expand_index(mode: Mode, batch: int, device: torch.device) -> Tensor:
     """Which draw each image takes: all the first ("batch"), its pair's ("pair")."""
-    if mode == "batch":
-        return torch.zeros(batch, dtype=torch.long, device=device)
-    i = torch.arange(batch, device=device)
-    return torch.minimum(i, batch - 1 - i)  # "pair": image j = B - 1 - i takes draw i
+
+    def build() -> Tensor:
+        if mode == "batch":
+            return torch.zeros(batch, dtype=torch.long, device=device)
+        i = torch.arange(batch, device=device)
+        return torch.minimum(i, batch - 1 - i)  # "pair": image j = B - 1 - i takes draw i
+
+    return cached(("expand_index", mode, batch, device), build)

@@ -17,10 +17,13 @@ from torch import Tensor
 
 from keepmix._checks import check_int, check_probability, check_range_pair
 from keepmix.base import RegionOp, RegionParams
-from keepmix.functional.boxes import paste
-from keepmix.functional.erasing import check_fill, fill_tensor
-from keepmix.placers import Placer
-from keepmix.sampling import bernoulli, log_uniform, normal, randint, uniform
+from keepmix.functional.boxes import box_mask, corner_boxes_at, paste, where
+from keepmix.functional.constants import cached, line
+from keepmix.functional.erasing import check_fill, check_fill_for, constant_fill, fill_tensor
+from keepmix.placers import Placer, UniformPlacer
+from keepmix.sampling import bernoulli, normal, rand, randint
+
+_F64 = torch.float64
 
 __all__ = ["CutoutParams", "Cutout", "RandomErasingParams", "RandomErasing"]
 
@@ -77,18 +80,45 @@ class Cutout(RegionOp):
         x = super()._check_images(images)
         if self.length > x.shape[-2] or self.length > x.shape[-1]:
             raise ValueError(f"length {self.length} is larger than the {x.shape[-2]}x{x.shape[-1]} images (Cutout would blank them)")
+        if not isinstance(self.fill, Tensor):
+            check_fill_for(self.fill, x.dtype, x.shape[1])
         return x
 
     def make_params(self, images, labels, saliency, generator) -> CutoutParams:
-        """Draw order: who is cut (``p``), then the position (the placer's draws)."""
-        b = images.shape[0]
-        applied = bernoulli(self.p, b, device=images.device, generator=generator)
-        sizes = (applied.long() * self.length)[:, None].expand(b, 2)
-        return CutoutParams(boxes=self.place(sizes, images, saliency, generator), sizes=sizes)
+        """With the default placer, one (B, 2) uniform draw (rows, columns: the centre; a third
+        column decides ``p`` when p < 1). With another placer: who is cut (``p``), then the
+        placer's draws."""
+        b, _, h, w = images.shape
+        dev, n = images.device, self.length
+        if type(self.placer) is not UniformPlacer or self.placer.whole_boxes:
+            applied = bernoulli(self.p, b, device=dev, generator=generator)
+            sizes = (applied.long() * n)[:, None].expand(b, 2)
+            return CutoutParams(boxes=self.place(sizes, images, saliency, generator), sizes=sizes)
+        # The centre is floor(u * (H, W)); the edges floor(u * H) - n // 2 and that + n, so
+        # one addcmul and one floor give all four (the floor of a whole shift is the shift).
+        offsets = line((-float(n // 2), float(n - n // 2)), (2, 1), _F64, dev)
+        if self.p >= 1.0:
+            edges = torch.addcmul(offsets, rand((b, 1, 2), dev, generator), line((float(h), float(w)), (1, 2), _F64, dev)).floor_()
+            sizes = cached(("cutout_sizes", n, dev), lambda: torch.full((1, 2), n, device=dev)).expand(b, 2)
+        else:
+            # floor(u + p) is 1 with probability p: the third column is "cut" (1) or not (0).
+            scale = line((float(h), float(w), 1.0), (1, 3), _F64, dev)
+            drawn = torch.addcmul(line((0.0, 0.0, self.p), (1, 3), _F64, dev), rand((b, 1, 3), dev, generator), scale).floor_()
+            centre, cut = drawn.split([2, 1], 2)
+            edges = torch.addcmul(centre, cut, offsets)  # an image not cut gets the empty box at its centre
+            sizes = (cut * line((float(n), float(n)), (1, 1, 2), _F64, dev)).long().view(b, 2)
+        edges = edges.clamp_(line((0.0,), (1,), _F64, dev), line((float(h), float(w)), (1, 2), _F64, dev))
+        return CutoutParams(boxes=edges.long().view(b, 4), sizes=sizes)
 
     def apply_params(self, images, labels, params):
         """``images`` with ``params.boxes`` set to ``fill``; outside them bitwise unchanged."""
-        return paste(images, fill_tensor(self.fill, images), params.boxes), labels
+        mask = box_mask(params.boxes, images.shape[-2], images.shape[-1])
+        if isinstance(self.fill, Tensor):
+            return paste(images, fill_tensor(self.fill, images), params.boxes), labels
+        fill = constant_fill(self.fill, images.dtype, images.device)
+        if isinstance(fill, Tensor):
+            return where(mask, fill, images), labels
+        return images.masked_fill(mask, fill), labels
 
     def extra_repr(self) -> str:
         return f"length={self.length}, fill={self.fill}, p={self.p}"
@@ -174,40 +204,79 @@ class RandomErasing(RegionOp):
             self.value = check_fill(value, "value")
         self.num_tries = check_int(num_tries, "num_tries", low=1)
 
-    def sample_sizes(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """(B, 2) int64 box sizes: the first fitting candidate, (0, 0) if skipped or none fits.
+    def _check_images(self, images: object) -> Tensor:
+        x = super()._check_images(images)
+        if not isinstance(self.value, (str, Tensor)):
+            check_fill_for(self.value, x.dtype, x.shape[1], "value")
+        return x
 
-        Draw order (fixed, for reproducibility): applied (B,), areas (B, T), ratios (B, T).
+    def _candidate_sizes(self, b: int, h: int, w: int, dev: torch.device, generator: torch.Generator | None) -> Tensor:
+        """(B, 1, 2) float64 (h, w) per image: the first candidate that fits, (0, 0) if skipped or none fits.
+
+        One (B, 2T (+ 1), 1) uniform draw: T areas, T log-ratios, then (p < 1) who is erased.
+        One ``addcmul`` maps it to areas ``A`` (both columns), log-ratios ``(l, -l)`` and
+        ``floor(u + p)`` (1: erased); the candidates are ``round(sqrt(A exp(l)))`` and
+        ``round(sqrt(A exp(-l)))`` (float64, so the rounding matches a Python-float reference).
         """
+        t = self.num_tries
+        (s0, s1), (r0, r1), hw = self.scale, self.ratio, float(h * w)
+        l0, dl = math.log(r0), math.log(r1) - math.log(r0)
+        key = ("erasing_affine", t, self.scale, self.ratio, self.p, h, w, dev)
+
+        def build() -> tuple[Tensor, Tensor]:
+            rows = [(s0 * hw, s0 * hw, (s1 - s0) * hw, (s1 - s0) * hw)] * t + [(l0, -l0, dl, -dl)] * t
+            rows += [(self.p, self.p, 1.0, 1.0)] if self.p < 1.0 else []
+            table = torch.tensor(rows, dtype=_F64, device=dev).view(len(rows), 2, 2)
+            return table[:, 0].contiguous(), table[:, 1].contiguous()
+
+        offset, scale = cached(key, build)
+        drawn = torch.addcmul(offset, rand((b, offset.shape[0], 1), dev, generator), scale)
+        if self.p < 1.0:
+            area, log_ratio, erased = drawn.split([t, t, 1], 1)
+            area = area * erased.floor_()  # a zero area never fits: the image is skipped
+        else:
+            area, log_ratio = drawn.split([t, t], 1)
+        sides = (area * log_ratio.exp_()).sqrt_().round_()  # (B, T, 2)
+        fits = (sides.clamp(line((1.0,), (1,), _F64, dev), line((float(h), float(w)), (1, 2), _F64, dev)) == sides).all(2, keepdim=True)
+        found, first = fits.max(1, keepdim=True)  # the first candidate that fits (index 0 if none)
+        return sides.gather(1, first.expand(b, 1, 2)) * found
+
+    def sample_sizes(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """(B, 2) int64 box sizes: the first fitting candidate, (0, 0) if skipped or none fits
+        (the draws of :meth:`make_params`' first step)."""
         b, _, h, w = images.shape
-        dev = images.device
-        applied = bernoulli(self.p, b, device=dev, generator=generator)
-        # float64 so that the rounding of h and w matches a Python-float reference exactly.
-        area = uniform((b, self.num_tries), *self.scale, device=dev, generator=generator).double() * (h * w)
-        aspect = log_uniform((b, self.num_tries), *self.ratio, device=dev, generator=generator).double()
-        hs = torch.sqrt(area * aspect).round().long()
-        ws = torch.sqrt(area / aspect).round().long()
-        fits = (hs >= 1) & (hs <= h) & (ws >= 1) & (ws <= w)
-        first = fits.to(torch.int8).argmax(dim=1, keepdim=True)  # first True (0 if none)
-        chosen = torch.cat([hs.gather(1, first), ws.gather(1, first)], dim=1)
-        keep = (applied & fits.any(dim=1))[:, None]
-        return torch.where(keep, chosen, torch.zeros_like(chosen))
+        return self._candidate_sizes(b, h, w, images.device, generator).long().view(b, 2)
 
     def sample_values(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """The fill values in the images' dtype (see :class:`RandomErasingParams`)."""
         b, c, h, w = images.shape
-        value = self.value
+        value, dev = self.value, images.device
         if isinstance(value, str):  # "random_box" or "random_pixel" (the only strings __init__ admits)
             shape = (b, c, 1, 1) if value == "random_box" else (b, c, h, w)
             if images.dtype == torch.uint8:
-                return _random_bytes(shape, images.device, generator)
-            return normal(shape, device=images.device, generator=generator).to(images.dtype)
-        return fill_tensor(value, images, "value").expand(b, c, 1, 1)
+                return _random_bytes(shape, dev, generator)
+            return normal(shape, device=dev, generator=generator).to(images.dtype)
+        if isinstance(value, Tensor):
+            return fill_tensor(value, images, "value").expand(b, c, 1, 1)
+        values = (value,) * c if isinstance(value, float) else value * (c // len(value))
+        return cached(
+            ("erasing_values", values, b, images.dtype, dev), lambda: line(values, (1, c, 1, 1), images.dtype, dev).expand(b, c, 1, 1)
+        )
 
     def make_params(self, images, labels, saliency, generator) -> RandomErasingParams:
-        """Draw order: sizes (applied, areas, ratios), positions (the placer), fill values."""
-        sizes = self.sample_sizes(images, generator)
-        boxes = self.place(sizes, images, saliency, generator)
+        """Draw order: sizes (areas, ratios, who is erased: one draw), positions (rows, columns:
+        one draw; another placer: its draws), fill values."""
+        b, _, h, w = images.shape
+        dev = images.device
+        size = self._candidate_sizes(b, h, w, dev, generator)
+        if type(self.placer) is UniformPlacer:
+            # The top-left corner is uniform over the H - h + 1 rows (W - w + 1 columns) that keep the box inside.
+            corner = (rand((b, 1, 2), dev, generator) * (line((float(h + 1), float(w + 1)), (1, 2), _F64, dev) - size)).floor_()
+            boxes = corner_boxes_at(corner, size)
+            sizes = size.long().view(b, 2)
+        else:
+            sizes = size.long().view(b, 2)
+            boxes = self.place(sizes, images, saliency, generator)
         return RandomErasingParams(boxes=boxes, sizes=sizes, values=self.sample_values(images, generator))
 
     def _check_params(self, params: object, images: Tensor) -> None:
@@ -217,7 +286,7 @@ class RandomErasing(RegionOp):
 
     def apply_params(self, images, labels, params):
         """``images`` with ``params.boxes`` set to ``params.values``; elsewhere bitwise unchanged."""
-        return paste(images, params.values, params.boxes), labels
+        return where(box_mask(params.boxes, images.shape[-2], images.shape[-1]), params.values, images), labels
 
     def extra_repr(self) -> str:
         return f"p={self.p}, scale={self.scale}, ratio={self.ratio}, value={self.value!r}, num_tries={self.num_tries}"

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # for annotations only: the functions below import keepmix.fu
     from keepmix.functional.selection import Side
 
 __all__ = [
+    "rand",
     "uniform",
     "normal",
     "log_uniform",
@@ -42,6 +43,14 @@ def _draw_device(device: torch.device | str | None, generator: torch.Generator |
     if generator is not None:
         return generator.device
     return torch.device("cpu") if device is None else torch.device(device)
+
+
+def rand(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None, dtype: torch.dtype = torch.float64) -> Tensor:
+    """U[0, 1) of ``shape`` on ``device``, drawn on the generator's device (the lean ops'
+    one fused draw per call: every uniform quantity of a call is a column of it). Unchecked."""
+    if generator is None:
+        return torch.rand(shape, device=device, dtype=dtype)
+    return torch.rand(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
 
 
 def uniform(
@@ -180,18 +189,33 @@ def beta(
     *,
     device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """``n`` draws of Beta(a, b) as float32 in [0, 1]; Beta(1, 1) is drawn as a uniform."""
+    """``n`` draws of Beta(a, b) in [0, 1] (``dtype``: float32, or float64 to keep the
+    draw's precision, e.g. for ``1 - lam`` near 0); Beta(1, 1) is drawn as a uniform.
+
+    One kernel: the first coordinate of a Dirichlet(a, b) draw (torch's gamma sampler,
+    normalised; both gammas underflowing, possible for tiny shapes, is handled there).
+    """
     check_positive(a, "alpha")
     check_positive(b, "beta")
     if a == 1.0 and b == 1.0:
-        return uniform(n, device=device, generator=generator)
-    x = _gamma(a, n, device, generator)
-    y = _gamma(b, n, device, generator)
-    s = x + y
-    # Both gammas underflow to 0 only for tiny shapes; split the mass evenly then.
-    out = torch.where(s > 0, x / s.clamp_min(1e-300), torch.full_like(s, 0.5))
-    return out.float()
+        return uniform(n, device=device, generator=generator, dtype=dtype)
+    check_generator(generator)
+    out = beta_columns(((a, b),), (n,), _draw_device(device, generator), generator)[..., 0]
+    return out.to(device=device, dtype=dtype) if device is not None else out.to(dtype)
+
+
+def beta_columns(
+    shapes: tuple[tuple[float, float], ...], batch: tuple[int, ...], device: torch.device, generator: torch.Generator | None
+) -> Tensor:
+    """float64 draws of Beta(a_j, b_j) for each pair ``shapes[j]``, shape ``batch + (J,)``, on
+    ``device``: one Dirichlet kernel, on the generator's device when one is given. Unchecked."""
+    from keepmix.functional.constants import line
+
+    dev = device if generator is None else generator.device
+    conc = line(tuple(v for pair in shapes for v in pair), (len(shapes), 2), torch.float64, dev)
+    return torch._sample_dirichlet(conc.expand(*batch, len(shapes), 2), generator=generator)[..., 0].to(device)
 
 
 def permutation(n: int, *, device: torch.device | str | None = None, generator: torch.Generator | None = None) -> Tensor:

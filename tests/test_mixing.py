@@ -147,10 +147,11 @@ def test_cutmix_invariants(dtype):
 
 
 def test_cutmix_sizes_follow_lam():
-    # Reproduce lam from the draw order (lam first), then sizes = floor(side * sqrt(1 - lam)).
+    # Reproduce lam from the draw order (one (B, 1, 3) float64 draw: centre row, column, lam),
+    # then sizes = floor(side * sqrt(1 - lam)).
     x = torch.zeros(50, 1, 17, 23)
     params = CutMix(alpha=1.0).sample_params(x, generator=gen(7))
-    lam = torch.rand(50, generator=gen(7)).double()  # Beta(1, 1) is drawn as a uniform
+    lam = torch.rand(50, 1, 3, generator=gen(7), dtype=torch.float64)[:, 0, 2]  # Beta(1, 1) is drawn as a uniform
     cut = (1 - lam).sqrt()
     assert params.sizes[:, 0].tolist() == [int(17 * float(c)) for c in cut]
     assert params.sizes[:, 1].tolist() == [int(23 * float(c)) for c in cut]

@@ -87,8 +87,9 @@ def test_cutmix_boxes_have_timm_edges_and_corrected_lam():
 def _timm_elem_lams(
     n: int, rng: np.random.RandomState, mixup_alpha: float, cutmix_alpha: float, prob: float, switch_prob: float, size: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """timm's per-element draws (``_params_per_elem`` then ``cutmix_bbox_and_lam`` with
-    correct_lam), written from its definition with numpy's RandomState."""
+    """timm 1.0.31's per-element draws (``_params_per_elem`` then ``cutmix_bbox_and_lam`` with
+    correct_lam; the exact side ``[c - s//2, c + (s + 1)//2)``), written from its definition
+    with numpy's RandomState."""
     use_cutmix = rng.rand(n) < switch_prob
     lam_mix = np.where(use_cutmix, rng.beta(cutmix_alpha, cutmix_alpha, n), rng.beta(mixup_alpha, mixup_alpha, n))
     applied = rng.rand(n) < prob
@@ -97,7 +98,7 @@ def _timm_elem_lams(
     cut = (size * np.sqrt(1 - lam[use_cutmix])).astype(int)
     c = rng.randint(0, size, (2, cut.size))
     lo = np.clip(c - cut // 2, 0, size)
-    hi = np.clip(c + cut // 2, 0, size)
+    hi = np.clip(c + (cut + 1) // 2, 0, size)
     area = (hi[0] - lo[0]) * (hi[1] - lo[1])
     lam = lam.copy()
     lam[use_cutmix] = 1 - area / float(size * size)
@@ -126,10 +127,11 @@ def test_minmax_boxes_follow_timms_ranges():
     x = torch.zeros(4000, 1, 32, 40)
     p = op.sample_params(x, generator=torch.Generator().manual_seed(4))
     h, w = p.boxes[:, 2] - p.boxes[:, 0], p.boxes[:, 3] - p.boxes[:, 1]
-    # Sides uniform in [int(H min), int(H max)), corners uniform in [0, H - h).
+    # Sides uniform in [int(H min), int(H max)), corners uniform in [0, H - h] (timm 1.0.31:
+    # a box reaches the last row and column, timm PR #2739).
     assert set(h.tolist()) == set(range(8, 24)) and set(w.tolist()) == set(range(10, 30))
-    assert (p.boxes[:, 2] < 32).all() and (p.boxes[:, 3] < 40).all() and (p.boxes[:, :2] >= 0).all()
-    assert (p.boxes[:, 0] == 0).any() and (p.boxes[:, 0] == 32 - h - 1).any()
+    assert (p.boxes[:, 2] <= 32).all() and (p.boxes[:, 3] <= 40).all() and (p.boxes[:, :2] >= 0).all()
+    assert (p.boxes[:, 0] == 0).any() and (p.boxes[:, 2] == 32).any() and (p.boxes[:, 3] == 40).any()
 
 
 def test_keep_placer_inside_the_switch():

@@ -49,10 +49,13 @@ def test_cutmix_official_mode_has_the_official_lambda_distribution():
     assert stats.ks_2samp(got, want).pvalue > 1e-3
     # The exact-edge boxes of per_sample=True are a different distribution (more area cut),
     # and the test can tell them apart: it would have caught the old far edge.
-    x = torch.zeros(N, 1, SIZE, SIZE)
-    exact = keepmix.CutMix(num_classes=2).sample_params(x, generator=torch.Generator().manual_seed(1))
+    # The two differ only for odd sides (one row and column): 40,000 draws on each side.
+    big = 40_000
+    official = _official_lams(np.sqrt(1.0 - rng.beta(1.0, 1.0, big)), rng)
+    x, y = torch.zeros(1, 1, SIZE, SIZE).expand(big, 1, SIZE, SIZE), torch.zeros(big, dtype=torch.long)
+    exact = keepmix.CutMix(num_classes=2).sample_params(x, y, generator=torch.Generator().manual_seed(1))
     exact_lams = area_lambda(exact.boxes, SIZE, SIZE).numpy()
-    assert stats.ks_2samp(exact_lams, want).pvalue < 1e-3
+    assert stats.ks_2samp(exact_lams, official).pvalue < 1e-6
 
 
 def test_recursivemix_official_mode_has_the_official_lambda_distribution():

@@ -276,19 +276,16 @@ def test_random_erasing_sizes_match_reference_formula():
     # The first candidate that fits, computed with Python floats from the same draws.
     h, w, b, tries = 10, 6, 200, 10
     op = RandomErasing(p=1.0, scale=(0.1, 0.9), ratio=(0.2, 5.0), num_tries=tries)
-    g = gen(10)
-    sizes = op.sample_sizes(torch.zeros(b, 1, h, w), g)
-    g = gen(10)
-    # p = 1 draws nothing for 'applied'; then areas and ratios, as documented
-    u_area = torch.rand((b, tries), generator=g)
-    u_ratio = torch.rand((b, tries), generator=g)
+    sizes = op.sample_sizes(torch.zeros(b, 1, h, w), gen(10))
+    # p = 1 draws nothing for 'applied': one (B, 2T, 1) float64 draw, areas then log-ratios
+    u = torch.rand((b, 2 * tries, 1), generator=gen(10), dtype=torch.float64)[:, :, 0].tolist()
+    lo, hi = math.log(0.2), math.log(5.0)
     for i in range(b):
         expected = [0, 0]
         for t in range(tries):
-            area = float(0.1 + (0.9 - 0.1) * u_area[i, t]) * h * w
-            r = math.exp(float(math.log(0.2) + (math.log(5.0) - math.log(0.2)) * u_ratio[i, t]))
-            r = float(torch.tensor(r, dtype=torch.float32))
-            eh, ew = round(math.sqrt(area * r)), round(math.sqrt(area / r))
+            area = h * w * 0.1 + h * w * (0.9 - 0.1) * u[i][t]
+            log_r = lo + (hi - lo) * u[i][tries + t]
+            eh, ew = round(math.sqrt(area * math.exp(log_r))), round(math.sqrt(area * math.exp(-log_r)))
             if 1 <= eh <= h and 1 <= ew <= w:
                 expected = [eh, ew]
                 break

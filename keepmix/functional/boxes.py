@@ -13,18 +13,29 @@ import torch
 from torch import Tensor
 
 from keepmix.engine import check_values
+from keepmix.functional.constants import box_grid, cached, line
 from keepmix.functional.select import select
 
 __all__ = [
     "check_boxes",
     "centered_boxes",
+    "centre_boxes",
+    "corner_boxes_at",
     "area_sizes",
     "corner_boxes",
     "box_areas",
+    "box_mask",
     "box_masks",
     "paste",
     "fill_boxes",
 ]
+
+# Up to this many pixels a box mask is one compare of the (B, 4, H, W) coordinate grid (four
+# kernels whatever the size); above it, per-axis masks and one broadcast product (less work).
+_GRID_MASK_PIXELS = 64 * 64
+# From this many elements a CPU select takes the bit trick of keepmix.functional.select (the
+# CPU ``where`` kernel is scalar); below it one ``where`` (fewer kernels) is as fast.
+_BIT_SELECT_NUMEL = 1 << 16
 
 
 def check_boxes(boxes: object, batch_size: int, height: int, width: int, name: str = "boxes") -> Tensor:
@@ -63,6 +74,27 @@ def centered_boxes(cy: Tensor, cx: Tensor, h: Tensor, w: Tensor, height: int, wi
     return torch.cat([lo, lo + size], dim=-1).clamp_min_(0).minimum(limit)
 
 
+def centre_boxes(centre: Tensor, size: Tensor, height: int, width: int) -> Tensor:
+    """(B, 4) int64 boxes of size ``size`` centred at ``centre``, clipped at the border.
+
+    ``centre`` and ``size`` are (B, 1, 2) float tensors of whole numbers ``(y, x)`` and
+    ``(h, w)``; the box spans ``[c - s // 2, c - s // 2 + s)`` before clipping, as
+    :func:`centered_boxes`. Four kernels: ``ceil(c -/+ s / 2)`` is exactly ``c - s // 2`` and
+    ``c - s // 2 + s`` for whole numbers, so both edges come from one ``addcmul``.
+    """
+    dt, dev = centre.dtype, centre.device
+    edges = torch.addcmul(centre, size, line((-0.5, 0.5), (2, 1), dt, dev)).ceil_()
+    edges = edges.clamp_(line((0.0,), (1,), dt, dev), line((float(height), float(width)), (1, 2), dt, dev))
+    return edges.long().view(centre.shape[0], 4)
+
+
+def corner_boxes_at(corner: Tensor, size: Tensor) -> Tensor:
+    """(B, 4) int64 boxes of size ``size`` (B, 1, 2) with top-left corner ``corner`` (B, 1, 2)
+    (float whole numbers, boxes the caller keeps inside the image)."""
+    edges = torch.addcmul(corner, size, line((0.0, 1.0), (2, 1), corner.dtype, corner.device))
+    return edges.long().view(corner.shape[0], 4)
+
+
 def area_sizes(share: Tensor, height: int, width: int, even: bool = False) -> Tensor:
     """(B, 2) int64 box sizes ``(floor(H sqrt(share)), floor(W sqrt(share)))`` for an area
     share per image (CutMix: ``1 - lam``; RecursiveMix: its ratio ``r``), in float64 so the
@@ -84,18 +116,38 @@ def box_areas(boxes: Tensor) -> Tensor:
     return (boxes[..., 2] - boxes[..., 0]).clamp_min(0) * (boxes[..., 3] - boxes[..., 1]).clamp_min(0)
 
 
-def box_masks(boxes: Tensor, height: int, width: int) -> Tensor:
-    """Boolean masks (B, H, W): True inside each image's box.
+def box_mask(boxes: Tensor, height: int, width: int) -> Tensor:
+    """Boolean masks (B, 1, H, W): True inside each image's box (False everywhere for an
+    empty or inverted box).
 
-    Built from two 1-D range comparisons and one broadcast AND: O(B (H + W)) compares plus
-    the (B, H, W) result, no scatter.
+    Small images: one compare of the cached (1, 4, H, W) coordinate grid against the boxes
+    and one reduction, a fixed handful of kernels. Larger ones: two 1-D range comparisons
+    and one broadcast product, O(B (H + W)) compares plus the result.
     """
-    ys = torch.arange(height, device=boxes.device)
-    xs = torch.arange(width, device=boxes.device)
-    in_y = (ys[None, :] >= boxes[:, 0:1]) & (ys[None, :] < boxes[:, 2:3])  # (B, H)
-    in_x = (xs[None, :] >= boxes[:, 1:2]) & (xs[None, :] < boxes[:, 3:4])  # (B, W)
+    b, dev = boxes.shape[0], boxes.device
+    if height * width <= _GRID_MASK_PIXELS:
+        ge = box_grid(height, width, dev) >= boxes.reshape(b, 4, 1, 1)
+        return (ge == line((True, True, False, False), (1, 4, 1, 1), torch.bool, dev)).all(1, keepdim=True)
+    n = max(height, width)
+    r = cached(("arange", n, dev), lambda: torch.arange(n, device=dev))
+    lo, hi = (r >= boxes.reshape(b, 2, 2, 1)).unbind(1)  # (B, 2, N): r >= (y1, x1), r >= (y2, x2)
+    in_y, in_x = (lo > hi).unbind(1)
     # A broadcast bool AND is not vectorised on CPU; a uint8 product is (kernel_choices.md, K2).
-    return (in_y.to(torch.uint8)[:, :, None] * in_x.to(torch.uint8)[:, None, :]).bool()
+    rows = in_y[:, :height].to(torch.uint8).view(b, 1, height, 1)
+    return (rows * in_x[:, :width].to(torch.uint8).view(b, 1, 1, width)).bool()
+
+
+def box_masks(boxes: Tensor, height: int, width: int) -> Tensor:
+    """Boolean masks (B, H, W): True inside each image's box (see :func:`box_mask`)."""
+    return box_mask(boxes, height, width)[:, 0]
+
+
+def where(mask: Tensor, src: Tensor, dst: Tensor) -> Tensor:
+    """``torch.where(mask, src, dst)`` for ``src`` and ``dst`` of one dtype, bit for bit: one
+    kernel, or on large CPU tensors the vectorised bit select (:mod:`keepmix.functional.select`)."""
+    if dst.device.type == "cpu" and dst.numel() >= _BIT_SELECT_NUMEL:
+        return select(mask, src, dst)
+    return torch.where(mask, src, dst)
 
 
 def paste(dst: Tensor, src: Tensor, boxes: Tensor) -> Tensor:
@@ -104,8 +156,8 @@ def paste(dst: Tensor, src: Tensor, boxes: Tensor) -> Tensor:
     ``src`` is (B, C, H, W) like ``dst`` or anything that broadcasts to it (a fill value of
     shape (B, C, 1, 1), a scalar tensor). ``dst`` is not modified.
     """
-    mask = box_masks(boxes, dst.shape[-2], dst.shape[-1]).unsqueeze(1)
-    return select(mask, _cast_like(src, dst.dtype, "src"), dst)
+    mask = box_mask(boxes, dst.shape[-2], dst.shape[-1])
+    return where(mask, _cast_like(src, dst.dtype, "src"), dst)
 
 
 def _cast_like(src: Tensor, dtype: torch.dtype, name: str) -> Tensor:

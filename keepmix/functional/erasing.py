@@ -15,8 +15,9 @@ from torch import Tensor
 from keepmix._checks import check_images, check_same_device
 from keepmix.engine import check_values
 from keepmix.functional.boxes import check_boxes, paste
+from keepmix.functional.constants import line
 
-__all__ = ["Fill", "check_fill", "fill_tensor", "erase"]
+__all__ = ["Fill", "check_fill", "check_fill_for", "constant_fill", "fill_tensor", "erase"]
 
 #: A fill value: a number, one number per channel, or a tensor broadcastable to (B, C, H, W).
 Fill = float | int | Sequence[float] | Tensor
@@ -70,6 +71,26 @@ def _check_number(v: float, dtype: torch.dtype, name: str) -> None:
             raise ValueError(f"{name} must hold integers in [0, 255] for uint8 images, got {v}")
     elif abs(v) > torch.finfo(dtype).max:
         raise ValueError(f"{name} does not fit in {dtype} (|value| <= {torch.finfo(dtype).max:g}), got {v}")
+
+
+def check_fill_for(fill: float | tuple[float, ...], dtype: torch.dtype, channels: int, name: str = "fill") -> None:
+    """Raise unless a checked constant fill (a float or a tuple, from :func:`check_fill`) suits
+    images of ``dtype`` with ``channels`` channels (plain Python: no tensor, no host read)."""
+    values = (fill,) if isinstance(fill, float) else fill
+    if len(values) not in (1, channels):
+        raise ValueError(f"{name} has {len(values)} values but the images have {channels} channels")
+    for v in values:
+        _check_number(v, dtype, name)
+
+
+def constant_fill(fill: float | tuple[float, ...], dtype: torch.dtype, device: torch.device) -> float | Tensor:
+    """A constant fill checked by :func:`check_fill_for` as a ``masked_fill`` scalar (one
+    number) or a cached (1, C, 1, 1) tensor of ``dtype`` on ``device``."""
+    if isinstance(fill, float):
+        return fill
+    if len(fill) == 1:
+        return fill[0]
+    return line(fill, (1, len(fill), 1, 1), dtype, device)
 
 
 def fill_tensor(fill: Fill, images: Tensor, name: str = "fill") -> Tensor:

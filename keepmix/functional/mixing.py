@@ -12,10 +12,9 @@ from torch import Tensor
 
 from keepmix._checks import check_images, check_same_device
 from keepmix.engine import check_values
-from keepmix.functional.boxes import box_areas, check_boxes, paste
-from keepmix.targets import mix_targets
+from keepmix.functional.boxes import box_areas, box_mask, check_boxes, where
 
-__all__ = ["check_perm", "area_lambda", "mixup", "cutmix"]
+__all__ = ["check_perm", "area_lambda", "mixup", "cutmix", "mixup_kernel", "cutmix_kernel"]
 
 
 def check_perm(perm: object, batch_size: int, name: str = "perm") -> Tensor:
@@ -84,18 +83,22 @@ def mixup(images: Tensor, targets: Tensor, lam: Tensor, perm: Tensor, *, validat
         perm = check_perm(perm, b)
         lam = _check_weight(lam, b, "lam")
     check_same_device(images=images, targets=targets, lam=lam, perm=perm)
+    return mixup_kernel(images, targets.float(), lam, perm)
+
+
+def mixup_kernel(images: Tensor, targets: Tensor, lam: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`mixup` on checked input (float32 (B, K) ``targets``, float32 (B,) ``lam``): no checks."""
     exact = images.dtype in (torch.float32, torch.float64)
     work = images if exact else images.float()
     # lerp(start=partner, end=x, w=lam) = partner + lam (x - partner): one full-size temporary
-    # (the gathered partners), reused as the output.
-    out = work[perm]
-    out = out.lerp_(work, lam.to(work.dtype).view(-1, 1, 1, 1))
+    # (the gathered partners), reused as the output. lerp with w = 1 is exactly the end.
+    b = images.shape[0]
+    out = work[perm].lerp_(work, lam.view(b, 1, 1, 1).to(work.dtype))
     if images.dtype == torch.uint8:
         out = out.round_().to(images.dtype)
     elif not exact:
         out = out.to(images.dtype)
-    y = targets.float()
-    return out, mix_targets(y, y[perm], lam.float())
+    return out, targets[perm].lerp_(targets, lam.view(b, 1))
 
 
 def cutmix(
@@ -130,12 +133,24 @@ def cutmix(
         boxes = check_boxes(boxes, b, h, w)
         perm = check_perm(perm, b)
     check_same_device(images=images, targets=targets, boxes=boxes, perm=perm, patch_weight=patch_weight)
-    out = paste(images, images[perm], boxes)
-    lam = area_lambda(boxes, h, w)
-    if patch_weight is None:
-        label_lam = lam
-    else:
-        weight = _check_weight(patch_weight, b, "patch_weight").float()
-        label_lam = torch.where(lam < 1.0, 1.0 - weight, torch.ones_like(weight))
-    y = targets.float()
-    return out, mix_targets(y, y[perm], label_lam), lam
+    if patch_weight is not None:
+        patch_weight = _check_weight(patch_weight, b, "patch_weight")
+    out, mixed = cutmix_kernel(images, targets.float(), boxes, perm, patch_weight)
+    return out, mixed, area_lambda(boxes, h, w)
+
+
+def cutmix_kernel(
+    images: Tensor, targets: Tensor, boxes: Tensor, perm: Tensor, patch_weight: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """:func:`cutmix` on checked input (float32 (B, K) ``targets``): ``(images, targets)``, no checks.
+
+    The patch's label weight is its pixel count over H W, counted on the paste mask itself
+    (float32 of the exact fraction), or ``patch_weight`` where the box is not empty.
+    """
+    b, _, h, w = images.shape
+    mask = box_mask(boxes, h, w)
+    out = where(mask, images[perm], images)
+    share = mask.sum((2, 3)) / (h * w)  # (B, 1) float32: true division of the integer count
+    if patch_weight is not None:
+        share = torch.where(share > 0, patch_weight.view(b, 1).float(), share)
+    return out, targets.lerp(targets[perm], share)
