@@ -20,7 +20,7 @@ from keepmix.base import RegionOp, RegionParams
 from keepmix.functional.boxes import box_mask, corner_boxes_at, paste, where
 from keepmix.functional.constants import cached, line
 from keepmix.functional.erasing import check_fill, check_fill_for, constant_fill, fill_tensor
-from keepmix.placers import Placer, UniformPlacer
+from keepmix.placers import KeepPlacer, Placer, UniformPlacer
 from keepmix.sampling import bernoulli, normal, rand, randint
 
 _F64 = torch.float64
@@ -90,6 +90,11 @@ class Cutout(RegionOp):
         placer's draws."""
         b, _, h, w = images.shape
         dev, n = images.device, self.length
+        if isinstance(self.placer, KeepPlacer) and self.p >= 1.0:
+            # Every image cut with one size: the selection's shared-candidate path.
+            sizes = cached(("cutout_sizes", n, dev), lambda: torch.full((1, 2), n, device=dev)).expand(b, 2)
+            assert saliency is not None  # needs_saliency: the boundary resolved it
+            return CutoutParams(boxes=self.placer.select(saliency, (n, n), self.placement, "below", generator).boxes, sizes=sizes)
         if type(self.placer) is not UniformPlacer or self.placer.whole_boxes:
             applied = bernoulli(self.p, b, device=dev, generator=generator)
             sizes = (applied.long() * n)[:, None].expand(b, 2)

@@ -30,10 +30,13 @@ from torch import Tensor
 
 from keepmix._checks import check_open_unit
 from keepmix.engine import capture_safe, check_values
+from keepmix.functional.constants import cached
 from keepmix.functional.regions import (
     Candidates,
+    _center_edges,
     _leading_block_quantile,
     _masked_quantile,
+    _order_stats_np,
     candidate_boxes,
     candidate_positions,
     candidate_scores,
@@ -199,6 +202,89 @@ def _exact_choice(sat: Tensor, cand: Candidates, tau: Tensor, below: bool, u: Te
     return index, found
 
 
+def _static_tables(
+    size: tuple[int, int], height: int, width: int, placement: Placement, stride: int, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Index tensors of the candidate edges of one region size shared by the batch, the (N, 4)
+    table of their boxes and the (1, N) clipped areas, cached per (size, image, placement, stride)."""
+
+    def build() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        if placement == "center":
+            y1, y2, x1, x2 = _center_edges(size, height, width, stride)
+        else:
+            y1 = tuple(range(0, height - size[0] + 1, stride))
+            x1 = tuple(range(0, width - size[1] + 1, stride))
+            y2, x2 = tuple(v + size[0] for v in y1), tuple(v + size[1] for v in x1)
+        t = lambda v: torch.tensor(v, dtype=torch.long, device=device)  # noqa: E731
+        ty1, ty2, tx1, tx2 = t(y1), t(y2), t(x1), t(x2)
+        hc, wc = len(y1), len(x1)
+        table = torch.stack(
+            [ty1[:, None].expand(hc, wc), tx1[None, :].expand(hc, wc), ty2[:, None].expand(hc, wc), tx2[None, :].expand(hc, wc)], -1
+        ).reshape(hc * wc, 4)
+        area = ((ty2 - ty1)[:, None] * (tx2 - tx1)[None, :]).reshape(1, hc * wc).clamp_min(1).double()
+        return torch.cat([ty2, ty1]), torch.cat([tx2, tx1]), table, area
+
+    return cached(("static_candidates", size, height, width, placement, stride, device), build)
+
+
+def _select_static(
+    saliency: Tensor, size: tuple[int, int], q: float, placement: Placement, below: bool, stride: int, keys: Tensor, mean: bool
+) -> KeepSelection:
+    """:func:`select_boxes` for one region size shared by the batch, in a fixed handful of
+    kernels on both paths (the same values: the fast path only skips the exact pick when no
+    image needs it, and selects the quantile's order statistics with numpy).
+
+    Scores come from two row and two column gathers of the summed-area table with cached
+    indices; ``tau`` from the two order statistics around rank ``q (N - 1)``; the first of the
+    K keyed tries that passes, else the exact pick: the ``r``-th passing (or extreme)
+    candidate, ``r = floor(u * count)``, found as the number of positions whose running count
+    is at most ``u * count``.
+    """
+    b, h, w = saliency.shape
+    dev = saliency.device
+    capture = capture_safe(dev)
+    rows, cols, table, area = _static_tables(size, h, w, placement, stride, dev)
+    hc, wc = rows.shape[0] // 2, cols.shape[0] // 2
+    n = hc * wc
+    sat = summed_area_table(saliency)
+    # A NaN or an infinity anywhere makes the table's sum non-finite (finite float64 sums of
+    # float32 maps cannot overflow).
+    check_values(torch.isfinite(sat.sum()), "saliency contains NaN or infinite values (a diverged model?); KeepAugment needs a finite map")
+    band = sat.index_select(1, rows)
+    band = band[:, :hc].sub_(band[:, hc:])  # (B, Hc, W + 1): S[y2] - S[y1]
+    edge = band.index_select(2, cols)
+    scores = edge[:, :, :wc].sub(edge[:, :, wc:]).view(b, n)
+    if mean:
+        scores = scores.div_(area)
+    rank = q * (n - 1)
+    lo = int(rank // 1)
+    if capture:
+        below_v = scores.kthvalue(lo + 1, 1, keepdim=True).values
+        above_v = scores.kthvalue(lo + 2, 1, keepdim=True).values if lo + 1 < n else below_v
+    else:
+        below_v, above_v = _order_stats_np(scores, lo, lo + 1 < n)
+        below_v, above_v = below_v.view(b, 1), above_v.view(b, 1)
+    tau = torch.lerp(below_v, above_v, rank - lo)
+    k = keys.shape[1] - 1
+    tries, exact_u = keys.split([k, 1], 1)
+    draws = tries.mul(n).long()  # uniform over the N candidates (u < 1)
+    drawn = scores.gather(1, draws)
+    passing = drawn < tau if below else drawn > tau
+    found, first = passing.max(1, keepdim=True)
+    index = draws.gather(1, first)
+    if capture or not bool(found.all()):
+        ok = scores < tau if below else scores > tau
+        any_ok = ok.any(1, keepdim=True)
+        extreme = scores == (scores.amin(1, keepdim=True) if below else scores.amax(1, keepdim=True))
+        choose = torch.where(any_ok, ok, extreme)
+        exact = (choose.cumsum(1) <= exact_u * choose.sum(1, keepdim=True)).sum(1, keepdim=True)
+        index = torch.where(found, index, exact)
+        fallback = ~(found | any_ok)
+    else:
+        fallback = ~found
+    return KeepSelection(boxes=table[index.view(b)], tau=tau.view(b), fallback=fallback.view(b), sat=sat)
+
+
 def select_boxes(
     saliency: Tensor,
     sizes: Tensor | tuple[int, int],
@@ -226,6 +312,14 @@ def select_boxes(
     if saliency.ndim != 3 or not saliency.dtype.is_floating_point:
         raise ValueError(f"saliency must be a floating-point (B, H, W) tensor, got {tuple(saliency.shape)} {saliency.dtype}")
     b, h, w = saliency.shape
+    if not isinstance(sizes, Tensor) and min(int(sizes[0]), int(sizes[1])) > 0:
+        static = (int(sizes[0]), int(sizes[1]))
+        if placement == "inside" and (static[0] > h or static[1] > w):
+            raise ValueError(f"a region of size {static} does not fit inside a {h}x{w} image")
+        k = num_draws(q, side)
+        if keys.shape != (b, k + 1):
+            raise ValueError(f"keys must have shape (B, num_draws + 1) = {(b, k + 1)}, got {tuple(keys.shape)}")
+        return _select_static(saliency, static, q, placement, side == "below", stride, keys, score == "mean")
     # The capture-safe path reads nothing back: per-image sizes are scored as such (the CPU
     # path first reads whether they share one size, and skips the rows the op left empty).
     capture = capture_safe(saliency.device)
