@@ -215,8 +215,7 @@ def _static_tables(
             y1 = tuple(range(0, height - size[0] + 1, stride))
             x1 = tuple(range(0, width - size[1] + 1, stride))
             y2, x2 = tuple(v + size[0] for v in y1), tuple(v + size[1] for v in x1)
-        t = lambda v: torch.tensor(v, dtype=torch.long, device=device)  # noqa: E731
-        ty1, ty2, tx1, tx2 = t(y1), t(y2), t(x1), t(x2)
+        ty1, ty2, tx1, tx2 = (torch.tensor(v, dtype=torch.long, device=device) for v in (y1, y2, x1, x2))
         hc, wc = len(y1), len(x1)
         table = torch.stack(
             [ty1[:, None].expand(hc, wc), tx1[None, :].expand(hc, wc), ty2[:, None].expand(hc, wc), tx2[None, :].expand(hc, wc)], -1
@@ -266,7 +265,7 @@ def _select_static(
         below_v, above_v = below_v.view(b, 1), above_v.view(b, 1)
     tau = torch.lerp(below_v, above_v, rank - lo)
     k = keys.shape[1] - 1
-    tries, exact_u = keys.split([k, 1], 1)
+    tries, exact_u = keys[:, :k], keys[:, k:]
     draws = tries.mul(n).long()  # uniform over the N candidates (u < 1)
     drawn = scores.gather(1, draws)
     passing = drawn < tau if below else drawn > tau
