@@ -10,10 +10,12 @@ coordinates where pixel ``(i, j)`` covers ``[j, j + 1) x [i, i + 1)`` (its centr
   engine with integer index math (exact: the same source pixel as PIL for every output pixel,
   barring coordinates within 2**-17 of a pixel edge). ``grid_sample`` would round float32
   coordinates half-to-even and move pixels at ties, so it is not used for nearest.
-* ``bilinear`` uses ``grid_sample`` (one fused kernel per batch) with ``align_corners=False``
-  and border padding, which is PIL's bilinear filter (sample at centres, clamp neighbours at the
-  edge) up to float32 coordinate rounding; the in-image test (``0 <= x_in < W``) is PIL's. uint8
-  results are truncated like PIL's, so they agree with PIL to within one grey level.
+* ``bilinear`` is PIL's bilinear filter (Geometry.c): the source point in float64, the four
+  neighbours clamped at the edge, ``a + (b - a) * d`` along x then y in float64, truncated on
+  uint8, and PIL's in-image test (``0 <= x_in < W``). It gives PIL's pixels bit for bit on
+  shears and translations and on almost all pixels of a rotation (one grey level where PIL's
+  and keepmix's rotation coefficients round apart), and the identity at zero displacement
+  (``grid_sample``'s normalised coordinates lost a grey level there).
 
 Named ops (``rotate``, ``shear_x`` ...) build the coefficients; angles, shears and shifts are
 Python numbers or (B,) tensors.
@@ -26,7 +28,6 @@ from collections.abc import Sequence
 from typing import Literal, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from keepmix._checks import check_images
@@ -230,18 +231,38 @@ def _nearest(images: Tensor, m: Tensor, fill: Tensor) -> Tensor:
 
 
 def _bilinear(images: Tensor, m: Tensor, fill: Tensor) -> Tensor:
+    """PIL's bilinear filter (Geometry.c), batched: the source point of each pixel centre in
+    float64, ``v = a + (b - a) * d`` along x then y on the four neighbours (clamped at the
+    edge), truncated on uint8. At zero displacement every weight is 0 or 1, so the warp is
+    the identity there."""
     b, c, h, w = images.shape
-    ys = torch.arange(h, device=images.device, dtype=torch.float64).view(1, h, 1) + 0.5
-    xs = torch.arange(w, device=images.device, dtype=torch.float64).view(1, 1, w) + 0.5
+    dev = images.device
+    ys = torch.arange(h, device=dev, dtype=torch.float64).view(1, h, 1) + 0.5
+    xs = torch.arange(w, device=dev, dtype=torch.float64).view(1, 1, w) + 0.5
     a0, a1, a2, a3, a4, a5 = (t.view(b, 1, 1) for t in m.unbind(-1))
     xin = a0 * xs + a1 * ys + a2
     yin = a3 * xs + a4 * ys + a5
     valid = (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
-    # grid_sample with align_corners=False samples pixel centres at (2 k + 1) / size - 1.
-    grid = torch.stack([xin * (2.0 / w) - 1.0, yin * (2.0 / h) - 1.0], dim=-1)
-    wd = torch.float64 if images.dtype == torch.float64 else torch.float32
-    src = images.to(wd)
-    out = F.grid_sample(src, grid.to(wd), mode="bilinear", padding_mode="border", align_corners=False)
+    xm, ym = xin - 0.5, yin - 0.5
+    x0, y0 = xm.floor(), ym.floor()
+    dx, dy = (xm - x0).unsqueeze(1), (ym - y0).unsqueeze(1)
+    # Out-of-image points are filled below; clamping their (possibly huge) coordinates first
+    # keeps the integer conversion defined.
+    x0 = x0.clamp(-1, w).long()
+    y0 = y0.clamp(-1, h).long()
+    cols = (x0.clamp(0, w - 1), (x0 + 1).clamp(0, w - 1))
+    rows = (y0.clamp(0, h - 1) * w, (y0 + 1).clamp(0, h - 1) * w)
+    wd = torch.float64
+    src = images.reshape(b, c, h * w).to(wd)
+
+    def at(r: Tensor, q: Tensor) -> Tensor:
+        return src.gather(2, (r + q).view(b, 1, h * w).expand(b, c, h * w)).view(b, c, h, w)
+
+    top = at(rows[0], cols[0])
+    top = top + (at(rows[0], cols[1]) - top) * dx
+    bottom = at(rows[1], cols[0])
+    bottom = bottom + (at(rows[1], cols[1]) - bottom) * dx
+    out = top + (bottom - top) * dy
     if images.dtype == torch.uint8:
         out = out.clamp_(0.0, 255.0).to(torch.uint8)  # truncation, like PIL's (UINT8) cast
     else:
