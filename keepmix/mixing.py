@@ -235,8 +235,9 @@ class CutMix(RegionOp):
         if self.p < 1.0:
             share = share * parts[-1].floor_()  # an image not mixed gets a (0, 0) box
         # float64 so the floor matches the official int(W * sqrt(1 - lam)) on the same lam.
-        size = (share.sqrt() * line((float(h), float(w)), (1, 2), _F64, dev)).floor_()
-        return size.long().view(b, 2), centre_boxes(centre, size, h, w)
+        # ``long()`` truncates, the floor of a non-negative side.
+        size = (share.sqrt() * line((float(h), float(w)), (1, 2), _F64, dev)).long()
+        return size.view(b, 2), centre_boxes(centre, size, h, w)
 
     def _check_params(self, params: object, images: Tensor) -> None:
         from keepmix.functional.mixing import _check_weight, check_perm

@@ -77,8 +77,8 @@ def centered_boxes(cy: Tensor, cx: Tensor, h: Tensor, w: Tensor, height: int, wi
 def centre_boxes(centre: Tensor, size: Tensor, height: int, width: int) -> Tensor:
     """(B, 4) int64 boxes of size ``size`` centred at ``centre``, clipped at the border.
 
-    ``centre`` and ``size`` are (B, 1, 2) float tensors of whole numbers ``(y, x)`` and
-    ``(h, w)``; the box spans ``[c - s // 2, c - s // 2 + s)`` before clipping, as
+    ``centre`` is a (B, 1, 2) float tensor of whole numbers ``(y, x)``, ``size`` a (B, 1, 2)
+    tensor (float or integer) of ``(h, w)``; the box spans ``[c - s // 2, c - s // 2 + s)`` before clipping, as
     :func:`centered_boxes`. Four kernels: ``ceil(c -/+ s / 2)`` is exactly ``c - s // 2`` and
     ``c - s // 2 + s`` for whole numbers, so both edges come from one ``addcmul``.
     """
