@@ -75,7 +75,7 @@ from torch import Tensor, nn
 from keepmix import sampling
 from keepmix._checks import check_int, check_positive
 from keepmix.base import Op, Params
-from keepmix.functional.geometry import _check_interpolation, _fill_tensor
+from keepmix.functional.geometry import _fill_tensor, interpolation_name
 from keepmix.functional.policy_ops import _OP_ID, OP_NAMES, apply_ops
 from keepmix.targets import soft_target_cross_entropy
 
@@ -218,8 +218,7 @@ class AugMix(Op):
         if not isinstance(all_ops, bool):
             raise TypeError(f"all_ops must be a bool, got {all_ops!r}")
         self.all_ops = all_ops
-        _check_interpolation(interpolation)
-        self.interpolation = interpolation
+        self.interpolation = interpolation_name(interpolation)  # a string, or torchvision's InterpolationMode
         t = torch.as_tensor(fill, dtype=torch.float64).flatten()
         if t.numel() not in (1, 3) or not bool(torch.isfinite(t).all()):
             raise ValueError(f"fill must be a finite number or 3 numbers (one per channel), got {fill!r}")

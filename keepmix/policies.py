@@ -43,7 +43,7 @@ from keepmix import sampling
 from keepmix._checks import check_int
 from keepmix.base import Op, Params
 from keepmix.engine import check_values
-from keepmix.functional.geometry import _check_interpolation
+from keepmix.functional.geometry import interpolation_name
 from keepmix.functional.policy_ops import (
     _OP_ID,
     AUTOAUGMENT_POLICIES,
@@ -139,7 +139,7 @@ class _Policy(Op):
 
     def __init__(self, fill: float | Sequence[float], interpolation: str, whole_pixel_translate: bool) -> None:
         super().__init__()
-        _check_interpolation(interpolation)
+        interpolation = interpolation_name(interpolation)  # a string, or torchvision's InterpolationMode
         if not isinstance(whole_pixel_translate, bool):
             raise TypeError(f"whole_pixel_translate must be a bool, got {whole_pixel_translate!r}")
         self.whole_pixel_translate = whole_pixel_translate
@@ -249,9 +249,21 @@ class AutoAugment(_Policy):
         """timm's AutoAugment ``name`` (``"original"``, ``"originalr"``, ``"v0"``, ``"v0r"``,
         ``"3a"``, with an optional ``-mstd<x>`` section), as :class:`TimmAutoAugment`: the same
         augmentation distribution as timm's ``auto_augment_transform(name, hparams)``.
-        ``hparams``: ``fill``, ``translate_pct``, ``translate_const``, ``interpolation`` (see
+        ``hparams``: ``fill`` (or timm's ``img_mean``), ``translate_pct``, ``translate_const``, ``interpolation`` (see
         :class:`TimmAutoAugment`)."""
-        return TimmAutoAugment(**parse_timm_auto(name), **hparams)
+        return TimmAutoAugment(**parse_timm_auto(name), **_timm_hparams(hparams))
+
+
+def _timm_hparams(hparams: dict) -> dict:
+    """timm's hparams as keepmix's arguments: ``img_mean`` (timm's fill, a per-channel tuple
+    of uint8 levels) is ``fill``; the others pass through (an unknown one is refused by the
+    constructor, naming it)."""
+    hparams = dict(hparams)
+    if "img_mean" in hparams:
+        if "fill" in hparams:
+            raise ValueError("hparams: give img_mean (timm's name) or fill, not both")
+        hparams["fill"] = hparams.pop("img_mean")
+    return hparams
 
 
 def _op_ids(ops: Sequence[str]) -> Tensor:
@@ -317,9 +329,9 @@ class RandAugment(_Policy):
         [0, m]), ``mmax`` upper clip, ``inc`` the increasing ops, ``t<name>`` an op set:
         ``weights``, ``3a``, ``3aw``), as :class:`TimmRandAugment`:
         the same augmentation distribution as timm's ``rand_augment_transform``. ``hparams``:
-        ``fill``, ``translate_pct``, ``translate_const``, ``interpolation``. See the module
+        ``fill`` (or timm's ``img_mean``), ``translate_pct``, ``translate_const``, ``interpolation``. See the module
         docstring for how timm's magnitude scale relates to ``RandAugment(magnitude=...)``."""
-        return TimmRandAugment(**parse_timm_rand(config_str), **hparams)
+        return TimmRandAugment(**parse_timm_rand(config_str), **_timm_hparams(hparams))
 
 
 class TrivialAugmentWide(_Policy):

@@ -444,3 +444,27 @@ def test_magnitude_tables_are_torchvision_float32_values():
     assert magnitude_table("wide", 31, 32, 32, whole_pixel_translate=False)[op["TranslateX"], 15].item() < 16.0
     ta = TrivialAugmentWide(ops=("TranslateX",)).sample_params(torch.zeros(256, 3, 8, 8, dtype=torch.uint8))
     assert not bool((ta.magnitudes == 16.0).any())  # bin 15 gives 15 px, and no bin gives 16
+
+
+def test_interpolation_takes_torchvision_style_enums_by_value(cifar_uint8):
+    """torchvision's references pass ``InterpolationMode.BILINEAR``; keepmix reads the enum's
+    value (no torchvision import), and says what to do about bicubic."""
+    import enum
+
+    class InterpolationMode(enum.Enum):  # the shape of torchvision's enum
+        NEAREST = "nearest"
+        BILINEAR = "bilinear"
+        BICUBIC = "bicubic"
+
+    op = RandAugment(interpolation=InterpolationMode.BILINEAR)
+    assert op.interpolation == "bilinear"
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    assert torch.equal(op(cifar_uint8[:8], generator=g()), RandAugment(interpolation="bilinear")(cifar_uint8[:8], generator=g()))
+    assert TrivialAugmentWide(interpolation=InterpolationMode.NEAREST).interpolation == "nearest"
+    with pytest.raises(ValueError, match="bicubic is not implemented"):
+        AutoAugment(interpolation=InterpolationMode.BICUBIC)
+
+
+def test_non_integer_uint8_fills_are_refused_with_the_rounded_value(cifar_uint8):
+    with pytest.raises(ValueError, match=r"round them first \(fill=\[128, 64, 200\]\)"):
+        RandAugment(fill=(127.6, 64.2, 199.5), ops=("Rotate",))(cifar_uint8[:2])

@@ -421,3 +421,11 @@ def test_policies_refuse_normalised_floats(make):
         with pytest.raises(RuntimeError, match="images must be uint8 or floats"):
             op(normalised, generator=torch.Generator().manual_seed(0))
         assert op(x, generator=torch.Generator().manual_seed(0)).shape == x.shape
+
+
+def test_from_timm_takes_timms_img_mean_hparam():
+    op = RandAugment.from_timm("rand-m9-mstd0.5", img_mean=(124, 116, 104))
+    assert op.timm_fill == (124, 116, 104)
+    assert AutoAugment.from_timm("v0", img_mean=(1, 2, 3)).timm_fill == (1, 2, 3)
+    with pytest.raises(ValueError, match="img_mean"):
+        RandAugment.from_timm("rand-m9", img_mean=(1, 2, 3), fill=0)

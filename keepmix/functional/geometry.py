@@ -94,7 +94,10 @@ def _fill_tensor(fill: Fill, images: Tensor) -> Tensor:
     if not all(math.isfinite(v) for v in values):
         raise ValueError(f"fill must be finite, got {values}")
     if images.dtype == torch.uint8 and not all(0 <= v <= 255 and v == round(v) for v in values):
-        raise ValueError(f"fill for uint8 images must be integers in [0, 255], got {values}")
+        raise ValueError(
+            f"fill for uint8 images must be integers in [0, 255], got {values}: round them first "
+            f"(fill={[round(min(max(v, 0.0), 255.0)) for v in values]}), or pass float images in [0, 1]"
+        )
     values = values * c if len(values) == 1 else values
     return torch.tensor(values, dtype=images.dtype, device=images.device).view(1, c, 1, 1)
 
@@ -112,9 +115,19 @@ def _check_matrix(matrix: Tensor, batch: int) -> Tensor:
     return matrix.double()
 
 
+def interpolation_name(interpolation: object) -> str:
+    """``"nearest"`` or ``"bilinear"`` from that string or an enum whose value it is, such as
+    torchvision's ``InterpolationMode.BILINEAR`` (read by its value: torchvision is not
+    imported); anything else is refused with a ``ValueError`` naming ``interpolation``."""
+    name = getattr(interpolation, "value", interpolation)
+    if name not in ("nearest", "bilinear"):
+        hint = " (bicubic is not implemented: use 'bilinear')" if name == "bicubic" else ""
+        raise ValueError(f"interpolation must be 'nearest' or 'bilinear' (or torchvision's InterpolationMode), got {interpolation!r}{hint}")
+    return str(name)
+
+
 def _check_interpolation(interpolation: str) -> None:
-    if interpolation not in ("nearest", "bilinear"):
-        raise ValueError(f"interpolation must be 'nearest' or 'bilinear', got {interpolation!r}")
+    interpolation_name(interpolation)
 
 
 # --------------------------------------------------------------------------- matrices
