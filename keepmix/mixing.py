@@ -87,9 +87,7 @@ class Mixup(Op):
         lam = _draw_lam(self.alpha, b, dev, generator).float()
         if self.p < 1.0:
             lam = torch.where(rand((b,), dev, generator, torch.float32) < self.p, lam, 1.0)
-        perm = (
-            torch.randperm(b, device=dev) if generator is None else torch.randperm(b, generator=generator, device=generator.device).to(dev)
-        )
+        perm = _permutation(b, dev, generator)
         return MixupParams(lam=lam, perm=perm)
 
     def _check_params(self, params: object, images: Tensor) -> None:
@@ -207,9 +205,7 @@ class CutMix(RegionOp):
             sizes = area_sizes(1.0 - lam.double(), h, w, even=not self.per_sample)
             sizes = torch.where(applied[:, None], sizes, torch.zeros_like(sizes)).expand(b, 2).contiguous()
             boxes = self.place(sizes, images, saliency, generator, shared=not self.per_sample)
-        perm = (
-            torch.randperm(b, device=dev) if generator is None else torch.randperm(b, generator=generator, device=generator.device).to(dev)
-        )
+        perm = _permutation(b, dev, generator)
         weight = None
         if self.label_weight == "saliency":
             assert saliency is not None
@@ -257,6 +253,17 @@ class CutMix(RegionOp):
             f"alpha={self.alpha}, p={self.p}, num_classes={self.num_classes}, per_sample={self.per_sample}, "
             f"label_weight={self.label_weight!r}"
         )
+
+
+def _permutation(b: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
+    """(B,) int64 uniform random permutation: one ``randperm``. While ``torch.compile`` traces,
+    the argsort of B uniforms instead (the same distribution): inductor's randperm-index
+    rewrite fails on a whole forward that indexes by a full ``randperm``."""
+    if torch.compiler.is_compiling():
+        return torch.rand(b, device=device, generator=generator).argsort()
+    if generator is None:
+        return torch.randperm(b, device=device)
+    return torch.randperm(b, generator=generator, device=generator.device).to(device)
 
 
 def _draw_lam(alpha: float, n: int, device: torch.device, generator: torch.Generator | None) -> Tensor:

@@ -93,12 +93,13 @@ def mixup_kernel(images: Tensor, targets: Tensor, lam: Tensor, perm: Tensor) -> 
     # lerp(start=partner, end=x, w=lam) = partner + lam (x - partner): one full-size temporary
     # (the gathered partners), reused as the output. lerp with w = 1 is exactly the end.
     b = images.shape[0]
-    out = work[perm].lerp_(work, lam.view(b, 1, 1, 1).to(work.dtype))
+    # index_select, not work[perm]: inductor's randperm-index rewrite fails on the whole forward.
+    out = work.index_select(0, perm).lerp_(work, lam.view(b, 1, 1, 1).to(work.dtype))
     if images.dtype == torch.uint8:
         out = out.round_().to(images.dtype)
     elif not exact:
         out = out.to(images.dtype)
-    return out, targets[perm].lerp_(targets, lam.view(b, 1))
+    return out, targets.index_select(0, perm).lerp_(targets, lam.view(b, 1))
 
 
 def cutmix(
@@ -149,8 +150,8 @@ def cutmix_kernel(
     """
     b, _, h, w = images.shape
     mask = box_mask(boxes, h, w)
-    out = where(mask, images[perm], images)
+    out = where(mask, images.index_select(0, perm), images)  # index_select: see mixup_kernel
     share = mask.sum((2, 3)) / (h * w)  # (B, 1) float32: true division of the integer count
     if patch_weight is not None:
         share = torch.where(share > 0, patch_weight.view(b, 1).float(), share)
-    return out, targets.lerp(targets[perm], share)
+    return out, targets.lerp(targets.index_select(0, perm), share)

@@ -245,7 +245,8 @@ def _select_static(
     rows, cols, table, area = _static_tables(size, h, w, placement, stride, dev)
     hc, wc = rows.shape[0] // 2, cols.shape[0] // 2
     n = hc * wc
-    sat = summed_area_table(saliency)
+    # The table of summed_area_table (the same sums in the same order) in fewer kernels.
+    sat = torch.nn.functional.pad(saliency.to(torch.float64).cumsum(1).cumsum_(2), (1, 0, 1, 0))
     # A NaN or an infinity anywhere makes the table's sum non-finite (finite float64 sums of
     # float32 maps cannot overflow).
     check_values(torch.isfinite(sat.sum()), "saliency contains NaN or infinite values (a diverged model?); KeepAugment needs a finite map")
@@ -269,7 +270,9 @@ def _select_static(
     draws = tries.mul(n).long()  # uniform over the N candidates (u < 1)
     drawn = scores.gather(1, draws)
     passing = drawn < tau if below else drawn > tau
-    found, first = passing.max(1, keepdim=True)
+    # uint8, not bool: inductor's C++ codegen has no masked max-reduction of a bool from a float compare.
+    found, first = passing.to(torch.uint8).max(1, keepdim=True)
+    found = found.bool()
     index = draws.gather(1, first)
     if capture or not bool(found.all()):
         ok = scores < tau if below else scores > tau
