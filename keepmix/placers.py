@@ -135,6 +135,8 @@ class KeepPlacer(Placer):
         candidate_stride: int = 1,
     ) -> None:
         super().__init__(whole_boxes)
+        if isinstance(q, bool) or not isinstance(q, (int, float)):
+            raise TypeError(f"q must be a number strictly between 0 and 1 (the quantile level, paper: 0.6), got {q!r}")
         self.q = check_open_unit(q, "q")
         if score not in ("sum", "mean"):
             raise ValueError(f"score must be 'sum' (the paper's box sum) or 'mean' (box sum over box area), got {score!r}")

@@ -182,3 +182,16 @@ def test_whole_forward_compiles_as_one_graph_and_transform_equals_eager(name):
     want = op.transform(x, y, params)
     assert torch.equal(got[0], want[0])
     torch.testing.assert_close(got[1], want[1], atol=1e-6, rtol=0)
+
+
+def test_placer_and_selection_argument_errors_name_the_argument():
+    from keepmix.functional.selection import num_draws, select_boxes
+
+    with pytest.raises(TypeError, match="q must be"):
+        km.KeepPlacer(q=None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="q must"):
+        km.KeepPlacer(q=1.5)
+    s = torch.rand(4, 16, 16)
+    keys = torch.rand(4, num_draws(0.6, "below") + 1, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"sizes must have shape \(B, 2\) = \(4, 2\)"):
+        select_boxes(s, torch.full((3, 2), 4), 0.6, keys=keys)

@@ -314,6 +314,8 @@ def select_boxes(
     if saliency.ndim != 3 or not saliency.dtype.is_floating_point:
         raise ValueError(f"saliency must be a floating-point (B, H, W) tensor, got {tuple(saliency.shape)} {saliency.dtype}")
     b, h, w = saliency.shape
+    if isinstance(sizes, Tensor) and (sizes.ndim != 2 or sizes.shape != (b, 2)):
+        raise ValueError(f"sizes must have shape (B, 2) = {(b, 2)} holding (h, w) per image (B from saliency), got {tuple(sizes.shape)}")
     if not isinstance(sizes, Tensor) and min(int(sizes[0]), int(sizes[1])) > 0:
         static = (int(sizes[0]), int(sizes[1]))
         if placement == "inside" and (static[0] > h or static[1] > w):
