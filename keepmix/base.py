@@ -237,7 +237,7 @@ class Op(nn.Module, metaclass=abc.ABCMeta):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         # sample_params draws without labels too (a mixing op's draws do not depend on them).
         y = None if labels is None and not need_labels else self._check_labels(x, labels)
-        sal = self._resolve_saliency(x, labels, saliency) if x.shape[0] else None  # type: ignore[arg-type]
+        sal = self._resolve_saliency(x, labels, saliency) if x.shape[0] else None  # type: ignore[arg-type]  # checked above
         return x, y, sal
 
     # ----------------------------------------------------------------- the protocol
@@ -300,7 +300,7 @@ class Op(nn.Module, metaclass=abc.ABCMeta):
         out = self.forward(batch, batch_labels, saliency=batch_saliency, generator=generator)
         images = out if batch_labels is None else out[0]
         # Single images go through label-preserving ops only: the caller's label comes back.
-        return unbatch(images) if label is None else (unbatch(images), label)  # type: ignore[misc]
+        return unbatch(images) if label is None else (unbatch(images), label)  # type: ignore[misc]  # unbatch is set: a 4-D batch came back
 
 
 def _finish(out: Tensor, images: Tensor, targets: Tensor | None, labels: Any) -> OpOutput:

@@ -37,7 +37,7 @@ def pytest_configure(config: pytest.Config) -> None:
     def _refuse(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a test opened a process group in the pytest process: run it in a fresh process (tests/isolated.py)")
 
-    dist.init_process_group = _refuse  # type: ignore[assignment]
+    dist.init_process_group = _refuse  # type: ignore[assignment]  # a stand-in that only raises
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -30,7 +30,7 @@ class _CountOps(TorchDispatchMode):
         super().__init__()
         self.ops: Counter[str] = Counter()
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops[str(func.overloadpacket)] += 1
         return func(*args, **(kwargs or {}))
 
@@ -46,7 +46,7 @@ def python_calls(call: Callable[[], Any]) -> Counter[str]:
     """The Python calls (``file:function`` -> count) made inside the keepmix package during ``call()``."""
     seen: Counter[str] = Counter()
 
-    def profile(frame, event, arg):  # type: ignore[no-untyped-def]
+    def profile(frame, event, arg):
         if event == "call":
             path = frame.f_code.co_filename
             if path.startswith(_PACKAGE):
