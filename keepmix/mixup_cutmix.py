@@ -201,7 +201,7 @@ class MixupCutMix(RegionOp):
         use_cutmix = columns.pop(0) < self.switch_prob if both else None
         mixed = columns.pop(0) < self.prob if self.prob < 1.0 else None
         lam_m = lams[-1] if mix else None
-        ones = cached(("ones", n, dev), lambda: torch.ones(n, 1, 1, dtype=_F64, device=dev))
+        ones = cached(("ones", dev), lambda: torch.ones(1, 1, 1, dtype=_F64, device=dev))  # broadcast: no B in the key
         boxes = sizes = None
         if cut:
             if use_cutmix is None:
@@ -215,7 +215,6 @@ class MixupCutMix(RegionOp):
                     use_cutmix, lam_c = _expand(self.mode, b, use_cutmix), _expand(self.mode, b, lam_c)
                     lam_m = None if lam_m is None else _expand(self.mode, b, lam_m)
                     mixed = None if mixed is None else _expand(self.mode, b, mixed)
-                    ones = cached(("ones", b, dev), lambda: torch.ones(b, 1, 1, dtype=_F64, device=dev))
             else:
                 boxes, sizes, area = self._boxes(lam_c, columns[0], use_cutmix, h, w)
             if self.correct_lam or minmax is not None:
@@ -232,7 +231,7 @@ class MixupCutMix(RegionOp):
             boxes, sizes = cached(("zeros4", b, dev), lambda: (torch.zeros(b, 4, dtype=torch.long, device=dev),) * 2)
             sizes = sizes[:, :2]
         assert sizes is not None
-        perm = cached(("reversed", b, dev), lambda: torch.arange(b - 1, -1, -1, device=dev))
+        perm = torch.arange(b - 1, -1, -1, device=dev)  # built per call: a first call at a new B costs the same
         if boxes.shape[0] != b:  # "batch" or "pair": every image takes its draw
             boxes, sizes = _expand(self.mode, b, boxes), _expand(self.mode, b, sizes)
         if lam.shape[0] != b:
