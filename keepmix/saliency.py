@@ -228,7 +228,17 @@ class Saliency:
             dtype = x.dtype
             x = F.interpolate(x.float(), size=size, mode="bicubic", align_corners=False, antialias=True).to(dtype)
         with _frozen(self.model, self.batchnorm):
-            sal = saliency_map(self.logits_fn, x, labels)
+            try:
+                sal = saliency_map(self.logits_fn, x, labels)
+            except (RuntimeError, AssertionError, ValueError) as e:
+                if self.downscale == 1:
+                    raise
+                # A model with a fixed input size (a ViT's position embeddings) cannot take the smaller copy.
+                raise ValueError(
+                    f"Saliency(downscale={self.downscale:g}): the model failed on the {tuple(x.shape[-2:])} copy of the "
+                    f"{(h, w)} images ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); it needs variable input sizes (timm ViTs: "
+                    "dynamic_img_size=True), or use downscale=1"
+                ) from e
         if sal.shape[-2:] != (h, w):
             sal = F.interpolate(sal[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
         return sal

@@ -264,6 +264,26 @@ def test_lightning_errors_and_the_batches_it_leaves_alone() -> None:
     assert set(model.state_dict()) == {"net.weight", "net.bias"}
 
 
+def test_lightning_mixin_without_set_augmentation_raises_at_the_first_training_batch() -> None:
+    pl = pytest.importorskip("pytorch_lightning")
+    from keepmix.integrations.lightning import KeepmixAugmentation
+
+    class Forgot(KeepmixAugmentation, pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Linear(64, 4)
+
+    model = Forgot()
+    trainer = _trainer(pl)
+    model.trainer = trainer
+    batch = (torch.rand(2, 1, 8, 8), torch.tensor([0, 1]))
+    trainer.training = False
+    assert model.on_after_batch_transfer(batch, 0) is batch  # validation batches are not its business
+    trainer.training = True
+    with pytest.raises(RuntimeError, match=r"set_augmentation\(op\) was never called"):
+        model.on_after_batch_transfer(batch, 0)
+
+
 def test_lightning_ranks_draw_and_resume_their_own_streams() -> None:
     _, Recorder = _lightning()
     from keepmix.integrations.lightning import rank_seed

@@ -255,3 +255,19 @@ def test_uniform_map_is_ones_and_makes_keepcut_choose_by_clipped_area(cifar_uint
         assert sel.fallback.all()
     with pytest.raises(ValueError, match="images"):
         uniform_saliency(torch.zeros(3, 32, 32))
+
+
+def test_a_fixed_size_model_under_downscale_gets_an_error_naming_downscale():
+    class FixedSize(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3 * 8 * 8, 4)
+
+        def forward(self, x):
+            assert x.shape[-2:] == (8, 8), f"Input height ({x.shape[-2]}) doesn't match model (8)"
+            return self.fc(x.flatten(1))
+
+    x, y = torch.rand(2, 3, 8, 8), torch.tensor([0, 1])
+    assert Saliency(FixedSize())(x, y).shape == (2, 8, 8)
+    with pytest.raises(ValueError, match=r"Saliency\(downscale=2\): the model failed .* use downscale=1"):
+        Saliency(FixedSize(), downscale=2)(x, y)

@@ -4,9 +4,8 @@
   inside the DataLoader workers, each worker with its own random stream (no extra
   dependency).
 * :class:`keepmix.integrations.lightning.KeepmixAugmentation` applies an op to every training
-  batch on the device, with a checkpointed generator. It needs ``pytorch-lightning``
-  (``pip install "keepmix[lightning]"``), which is imported only when that module (or the
-  name here) is first used: ``import keepmix`` never needs it.
+  batch on the device, with a checkpointed generator: a mixin for a ``LightningModule`` of
+  ``lightning.pytorch`` or ``pytorch_lightning``, neither of which it imports itself.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ __all__ = ["AugmentCollate", "KeepmixAugmentation"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "KeepmixAugmentation":  # imports pytorch_lightning, so only on demand
+    if name == "KeepmixAugmentation":  # loaded on first use, like the rest of the harness
         from keepmix.integrations.lightning import KeepmixAugmentation
 
         return KeepmixAugmentation

@@ -148,8 +148,15 @@ class KeepmixAugmentation:
     # ----------------------------------------------------------------- Lightning hooks
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         batch = super().on_after_batch_transfer(batch, dataloader_idx)  # type: ignore[misc]  # the LightningModule's
-        op = getattr(self, "keepmix_op", None)
-        if op is None or not self.trainer.training:
+        if not self.trainer.training:
+            return batch
+        if "keepmix_op" not in self.__dict__:  # a mixin that augments nothing by mistake
+            raise RuntimeError(
+                f"{type(self).__name__}: KeepmixAugmentation's set_augmentation(op) was never called; call "
+                "self.set_augmentation(op) in __init__ after super().__init__() (set_augmentation(None) for no augmentation)"
+            )
+        op = self.keepmix_op
+        if op is None:
             return batch
         _check_op(op, "keepmix_op")
         if not isinstance(batch, (tuple, list)) or len(batch) != 2 or not isinstance(batch[0], Tensor):

@@ -45,6 +45,7 @@ _WHERE = {
     "init_weights": "base",
     "EarlyHead": "early_head",
     "FeatureHook": "hooks",
+    "tokens_to_map": "hooks",
     "ResNet18": "resnet",
     "PreActResNet18": "resnet",
     "CifarResNet": "resnet_cifar",
