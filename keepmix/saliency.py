@@ -234,9 +234,10 @@ class Saliency:
                 if self.downscale == 1:
                     raise
                 # A model with a fixed input size (a ViT's position embeddings) cannot take the smaller copy.
+                first = str(e).splitlines()[0] if str(e) else ""
                 raise ValueError(
                     f"Saliency(downscale={self.downscale:g}): the model failed on the {tuple(x.shape[-2:])} copy of the "
-                    f"{(h, w)} images ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); it needs variable input sizes (timm ViTs: "
+                    f"{(h, w)} images ({type(e).__name__}: {first}); it needs variable input sizes (timm ViTs: "
                     "dynamic_img_size=True), or use downscale=1"
                 ) from e
         if sal.shape[-2:] != (h, w):
