@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from keepmix.engine import check_values
+from keepmix.functional.constants import cached
 
 __all__ = ["check_soft_targets", "to_soft_targets", "mix_targets", "soft_target_cross_entropy", "SoftTargetCrossEntropy"]
 
@@ -44,12 +45,16 @@ def to_soft_targets(labels: Tensor, num_classes: int | None = None, batch_size: 
             raise TypeError(f"{name} of shape (B,) must hold integer class ids, got dtype {labels.dtype}")
         if num_classes is None:
             raise ValueError(f"num_classes is needed to turn integer {name} into soft targets")
+        # One comparison against a cached arange is both the one-hot and the range check (a
+        # row with no match is a label outside [0, K)); F.one_hot reads min and max on the host.
+        classes = cached(("classes", num_classes, labels.device), lambda: torch.arange(num_classes, device=labels.device))
+        hot = labels[:, None] == classes
         check_values(
-            (labels >= 0) & (labels < num_classes),
+            hot.any(1),
             f"{name} must lie in [0, {num_classes}) (num_classes={num_classes})",
             lambda: f"found {labels[(labels < 0) | (labels >= num_classes)][0].item()}",
         )
-        out = F.one_hot(labels.long(), num_classes).float()
+        out = hot.float()
     elif labels.ndim == 2:
         if not labels.dtype.is_floating_point:
             raise TypeError(f"{name} of shape (B, K) must be floating point soft targets, got dtype {labels.dtype}")
