@@ -150,7 +150,7 @@ def _python_calls(fn: Thunk) -> int:
     package = os.path.dirname(os.path.abspath(km.__file__)) + os.sep
     n = 0
 
-    def profile(frame, event, arg):  # type: ignore[no-untyped-def]
+    def profile(frame, event, arg):  # type: ignore[no-untyped-def]  # sys.setprofile's callback
         nonlocal n
         if event == "call" and frame.f_code.co_filename.startswith(package):
             n += 1
@@ -194,7 +194,7 @@ def overhead(args) -> list[dict]:
                 contenders["compiled"] = _compiled(op, x, y, s, args.device)
             # The plain per-batch CutMix on float images of the same batch: the yardstick.
             xf = x.float() / 255 if raw else x
-            contenders["plain_cutmix"] = _plain("CutMix", xf, y)  # type: ignore[assignment]
+            contenders["plain_cutmix"] = _plain("CutMix", xf, y)  # type: ignore[assignment]  # the reference is a plain callable
             for label, build in (("kornia", _kornia), ("plain", _plain)):
                 thunk = build(name, x, y) if args.device == "cpu" or label == "plain" else None
                 if thunk is not None and not (label == "plain" and name == "CutMix"):

@@ -643,4 +643,4 @@ def test_tokens_to_map_errors():
     with pytest.raises(ValueError, match=r"\(B, N, C\)"):
         tokens_to_map(torch.randn(3, 4))
     with pytest.raises(TypeError, match="tokens must be a Tensor"):
-        tokens_to_map([1, 2])  # type: ignore[arg-type]
+        tokens_to_map([1, 2])  # type: ignore[arg-type]  # the value the test means to pass

@@ -188,7 +188,7 @@ def test_placer_and_selection_argument_errors_name_the_argument():
     from keepmix.functional.selection import num_draws, select_boxes
 
     with pytest.raises(TypeError, match="q must be"):
-        km.KeepPlacer(q=None)  # type: ignore[arg-type]
+        km.KeepPlacer(q=None)  # type: ignore[arg-type]  # the value the test means to pass
     with pytest.raises(ValueError, match="q must"):
         km.KeepPlacer(q=1.5)
     s = torch.rand(4, 16, 16)

@@ -148,11 +148,12 @@ def test_sizes_follow_lambda_and_lambda_is_the_exact_area():
     assert torch.equal(params.sizes, torch.stack([(h * cut).floor().long(), (w * cut).floor().long()], 1))
     _, t = op.transform(x, y, params)
     areas = (params.boxes[:, 2] - params.boxes[:, 0]) * (params.boxes[:, 3] - params.boxes[:, 1])
-    lam = (1.0 - areas.double() / (h * w)).float()  # the float32 nearest the exact unpasted share
+    share = (areas.double() / (h * w)).float()  # the float32 nearest the exact pasted share
     rows = torch.arange(b)
     moved = params.perm != rows
-    assert torch.equal(t[rows[moved], y[moved]], lam[moved])
-    assert torch.equal(t[rows[moved], params.perm[moved]], 1.0 - lam[moved])
+    assert torch.equal(t[rows[moved], params.perm[moved]], share[moved])
+    assert torch.equal(t[rows[moved], y[moved]], 1.0 - share[moved])  # the own share, one float32 subtraction away
+    torch.testing.assert_close(t[rows[moved], y[moved]].double(), 1.0 - areas[moved].double() / (h * w), atol=1e-7, rtol=0)
     assert len({tuple(p) for p in params.peaks.tolist()}) > 1  # per-image peaks
     assert (areas < params.sizes.prod(1)).any()  # some boxes were clipped at the border
 

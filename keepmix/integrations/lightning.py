@@ -172,7 +172,7 @@ class KeepmixAugmentation:
         return type(batch)(out) if isinstance(batch, list) else tuple(out)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
+        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]  # the LightningModule's
         g = getattr(self, "_keepmix_generator", None)
         states, device = None, None
         if g is not None:
@@ -188,7 +188,7 @@ class KeepmixAugmentation:
         checkpoint["keepmix"] = {"seed": self.keepmix_seed, "batches": self._keepmix_batches(), "device": device, "states": states}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
+        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]  # the LightningModule's
         saved = checkpoint.get("keepmix")
         if saved is None:
             return

@@ -30,7 +30,7 @@ def _tv_cutmix_draws(alpha: float, h: int, w: int, n: int, seed: int):
     op = v2.CutMix(alpha=alpha, num_classes=2)
     raw: list[float] = []
     sample = op._dist.sample
-    op._dist.sample = lambda shape=(): (lambda v: (raw.append(float(v)), v)[1])(sample(shape))  # type: ignore[method-assign]
+    op._dist.sample = lambda shape=(): (lambda v: (raw.append(float(v)), v)[1])(sample(shape))  # type: ignore[method-assign]  # stubs the peer's draw for the test
     images = torch.stack([torch.zeros(1, h, w), torch.ones(1, h, w)])
     labels = torch.tensor([0, 1])
     sides, clipped, lams = [], [], []
@@ -97,7 +97,7 @@ def test_mixup_lambda_matches_torchvision_v2(alpha):
 
     labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
     lam = 0.3
-    tv_op._dist.sample = lambda shape=(): torch.tensor(lam)  # type: ignore[method-assign]
+    tv_op._dist.sample = lambda shape=(): torch.tensor(lam)  # type: ignore[method-assign]  # stubs the peer's draw for the test
     want_x, want_t = tv_op(x, labels)
     params = keepmix.MixupParams(lam=torch.full((8,), lam), perm=torch.arange(8).roll(1))
     got_x, got_t = op.transform(x, labels, params)

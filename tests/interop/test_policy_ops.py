@@ -78,7 +78,7 @@ def km_magnitude(space: str, op: str, b: int, sign: int, hw: tuple[int, int], nu
 
 @functools.cache
 def _km_table(space: str, num_bins: int, hw: tuple[int, int]) -> torch.Tensor:
-    return magnitude_table(space, num_bins, hw[0], hw[1])  # type: ignore[arg-type]
+    return magnitude_table(space, num_bins, hw[0], hw[1])  # type: ignore[arg-type]  # the value the test means to pass
 
 
 def run_keepmix(images: torch.Tensor, op: str, magnitude: float, interpolation: str) -> torch.Tensor:
@@ -151,8 +151,8 @@ def test_magnitude_tables_equal_torchvision_float32(space, num_bins, hw):
     whole pixels ``int(magnitude)`` of torchvision's ``_apply_op`` (and as the float values with
     ``whole_pixel_translate=False``)."""
     tv = tv_space(space, num_bins, hw)
-    whole = magnitude_table(space, num_bins, hw[0], hw[1]).to(torch.float32)  # type: ignore[arg-type]
-    exact = magnitude_table(space, num_bins, hw[0], hw[1], whole_pixel_translate=False).to(torch.float32)  # type: ignore[arg-type]
+    whole = magnitude_table(space, num_bins, hw[0], hw[1]).to(torch.float32)  # type: ignore[arg-type]  # the value the test means to pass
+    exact = magnitude_table(space, num_bins, hw[0], hw[1], whole_pixel_translate=False).to(torch.float32)  # type: ignore[arg-type]  # the value the test means to pass
     for op, (mags, _) in tv.items():
         if op in NO_MAGNITUDE:
             continue

@@ -81,7 +81,7 @@ def test_randaugment_draws_match_torchvision(monkeypatch):
 @pytest.mark.parametrize("policy", ["cifar10", "imagenet", "svhn"])
 def test_autoaugment_draws_match_torchvision(monkeypatch, policy):
     tv = _tv_draws(monkeypatch, tv_aa.AutoAugment(tv_aa.AutoAugmentPolicy(policy)), N)
-    km = _km_draws(keepmix.AutoAugment(policy), N)  # type: ignore[arg-type]
+    km = _km_draws(keepmix.AutoAugment(policy), N)  # type: ignore[arg-type]  # the value the test means to pass
     _compare_steps(tv, km, f"AutoAugment({policy})")
 
 
@@ -197,7 +197,7 @@ def test_augmix_from_timm_matches_augment_and_mix_transform(config, cifar_uint8)
     np.random.seed(0)
     timm_op = augment_and_mix_transform(config, {"translate_pct": 0.3, "img_mean": (124, 116, 104)})
     pil = to_pil(images)
-    op = keepmix.AugMix.from_timm(config, img_mean=(124, 116, 104))  # type: ignore[attr-defined]
+    op = keepmix.AugMix.from_timm(config, img_mean=(124, 116, 104))  # type: ignore[attr-defined]  # the method the test checks for
     g = torch.Generator().manual_seed(0)
     want, got = [], []
     for _ in range(8):
